@@ -1,0 +1,45 @@
+# The one list of developer commands; .ci/run calls the same targets.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install install-system test test-quick lint bench clean
+
+# Everything a fresh Debian machine needs: system packages, the Rust build
+# (through maturin, in release mode), Python packages and the npm tools used by
+# the interop tests.
+install: install-system
+	$(PIP) install --upgrade 'pip>=24' 'maturin==1.16.0'
+	$(PIP) install -e '.[test]'
+	cd tests/interop && npm ci --no-audit --no-fund
+
+install-system:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  need=""; \
+	  command -v zstd >/dev/null || need="$$need zstd"; \
+	  command -v fusermount3 >/dev/null || need="$$need fuse3"; \
+	  if [ -n "$$need" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$need; \
+	  fi; \
+	fi
+
+test:
+	cd native && cargo test --release --quiet
+	HYPOTHESIS_PROFILE=ci $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# A quick local run: no slow tests, fewer hypothesis examples.
+test-quick:
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint:
+	$(PYTHON) -m ruff check dstore tests bench
+	cd native && cargo fmt --check && cargo clippy --release -- -D warnings
+
+# Benchmarks are not tests: they write bench/results/ (JSON, markdown, PNG).
+bench:
+	$(PIP) install -e '.[test,bench]'
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf native/target dstore/_native*.so .pytest_cache .hypothesis

@@ -1,0 +1,78 @@
+"""Type stub for the Rust extension module built from native/ (kept honest by mypy.stubtest).
+
+Every function takes whole buffers (any object supporting the buffer protocol),
+releases the GIL while it works and uses both cores where the work splits.
+"""
+
+from collections.abc import Buffer, Sequence
+
+class IntegrityError(ValueError):
+    """A chunk's bytes do not hash to its ID. ``args[0]`` is the chunk's index in the batch."""
+
+GEAR_DIGEST: str
+"""Hex BLAKE3 of the 256 little-endian u64 gear-table entries (format check)."""
+
+def blake3(data: Buffer) -> bytes:
+    """32-byte BLAKE3 digest of ``data`` (multithreaded above a size threshold)."""
+
+def chunk_lengths(data: Buffer, final: bool, min_size: int, avg_size: int, max_size: int) -> list[int]:
+    """Lengths of the chunks cut from the start of ``data`` by fastcdc-gear-v1.
+
+    When ``final`` is false, cutting stops while fewer than ``max_size`` bytes
+    remain; the caller keeps the rest and prepends it to the next buffer.
+    """
+
+class Segment:
+    """The chunks cut from one buffer, hashed and (maybe) compressed."""
+
+    lengths: list[int]
+    """Uncompressed length of each chunk, in order."""
+    digests: bytes
+    """32-byte BLAKE3 digests, concatenated (``32 * len(lengths)`` bytes)."""
+    codecs: list[int]
+    """0 = stored raw, 1 = stored zstd-compressed."""
+    stored_lengths: list[int]
+    """Stored length of each chunk (== length when raw)."""
+    consumed: int
+    """Bytes of the input covered by these chunks; the rest is the caller's tail."""
+    def stored(self, index: int) -> memoryview:
+        """Stored bytes of chunk ``index`` (compressed bytes, or a view of the input when raw)."""
+
+def process_segment(
+    data: Buffer,
+    final: bool,
+    min_size: int,
+    avg_size: int,
+    max_size: int,
+    zstd_level: int,
+) -> Segment:
+    """Chunk, hash and compress one buffer in a single call (zstd_level 0 = never compress).
+
+    The compression decision is cheap for incompressible chunks: they are
+    detected without compressing them at full cost.
+    """
+
+def encode_pack(padded: Buffer, k: int, m: int) -> tuple[bytes, bytes]:
+    """Erasure-code a pack already zero-padded to ``k * shard_size`` bytes.
+
+    Returns ``(parity, digests)``: the m parity shards concatenated
+    (``m * shard_size`` bytes), and the 32-byte BLAKE3 digest of every one of
+    the k + m shards concatenated.
+    """
+
+def reconstruct(shards: Sequence[Buffer | None], k: int, m: int) -> list[bytes]:
+    """Rebuild the k data shards from any k present shards (None = missing)."""
+
+def decode_chunks(
+    pack: Buffer,
+    offsets: Sequence[int],
+    stored_lengths: Sequence[int],
+    lengths: Sequence[int],
+    codecs: Sequence[int],
+    digests: Buffer,
+) -> bytes:
+    """Decompress the chunks at the given places in ``pack``, verify each
+    against its 32-byte digest, and return their bytes concatenated.
+
+    Raises IntegrityError(index) for the first chunk that fails.
+    """
