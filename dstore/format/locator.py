@@ -1,0 +1,357 @@
+"""The locator: DAG-CBOR blocks saying which pack, offset and length hold each chunk.
+
+Layout (docs/format.md, "Locator")::
+
+    root        {"type": "dstore/locator", "version": 1, "dataset": CID,
+                 "packs": [CID of pack-table page, …],
+                 "chunks": [[first digest, CID of chunk-table page], …]}
+    pack page   [[pack ID, pack record map], …]            up to 1024 entries
+    chunk page  [[digest, pack index, offset, stored length, size, codec], …]
+                                                           up to 4096, sorted by digest
+
+:func:`build_locator` makes every block; :class:`Locator` answers lookups
+reading the root, one chunk page and one pack page, with small caches. Chunk
+pages are encoded and checked by a specialised fast path (they are most of
+the bytes); the result is the same canonical DAG-CBOR that :mod:`cbor` writes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import cbor2
+
+from dstore.errors import FormatError
+from dstore.format import cbor
+from dstore.format.cid import CID, DAG_CBOR, DIGEST_BYTES, HASH_NAMES
+from dstore.format.pack import PackRecord
+
+__all__ = [
+    "CHUNKS_PER_PAGE",
+    "CODEC_RAW",
+    "CODEC_ZSTD",
+    "LOCATOR_TYPE",
+    "LOCATOR_VERSION",
+    "PACKS_PER_PAGE",
+    "ChunkEntry",
+    "Locator",
+    "build_locator",
+]
+
+LOCATOR_TYPE = "dstore/locator"
+LOCATOR_VERSION = 1
+CHUNKS_PER_PAGE = 4096
+PACKS_PER_PAGE = 1024
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+_U64 = 1 << 64
+Block = tuple[CID, bytes]
+
+
+class ChunkEntry(NamedTuple):
+    """Where one chunk lives: ``codec`` 0 = stored raw, 1 = one zstd frame."""
+
+    digest: bytes
+    pack_index: int
+    offset: int
+    stored_len: int
+    size: int
+    codec: int
+
+
+def _uint(n: int) -> bytes:
+    # CBOR major type 0 head, minimal (same bytes cbor.encode writes).
+    if n < 24:
+        return bytes((n,))
+    if n < 0x100:
+        return bytes((24, n))
+    if n < 0x10000:
+        return b"\x19" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x1a" + n.to_bytes(4, "big")
+    return b"\x1b" + n.to_bytes(8, "big")
+
+
+def _array_head(n: int) -> bytes:
+    h = _uint(n)
+    return bytes((h[0] | 0x80,)) + h[1:]
+
+
+_ENTRY_PREFIX = b"\x86\x58\x20"  # array(6), bytes(32)
+
+
+def _encode_chunk_page(entries: Sequence[Sequence[Any]]) -> bytes:
+    parts = [_array_head(len(entries))]
+    for d, p, off, sl, sz, codec in entries:
+        parts.append(
+            _ENTRY_PREFIX
+            + d
+            + _uint(p)
+            + _uint(off)
+            + _uint(sl)
+            + _uint(sz)
+            + _uint(codec)
+        )
+    return b"".join(parts)
+
+
+def _check_entry(e: Sequence[Any], n_packs: int | None) -> None:
+    d, p, off, sl, sz, codec = e
+    if type(d) is not bytes or len(d) != DIGEST_BYTES:
+        raise ValueError(f"chunk digest must be {DIGEST_BYTES} bytes")
+    for v in (p, off, sl, sz):
+        if type(v) is not int or not 0 <= v < _U64:
+            raise ValueError("chunk entry fields must be non-negative 64-bit integers")
+    if codec not in (CODEC_RAW, CODEC_ZSTD) or type(codec) is not int:
+        raise ValueError(f"chunk codec must be 0 (raw) or 1 (zstd), got {codec!r}")
+    if codec == CODEC_RAW and sl != sz:
+        raise ValueError("a raw-stored chunk has stored length == size")
+    if n_packs is not None and p >= n_packs:
+        raise ValueError(f"chunk pack index {p} out of range ({n_packs} packs)")
+
+
+def build_locator(
+    dataset: CID,
+    chunks: Sequence[tuple[bytes, int, int, int, int, int]],
+    packs: Sequence[tuple[CID, PackRecord]],
+    hash_name: str = "blake3",
+) -> tuple[CID, list[Block]]:
+    """Build the locator of ``dataset``.
+
+    ``chunks`` are ``(digest32, pack_index, offset, stored_len, size, codec)``
+    in any order (an exact duplicate is dropped; two places for one digest is
+    an error); ``packs`` are ``(pack ID, record)`` in pack-index order.
+    Returns ``(root CID, [(cid, block), …])`` with the root last. Linear after
+    one sort.
+    """
+    if not isinstance(dataset, CID) or dataset.codec != DAG_CBOR:
+        raise ValueError("locator dataset must be a dag-cbor CID (a dataset ID)")
+    n_packs = len(packs)
+    for pack_id, rec in packs:
+        if not isinstance(pack_id, CID) or pack_id.codec != DAG_CBOR:
+            raise ValueError("pack IDs must be dag-cbor CIDs")
+        rec.validate()
+    sorted_chunks = sorted(chunks, key=lambda e: e[0])
+    unique: list[tuple[bytes, int, int, int, int, int]] = []
+    for e in sorted_chunks:
+        e = tuple(e)  # type: ignore[assignment]
+        if unique and unique[-1][0] == e[0]:
+            if unique[-1] != e:
+                raise ValueError(f"chunk {e[0].hex()} has two different locations")
+            continue
+        _check_entry(e, n_packs)
+        sizes = packs[e[1]][1].size
+        if e[2] + e[3] > sizes:
+            raise ValueError(
+                f"chunk {e[0].hex()} ends past its pack ({e[2]} + {e[3]} > {sizes})"
+            )
+        unique.append(e)
+    blocks: list[Block] = []
+    chunk_refs: list[list[Any]] = []
+    for i in range(0, len(unique), CHUNKS_PER_PAGE):
+        page = unique[i : i + CHUNKS_PER_PAGE]
+        block = _encode_chunk_page(page)
+        cid = cbor.block_cid(block, hash_name)
+        blocks.append((cid, block))
+        chunk_refs.append([page[0][0], cid])
+    pack_refs: list[CID] = []
+    for i in range(0, n_packs, PACKS_PER_PAGE):
+        block = cbor.encode(
+            [[pid, rec.to_cbor()] for pid, rec in packs[i : i + PACKS_PER_PAGE]]
+        )
+        cid = cbor.block_cid(block, hash_name)
+        blocks.append((cid, block))
+        pack_refs.append(cid)
+    root = cbor.encode(
+        {
+            "type": LOCATOR_TYPE,
+            "version": LOCATOR_VERSION,
+            "dataset": dataset,
+            "packs": pack_refs,
+            "chunks": chunk_refs,
+        }
+    )
+    root_cid = cbor.block_cid(root, hash_name)
+    blocks.append((root_cid, root))
+    return root_cid, blocks
+
+
+class Locator:
+    """Reads a locator through ``get_block(cid) -> bytes`` (which must verify hashes).
+
+    ``find(digest)`` reads the root (once), one chunk page and binary-searches
+    it; ``pack(index)`` reads one pack-table page. Pages are kept in small LRU
+    caches. Every page is validated on first read; a bad locator raises
+    FormatError, it never answers wrongly about a well-formed chunk table.
+    """
+
+    def __init__(
+        self, get_block: Callable[[CID], bytes], root_cid: CID, *, cache_pages: int = 16
+    ) -> None:
+        self._get = get_block
+        self.root_cid = root_cid
+        self._cache_pages = max(1, cache_pages)
+        self._chunk_pages: OrderedDict[int, tuple[list[bytes], list[ChunkEntry]]] = (
+            OrderedDict()
+        )
+        self._pack_pages: OrderedDict[int, list[tuple[CID, PackRecord]]] = OrderedDict()
+        root = cbor.decode(get_block(root_cid))
+        if not isinstance(root, dict) or set(root) != {
+            "type",
+            "version",
+            "dataset",
+            "packs",
+            "chunks",
+        }:
+            raise FormatError(
+                "locator root must be a map of type, version, dataset, packs, chunks"
+            )
+        if root["type"] != LOCATOR_TYPE or root["version"] != LOCATOR_VERSION:
+            raise FormatError(f"not a version-{LOCATOR_VERSION} dstore locator")
+        if not isinstance(root["dataset"], CID):
+            raise FormatError("locator dataset must be a CID")
+        self.dataset: CID = root["dataset"]
+        packs, chunks = root["packs"], root["chunks"]
+        if not isinstance(packs, list) or not all(isinstance(c, CID) for c in packs):
+            raise FormatError("locator packs must be a list of CIDs")
+        if not isinstance(chunks, list):
+            raise FormatError("locator chunks must be a list")
+        self._pack_page_cids: list[CID] = packs
+        self._firsts: list[bytes] = []
+        self._chunk_page_cids: list[CID] = []
+        for ref in chunks:
+            if (
+                not isinstance(ref, list)
+                or len(ref) != 2
+                or type(ref[0]) is not bytes
+                or len(ref[0]) != DIGEST_BYTES
+                or not isinstance(ref[1], CID)
+            ):
+                raise FormatError("locator chunks entries must be [digest, CID]")
+            if self._firsts and ref[0] <= self._firsts[-1]:
+                raise FormatError("locator chunk pages are not in digest order")
+            self._firsts.append(ref[0])
+            self._chunk_page_cids.append(ref[1])
+
+    @property
+    def num_chunk_pages(self) -> int:
+        return len(self._chunk_page_cids)
+
+    @property
+    def num_pack_pages(self) -> int:
+        return len(self._pack_page_cids)
+
+    def _chunk_page(self, i: int) -> tuple[list[bytes], list[ChunkEntry]]:
+        hit = self._chunk_pages.get(i)
+        if hit is not None:
+            self._chunk_pages.move_to_end(i)
+            return hit
+        block = self._get(self._chunk_page_cids[i])
+        if len(block) > cbor.MAX_BLOCK_BYTES:
+            raise FormatError("locator chunk page too large")
+        try:
+            raw = cbor2.loads(block, max_depth=3, allow_indefinite=False)
+        except Exception as e:
+            raise FormatError(f"malformed locator chunk page: {e}") from e
+        if not isinstance(raw, list) or not 1 <= len(raw) <= CHUNKS_PER_PAGE:
+            raise FormatError(
+                f"locator chunk page must list 1..{CHUNKS_PER_PAGE} entries"
+            )
+        entries: list[ChunkEntry] = []
+        try:
+            for e in raw:
+                if not isinstance(e, list) or len(e) != 6:
+                    raise ValueError("entry is not a list of 6")
+                _check_entry(e, None)
+                entries.append(ChunkEntry(*e))
+        except ValueError as e:
+            raise FormatError(f"bad locator chunk page: {e}") from e
+        if _encode_chunk_page(entries) != block:
+            raise FormatError("locator chunk page is not canonical DAG-CBOR")
+        digests = [e.digest for e in entries]
+        if any(a >= b for a, b in itertools.pairwise(digests)):
+            raise FormatError("locator chunk page is not sorted by digest")
+        if digests[0] != self._firsts[i]:
+            raise FormatError(
+                "locator chunk page does not start with the root's first digest"
+            )
+        if i + 1 < len(self._firsts) and digests[-1] >= self._firsts[i + 1]:
+            raise FormatError("locator chunk page overlaps the next page")
+        page = (digests, entries)
+        self._chunk_pages[i] = page
+        if len(self._chunk_pages) > self._cache_pages:
+            self._chunk_pages.popitem(last=False)
+        return page
+
+    def find(self, digest: bytes) -> ChunkEntry | None:
+        """The entry of the chunk with this multihash digest, or None if the locator has none."""
+        i = bisect.bisect_right(self._firsts, digest) - 1
+        if i < 0:
+            return None
+        digests, entries = self._chunk_page(i)
+        j = bisect.bisect_left(digests, digest)
+        if j < len(digests) and digests[j] == digest:
+            return entries[j]
+        return None
+
+    def chunks(self) -> Iterator[ChunkEntry]:
+        """Every chunk entry, in digest order (reads every chunk page)."""
+        for i in range(len(self._chunk_page_cids)):
+            yield from self._chunk_page(i)[1]
+
+    def _pack_page(self, i: int) -> list[tuple[CID, PackRecord]]:
+        hit = self._pack_pages.get(i)
+        if hit is not None:
+            self._pack_pages.move_to_end(i)
+            return hit
+        raw = cbor.decode(self._get(self._pack_page_cids[i]))
+        if not isinstance(raw, list) or not 1 <= len(raw) <= PACKS_PER_PAGE:
+            raise FormatError(
+                f"locator pack page must list 1..{PACKS_PER_PAGE} entries"
+            )
+        if i + 1 < len(self._pack_page_cids) and len(raw) != PACKS_PER_PAGE:
+            raise FormatError(f"locator pack page {i} is not full but is not the last")
+        page = []
+        for e in raw:
+            if not isinstance(e, list) or len(e) != 2 or not isinstance(e[0], CID):
+                raise FormatError("locator pack entries must be [pack ID, record]")
+            pack_id = e[0]
+            rec = PackRecord.from_cbor(e[1])
+            hash_name = HASH_NAMES.get(pack_id.hash.code)
+            if (
+                pack_id.codec != DAG_CBOR
+                or hash_name is None
+                or cbor.block_cid(rec.encode(), hash_name) != pack_id
+            ):
+                raise FormatError(
+                    f"locator pack record does not match its pack ID {pack_id}"
+                )
+            page.append((pack_id, rec))
+        self._pack_pages[i] = page
+        if len(self._pack_pages) > self._cache_pages:
+            self._pack_pages.popitem(last=False)
+        return page
+
+    def pack(self, index: int) -> tuple[CID, PackRecord]:
+        """``(pack ID, record)`` of global pack ``index``; IndexError if there is no such pack."""
+        if index < 0:
+            raise IndexError(f"pack index {index} out of range")
+        page_no, k = divmod(index, PACKS_PER_PAGE)
+        if page_no >= len(self._pack_page_cids):
+            raise IndexError(f"pack index {index} out of range")
+        page = self._pack_page(page_no)
+        if k >= len(page):
+            raise IndexError(f"pack index {index} out of range")
+        return page[k]
+
+    @property
+    def num_packs(self) -> int:
+        """Number of packs (reads the last pack page)."""
+        if not self._pack_page_cids:
+            return 0
+        last = len(self._pack_page_cids) - 1
+        return last * PACKS_PER_PAGE + len(self._pack_page(last))

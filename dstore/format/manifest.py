@@ -1,0 +1,209 @@
+"""The manifest: a small DAG-CBOR block whose CID is the dataset ID.
+
+Layout (docs/format.md, "Manifest")::
+
+    {"type": "dstore/dataset", "version": 1, "root": CID, "hash": "blake3",
+     "chunker": {"name": "fastcdc-gear-v1", "min": int, "avg": int, "max": int},
+     "size": int, "meta": {text: text}?, "parent": CID?}
+
+Optional keys are omitted, never null. :meth:`Manifest.decode` validates every
+field of untrusted bytes and raises FormatError with the field at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dstore.errors import FormatError
+from dstore.format import cbor
+from dstore.format.cid import CID, DAG_CBOR, DAG_PB, HASH_CODES, HASH_NAMES, RAW
+
+__all__ = [
+    "CHUNKER_NAME",
+    "MANIFEST_TYPE",
+    "MANIFEST_VERSION",
+    "MAX_MANIFEST_BYTES",
+    "MAX_META_VALUE_BYTES",
+    "META_KEYS",
+    "ChunkerParams",
+    "Manifest",
+]
+
+MANIFEST_TYPE = "dstore/dataset"
+MANIFEST_VERSION = 1
+CHUNKER_NAME = "fastcdc-gear-v1"
+META_KEYS = frozenset({"name", "license", "description"})
+MAX_MANIFEST_BYTES = 256 * 1024
+#: Bound on one metadata value (a description is prose, not a payload).
+MAX_META_VALUE_BYTES = 64 * 1024
+_CHUNK_MAX_LIMIT = 16 * 1024 * 1024
+_U64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    """Parameters of ``fastcdc-gear-v1``: avg a power of two, 64 <= min < avg < max <= 16 MiB."""
+
+    min: int = 16384
+    avg: int = 65536
+    max: int = 262144
+    name: str = CHUNKER_NAME
+
+    def validate(self) -> None:
+        """Raise ValueError unless these are parameters of the version-1 chunker."""
+        if self.name != CHUNKER_NAME:
+            raise ValueError(f"unknown chunker {self.name!r}")
+        for k in ("min", "avg", "max"):
+            if type(getattr(self, k)) is not int:
+                raise ValueError(f"chunker {k} must be an integer")
+        if not (64 <= self.min < self.avg < self.max <= _CHUNK_MAX_LIMIT):
+            raise ValueError(
+                f"chunker needs 64 <= min < avg < max <= 16 MiB, got {self.min}/{self.avg}/{self.max}"
+            )
+        if self.avg & (self.avg - 1):
+            raise ValueError(f"chunker avg {self.avg} is not a power of two")
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {"name": self.name, "min": self.min, "avg": self.avg, "max": self.max}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A dataset manifest. ``cid`` (the dataset ID) is computed from :meth:`encode`."""
+
+    root: CID
+    size: int
+    hash_name: str = "blake3"
+    chunker: ChunkerParams = field(default_factory=ChunkerParams)
+    meta: dict[str, str] = field(default_factory=dict)
+    parent: CID | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that breaks docs/format.md."""
+        if self.hash_name not in HASH_CODES:
+            raise ValueError(
+                f"manifest hash {self.hash_name!r} is not one of {sorted(HASH_CODES)}"
+            )
+        code = HASH_CODES[self.hash_name]
+        if not isinstance(self.root, CID) or self.root.version != 1:
+            raise ValueError("manifest root must be a CIDv1")
+        if self.root.codec not in (DAG_PB, RAW):
+            raise ValueError(
+                f"manifest root must be dag-pb or raw, not codec 0x{self.root.codec:x}"
+            )
+        if self.root.hash.code != code:
+            raise ValueError(
+                f"manifest root is hashed with {HASH_NAMES.get(self.root.hash.code, hex(self.root.hash.code))}, not {self.hash_name}"
+            )
+        if type(self.size) is not int or not 0 <= self.size <= _U64_MAX:
+            raise ValueError("manifest size must be a non-negative 64-bit integer")
+        self.chunker.validate()
+        if not isinstance(self.meta, dict):
+            raise ValueError("manifest meta must be a map")  # noqa: TRY004 - callers catch ValueError
+        for k, v in self.meta.items():
+            if k not in META_KEYS:
+                raise ValueError(
+                    f"manifest meta key {k!r} is not one of {sorted(META_KEYS)}"
+                )
+            if type(v) is not str:
+                raise ValueError(f"manifest meta {k!r} must be text")
+            if len(v.encode("utf-8", "surrogatepass")) > MAX_META_VALUE_BYTES:
+                raise ValueError(
+                    f"manifest meta {k!r} longer than {MAX_META_VALUE_BYTES} bytes"
+                )
+        if self.parent is not None and (
+            not isinstance(self.parent, CID)
+            or self.parent.version != 1
+            or self.parent.codec != DAG_CBOR
+        ):
+            raise ValueError("manifest parent must be a dag-cbor CIDv1 (a dataset ID)")
+
+    def to_cbor(self) -> dict[str, Any]:
+        """The manifest as a DAG-CBOR data-model map (optional keys omitted when absent)."""
+        m: dict[str, Any] = {
+            "type": MANIFEST_TYPE,
+            "version": MANIFEST_VERSION,
+            "root": self.root,
+            "hash": self.hash_name,
+            "chunker": self.chunker.to_cbor(),
+            "size": self.size,
+        }
+        if self.meta:
+            m["meta"] = dict(self.meta)
+        if self.parent is not None:
+            m["parent"] = self.parent
+        return m
+
+    def encode(self) -> bytes:
+        """Canonical DAG-CBOR block of the manifest (validates first)."""
+        self.validate()
+        return cbor.encode(self.to_cbor())
+
+    @property
+    def cid(self) -> CID:
+        """The dataset ID: CIDv1 dag-cbor, hashed with the dataset's hash."""
+        return cbor.block_cid(self.encode(), self.hash_name)
+
+    @classmethod
+    def decode(cls, block: bytes) -> Manifest:
+        """Parse and validate an untrusted manifest block; FormatError on any fault."""
+        if len(block) > MAX_MANIFEST_BYTES:
+            raise FormatError(
+                f"manifest of {len(block)} bytes exceeds {MAX_MANIFEST_BYTES}"
+            )
+        obj = cbor.decode(block)
+        if not isinstance(obj, dict):
+            raise FormatError("manifest is not a map")
+        if obj.get("type") != MANIFEST_TYPE:
+            raise FormatError(f"not a dstore manifest (type {obj.get('type')!r})")
+        if (
+            obj.get("version") != MANIFEST_VERSION
+            or type(obj.get("version")) is not int
+        ):
+            raise FormatError(f"unsupported manifest version {obj.get('version')!r}")
+        allowed = {
+            "type",
+            "version",
+            "root",
+            "hash",
+            "chunker",
+            "size",
+            "meta",
+            "parent",
+        }
+        extra = set(obj) - allowed
+        if extra:
+            raise FormatError(f"unknown manifest keys {sorted(extra)}")
+        for k in ("root", "hash", "chunker", "size"):
+            if k not in obj:
+                raise FormatError(f"manifest lacks {k!r}")
+        ch = obj["chunker"]
+        if not isinstance(ch, dict) or set(ch) != {"name", "min", "avg", "max"}:
+            raise FormatError("manifest chunker must be a map of name, min, avg, max")
+        meta = obj.get("meta", {})
+        if "meta" in obj and (not isinstance(meta, dict) or not meta):
+            raise FormatError("manifest meta must be a non-empty map when present")
+        hash_name = obj["hash"]
+        if type(hash_name) is not str:
+            raise FormatError("manifest hash must be text")
+        root, parent = obj["root"], obj.get("parent")
+        if not isinstance(root, CID):
+            raise FormatError("manifest root must be a CID")
+        if "parent" in obj and not isinstance(parent, CID):
+            raise FormatError("manifest parent must be a CID")
+        try:
+            m = cls(
+                root=root,
+                size=obj["size"],
+                hash_name=hash_name,
+                chunker=ChunkerParams(
+                    min=ch["min"], avg=ch["avg"], max=ch["max"], name=ch["name"]
+                ),
+                meta=dict(meta),
+                parent=parent,
+            )
+            m.validate()
+        except ValueError as e:
+            raise FormatError(f"bad manifest: {e}") from e
+        return m
