@@ -1,0 +1,302 @@
+//! Systematic Reed–Solomon over GF(2^16) (`reed-solomon-simd` 3.x, Leopard-RS).
+//!
+//! Data shards are the padded pack's own bytes; parity shards come from the
+//! crate unchanged (that is the format). Because the crate codes each 64-byte
+//! column block of the shards independently, a large shard is split into
+//! 64-byte-aligned column ranges coded on separate threads; the result is
+//! identical to coding it whole (a unit test checks this).
+
+use rayon::prelude::*;
+use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
+
+/// Largest `k + m` the format allows.
+pub const SHARDS_MAX: usize = 256;
+/// Column ranges below this many bytes are not split further across threads.
+const SPLIT_MIN_BYTES: usize = 64 * 1024;
+
+/// Why encoding or reconstruction was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasureError(pub String);
+
+impl std::fmt::Display for ErasureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ErasureError {}
+
+fn err<T>(msg: String) -> Result<T, ErasureError> {
+    Err(ErasureError(msg))
+}
+
+/// Checks `1 <= k`, `0 <= m`, `k + m <= 256` and a non-zero, even shard size.
+pub fn check_geometry(k: usize, m: usize, shard_size: usize) -> Result<(), ErasureError> {
+    if k == 0 || k + m > SHARDS_MAX {
+        return err(format!(
+            "need 1 <= k and k + m <= {SHARDS_MAX}, got k={k} m={m}"
+        ));
+    }
+    if shard_size == 0 || shard_size % 2 != 0 {
+        return err(format!(
+            "shard size must be even and non-zero, got {shard_size}"
+        ));
+    }
+    Ok(())
+}
+
+/// Column ranges `[a, b)` of a shard coded independently (64-byte aligned).
+fn column_ranges(shard_size: usize, parts: usize) -> Vec<(usize, usize)> {
+    if shard_size % 64 != 0 || parts <= 1 || shard_size < 2 * SPLIT_MIN_BYTES {
+        return vec![(0, shard_size)];
+    }
+    let blocks = shard_size / 64;
+    let parts = parts.min(shard_size / SPLIT_MIN_BYTES).max(1);
+    (0..parts)
+        .map(|p| (blocks * p / parts * 64, blocks * (p + 1) / parts * 64))
+        .filter(|(a, b)| a < b)
+        .collect()
+}
+
+fn parallel_parts() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Parity of `k` data shards of `shard_size` bytes each, laid end to end in
+/// `padded`; writes the `m` parity shards end to end into `parity`
+/// (`m * shard_size` bytes).
+pub fn encode_into(
+    padded: &[u8],
+    k: usize,
+    m: usize,
+    parity: &mut [u8],
+) -> Result<(), ErasureError> {
+    if k == 0 || padded.len() % k != 0 {
+        return err(format!(
+            "pack of {} bytes does not split into k={k} equal shards",
+            padded.len()
+        ));
+    }
+    let shard_size = padded.len() / k;
+    check_geometry(k, m, shard_size)?;
+    if parity.len() != m * shard_size {
+        return err(format!(
+            "parity buffer is {} bytes, need {}",
+            parity.len(),
+            m * shard_size
+        ));
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    if !ReedSolomonEncoder::supports(k, m) {
+        return err(format!("k={k} m={m} is not supported by the erasure code"));
+    }
+    let ranges = column_ranges(shard_size, parallel_parts());
+    // Each range produces its own parity columns; stitched into `parity` after.
+    let pieces: Vec<Result<Vec<u8>, ErasureError>> = ranges
+        .par_iter()
+        .map(|&(a, b)| {
+            let width = b - a;
+            let mut enc =
+                ReedSolomonEncoder::new(k, m, width).map_err(|e| ErasureError(e.to_string()))?;
+            for i in 0..k {
+                let start = i * shard_size;
+                enc.add_original_shard(&padded[start + a..start + b])
+                    .map_err(|e| ErasureError(e.to_string()))?;
+            }
+            let result = enc.encode().map_err(|e| ErasureError(e.to_string()))?;
+            let mut out = Vec::with_capacity(m * width);
+            for shard in result.recovery_iter() {
+                out.extend_from_slice(shard);
+            }
+            Ok(out)
+        })
+        .collect();
+    for (&(a, b), piece) in ranges.iter().zip(pieces) {
+        let piece = piece?;
+        let width = b - a;
+        for j in 0..m {
+            parity[j * shard_size + a..j * shard_size + b]
+                .copy_from_slice(&piece[j * width..(j + 1) * width]);
+        }
+    }
+    Ok(())
+}
+
+/// Parity shards of a padded pack, end to end.
+pub fn encode(padded: &[u8], k: usize, m: usize) -> Result<Vec<u8>, ErasureError> {
+    let shard_size = padded.len().checked_div(k).unwrap_or(0);
+    let mut parity = vec![0u8; m * shard_size];
+    encode_into(padded, k, m, &mut parity)?;
+    Ok(parity)
+}
+
+/// BLAKE3 digest of each shard (data shards from `padded`, then parity), concatenated.
+pub fn shard_digests(padded: &[u8], parity: &[u8], shard_size: usize) -> Vec<u8> {
+    let shards: Vec<&[u8]> = padded
+        .chunks(shard_size)
+        .chain(parity.chunks(shard_size))
+        .collect();
+    let digests: Vec<[u8; 32]> = shards
+        .par_iter()
+        .map(|s| *blake3::hash(s).as_bytes())
+        .collect();
+    digests.concat()
+}
+
+/// Rebuilds the `k` data shards from any `k` of the `k + m` shards
+/// (`None` = missing). Present data shards are returned as they are.
+pub fn reconstruct(
+    shards: &[Option<&[u8]>],
+    k: usize,
+    m: usize,
+) -> Result<Vec<Vec<u8>>, ErasureError> {
+    if shards.len() != k + m {
+        return err(format!(
+            "got {} shards, expected k + m = {}",
+            shards.len(),
+            k + m
+        ));
+    }
+    let shard_size = match shards.iter().flatten().next() {
+        Some(s) => s.len(),
+        None => return err("no shard present".into()),
+    };
+    check_geometry(k, m, shard_size)?;
+    if let Some(bad) = shards.iter().flatten().find(|s| s.len() != shard_size) {
+        return err(format!(
+            "shards differ in size: {} and {}",
+            shard_size,
+            bad.len()
+        ));
+    }
+    let present = shards.iter().filter(|s| s.is_some()).count();
+    if present < k {
+        return err(format!("need {k} shards to rebuild, got {present}"));
+    }
+    let missing: Vec<usize> = (0..k).filter(|&i| shards[i].is_none()).collect();
+    let mut out: Vec<Vec<u8>> = (0..k)
+        .map(|i| {
+            shards[i]
+                .map(|s| s.to_vec())
+                .unwrap_or_else(|| vec![0u8; shard_size])
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    if !ReedSolomonDecoder::supports(k, m) {
+        return err(format!("k={k} m={m} is not supported by the erasure code"));
+    }
+    let ranges = column_ranges(shard_size, parallel_parts());
+    let pieces: Vec<Result<Vec<u8>, ErasureError>> = ranges
+        .par_iter()
+        .map(|&(a, b)| {
+            let width = b - a;
+            let e = |x: reed_solomon_simd::Error| ErasureError(x.to_string());
+            let mut dec = ReedSolomonDecoder::new(k, m, width).map_err(e)?;
+            // Give the decoder exactly k shards: every present data shard, then parity.
+            let mut given = 0;
+            for (i, s) in shards[..k].iter().enumerate() {
+                if let Some(s) = s {
+                    dec.add_original_shard(i, &s[a..b]).map_err(e)?;
+                    given += 1;
+                }
+            }
+            for (j, s) in shards[k..].iter().enumerate() {
+                if given == k {
+                    break;
+                }
+                if let Some(s) = s {
+                    dec.add_recovery_shard(j, &s[a..b]).map_err(e)?;
+                    given += 1;
+                }
+            }
+            let result = dec.decode().map_err(e)?;
+            let mut piece = Vec::with_capacity(missing.len() * width);
+            for &i in &missing {
+                let s = result
+                    .restored_original(i)
+                    .ok_or_else(|| ErasureError(format!("shard {i} was not restored")))?;
+                piece.extend_from_slice(s);
+            }
+            Ok(piece)
+        })
+        .collect();
+    for (&(a, b), piece) in ranges.iter().zip(pieces) {
+        let piece = piece?;
+        let width = b - a;
+        for (n, &i) in missing.iter().enumerate() {
+            out[i][a..b].copy_from_slice(&piece[n * width..(n + 1) * width]);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        blake3::Hasher::new()
+            .update(&seed.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    #[test]
+    fn split_encode_equals_whole_encode() {
+        let (k, m, shard) = (5, 3, 256 * 1024);
+        let padded = random(k * shard, 1);
+        let split = encode(&padded, k, m).unwrap();
+        let shards: Vec<&[u8]> = padded.chunks(shard).collect();
+        let whole = reed_solomon_simd::encode(k, m, shards).unwrap().concat();
+        assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn every_erasure_set_rebuilds_small_codes() {
+        for (k, m) in [(1, 0), (1, 1), (1, 3), (2, 2), (3, 2), (4, 3), (5, 1)] {
+            for shard in [64usize, 128, 2 * SPLIT_MIN_BYTES] {
+                let padded = random(k * shard, (k * 31 + m) as u64);
+                let parity = encode(&padded, k, m).unwrap();
+                assert_eq!(parity.len(), m * shard);
+                let all: Vec<&[u8]> = padded.chunks(shard).chain(parity.chunks(shard)).collect();
+                for mask in 0u32..(1 << (k + m)) {
+                    if mask.count_ones() as usize != m {
+                        continue;
+                    }
+                    let given: Vec<Option<&[u8]>> = (0..k + m)
+                        .map(|i| {
+                            if mask >> i & 1 == 1 {
+                                None
+                            } else {
+                                Some(all[i])
+                            }
+                        })
+                        .collect();
+                    let rebuilt = reconstruct(&given, k, m).unwrap();
+                    assert_eq!(rebuilt.concat(), padded, "k={k} m={m} mask={mask:b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_geometry_is_an_error() {
+        assert!(encode(&[0u8; 100], 0, 1).is_err());
+        assert!(encode(&[0u8; 99], 3, 1).is_err());
+        assert!(encode(&[0u8; 3], 1, 1).is_err());
+        assert!(encode(&[], 1, 1).is_err());
+        assert!(encode(&[0u8; 64 * 200], 200, 57).is_err());
+        assert!(encode(&[0u8; 64 * 200], 200, 56).is_ok());
+        let s = [0u8; 64];
+        assert!(reconstruct(&[Some(&s[..]), None], 2, 1).is_err());
+        assert!(reconstruct(&[None, None, Some(&s[..])], 2, 1).is_err());
+        assert!(reconstruct(&[Some(&s[..]), Some(&s[..32]), None], 2, 1).is_err());
+        assert!(reconstruct(&[None, None], 1, 1).is_err());
+    }
+}

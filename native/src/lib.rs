@@ -1,0 +1,437 @@
+//! dstore's native core, exposed to Python as `dstore._native`.
+//!
+//! The algorithms live in plain modules that build and test without Python
+//! (`chunk`, `compress`, `erasure`, `pipeline`); this file is the only one that
+//! touches PyO3. Every wrapper validates its arguments (bad ones raise
+//! `ValueError`, never a panic), borrows the caller's buffer without copying,
+//! and releases the GIL while it works.
+
+#![deny(missing_docs)]
+
+pub mod chunk;
+pub mod compress;
+pub mod erasure;
+pub mod pipeline;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyType};
+use rayon::prelude::*;
+
+/// Below this many bytes `blake3` keeps the GIL (releasing costs more than hashing).
+const GIL_RELEASE_MIN_BYTES: usize = 2048;
+/// From this many bytes `blake3` hashes on all cores.
+const MULTITHREAD_HASH_MIN_BYTES: usize = 256 * 1024;
+
+/// `dstore._native.IntegrityError`, a `ValueError` subclass (created once).
+fn integrity_error(py: Python<'_>) -> &Bound<'_, PyType> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.get_or_init(py, || {
+        PyErr::new_type(
+            py,
+            c"dstore._native.IntegrityError",
+            Some(c"A chunk's bytes do not hash to its ID. args[0] is the chunk's index in the batch."),
+            Some(&py.get_type::<PyValueError>()),
+            None,
+        )
+        .expect("creating IntegrityError")
+    })
+    .bind(py)
+}
+
+fn value_error(msg: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(msg.to_string())
+}
+
+/// A borrowed, C-contiguous byte view of any buffer-protocol object.
+struct ByteBuf {
+    buf: PyBuffer<u8>,
+}
+
+impl ByteBuf {
+    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(buf) = PyBuffer::<u8>::get(obj) {
+            if buf.is_c_contiguous() {
+                return Ok(Self { buf });
+            }
+        }
+        // Other item formats (e.g. a float array) are read as their raw bytes.
+        let view = PyMemoryView::from(obj)?.call_method1("cast", ("B",))?;
+        let buf = PyBuffer::<u8>::get(&view)?;
+        if !buf.is_c_contiguous() {
+            return Err(value_error("buffer is not C-contiguous"));
+        }
+        Ok(Self { buf })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        let len = self.buf.len_bytes();
+        if len == 0 {
+            return &[];
+        }
+        // SAFETY: the buffer export held by `self.buf` keeps `len` bytes at
+        // `buf_ptr` alive and C-contiguous until it is dropped; like every
+        // buffer consumer (hashlib, zlib) we rely on the caller not mutating
+        // the bytes while the call runs.
+        unsafe { std::slice::from_raw_parts(self.buf.buf_ptr() as *const u8, len) }
+    }
+}
+
+/// A 1-D unsigned-byte memoryview of `obj`, for zero-copy slices.
+fn byte_view<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    PyMemoryView::from(obj)?.call_method1("cast", ("B",))
+}
+
+fn params(min_size: i64, avg_size: i64, max_size: i64) -> PyResult<chunk::Params> {
+    let conv = |v: i64, name: &str| {
+        usize::try_from(v).map_err(|_| value_error(format!("{name} must be >= 0, got {v}")))
+    };
+    chunk::Params::new(
+        conv(min_size, "min_size")?,
+        conv(avg_size, "avg_size")?,
+        conv(max_size, "max_size")?,
+    )
+    .map_err(value_error)
+}
+
+fn nonneg(v: i64, what: &str) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| value_error(format!("{what} must be >= 0, got {v}")))
+}
+
+/// 32-byte BLAKE3 digest of `data` (multithreaded above a size threshold).
+#[pyfunction]
+#[pyo3(name = "blake3")]
+fn blake3_digest<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let buf = ByteBuf::get(data)?;
+    let bytes = buf.as_slice();
+    let digest = if bytes.len() < GIL_RELEASE_MIN_BYTES {
+        blake3::hash(bytes)
+    } else if bytes.len() < MULTITHREAD_HASH_MIN_BYTES {
+        py.detach(|| blake3::hash(bytes))
+    } else {
+        py.detach(|| blake3::Hasher::new().update_rayon(bytes).finalize())
+    };
+    Ok(PyBytes::new(py, digest.as_bytes()))
+}
+
+/// Lengths of the chunks cut from the start of `data` by fastcdc-gear-v1.
+#[pyfunction]
+#[pyo3(signature = (data, r#final, min_size, avg_size, max_size))]
+fn chunk_lengths(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    r#final: bool,
+    min_size: i64,
+    avg_size: i64,
+    max_size: i64,
+) -> PyResult<Vec<usize>> {
+    let p = params(min_size, avg_size, max_size)?;
+    let buf = ByteBuf::get(data)?;
+    let bytes = buf.as_slice();
+    Ok(py.detach(|| chunk::chunk_lengths(bytes, r#final, &p)))
+}
+
+/// The chunks cut from one buffer, hashed and (maybe) compressed.
+#[pyclass(frozen, module = "dstore._native")]
+struct Segment {
+    /// Uncompressed length of each chunk, in order.
+    #[pyo3(get)]
+    lengths: Py<PyList>,
+    /// 32-byte BLAKE3 digests, concatenated.
+    #[pyo3(get)]
+    digests: Py<PyBytes>,
+    /// 0 = stored raw, 1 = stored zstd-compressed.
+    #[pyo3(get)]
+    codecs: Py<PyList>,
+    /// Stored length of each chunk (== length when raw).
+    #[pyo3(get)]
+    stored_lengths: Py<PyList>,
+    /// Bytes of the input covered by these chunks.
+    #[pyo3(get)]
+    consumed: usize,
+    /// A byte memoryview of the input: raw chunks are slices of it.
+    input: Py<PyAny>,
+    /// A memoryview of the compressed frames, end to end.
+    compressed: Py<PyAny>,
+    offsets: Vec<usize>,
+    stored_lens: Vec<usize>,
+    codec_list: Vec<u8>,
+}
+
+#[pymethods]
+impl Segment {
+    /// Stored bytes of chunk `index` (compressed bytes, or a view of the input when raw).
+    fn stored<'py>(&self, py: Python<'py>, index: i64) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.offsets.len();
+        let i = usize::try_from(index)
+            .ok()
+            .filter(|&i| i < n)
+            .ok_or_else(|| {
+                PyIndexError::new_err(format!("chunk index {index} out of range 0..{n}"))
+            })?;
+        let (start, len) = (self.offsets[i], self.stored_lens[i]);
+        let base = if self.codec_list[i] == compress::CODEC_ZSTD {
+            self.compressed.bind(py)
+        } else {
+            self.input.bind(py)
+        };
+        let end = (start + len) as isize;
+        base.get_item(PySlice::new(py, start as isize, end, 1))
+    }
+
+    fn __len__(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Segment chunks={} consumed={}>",
+            self.offsets.len(),
+            self.consumed
+        )
+    }
+}
+
+/// Chunk, hash and compress one buffer in a single call (zstd_level 0 = never compress).
+#[pyfunction]
+#[pyo3(signature = (data, r#final, min_size, avg_size, max_size, zstd_level))]
+fn process_segment(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    r#final: bool,
+    min_size: i64,
+    avg_size: i64,
+    max_size: i64,
+    zstd_level: i64,
+) -> PyResult<Segment> {
+    let p = params(min_size, avg_size, max_size)?;
+    let min_level = i64::from(zstd::zstd_safe::min_c_level());
+    let max_level = i64::from(zstd::zstd_safe::max_c_level());
+    if zstd_level != 0 && !(min_level..=max_level).contains(&zstd_level) {
+        return Err(value_error(format!(
+            "zstd_level must be 0 (never compress) or in {min_level}..={max_level}, got {zstd_level}"
+        )));
+    }
+    let level = zstd_level as i32;
+    let input = byte_view(data)?;
+    let buf = ByteBuf::get(&input)?;
+    let bytes = buf.as_slice();
+    let seg = py.detach(|| pipeline::process_segment(bytes, r#final, &p, level));
+    drop(buf);
+    let compressed = byte_view(PyBytes::new(py, &seg.compressed).as_any())?;
+    Ok(Segment {
+        lengths: PyList::new(py, &seg.lengths)?.unbind(),
+        digests: PyBytes::new(py, &seg.digests).unbind(),
+        codecs: PyList::new(py, &seg.codecs)?.unbind(),
+        stored_lengths: PyList::new(py, &seg.stored_lengths)?.unbind(),
+        consumed: seg.consumed,
+        input: input.unbind(),
+        compressed: compressed.unbind(),
+        offsets: seg.stored_offsets,
+        stored_lens: seg.stored_lengths,
+        codec_list: seg.codecs,
+    })
+}
+
+fn geometry(k: i64, m: i64) -> PyResult<(usize, usize)> {
+    let k = nonneg(k, "k")?;
+    let m = nonneg(m, "m")?;
+    if k == 0 || k + m > erasure::SHARDS_MAX {
+        return Err(value_error(format!(
+            "need 1 <= k and k + m <= 256, got k={k} m={m}"
+        )));
+    }
+    Ok((k, m))
+}
+
+/// Erasure-code a pack already zero-padded to `k * shard_size` bytes; returns
+/// `(parity, digests)`.
+#[pyfunction]
+fn encode_pack<'py>(
+    py: Python<'py>,
+    padded: &Bound<'py, PyAny>,
+    k: i64,
+    m: i64,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let (k, m) = geometry(k, m)?;
+    let buf = ByteBuf::get(padded)?;
+    let bytes = buf.as_slice();
+    if bytes.len() % k != 0 {
+        return Err(value_error(format!(
+            "pack of {} bytes does not split into k={k} equal shards",
+            bytes.len()
+        )));
+    }
+    let shard_size = bytes.len() / k;
+    erasure::check_geometry(k, m, shard_size).map_err(value_error)?;
+    let mut digests = Vec::new();
+    let parity = PyBytes::new_with(py, m * shard_size, |parity| {
+        py.detach(|| {
+            erasure::encode_into(bytes, k, m, parity)?;
+            digests = erasure::shard_digests(bytes, parity, shard_size);
+            Ok::<(), erasure::ErasureError>(())
+        })
+        .map_err(value_error)
+    })?;
+    Ok((parity, PyBytes::new(py, &digests)))
+}
+
+/// Rebuild the k data shards from any k present shards (None = missing).
+#[pyfunction]
+fn reconstruct<'py>(
+    py: Python<'py>,
+    shards: Vec<Option<Bound<'py, PyAny>>>,
+    k: i64,
+    m: i64,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let (k, m) = geometry(k, m)?;
+    let bufs: Vec<Option<ByteBuf>> = shards
+        .iter()
+        .map(|s| s.as_ref().map(ByteBuf::get).transpose())
+        .collect::<PyResult<_>>()?;
+    let slices: Vec<Option<&[u8]>> = bufs
+        .iter()
+        .map(|b| b.as_ref().map(ByteBuf::as_slice))
+        .collect();
+    let rebuilt = py
+        .detach(|| erasure::reconstruct(&slices, k, m))
+        .map_err(value_error)?;
+    Ok(rebuilt.iter().map(|s| PyBytes::new(py, s)).collect())
+}
+
+/// Why one chunk of a `decode_chunks` batch failed.
+enum ChunkFailure {
+    /// Index of the chunk whose bytes do not decode or verify.
+    Integrity(usize),
+}
+
+/// Decompress and verify chunks of a pack; returns their bytes concatenated.
+#[pyfunction]
+fn decode_chunks<'py>(
+    py: Python<'py>,
+    pack: &Bound<'py, PyAny>,
+    offsets: Vec<i64>,
+    stored_lengths: Vec<i64>,
+    lengths: Vec<i64>,
+    codecs: Vec<i64>,
+    digests: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let n = offsets.len();
+    if stored_lengths.len() != n || lengths.len() != n || codecs.len() != n {
+        return Err(value_error(format!(
+            "offsets, stored_lengths, lengths and codecs differ in length ({n}, {}, {}, {})",
+            stored_lengths.len(),
+            lengths.len(),
+            codecs.len()
+        )));
+    }
+    let pack_buf = ByteBuf::get(pack)?;
+    let pack_bytes = pack_buf.as_slice();
+    let digest_buf = ByteBuf::get(digests)?;
+    let digest_bytes = digest_buf.as_slice();
+    if digest_bytes.len() != 32 * n {
+        return Err(value_error(format!(
+            "digests is {} bytes, need 32 x {n}",
+            digest_bytes.len()
+        )));
+    }
+    // Check every place and size before allocating anything.
+    let mut jobs = Vec::with_capacity(n);
+    let mut total = 0usize;
+    for i in 0..n {
+        let off = nonneg(offsets[i], "offset")?;
+        let slen = nonneg(stored_lengths[i], "stored length")?;
+        let len = nonneg(lengths[i], "length")?;
+        let end = off
+            .checked_add(slen)
+            .filter(|&e| e <= pack_bytes.len())
+            .ok_or_else(|| {
+                value_error(format!(
+                    "chunk {i}: bytes {off}+{slen} lie outside the {}-byte pack",
+                    pack_bytes.len()
+                ))
+            })?;
+        let codec = match codecs[i] {
+            0 => compress::CODEC_RAW,
+            1 => compress::CODEC_ZSTD,
+            c => return Err(value_error(format!("chunk {i}: unknown codec {c}"))),
+        };
+        if len > compress::DECOMPRESSED_MAX_BYTES {
+            return Err(value_error(format!(
+                "chunk {i}: length {len} exceeds {} bytes",
+                compress::DECOMPRESSED_MAX_BYTES
+            )));
+        }
+        if codec == compress::CODEC_RAW && slen != len {
+            return Err(value_error(format!(
+                "chunk {i}: raw chunk with stored length {slen} != length {len}"
+            )));
+        }
+        total = total
+            .checked_add(len)
+            .ok_or_else(|| value_error("total length overflows"))?;
+        jobs.push((off, end, len, codec));
+    }
+    let mut failure: Option<ChunkFailure> = None;
+    let out = PyBytes::new_with(py, total, |out| {
+        failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, out));
+        Ok(())
+    })?;
+    match failure {
+        None => Ok(out),
+        Some(ChunkFailure::Integrity(i)) => {
+            Err(PyErr::from_type(integrity_error(py).clone(), (i,)))
+        }
+    }
+}
+
+/// Fills `out` with the decoded chunks in parallel; returns the lowest failing index.
+fn decode_into(
+    pack: &[u8],
+    jobs: &[(usize, usize, usize, u8)],
+    digests: &[u8],
+    out: &mut [u8],
+) -> Option<ChunkFailure> {
+    let mut pieces: Vec<(usize, &mut [u8])> = Vec::with_capacity(jobs.len());
+    let mut rest = out;
+    for (i, job) in jobs.iter().enumerate() {
+        let (piece, tail) = rest.split_at_mut(job.2);
+        pieces.push((i, piece));
+        rest = tail;
+    }
+    pieces
+        .into_par_iter()
+        .with_max_len(1)
+        .filter_map(|(i, piece)| {
+            let (off, end, _len, codec) = jobs[i];
+            let stored = &pack[off..end];
+            let ok = if codec == compress::CODEC_ZSTD {
+                compress::decompress_exact(stored, piece).is_ok()
+            } else {
+                piece.copy_from_slice(stored);
+                true
+            };
+            let expected = &digests[32 * i..32 * i + 32];
+            (!ok || blake3::hash(piece).as_bytes() != expected).then_some(i)
+        })
+        .min()
+        .map(ChunkFailure::Integrity)
+}
+
+/// dstore's native core: chunking, hashing, compression and erasure coding.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("IntegrityError", integrity_error(py))?;
+    m.add("GEAR_DIGEST", chunk::gear_digest())?;
+    m.add_function(wrap_pyfunction!(blake3_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(chunk_lengths, m)?)?;
+    m.add_function(wrap_pyfunction!(process_segment, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(reconstruct, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_chunks, m)?)?;
+    m.add_class::<Segment>()?;
+    Ok(())
+}
