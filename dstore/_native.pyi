@@ -1,7 +1,9 @@
 """Type stub for the Rust extension module built from native/ (kept honest by mypy.stubtest).
 
-Every function takes whole buffers (any object supporting the buffer protocol),
+Every function takes whole buffers (any C-contiguous object supporting the
+buffer protocol, read as its raw bytes; anything else raises TypeError),
 releases the GIL while it works and uses both cores where the work splits.
+Bad values (sizes, k/m, offsets, levels) raise ValueError, never crash.
 """
 
 from collections.abc import Buffer, Sequence
@@ -36,7 +38,14 @@ class Segment:
     consumed: int
     """Bytes of the input covered by these chunks; the rest is the caller's tail."""
     def stored(self, index: int) -> memoryview:
-        """Stored bytes of chunk ``index`` (compressed bytes, or a view of the input when raw)."""
+        """Stored bytes of chunk ``index`` (compressed bytes, or a view of the input when raw).
+
+        Zero-copy: a raw chunk is a slice of a memoryview of the input buffer,
+        which the Segment keeps exported (a bytearray cannot be resized while
+        the Segment lives). IndexError unless ``0 <= index < len(lengths)``.
+        """
+    def __len__(self) -> int:
+        """Number of chunks."""
 
 def process_segment(
     data: Buffer,
@@ -61,7 +70,11 @@ def encode_pack(padded: Buffer, k: int, m: int) -> tuple[bytes, bytes]:
     """
 
 def reconstruct(shards: Sequence[Buffer | None], k: int, m: int) -> list[bytes]:
-    """Rebuild the k data shards from any k present shards (None = missing)."""
+    """Rebuild the k data shards from any k present shards (None = missing).
+
+    ``len(shards)`` must be k + m and all present shards the same, even size;
+    shards are not verified here (check their CIDs first).
+    """
 
 def decode_chunks(
     pack: Buffer,
@@ -74,5 +87,8 @@ def decode_chunks(
     """Decompress the chunks at the given places in ``pack``, verify each
     against its 32-byte digest, and return their bytes concatenated.
 
-    Raises IntegrityError(index) for the first chunk that fails.
+    Raises IntegrityError(index) for the first chunk that fails (bad zstd
+    frame, wrong decompressed size, or digest mismatch); ValueError for
+    arguments that cannot describe a pack (places outside ``pack``, unknown
+    codec, ``lengths[i]`` > 16 MiB, raw chunk with stored length != length).
     """
