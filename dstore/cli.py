@@ -1,0 +1,224 @@
+"""The ``dstore`` command line: click commands, rich progress on stderr, exit codes.
+
+This is the only place that prints to the user and exits. Every
+:class:`dstore.errors.DstoreError` becomes one line on stderr and its exit
+code (docs/cli.md lists them); anything else is a bug and still gets one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dstore.errors import DstoreError
+
+DEFAULT_SHARDS = "10+2"
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"dstore: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns dstore errors into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DstoreError as e:
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except BrokenPipeError:
+            sys.stderr.close()
+            sys.exit(141)
+        except OSError as e:
+            _fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", 8)
+
+
+@contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """(start(total), advance(n)) callbacks drawing a rich bar on stderr when it is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield (lambda total: None), (lambda n: None)
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=__import__("rich.console").console.Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+        yield (lambda total: bar.update(task, total=total)), (lambda n: bar.advance(task, n))
+
+
+def _store(home: str | None) -> Any:
+    from dstore.store import Store
+
+    return Store(home)
+
+
+home_option = click.option(
+    "--home",
+    envvar="DSTORE_HOME",
+    type=click.Path(file_okay=False),
+    help="Store folder (default: $DSTORE_HOME, else ~/.local/share/dstore).",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dstore")
+def main() -> None:
+    """dstore: content-addressed, erasure-coded storage for ML datasets.
+
+    \b
+      dstore add ./data           store a file or folder, print its dataset ID
+      dstore get CID -o ./data    write it back, every byte verified
+    """
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--shards",
+    default=DEFAULT_SHARDS,
+    show_default=True,
+    metavar="K+M",
+    help="Erasure coding: K data + M parity shards per pack (M may be 0).",
+)
+@click.option("--name", help="Dataset name recorded in the manifest (part of the ID).")
+@click.option("--license", "license_", help="License recorded in the manifest (part of the ID).")
+@click.option("--description", help="Description recorded in the manifest (part of the ID).")
+@click.option("--parent", metavar="CID", help="Dataset ID of the previous version.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the ID.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@home_option
+def add(
+    path: Path,
+    shards: str,
+    name: str | None,
+    license_: str | None,
+    description: str | None,
+    parent: str | None,
+    as_json: bool,
+    quiet: bool,
+    home: str | None,
+) -> None:
+    """Add the file or folder PATH; print its dataset ID (the last line of stdout)."""
+    from dstore.format.cid import parse_cid
+    from dstore.ingest.add import ShardSpec
+    from dstore.ingest.add import add as do_add
+
+    spec = ShardSpec.parse(shards)
+    parent_cid = parse_cid(parent) if parent else None
+    meta = {k: v for k, v in (("name", name), ("license", license_), ("description", description)) if v}
+    with _store(home) as store, _progress("adding", quiet) as (start, advance):
+        result = do_add(path, store, spec, meta=meta, parent=parent_cid, progress=advance, on_start=start)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo(result.dataset.encode("base32"))
+
+
+@main.command()
+@click.argument("cid")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write it.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@home_option
+def get(cid: str, output: Path, quiet: bool, as_json: bool, home: str | None) -> None:
+    """Write dataset CID to OUTPUT (a folder, or a file for a file dataset)."""
+    from dstore.fetch.get import get as do_get
+
+    with _store(home) as store, _progress("getting", quiet) as (start, advance):
+        summary = do_get(store, cid, output, progress=advance, on_start=start)
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+@main.command(name="ls")
+@click.argument("target", metavar="CID[/PATH]")
+@click.option("-l", "long", is_flag=True, help="Show sizes and CIDs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+@home_option
+def ls_(target: str, long: bool, as_json: bool, home: str | None) -> None:
+    """List a folder of a dataset."""
+    from dstore.fetch.reader import DatasetReader
+
+    cid, _, path = target.partition("/")
+    with _store(home) as store:
+        reader = DatasetReader(store, cid)
+        for entry in reader.ls(path):
+            if as_json:
+                click.echo(json.dumps({"name": entry.name, "type": entry.kind, "size": entry.size, "cid": entry.cid_text}))
+            elif long:
+                kind = "d" if entry.kind == "dir" else "-"
+                click.echo(f"{kind} {entry.size:>14} {entry.cid_text} {entry.name}")
+            else:
+                click.echo(entry.name + ("/" if entry.kind == "dir" else ""))
+
+
+@main.command()
+@click.argument("target", metavar="CID/PATH")
+@home_option
+def cat(target: str, home: str | None) -> None:
+    """Write one file of a dataset to stdout."""
+    from dstore.fetch.reader import DatasetReader
+
+    cid, _, path = target.partition("/")
+    out = sys.stdout.buffer
+    with _store(home) as store:
+        reader = DatasetReader(store, cid)
+        for piece in reader.iter_file(path):
+            out.write(piece)
+    out.flush()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@home_option
+def stat(as_json: bool, home: str | None) -> None:
+    """Show what the store holds."""
+    from dstore.fetch.reader import store_stat
+
+    with _store(home) as store:
+        info = store_stat(store)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for key, value in info.items():
+        if key == "datasets_list":
+            continue
+        click.echo(f"{key + ':':<16} {value}")
+    for ds in info.get("datasets_list", []):
+        click.echo(f"  {ds}")
+
+
+@main.command()
+@click.argument("cid")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="CAR file to write.")
+@home_option
+def export(cid: str, output: Path, home: str | None) -> None:
+    """Write the dataset's blocks as a CAR v1 file (readable by IPFS tools)."""
+    from dstore.fetch.export import export_car
+
+    with _store(home) as store:
+        export_car(store, cid, output)

@@ -1,0 +1,83 @@
+"""``dstore get``: write a dataset back as files, atomically.
+
+Everything is written under a temporary name next to the output and renamed
+to it only once every chunk has been verified; on any error the temporary
+tree is removed, so nothing is ever left under the output name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from dstore.errors import FormatError, UsageError
+from dstore.fetch.reader import DatasetReader
+from dstore.format import unixfs
+from dstore.format.cid import CID
+from dstore.store import Store
+
+
+def get(
+    store: Store,
+    dataset: str,
+    output: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, object]:
+    """Write dataset ``dataset`` to ``output``; returns a summary."""
+    reader = DatasetReader(store, dataset)
+    output = Path(output)
+    if os.path.lexists(output):
+        raise UsageError(f"{output} already exists; remove it or choose another -o")
+    parent = output.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"folder {parent} does not exist")
+    if on_start:
+        on_start(reader.manifest.size)
+    tmp = parent / f".{output.name}.dstore-{os.getpid()}.tmp"
+    files = 0
+    try:
+        root = reader.node(reader.root)
+        if root.is_dir:
+            tmp.mkdir()
+            for rel, cid, node in reader.walk_under(root):
+                for part in rel.split("/"):
+                    try:
+                        unixfs.validate_name(part)
+                    except ValueError as e:
+                        raise FormatError(f"unsafe name in dataset: {rel!r}") from e
+                target = tmp / rel
+                if node.is_dir:
+                    target.mkdir()
+                else:
+                    _write_file(reader, cid, node, target, progress)
+                    files += 1
+        else:
+            _write_file(reader, reader.root, root, tmp, progress)
+            files = 1
+        os.rename(tmp, output)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+    return {"cid": dataset, "output": str(output), "files": files, "bytes": reader.manifest.size}
+
+
+def _write_file(
+    reader: DatasetReader, cid: CID, node: unixfs.Node, target: Path, progress: Callable[[int], None] | None
+) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for piece in reader.iter_file_cid(cid, node):
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+            if progress:
+                progress(len(piece))
+    finally:
+        os.close(fd)

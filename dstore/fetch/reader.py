@@ -1,0 +1,219 @@
+"""Read a dataset in place: manifest → UnixFS tree → locator → packs → chunks.
+
+Every metadata block is checked against its CID when it is read, and every
+chunk against its chunk ID (in Rust) after decompression, so a damaged store
+or a wrong locator can make a read fail but never return wrong bytes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
+from dstore.fetch.packs import PackReader
+from dstore.format import unixfs
+from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, hash_digest, parse_cid
+from dstore.format.locator import ChunkEntry, Locator
+from dstore.format.manifest import Manifest
+from dstore.format.pack import PackRecord
+from dstore.store import Store
+
+# Files are read in runs of chunks from one pack, at most this many bytes per run.
+RUN_BYTES = 16 << 20
+_BLOCK_CACHE = 256
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a dataset folder, as ``ls`` shows it."""
+
+    name: str
+    kind: str  # "file" or "dir"
+    size: int | None  # file bytes; None for folders
+    cid: CID
+
+    @property
+    def cid_text(self) -> str:
+        return cid_to_text(self.cid)
+
+
+class DatasetReader:
+    """A dataset of the local store, opened by dataset ID."""
+
+    def __init__(self, store: Store, dataset: str | CID) -> None:
+        self.store = store
+        self.cid = parse_cid(dataset)
+        if self.cid.codec != DAG_CBOR:
+            raise BadCID(
+                f"{cid_to_text(self.cid)} is not a dataset ID (dataset IDs are dag-cbor manifests, "
+                "as printed by `dstore add`)"
+            )
+        self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
+        block = self.block(self.cid, what="dataset")
+        self.manifest = Manifest.decode(block)
+        self.hash_name = self.manifest.hash_name
+        locator = store.index.dataset_locator(self.cid.to_bytes())
+        if locator is None:
+            raise NotFound(f"no locator for dataset {cid_to_text(self.cid)} in this store")
+        self.locator = Locator(self.block, CID.from_bytes(locator))
+        self.packs = PackReader(store, self.hash_name)
+        self.root = self.manifest.root
+
+    # -- blocks -------------------------------------------------------------
+
+    def block(self, cid: CID, what: str = "block") -> bytes:
+        """A metadata block from the store, checked against its CID."""
+        key = cid.to_bytes()
+        cached = self._blocks.get(key)
+        if cached is not None:
+            return cached
+        data = self.store.get_block(key)
+        if data is None:
+            raise NotFound(f"{what} {cid_to_text(cid)} is not in this store")
+        if hash_digest(data, _hash_name_of(cid)) != cid.hash.digest:
+            raise IntegrityError(f"{what} {cid_to_text(cid)} in the store index does not match its ID")
+        self._blocks[key] = data
+        if len(self._blocks) > _BLOCK_CACHE:
+            self._blocks.popitem(last=False)
+        return data
+
+    def node(self, cid: CID) -> unixfs.Node:
+        if cid.codec == RAW:
+            # A one-chunk file: its size comes from the locator, its bytes from a pack.
+            return unixfs.Node(kind="raw", filesize=self._ref(cid.hash.digest)[2].size)
+        return unixfs.parse_node(cid, self.block(cid))
+
+    # -- paths --------------------------------------------------------------
+
+    def resolve(self, path: str) -> tuple[CID, unixfs.Node]:
+        """CID and node at ``path`` (``a/b/c``; empty = the root)."""
+        cid = self.root
+        node = self.node(cid)
+        walked = []
+        for part in (p for p in path.split("/") if p):
+            if not node.is_dir:
+                raise NotFound(f"{'/'.join(walked)} is a file, not a folder")
+            link = unixfs.lookup(self.block, node, part)
+            walked.append(part)
+            if link is None:
+                raise NotFound(f"no such file or folder in the dataset: {'/'.join(walked)}")
+            cid = link.cid
+            node = self.node(cid)
+        return cid, node
+
+    def entries(self, node: unixfs.Node) -> list[tuple[str, CID]]:
+        """A folder's entries, sorted by name bytes (whatever the folder's layout)."""
+        links = unixfs.directory_entries(self.block, node)
+        return sorted(((ln.name, ln.cid) for ln in links), key=lambda e: e[0].encode("utf-8"))
+
+    def ls(self, path: str = "") -> list[Entry]:
+        cid, node = self.resolve(path)
+        if not node.is_dir:
+            return [Entry(path.rstrip("/").rsplit("/", 1)[-1], "file", node.filesize, cid)]
+        out = []
+        for name, child_cid in self.entries(node):
+            child = self.node(child_cid)
+            out.append(Entry(name, "dir" if child.is_dir else "file", None if child.is_dir else child.filesize, child_cid))
+        return out
+
+    def walk(self, path: str = "") -> Iterator[tuple[str, CID, unixfs.Node]]:
+        """Every file and folder under ``path``, depth first, as (relative path, CID, node)."""
+        cid, node = self.resolve(path)
+        yield "", cid, node
+        if node.is_dir:
+            yield from self.walk_under(node)
+
+    def walk_under(self, node: unixfs.Node, prefix: str = "") -> Iterator[tuple[str, CID, unixfs.Node]]:
+        """Everything below folder ``node``, depth first, paths prefixed with ``prefix``."""
+        for name, child_cid in self.entries(node):
+            child = self.node(child_cid)
+            rel = f"{prefix}{name}"
+            yield rel, child_cid, child
+            if child.is_dir:
+                yield from self.walk_under(child, rel + "/")
+
+    # -- file bytes ---------------------------------------------------------
+
+    def leaves(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[tuple[bytes, int]]:
+        """(digest, size) of every chunk of a file, in order."""
+        if cid.codec == RAW:
+            yield cid.hash.digest, self._ref(cid.hash.digest)[2].size
+            return
+        node = node or self.node(cid)
+        if node.kind != "file":
+            raise FormatError(f"{cid_to_text(cid)} is a {node.kind}, not a file")
+        if node.data:
+            raise FormatError("files with inline data are not written by dstore")
+        for link, size in zip(node.links, node.blocksizes):
+            if link.cid.codec == RAW:
+                yield link.cid.hash.digest, size
+            else:
+                yield from self.leaves(link.cid)
+
+    def _ref(self, digest: bytes) -> tuple[bytes, PackRecord, ChunkEntry]:
+        entry = self.locator.find(digest)
+        if entry is None:
+            raise NotFound(f"chunk {digest.hex()[:16]}… is not in the dataset's locator")
+        pack_id, record = self.locator.pack(entry.pack_index)
+        return pack_id.to_bytes(), record, entry
+
+    def iter_file_cid(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[bytes]:
+        """A file's bytes in runs of verified chunks (each run from one pack)."""
+        run: list[ChunkEntry] = []
+        run_pack: tuple[bytes, PackRecord] | None = None
+        run_bytes = 0
+        for digest, size in self.leaves(cid, node):
+            pack_id, record, ref = self._ref(digest)
+            if ref.size != size:
+                raise IntegrityError(f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file")
+            if run and (run_pack is None or run_pack[0] != pack_id or run_bytes + size > RUN_BYTES):
+                assert run_pack is not None
+                yield self.packs.read_run(run_pack[0], run_pack[1], run)
+                run, run_bytes = [], 0
+            run.append(ref)
+            run_pack = (pack_id, record)
+            run_bytes += size
+        if run:
+            assert run_pack is not None
+            yield self.packs.read_run(run_pack[0], run_pack[1], run)
+
+    def iter_file(self, path: str) -> Iterator[bytes]:
+        cid, node = self.resolve(path)
+        if node.is_dir:
+            raise NotFound(f"{path or '/'} is a folder, not a file")
+        return self.iter_file_cid(cid, node)
+
+    def read_chunk(self, digest: bytes) -> bytes:
+        """One chunk's verified bytes, reading only the shard bytes that cover it."""
+        pack_id, record, ref = self._ref(digest)
+        return self.packs.read_one(pack_id, record, ref)
+
+
+def _hash_name_of(cid: CID) -> str:
+    from dstore.format.cid import HASH_NAMES
+
+    try:
+        return HASH_NAMES[cid.hash.code]
+    except KeyError:
+        raise BadCID(f"{cid_to_text(cid)} uses an unsupported hash (0x{cid.hash.code:x})") from None
+
+
+def store_stat(store: Store) -> dict[str, object]:
+    """What the local store holds."""
+    counts = store.index.counts()
+    shard_bytes = 0
+    shard_files = 0
+    for p in store.shards:
+        shard_files += 1
+        shard_bytes += p.stat().st_size
+    return {
+        "home": str(store.home),
+        "datasets": counts["datasets"],
+        "chunks": counts["chunks"],
+        "shards": shard_files,
+        "shard_bytes": shard_bytes,
+        "metadata_blocks": counts["blocks"],
+        "datasets_list": [cid_to_text(k) for k, _ in store.index.datasets_list()],
+    }

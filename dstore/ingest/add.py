@@ -1,0 +1,249 @@
+"""``dstore add``: walk → native pipeline → packs → shards → index → manifest.
+
+The hot path per 16 MiB segment is one Rust call (chunk, hash, compress, both
+cores, GIL released); Python then looks the segment's chunks up in the index in
+one read transaction and copies the new ones into the open pack. Sealing a
+pack (erasure coding, shard hashes) and writing shards run on other threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dstore import _native
+from dstore.errors import InputError, UsageError
+from dstore.format import unixfs
+from dstore.format.cid import CID, raw_cid_bytes
+from dstore.format.locator import build_locator
+from dstore.format.manifest import ChunkerParams, Manifest
+from dstore.format.pack import PackRecord
+from dstore.ingest.packer import Packer
+from dstore.ingest.walk import DirEntry, FileEntry, total_size, walk
+from dstore.store import ChunkLoc, Store
+
+SEGMENT_BYTES = 16 << 20
+ZSTD_LEVEL = 3
+MAX_SHARDS = 256
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Erasure-coding parameters: k data + m parity shards per pack."""
+
+    k: int
+    m: int
+
+    @classmethod
+    def parse(cls, text: str) -> "ShardSpec":
+        """Parse ``K+M`` (for example ``10+4``; M may be 0)."""
+        k_text, plus, m_text = text.partition("+")
+        try:
+            k, m = int(k_text), int(m_text)
+        except ValueError:
+            raise UsageError(f"--shards must look like K+M (for example 10+4), got {text!r}") from None
+        if not plus or k < 1 or m < 0 or k + m > MAX_SHARDS:
+            raise UsageError(f"--shards {text}: need K >= 1, M >= 0 and K + M <= {MAX_SHARDS}")
+        return cls(k, m)
+
+    def __str__(self) -> str:
+        return f"{self.k}+{self.m}"
+
+
+@dataclass
+class AddResult:
+    """What an add produced and how much it stored."""
+
+    dataset: CID
+    root: CID
+    bytes_in: int
+    files: int
+    chunks: int
+    unique_chunks: int
+    new_chunks: int
+    new_chunk_bytes: int  # uncompressed bytes of chunks this add stored
+    new_stored_bytes: int  # bytes of shards this add wrote (including parity)
+    compressed_bytes: int  # stored (compressed/raw) bytes of new chunks, before parity
+    shards: ShardSpec
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "cid": self.dataset.encode("base32"),
+            "root": self.root.encode("base32"),
+            "bytes_in": self.bytes_in,
+            "files": self.files,
+            "chunks": self.chunks,
+            "new_chunks": self.new_chunks,
+            "new_bytes_stored": self.new_stored_bytes,
+            "dedup_ratio": round(self.bytes_in / self.new_chunk_bytes, 4) if self.new_chunk_bytes else None,
+            "compression_ratio": (
+                round(self.new_chunk_bytes / self.compressed_bytes, 4) if self.compressed_bytes else None
+            ),
+            "shards": str(self.shards),
+        }
+
+
+@dataclass
+class _Adder:
+    store: Store
+    spec: ShardSpec
+    chunker: ChunkerParams
+    hash_name: str
+    progress: Progress | None
+    packer: Packer = field(init=False)
+    # Every chunk of this dataset: chunk CID -> size (dict keeps insertion order).
+    chunk_sizes: dict[bytes, int] = field(default_factory=dict)
+    # Chunks found already stored before this add: chunk CID -> location.
+    old_locations: dict[bytes, ChunkLoc] = field(default_factory=dict)
+    blocks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    chunks_total: int = 0
+    new_chunk_bytes: int = 0
+    compressed_bytes: int = 0
+    files: int = 0
+
+    def __post_init__(self) -> None:
+        self.packer = Packer(self.store, self.spec.k, self.spec.m, self.hash_name)
+
+    # -- files --------------------------------------------------------------
+
+    def add_file(self, entry: FileEntry) -> tuple[CID, int]:
+        """Store one file's chunks; returns its UnixFS root CID and Tsize."""
+        leaves: list[tuple[bytes, int]] = []
+        p = self.chunker
+        try:
+            with open(entry.path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as reader:
+                pending = reader.submit(f.read, SEGMENT_BYTES)
+                tail = b""
+                while True:
+                    block = pending.result()
+                    final = not block
+                    if not final:
+                        pending = reader.submit(f.read, SEGMENT_BYTES)
+                    data = tail + block if tail else block
+                    if not data:
+                        break
+                    seg = _native.process_segment(data, final, p.min, p.avg, p.max, ZSTD_LEVEL)
+                    self._take_segment(seg, leaves)
+                    tail = data[seg.consumed :]
+                    if self.progress:
+                        self.progress(seg.consumed)
+                    if final:
+                        break
+        except OSError as e:
+            raise InputError(f"cannot read {entry.path}: {e.strerror or e}") from e
+        self.files += 1
+        root, blocks, tsize = unixfs.build_file(leaves, self.hash_name)
+        self.blocks.extend(blocks)
+        return root, tsize
+
+    def _take_segment(self, seg: _native.Segment, leaves: list[tuple[bytes, int]]) -> None:
+        digests = seg.digests
+        hash_name = self.hash_name
+        cids = [raw_cid_bytes(digests[32 * i : 32 * i + 32], hash_name) for i in range(len(seg.lengths))]
+        unseen = [c for c in cids if c not in self.chunk_sizes]
+        stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen)))
+        for i, (cid, size) in enumerate(zip(cids, seg.lengths)):
+            leaves.append((cid, size))
+            self.chunks_total += 1
+            if cid in self.chunk_sizes:
+                continue  # repeated within this add
+            self.chunk_sizes[cid] = size
+            old = stored_before.get(cid)
+            if old is not None:
+                self.old_locations[cid] = old
+                continue
+            stored = seg.stored(i)
+            self.packer.add(cid, stored, size, seg.codecs[i])
+            self.new_chunk_bytes += size
+            self.compressed_bytes += len(stored)
+
+    # -- folders ------------------------------------------------------------
+
+    def add_tree(self, node: FileEntry | DirEntry) -> tuple[CID, int]:
+        if isinstance(node, FileEntry):
+            return self.add_file(node)
+        entries = [(child.name, *self.add_tree(child)) for child in node.children]
+        root, blocks, tsize = unixfs.build_directory(entries, self.hash_name)
+        self.blocks.extend(blocks)
+        return root, tsize
+
+    # -- locator ------------------------------------------------------------
+
+    def locator_inputs(
+        self,
+    ) -> tuple[list[tuple[bytes, int, int, int, int, int]], list[tuple[CID, PackRecord]]]:
+        """Chunk-table entries and pack table for the locator of this dataset."""
+        locations = {**self.old_locations, **self.packer.locations}
+        pack_index: dict[bytes, int] = {}
+        packs: list[tuple[CID, PackRecord]] = []
+        entries = []
+        for cid in self.chunk_sizes:
+            loc = locations[cid]
+            idx = pack_index.get(loc.pack_id)
+            if idx is None:
+                record = self.packer.packs.get(loc.pack_id)
+                if record is None:
+                    block = self.store.get_block(loc.pack_id)
+                    if block is None:
+                        raise InputError("store index is inconsistent: a pack record is missing")
+                    record = PackRecord.decode(block)
+                idx = pack_index[loc.pack_id] = len(packs)
+                packs.append((CID.from_bytes(loc.pack_id), record))
+            entries.append((cid[4:], idx, loc.offset, loc.stored_len, loc.size, loc.codec))
+        return entries, packs
+
+
+def add(
+    path: Path,
+    store: Store,
+    spec: ShardSpec,
+    *,
+    chunker: ChunkerParams | None = None,
+    hash_name: str = "blake3",
+    meta: dict[str, str] | None = None,
+    parent: CID | None = None,
+    progress: Progress | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> AddResult:
+    """Add the file or folder at ``path`` to ``store``; returns the dataset ID and figures.
+
+    ``on_start`` is called with the total input bytes once the tree is walked.
+    """
+    tree = walk(Path(path))
+    size = total_size(tree)
+    if on_start:
+        on_start(size)
+    adder = _Adder(store, spec, chunker or ChunkerParams(), hash_name, progress)
+    try:
+        root, _ = adder.add_tree(tree)
+        adder.packer.finish()
+    finally:
+        adder.packer.close()
+    manifest = Manifest(
+        root=root, hash_name=hash_name, chunker=adder.chunker, size=size, meta=meta or {}, parent=parent
+    )
+    manifest_block = manifest.encode()
+    dataset = manifest.cid
+    entries, packs = adder.locator_inputs()
+    locator_root, locator_blocks = build_locator(dataset, entries, packs, hash_name)
+    blocks = [(c if isinstance(c, bytes) else c.to_bytes(), b) for c, b in adder.blocks]
+    blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
+    blocks.append((dataset.to_bytes(), manifest_block))
+    store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
+    return AddResult(
+        dataset=dataset,
+        root=root,
+        bytes_in=size,
+        files=adder.files,
+        chunks=adder.chunks_total,
+        unique_chunks=len(adder.chunk_sizes),
+        new_chunks=len(adder.packer.locations),
+        new_chunk_bytes=adder.new_chunk_bytes,
+        new_stored_bytes=adder.packer.bytes_stored,
+        compressed_bytes=adder.compressed_bytes,
+        shards=spec,
+    )

@@ -1,0 +1,130 @@
+"""Packs new chunks, erasure-codes each pack and writes its shards to the store.
+
+The caller appends stored chunk bytes; when a pack is full it is sealed on a
+background thread (Reed–Solomon encode + shard hashes in Rust, GIL released)
+while the caller goes on chunking, and its shards are written by a small pool
+of writer threads. Index entries for a pack are committed only after all its
+shards are durable (shards, then index: docs/format.md, "Order of writes").
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from dstore import _native
+from dstore.format.cbor import block_cid
+from dstore.format.cid import RAW, cid_from_digest
+from dstore.format.pack import PackRecord, shard_size
+from dstore.store import ChunkLoc, Store
+
+SHARD_TARGET_BYTES = 1 << 20
+# Sealed packs whose shards are still being written; bounds memory (each pack
+# holds up to (k + m) MiB).
+MAX_PACKS_IN_FLIGHT = 3
+
+
+@dataclass
+class SealedPack:
+    """A pack whose record is known; shards may still be in flight."""
+
+    pack_id: bytes
+    record: PackRecord
+    record_block: bytes
+    chunks: list[tuple[bytes, ChunkLoc]]
+    writes: list[Future[int]] = field(default_factory=list)
+
+
+class Packer:
+    """Accumulates new chunks into packs of ``k × 1 MiB`` and stores them."""
+
+    def __init__(self, store: Store, k: int, m: int, hash_name: str) -> None:
+        self.store = store
+        self.k, self.m, self.hash_name = k, m, hash_name
+        self.capacity = k * SHARD_TARGET_BYTES
+        self.buf = bytearray(self.capacity)
+        self.fill = 0
+        self.sealed: deque[Future[SealedPack]] = deque()
+        # Filled as packs become durable: what the locator of this add needs.
+        self.packs: dict[bytes, PackRecord] = {}
+        self.locations: dict[bytes, ChunkLoc] = {}
+        self.bytes_stored = 0
+        self._sealer = ThreadPoolExecutor(1, thread_name_prefix="dstore-seal")
+        self._writers = ThreadPoolExecutor(4, thread_name_prefix="dstore-write")
+        # (chunk CID, offset, stored length, size, codec) of the open pack
+        self._chunk_meta: list[tuple[bytes, int, int, int, int]] = []
+
+    def add(self, cid: bytes, stored: memoryview, size: int, codec: int) -> None:
+        """Append one chunk's stored bytes to the open pack."""
+        n = len(stored)
+        if self.fill + n > self.capacity:
+            self.seal()
+        self.buf[self.fill : self.fill + n] = stored
+        self._chunk_meta.append((cid, self.fill, n, size, codec))
+        self.fill += n
+
+    def seal(self) -> None:
+        """Close the current pack (if not empty) and start encoding and writing it."""
+        if not self._chunk_meta:
+            return
+        buf, fill, meta = self.buf, self.fill, self._chunk_meta
+        self.buf = bytearray(self.capacity)
+        self.fill = 0
+        self._chunk_meta = []
+        while len(self.sealed) >= MAX_PACKS_IN_FLIGHT:
+            self._finish_oldest()
+        self.sealed.append(self._sealer.submit(self._encode_and_write, buf, fill, meta))
+
+    def _encode_and_write(
+        self, buf: bytearray, fill: int, meta: list[tuple[bytes, int, int, int, int]]
+    ) -> SealedPack:
+        k, m = self.k, self.m
+        ss = shard_size(fill, k)
+        total = k * ss
+        if total > len(buf):
+            buf.extend(bytes(total - len(buf)))
+        else:
+            buf[fill:total] = bytes(total - fill)
+        view = memoryview(buf)[:total]
+        parity, digests = _native.encode_pack(view, k, m)
+        shard_cids = [
+            cid_from_digest(RAW, digests[32 * i : 32 * i + 32], self.hash_name) for i in range(k + m)
+        ]
+        record = PackRecord(k=k, m=m, size=fill, shard_size=ss, shards=shard_cids)
+        record_block = record.encode()
+        pack_id = block_cid(record_block, self.hash_name).to_bytes()
+        pv = memoryview(parity)
+        sealed = SealedPack(
+            pack_id,
+            record,
+            record_block,
+            [(cid, ChunkLoc(pack_id, off, sl, size, codec)) for cid, off, sl, size, codec in meta],
+        )
+        for i, scid in enumerate(shard_cids):
+            part = view[i * ss : (i + 1) * ss] if i < k else pv[(i - k) * ss : (i - k + 1) * ss]
+            sealed.writes.append(self._writers.submit(self.store.shards.write, scid.encode("base32"), (part,)))
+        return sealed
+
+    def _finish_oldest(self) -> None:
+        sealed = self.sealed.popleft().result()
+        for w in sealed.writes:
+            self.bytes_stored += w.result()
+        self.store.shards.sync_dirs()
+        self.store.index.commit_packs(
+            [(sealed.pack_id, sealed.record_block, [c.to_bytes() for c in sealed.record.shards])],
+            sealed.chunks,
+        )
+        self.packs[sealed.pack_id] = sealed.record
+        self.locations.update(sealed.chunks)
+
+    def finish(self) -> None:
+        """Seal the last pack, wait for every write and commit the index."""
+        self.seal()
+        while self.sealed:
+            self._finish_oldest()
+        self.close()
+
+    def close(self) -> None:
+        self._sealer.shutdown(wait=True, cancel_futures=True)
+        self._writers.shutdown(wait=True, cancel_futures=True)

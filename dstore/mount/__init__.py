@@ -1,0 +1,1 @@
+"""Reading datasets in place: ``dstore.open``, seekable file objects (later: fsspec, PyTorch, FUSE)."""

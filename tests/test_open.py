@@ -1,0 +1,80 @@
+"""`dstore.open`: seekable file objects that read only the chunks they need."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dstore
+from dstore.fetch.packs import PackReader
+from dstore.ingest.add import ShardSpec, add
+from dstore.store import Store
+from treeutil import csv_like, random_bytes
+
+DATA = random_bytes(3 << 20, 21) + csv_like(2 << 20)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("open")
+    src = root / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "data.bin").write_bytes(DATA)
+    (src / "small.txt").write_bytes(b"small file")
+    home = root / "store"
+    with Store(home) as store:
+        result = add(src, store, ShardSpec(4, 2))
+    return home, result.dataset.encode("base32")
+
+
+def test_ls_walk_and_read_all(dataset):
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds:
+        assert [e.name for e in ds.ls()] == ["small.txt", "sub"]
+        assert list(ds.walk()) == [("", ["sub"], ["small.txt"]), ("sub", [], ["data.bin"])]
+        with ds.open("sub/data.bin") as f:
+            assert isinstance(f, io.BufferedIOBase)
+            assert f.read() == DATA
+        assert ds.open("small.txt").read() == b"small file"
+
+
+@settings(max_examples=60)
+@given(st.integers(0, len(DATA)), st.integers(0, 300_000), st.sampled_from([os.SEEK_SET, os.SEEK_END]))
+def test_random_access(dataset, offset, length, whence):
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds, ds.open("sub/data.bin") as f:
+        pos = f.seek(offset if whence == os.SEEK_SET else offset - len(DATA), whence)
+        assert pos == offset
+        assert f.read(length) == DATA[offset : offset + length]
+        assert f.tell() == min(len(DATA), offset + length)
+
+
+def test_reads_only_covering_chunks(dataset, monkeypatch):
+    """A 10-byte read in the middle of a 5 MiB file touches one chunk's bytes, not the pack."""
+    home, cid = dataset
+    read_bytes = []
+    original = dstore.store.shards.ShardFiles.read_into
+
+    def counting(self, cid_text, buf, offset=0):
+        read_bytes.append(len(buf))
+        return original(self, cid_text, buf, offset)
+
+    monkeypatch.setattr(dstore.store.shards.ShardFiles, "read_into", counting)
+    monkeypatch.setattr(PackReader, "pack_bytes", None)  # the whole-pack path must not be used
+    with dstore.open(cid, home=home) as ds, ds.open("sub/data.bin") as f:
+        f.seek(2_000_000)
+        assert f.read(10) == DATA[2_000_000:2_000_010]
+    assert 0 < sum(read_bytes) <= 2 * 262_144
+
+
+def test_errors_are_oserrors(dataset):
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds:
+        with pytest.raises(IsADirectoryError):
+            ds.open("sub")
+        with pytest.raises(FileNotFoundError):
+            ds.open("nope")
