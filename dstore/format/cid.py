@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 
 import blake3
+from multiformats import multibase
 from multiformats.cid import CID
 from multiformats.multihash import Multihash
 
@@ -126,16 +127,24 @@ def parse_cid(value: str | bytes | bytearray | memoryview | CID) -> CID:
             text = value.strip()
             if not text or len(text) > 4 * MAX_CID_BYTES:
                 raise BadCID(f"not a CID: {value[:80]!r}")
-            cid = CID.decode(text)
+            if len(text) == 46 and text.startswith("Qm"):
+                raw = CID.decode(text).to_bytes()  # CIDv0: bare base58btc multihash
+                if CID.decode(text).encode() != text:
+                    raise BadCID(f"not a CID: {text!r}")
+            else:
+                raw = multibase.decode(text)[1]
         elif isinstance(value, (bytes, bytearray, memoryview)):
             raw = bytes(value)
-            if not raw or len(raw) > MAX_CID_BYTES:
-                raise BadCID(f"not a CID: {len(raw)} bytes")
-            cid = CID.from_bytes(raw)
-            if cid.to_bytes() != raw:
-                raise BadCID("not a CID: trailing or non-canonical bytes")
         else:
             raise BadCID(f"not a CID: {type(value).__name__}")
+        if not raw or len(raw) > MAX_CID_BYTES:
+            raise BadCID(f"not a CID: {len(raw)} bytes")
+        cid = CID.from_bytes(raw)
+        if cid.to_bytes() != raw:
+            raise BadCID("not a CID: trailing or non-canonical bytes")
+        n = len(cid.hash.digest)
+        if not 1 <= n <= 64 or (cid.hash.code == SHA2_256 and n != 32):
+            raise BadCID(f"not a CID: {n}-byte digest")
     except BadCID:
         raise
     except Exception as e:  # py-multiformats raises several unrelated types
