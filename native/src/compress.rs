@@ -25,22 +25,34 @@ pub fn max_worthwhile_bytes(len: usize) -> usize {
 }
 
 thread_local! {
-    /// One reusable compression context per thread (rayon workers live long).
+    /// Reusable compression contexts per thread (rayon workers live long): one
+    /// for the level-1 sample test, one for the chunk's own level. Creating a
+    /// context costs far more than compressing a 64 KiB chunk.
+    static SAMPLE_COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     /// One reusable decompression context per thread.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> R) -> R {
-    COMPRESSOR.with(|cell| {
+type CompressorSlot = RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>>;
+
+fn with_compressor<R>(
+    key: &'static std::thread::LocalKey<CompressorSlot>,
+    level: i32,
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> R,
+) -> R {
+    key.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let fresh = match slot.as_ref() {
-            Some((lvl, _)) => *lvl != level,
-            None => true,
-        };
-        if fresh {
-            let ctx = zstd::bulk::Compressor::new(level).expect("zstd compressor context");
-            *slot = Some((level, ctx));
+        match slot.as_mut() {
+            Some((lvl, ctx)) if *lvl != level => {
+                ctx.set_compression_level(level).expect("valid zstd level");
+                *lvl = level;
+            }
+            Some(_) => {}
+            None => {
+                let ctx = zstd::bulk::Compressor::new(level).expect("zstd compressor context");
+                *slot = Some((level, ctx));
+            }
         }
         let (_, ctx) = slot.as_mut().expect("set above");
         f(ctx)
@@ -49,10 +61,16 @@ fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'st
 
 /// Compresses `data` at `level` into `out` (cleared first) if the result is at
 /// most `limit` bytes. Returns false (and leaves `out` unspecified) otherwise.
-fn compress_within(data: &[u8], level: i32, limit: usize, out: &mut Vec<u8>) -> bool {
+fn compress_within(
+    key: &'static std::thread::LocalKey<CompressorSlot>,
+    data: &[u8],
+    level: i32,
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> bool {
     out.clear();
     out.reserve(limit);
-    with_compressor(level, |ctx| {
+    with_compressor(key, level, |ctx| {
         // A destination of exactly `limit` bytes: zstd fails with "dst too small"
         // as soon as the frame would not pay, which is also the decision.
         let mut dst = std::mem::take(out);
@@ -73,7 +91,7 @@ pub fn looks_compressible(data: &[u8]) -> bool {
     let sample = &data[..SAMPLE_BYTES];
     let limit = SAMPLE_BYTES - SAMPLE_BYTES * 3 / 100;
     let mut out = Vec::new();
-    compress_within(sample, 1, limit, &mut out)
+    compress_within(&SAMPLE_COMPRESSOR, sample, 1, limit, &mut out)
 }
 
 /// Compresses `data` into a fresh frame when that saves at least 5%.
@@ -83,7 +101,7 @@ pub fn compress_chunk(data: &[u8], level: i32) -> Option<Vec<u8>> {
     }
     let limit = max_worthwhile_bytes(data.len());
     let mut frame = Vec::new();
-    compress_within(data, level, limit, &mut frame).then_some(frame)
+    compress_within(&COMPRESSOR, data, level, limit, &mut frame).then_some(frame)
 }
 
 /// Why a stored chunk could not be decompressed.
