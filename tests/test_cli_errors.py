@@ -79,7 +79,7 @@ def test_shards_out_of_range(dstore, tmp_path, shards):
     src = tmp_path / "x"
     src.write_bytes(b"x")
     one_line_error(dstore("add", src, "--shards", shards, check=False), 2)
-    assert not (Path(tmp_path / "store") / "index-0").exists() or dstore("stat", "--json").out.find('"datasets": 0') >= 0
+    assert '"datasets": 0' in dstore("stat", "--json").out
 
 
 def test_output_exists(dstore, tmp_path):
@@ -117,11 +117,14 @@ def test_corrupt_shards_are_rebuilt_from_parity(dstore, tmp_path, home):
 
 
 def test_too_many_corrupt_shards_is_a_clean_failure(dstore, tmp_path, home):
-    cid = add_file(dstore, tmp_path, shards="4+1")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(random_bytes(2_000_000, 11))
+    cid = dstore("add", src, "-q", "--shards", "4+1").out.strip()
     files = shard_files(home)
     for f in files[:2]:
         corrupt(f)
     line = one_line_error(dstore("get", cid, "-o", tmp_path / "out", check=False), 7)
-    assert "good shards" in line
+    assert "good shards" in line and line.startswith("dstore: error: f.bin: pack ")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from dstore.errors import FormatError, UsageError
+from dstore.errors import FormatError, IntegrityError, UsageError
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID
@@ -53,10 +53,10 @@ def get(
                 if node.is_dir:
                     target.mkdir()
                 else:
-                    _write_file(reader, cid, node, target, progress)
+                    _write_file(reader, cid, node, target, rel, progress)
                     files += 1
         else:
-            _write_file(reader, reader.root, root, tmp, progress)
+            _write_file(reader, reader.root, root, tmp, output.name, progress)
             files = 1
         os.rename(tmp, output)
     except BaseException:
@@ -69,7 +69,12 @@ def get(
 
 
 def _write_file(
-    reader: DatasetReader, cid: CID, node: unixfs.Node, target: Path, progress: Callable[[int], None] | None
+    reader: DatasetReader,
+    cid: CID,
+    node: unixfs.Node,
+    target: Path,
+    name: str,
+    progress: Callable[[int], None] | None,
 ) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -79,5 +84,8 @@ def _write_file(
                 view = view[os.write(fd, view) :]
             if progress:
                 progress(len(piece))
+    except IntegrityError as e:
+        # Name what is lost: the file, not only the pack.
+        raise type(e)(f"{name}: {e}") from e
     finally:
         os.close(fd)
