@@ -120,7 +120,7 @@ def test_balanced_layout(n: int, shape: list[int]) -> None:
     root, blocks, tsize = build_file(leaves)
     assert _shape(root, blocks) == shape
     total = sum(s for _, s in leaves)
-    node = parse_node(root, dict((c.to_bytes(), b) for c, b in blocks)[root.to_bytes()])
+    node = parse_node(root, {c.to_bytes(): b for c, b in blocks}[root.to_bytes()])
     assert node.filesize == total
     assert sum(node.blocksizes) == total
     assert tsize == total + sum(len(b) for _, b in blocks)
@@ -151,7 +151,7 @@ def test_three_levels_and_leaf_order() -> None:
 
 
 def test_file_node_link_has_empty_name_and_tsize() -> None:
-    root, blocks, _ = build_file(
+    _root, blocks, _ = build_file(
         [(raw_cid_bytes(bytes(32)), 10), (raw_cid_bytes(b"\1" * 32), 20)]
     )
     pb = decode_node(blocks[0][1])
@@ -239,7 +239,7 @@ def test_hamt_sharding_by_threshold() -> None:
 
 def test_hamt_link_names_and_bitfield() -> None:
     entries = _dir_entries(40)
-    root, blocks, _ = build_directory(entries, hamt_threshold_bytes=1)
+    _root, blocks, _ = build_directory(entries, hamt_threshold_bytes=1)
     pb = decode_node(blocks[-1][1])
     slots = sorted({hamt_hash(n.encode())[0] for n, _, _ in entries})
     bitfield = sum(1 << s for s in slots)
