@@ -37,8 +37,22 @@ lint:
 	cd native && cargo fmt --check && cargo clippy --release -- -D warnings
 
 # Benchmarks are not tests: they write bench/results/ (JSON, markdown, PNG).
-bench:
+# Sizes for a quick run: BENCH_SIZE_MIB=64 BENCH_RSS_MIB=128 BENCH_RUNS=1 make bench
+# (see bench/README.md). Data is cached in /dev/shm/dstore-bench (BENCH_SHM).
+.PHONY: bench-deps
+bench-deps:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  need=""; \
+	  command -v restic >/dev/null || need="$$need restic"; \
+	  command -v zstd >/dev/null || need="$$need zstd"; \
+	  if [ -n "$$need" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$need; \
+	  fi; \
+	fi
 	$(PIP) install -e '.[test,bench]'
+
+bench: bench-deps
 	$(PYTHON) bench/run.py
 
 clean:

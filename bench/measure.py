@@ -1,0 +1,239 @@
+"""Timing, peak-RSS and machine-information helpers for run.py."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+GB = 1e9  # throughputs are reported in GB/s = 10^9 bytes per second
+MiB = 1 << 20
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def _tail(text: str, n: int = 800) -> str:
+    text = text.strip()
+    return text if len(text) <= n else "…" + text[-n:]
+
+
+def run_timed(cmd: list[str], env: dict | None = None, check: bool = True,
+              stdout_path: Path | None = None) -> dict:
+    """Run cmd to completion; the wall time of the whole command (perf_counter
+    around subprocess.run, start-up included)."""
+    full_env = None if env is None else {**os.environ, **env}
+    with contextlib.ExitStack() as stack:
+        out_f = stack.enter_context(open(stdout_path, "wb")) if stdout_path else None
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, check=False, env=full_env, stdin=subprocess.DEVNULL,
+                           stdout=out_f or subprocess.PIPE, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - t0
+    stdout = "" if out_f else p.stdout.decode(errors="replace")
+    stderr = p.stderr.decode(errors="replace")
+    if check and p.returncode != 0:
+        raise CommandFailed(f"{' '.join(map(str, cmd))} exited {p.returncode}: {_tail(stderr or stdout)}")
+    return {"seconds": seconds, "rc": p.returncode, "stdout": stdout, "stderr": stderr}
+
+
+_STATUS_KEYS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
+def _status_kib(pid: int) -> dict[str, int]:
+    out = dict.fromkeys(_STATUS_KEYS, 0)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in out:
+                    out[key] = int(rest.split()[0])
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    return out
+
+
+def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01) -> dict:
+    """Run cmd, polling the RSS of its whole process tree every `interval` s.
+
+    Returns the wall time, the peak of the tree's summed VmRSS (and of its
+    anonymous / file-backed / shmem parts, each peaked separately), and the
+    kernel's exact ru_maxrss of the main process (from wait4)."""
+    full_env = None if env is None else {**os.environ, **env}
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Drain pipes in threads so a chatty child cannot block on a full pipe.
+    bufs = {"out": b"", "err": b""}
+
+    def drain(stream, key):
+        bufs[key] = stream.read()
+
+    threads = [threading.Thread(target=drain, args=(p.stdout, "out"), daemon=True),
+               threading.Thread(target=drain, args=(p.stderr, "err"), daemon=True)]
+    for t in threads:
+        t.start()
+    peak = dict.fromkeys(_STATUS_KEYS, 0)
+    samples = 0
+    try:
+        root = psutil.Process(p.pid)
+    except psutil.NoSuchProcess:
+        root = None
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid == p.pid:
+            break
+        pids = [p.pid]
+        if root is not None:
+            try:
+                pids += [c.pid for c in root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        tot = dict.fromkeys(_STATUS_KEYS, 0)
+        for q in pids:
+            for k, v in _status_kib(q).items():
+                tot[k] += v
+        for k in _STATUS_KEYS:
+            peak[k] = max(peak[k], tot[k])
+        samples += 1
+        time.sleep(interval)
+    seconds = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    for t in threads:
+        t.join()
+    res = {
+        "seconds": seconds,
+        "rc": p.returncode,
+        "peak_tree_rss_mib": peak["VmRSS"] / 1024,
+        "peak_tree_rss_anon_mib": peak["RssAnon"] / 1024,
+        "peak_tree_rss_file_mib": peak["RssFile"] / 1024,
+        "peak_tree_rss_shmem_mib": peak["RssShmem"] / 1024,
+        "main_ru_maxrss_mib": ru.ru_maxrss / 1024,  # Linux: KiB
+        "samples": samples,
+        "poll_interval_s": interval,
+        "stdout": bufs["out"].decode(errors="replace"),
+        "stderr": bufs["err"].decode(errors="replace"),
+    }
+    if p.returncode != 0:
+        raise CommandFailed(f"{' '.join(map(str, cmd))} exited {p.returncode}: "
+                            f"{_tail(res['stderr'] or res['stdout'])}")
+    res["peak_rss_mib"] = max(res["peak_tree_rss_mib"], res["main_ru_maxrss_mib"])
+    return res
+
+
+def du_bytes(path: Path) -> int:
+    """Apparent size of everything under path (`du -sb`)."""
+    if not path.exists():
+        return 0
+    out = subprocess.run(["du", "-sb", str(path)], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
+def rm(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def sync() -> None:
+    subprocess.run(["sync"], check=False)
+
+
+def median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def last_json(stdout: str) -> dict:
+    """The JSON object `dstore ... --json` prints (the last non-empty line that parses)."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    # maybe pretty-printed over several lines
+    s = stdout.strip()
+    i = s.find("{")
+    if i >= 0:
+        return json.loads(s[i:])
+    raise ValueError(f"no JSON object in output: {_tail(stdout, 300)!r}")
+
+
+def _cmd_out(cmd: list[str]) -> str | None:
+    try:
+        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
+        return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr).strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _pkg_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(repo: Path) -> dict:
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = _cmd_out(["git", "-C", str(repo), "rev-parse", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                           check=False, capture_output=True, text=True).stdout.strip()
+    return {
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "nproc_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "mem_total_gib": round(psutil.virtual_memory().total / (1 << 30), 2),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "git_commit": commit,
+        "git_dirty_tracked_files": len(dirty.splitlines()) if dirty else 0,
+        "loadavg_start": os.getloadavg(),
+        "versions": {
+            "dstore": _pkg_version("dstore"),
+            "hf_xet": _pkg_version("hf_xet"),
+            "pyfastcdc": _pkg_version("pyfastcdc"),
+            "blake3": _pkg_version("blake3"),
+            "psutil": _pkg_version("psutil"),
+            "matplotlib": _pkg_version("matplotlib"),
+            "zstd": _cmd_out(["zstd", "--version"]),
+            "restic": _cmd_out(["restic", "version"]),
+            "dd": _cmd_out(["dd", "--version"]),
+        },
+    }
+
+
+def fs_type(path: Path) -> str | None:
+    """Filesystem type of the mount holding path (from /proc/self/mounts)."""
+    path = path.resolve()
+    best, fstype = "", None
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            parts = line.split()
+            mnt = parts[1]
+            if (str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                best, fstype = mnt, parts[2]
+    except OSError:
+        pass
+    return f"{fstype} ({best})" if fstype else None

@@ -1,0 +1,626 @@
+#!/usr/bin/env python3
+"""dstore benchmark harness (`make bench`).
+
+Generates deterministic inputs once (cached under $BENCH_SHM/data, tmpfs),
+then measures dstore against reference tools, each measurement repeated
+BENCH_RUNS times with dstore and its references interleaved in the same run,
+and writes bench/results/{results.json,results.md,throughput.png}.
+
+Environment:
+  BENCH_SIZE_MIB  size of the incompressible and CSV inputs (default 1024)
+  BENCH_RSS_MIB   size of the incompressible input for the peak-RSS check (default 3072)
+  BENCH_RUNS      repetitions of every timed measurement (default 3)
+  BENCH_SEED      seed of the generated data (default 1)
+  BENCH_SHM       tmpfs folder for data, stores and outputs (default /dev/shm/dstore-bench)
+  BENCH_DISK      disk folder for the durable-store case (default bench/work)
+  BENCH_RESULTS   where results go (default bench/results)
+  BENCH_ONLY      comma-separated subset of: add_tmpfs,add_disk,get_tmpfs,rss,csv,dedup
+
+See bench/README.md for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import datagen
+import measure as M
+import report
+
+SECTIONS = ["add_tmpfs", "add_disk", "get_tmpfs", "rss", "csv", "dedup"]
+SHARDS = "10+4"
+SHARDS_NO_PARITY = "10+0"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        env = os.environ
+        self.size = int(env.get("BENCH_SIZE_MIB", "1024")) * M.MiB
+        self.rss_size = int(env.get("BENCH_RSS_MIB", "3072")) * M.MiB
+        self.runs = max(1, int(env.get("BENCH_RUNS", "3")))
+        self.seed = int(env.get("BENCH_SEED", "1"))
+        self.shm = Path(env.get("BENCH_SHM", "/dev/shm/dstore-bench"))
+        self.disk = Path(env.get("BENCH_DISK", str(HERE / "work")))
+        self.results_dir = Path(env.get("BENCH_RESULTS", str(HERE / "results")))
+        only = args.only or env.get("BENCH_ONLY", "")
+        self.only = [s.strip() for s in only.split(",") if s.strip()] or SECTIONS
+        bad = set(self.only) - set(SECTIONS)
+        if bad:
+            sys.exit(f"unknown section(s) {sorted(bad)}; choose from {SECTIONS}")
+        self.data = self.shm / "data"
+        self.tmp = self.shm / "work"
+        for d in (self.data, self.tmp, self.disk, self.results_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.results: dict = {}
+        self.dstore_ok = False
+        self.dstore_error: str | None = None
+
+    # ---- commands -------------------------------------------------------------
+
+    @staticmethod
+    def dstore_cmd() -> list[str]:
+        script = Path(sys.executable).with_name("dstore")
+        if script.exists():
+            return [str(script)]
+        return [sys.executable, "-m", "dstore"]
+
+    def dstore_add(self, path: Path, home: Path, shards: str) -> dict:
+        if not self.dstore_ok:
+            raise RuntimeError(f"dstore unavailable: {self.dstore_error}")
+        r = M.run_timed(self.dstore_cmd() + ["add", str(path), "--shards", shards, "--json", "-q"],
+                        env={"DSTORE_HOME": str(home)})
+        return {"seconds": r["seconds"], "json": M.last_json(r["stdout"])}
+
+    def dstore_get(self, cid: str, out: Path, home: Path) -> dict:
+        if not self.dstore_ok:
+            raise RuntimeError(f"dstore unavailable: {self.dstore_error}")
+        r = M.run_timed(self.dstore_cmd() + ["get", cid, "-o", str(out), "-q"],
+                        env={"DSTORE_HOME": str(home)})
+        return {"seconds": r["seconds"]}
+
+    @staticmethod
+    def ref(what: str, path: Path) -> dict:
+        r = M.run_timed([sys.executable, str(HERE / "refs.py"), what, str(path)])
+        return {"seconds": r["seconds"], "inner": M.last_json(r["stdout"])}
+
+    @staticmethod
+    def same_bytes(a: Path, b: Path) -> bool:
+        return subprocess.run(["cmp", "-s", str(a), str(b)], check=False).returncode == 0
+
+    # ---- plumbing -------------------------------------------------------------
+
+    def log(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def attempt(self, fn, *a, **kw) -> dict:
+        try:
+            return fn(*a, **kw)
+        except Exception as e:  # noqa: BLE001 - one failing item must not lose the others
+            self.log(f"  error: {e}")
+            return {"error": f"{type(e).__name__}: {e}"}
+
+    def interleaved(self, items: dict, nbytes: int) -> list[dict]:
+        """BENCH_RUNS runs; in each, every item once, order rotated by run."""
+        names = list(items)
+        runs = []
+        for i in range(self.runs):
+            order = names[i % len(names):] + names[: i % len(names)]
+            run = {}
+            for name in order:
+                res = self.attempt(items[name], i)
+                if "seconds" in res and "error" not in res:
+                    res["gbps"] = nbytes / res["seconds"] / M.GB
+                    self.log(f"  run {i + 1}/{self.runs} {name}: {res['seconds']:.3f} s, {res['gbps']:.3f} GB/s")
+                run[name] = res
+            runs.append(run)
+        return runs
+
+    @staticmethod
+    def med(runs: list[dict], name: str, key: str = "gbps") -> float | None:
+        return M.median([r[name].get(key) for r in runs if name in r and "error" not in r[name]])
+
+    @staticmethod
+    def ratios(runs: list[dict], a: str, b: str, key: str = "gbps", invert: bool = False) -> list:
+        out = []
+        for r in runs:
+            x, y = r.get(a, {}).get(key), r.get(b, {}).get(key)
+            if x is None or y is None or "error" in r[a] or "error" in r[b]:
+                out.append(None)
+            else:
+                out.append(y / x if invert else x / y)
+        return out
+
+    def errors(self, runs: list[dict]) -> dict:
+        errs = {}
+        for r in runs:
+            for name, res in r.items():
+                if "error" in res:
+                    errs.setdefault(name, res["error"])
+        return errs
+
+    # ---- setup ----------------------------------------------------------------
+
+    def smoke(self) -> None:
+        """Does `dstore add`/`get` work at all? (1 MiB file, exact round trip.)"""
+        src = self.tmp / "smoke.bin"
+        home, out = self.tmp / "smoke-home", self.tmp / "smoke-out"
+        for p in (home, out):
+            M.rm(p)
+        src.write_bytes(os.urandom(1 << 20))
+        self.dstore_ok = True
+        try:
+            r = self.dstore_add(src, home, SHARDS)
+            j = r["json"]
+            missing = [k for k in ("cid", "bytes_in", "new_bytes_stored") if k not in j]
+            if missing:
+                raise RuntimeError(f"add --json lacks {missing}: {j}")
+            self.dstore_get(j["cid"], out, home)
+            if not self.same_bytes(src, out):
+                raise RuntimeError("get returned different bytes")
+            self.dstore_error = None
+        except Exception as e:  # noqa: BLE001 - any failure means "dstore not usable yet"
+            self.dstore_ok = False
+            self.dstore_error = f"{type(e).__name__}: {e}"
+        finally:
+            for p in (home, out, src):
+                M.rm(p)
+        self.results["dstore_smoke"] = {"ok": self.dstore_ok, "error": self.dstore_error,
+                                        "command": self.dstore_cmd()}
+        self.log(f"dstore smoke test: {'ok' if self.dstore_ok else self.dstore_error}")
+
+    def generate(self) -> None:
+        t0 = time.perf_counter()
+        need = set(self.only)
+        self.inputs = {}
+        if need & {"add_tmpfs", "add_disk", "get_tmpfs"}:
+            self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
+            self.log(f"data: {self.random_path}")
+            self.inputs["random"] = dict(datagen.incompressible(self.random_path, self.size, self.seed),
+                                         path=str(self.random_path))
+        if need & {"csv", "dedup"}:
+            self.csv_path = self.data / f"events-{self.size // M.MiB}MiB.csv"
+            self.log(f"data: {self.csv_path}")
+            self.csv_meta = datagen.csv_v1(self.csv_path, self.size, self.seed)
+            self.inputs["csv"] = dict(self.csv_meta, path=str(self.csv_path))
+        if "rss" in need:
+            self.rss_path = self.data / f"random-rss-{self.rss_size // M.MiB}MiB.bin"
+            self.log(f"data: {self.rss_path}")
+            self.inputs["rss"] = dict(datagen.incompressible(self.rss_path, self.rss_size, self.seed,
+                                                             kind="random-rss"),
+                                      path=str(self.rss_path))
+        self.results["inputs"] = self.inputs
+        self.results["data_seconds"] = time.perf_counter() - t0
+
+    def warm_up(self) -> None:
+        """One untimed run of every program on a small file, so the first timed
+        run does not pay for loading binaries and Python modules from disk."""
+        src = self.tmp / "warm.bin"
+        src.write_bytes(os.urandom(4 << 20))
+        home = self.tmp / "warm-home"
+        M.rm(home)
+        if self.dstore_ok:
+            self.attempt(self.dstore_add, src, home, SHARDS)
+        for what in ("xet", "cdc", "floor"):
+            self.attempt(self.ref, what, src)
+        M.rm(home)
+        M.rm(src)
+
+    # ---- measurements ---------------------------------------------------------
+
+    def startup(self) -> dict:
+        """Fixed cost of one command (interpreter, imports, store creation): `dstore add`
+        of a 4 KiB file to a fresh store, and the xet reference on the same file.
+        Informational: it is part of every whole-command timing."""
+        src, home = self.tmp / "tiny.bin", self.tmp / "home-tiny"
+        src.write_bytes(os.urandom(4096))
+        out: dict = {"dstore_add_4KiB_s": [], "xet_4KiB_s": []}
+        for _ in range(self.runs):
+            M.rm(home)
+            r = self.attempt(self.dstore_add, src, home, SHARDS)
+            out["dstore_add_4KiB_s"].append(r.get("seconds"))
+            out["xet_4KiB_s"].append(self.attempt(self.ref, "xet", src).get("seconds"))
+        M.rm(home)
+        M.rm(src)
+        out["median"] = {k: M.median(v) for k, v in list(out.items())}
+        self.log(f"  startup (4 KiB input): {out['median']}")
+        return out
+
+    def add_tmpfs(self) -> dict:
+        f, home = self.random_path, self.tmp / "home"
+
+        def dstore(i):
+            M.rm(home)
+            r = self.dstore_add(f, home, SHARDS)
+            M.rm(home)
+            return r
+
+        items = {
+            "dstore": dstore,
+            "xet": lambda i: self.ref("xet", f),
+            "cdc_loop": lambda i: self.ref("cdc", f),
+            "floor": lambda i: self.ref("floor", f),
+        }
+        runs = self.interleaved(items, self.size)
+        sec = {
+            "startup": self.startup(),
+            "description": f"dstore add --shards {SHARDS} of {self.size // M.MiB} MiB incompressible, "
+                           "input and store on tmpfs, fresh DSTORE_HOME per run",
+            "bytes": self.size,
+            "store_fs": M.fs_type(home.parent),
+            "references": {
+                "xet": "hf_xet.hash_files([path]) (Xet Rust chunking + hashing), whole python process",
+                "cdc_loop": "Python loop: pyfastcdc.FastCDC(avg 64 KiB, min 16 KiB, max 256 KiB, NC 2)"
+                            ".cut_file + blake3 per chunk, whole python process",
+                "floor": "read file in 16 MiB blocks + blake3(max_threads=AUTO), whole python process",
+            },
+            "runs": runs,
+            "median_gbps": {n: self.med(runs, n) for n in items},
+            "ratio_runs": {f"dstore/{n}": self.ratios(runs, "dstore", n) for n in ("xet", "cdc_loop", "floor")},
+            "target": {"dstore/xet": ">= 1.0"},
+        }
+        sec["ratio"] = {k: M.median(v) for k, v in sec["ratio_runs"].items()}
+        r = sec["ratio"]["dstore/xet"]
+        sec["pass"] = None if r is None else r >= 1.0
+        sec["errors"] = self.errors(runs)
+        return sec
+
+    def add_disk(self) -> dict:
+        f, home = self.random_path, self.disk / "home"
+        dd_file = self.disk / "dd.bin"
+        block = 4 * M.MiB
+        count = math.ceil(self.size * 1.4 / block)
+
+        def dstore(i):
+            M.rm(home)
+            M.sync()
+            r = self.dstore_add(f, home, SHARDS)
+            r["home_bytes"] = M.du_bytes(home)
+            M.rm(home)
+            M.sync()
+            return r
+
+        def dd(i):
+            M.rm(dd_file)
+            M.sync()
+            r = M.run_timed(["dd", "if=/dev/zero", f"of={dd_file}", f"bs={block}", f"count={count}",
+                             "conv=fsync", "status=none"])
+            M.rm(dd_file)
+            M.sync()
+            return {"seconds": r["seconds"], "bytes_written": count * block,
+                    "write_gbps": count * block / r["seconds"] / M.GB}
+
+        items = {"dstore": dstore, "dd": dd}
+        runs = self.interleaved(items, self.size)
+        sec = {
+            "description": f"dstore add --shards {SHARDS} of {self.size // M.MiB} MiB incompressible "
+                           "from tmpfs, store on disk (durable: dstore fsyncs shards)",
+            "bytes": self.size,
+            "store_fs": M.fs_type(self.disk),
+            "references": {
+                "dd": f"dd if=/dev/zero of=<disk file> bs=4M count={count} conv=fsync "
+                      f"({count * block} bytes = input x 1.4, what {SHARDS} stores); "
+                      "gbps = input bytes / dd time",
+            },
+            "cache_note": "The input is on tmpfs (no page-cache distinction). Before every timed "
+                          "command `sync` flushes earlier dirty pages, and the store / dd file from "
+                          "the previous run is deleted and synced, so each run starts from a clean "
+                          "write-back state; page cache is not dropped (writes are the cost measured, "
+                          "and both sides fsync).",
+            "runs": runs,
+            "median_gbps": {n: self.med(runs, n) for n in items},
+            "median_dd_write_gbps": self.med(runs, "dd", "write_gbps"),
+            "ratio_runs": {"dstore/dd": self.ratios(runs, "dstore", "dd")},
+            "target": {"dstore/dd": ">= 0.8"},
+        }
+        sec["ratio"] = {k: M.median(v) for k, v in sec["ratio_runs"].items()}
+        r = sec["ratio"]["dstore/dd"]
+        sec["pass"] = None if r is None else r >= 0.8
+        sec["errors"] = self.errors(runs)
+        return sec
+
+    def get_tmpfs(self) -> dict:
+        f, home = self.random_path, self.tmp / "home-get"
+        out, cp_out = self.tmp / "get-out.bin", self.tmp / "cp-out.bin"
+        M.rm(home)
+        setup = self.attempt(self.dstore_add, f, home, SHARDS)
+        cid = setup.get("json", {}).get("cid")
+        verified: dict = {}
+
+        def dstore(i):
+            if cid is None:
+                raise RuntimeError(f"setup add failed: {setup.get('error')}")
+            M.rm(out)
+            r = self.dstore_get(cid, out, home)
+            if "identical" not in verified:
+                verified["identical"] = self.same_bytes(f, out)
+                if not verified["identical"]:
+                    raise RuntimeError("dstore get returned different bytes")
+            M.rm(out)
+            return r
+
+        def cp(i):
+            M.rm(cp_out)
+            r = M.run_timed(["cp", str(f), str(cp_out)])
+            M.rm(cp_out)
+            return {"seconds": r["seconds"]}
+
+        items = {"dstore": dstore, "cp": cp}
+        try:
+            runs = self.interleaved(items, self.size)
+        finally:
+            M.rm(home)
+        sec = {
+            "description": f"dstore get of the {self.size // M.MiB} MiB incompressible dataset "
+                           f"(added with --shards {SHARDS}); store and output on tmpfs",
+            "bytes": self.size,
+            "setup_add": setup,
+            "output_verified_identical": verified.get("identical"),
+            "references": {"cp": "cp <original> <tmpfs file>"},
+            "runs": runs,
+            "median_gbps": {n: self.med(runs, n) for n in items},
+            "ratio_runs": {"dstore/cp": self.ratios(runs, "dstore", "cp")},
+            "target": {"dstore/cp": ">= 0.7"},
+        }
+        sec["ratio"] = {k: M.median(v) for k, v in sec["ratio_runs"].items()}
+        r = sec["ratio"]["dstore/cp"]
+        sec["pass"] = None if r is None else r >= 0.7
+        sec["errors"] = self.errors(runs)
+        return sec
+
+    def rss(self) -> dict:
+        f, home, out = self.rss_path, self.tmp / "home-rss", self.tmp / "rss-out.bin"
+        runs = []
+        verified = None
+        for i in range(self.runs):
+            run = {}
+            M.rm(home)
+            M.rm(out)
+            if not self.dstore_ok:
+                run = {"add": {"error": f"dstore unavailable: {self.dstore_error}"}}
+                runs.append(run)
+                continue
+            run["add"] = self.attempt(M.run_peak_rss, self.dstore_cmd() + [
+                "add", str(f), "--shards", SHARDS, "--json", "-q"], env={"DSTORE_HOME": str(home)})
+            cid = None
+            if "error" not in run["add"]:
+                cid = self.attempt(M.last_json, run["add"].pop("stdout")).get("cid")
+                run["add"].pop("stderr", None)
+            if cid:
+                run["get"] = self.attempt(M.run_peak_rss, self.dstore_cmd() + [
+                    "get", cid, "-o", str(out), "-q"], env={"DSTORE_HOME": str(home)})
+                for k in ("stdout", "stderr"):
+                    run["get"].pop(k, None)
+                if verified is None and "error" not in run["get"]:
+                    verified = self.same_bytes(f, out)
+            for k in ("add", "get"):
+                if k in run and "error" not in run[k]:
+                    run[k]["gbps"] = self.rss_size / run[k]["seconds"] / M.GB
+                    self.log(f"  run {i + 1}/{self.runs} {k}: peak RSS {run[k]['peak_rss_mib']:.0f} MiB "
+                             f"(tree anon {run[k]['peak_tree_rss_anon_mib']:.0f}, "
+                             f"file {run[k]['peak_tree_rss_file_mib']:.0f}, "
+                             f"shmem {run[k]['peak_tree_rss_shmem_mib']:.0f}), {run[k]['gbps']:.3f} GB/s")
+            M.rm(out)
+            M.rm(home)
+            runs.append(run)
+
+        def peak(k):
+            xs = [r[k]["peak_rss_mib"] for r in runs if k in r and "error" not in r[k]]
+            return max(xs) if xs else None
+
+        sec = {
+            "description": f"peak RSS of dstore add --shards {SHARDS} and dstore get of a "
+                           f"{self.rss_size // M.MiB} MiB incompressible file (tmpfs)",
+            "bytes": self.rss_size,
+            "method": "psutil process tree polled every 10 ms, summing VmRSS (and RssAnon/RssFile/"
+                      "RssShmem) of the process and all descendants; also the kernel's ru_maxrss of "
+                      "the main process from wait4. peak_rss_mib = max of the two; the reported value "
+                      "is the max over runs. Note: pages of a tmpfs file the process maps count in "
+                      "its RSS (RssShmem), so an mmap-based reader shows them.",
+            "output_verified_identical": verified,
+            "runs": runs,
+            "peak_rss_mib": {"add": peak("add"), "get": peak("get")},
+            "median_gbps": {k: M.median([r[k]["gbps"] for r in runs if k in r and "error" not in r[k]])
+                            for k in ("add", "get")},
+            "target": {"add": "<= 400 MiB", "get": "<= 400 MiB"},
+        }
+        sec["pass"] = {k: (None if v is None else v <= 400) for k, v in sec["peak_rss_mib"].items()}
+        sec["errors"] = self.errors(runs)
+        return sec
+
+    def csv(self) -> dict:
+        f, home = self.csv_path, self.tmp / "home-csv"
+        zout = self.tmp / "csv.zst"
+
+        def dstore(shards):
+            def go(i):
+                M.rm(home)
+                r = self.dstore_add(f, home, shards)
+                r["new_bytes_stored"] = r["json"].get("new_bytes_stored")
+                M.rm(home)
+                return r
+            return go
+
+        def zstd(i):
+            M.rm(zout)
+            r = M.run_timed(["zstd", "-3", "-q", "-f", str(f), "-o", str(zout)])
+            size = zout.stat().st_size
+            M.rm(zout)
+            return {"seconds": r["seconds"], "compressed_bytes": size}
+
+        items = {"dstore": dstore(SHARDS), "dstore_no_parity": dstore(SHARDS_NO_PARITY), "zstd": zstd}
+        runs = self.interleaved(items, f.stat().st_size)
+        stored = M.median([r["dstore_no_parity"].get("new_bytes_stored") for r in runs
+                           if "error" not in r.get("dstore_no_parity", {"error": 1})])
+        zsize = M.median([r["zstd"].get("compressed_bytes") for r in runs if "error" not in r["zstd"]])
+        size_ratios = [None if ("error" in r["dstore_no_parity"] or "error" in r["zstd"]
+                                or r["dstore_no_parity"].get("new_bytes_stored") is None)
+                       else r["dstore_no_parity"]["new_bytes_stored"] / r["zstd"]["compressed_bytes"]
+                       for r in runs]
+        gbps = self.med(runs, "dstore")
+        sec = {
+            "description": f"CSV ({f.stat().st_size} bytes, {self.csv_meta.get('rows')} rows) on tmpfs: "
+                           f"dstore add throughput (--shards {SHARDS}) and stored bytes "
+                           f"(--shards {SHARDS_NO_PARITY}: new_bytes_stored, no parity) vs zstd -3",
+            "bytes": f.stat().st_size,
+            "references": {"zstd": "zstd -3 -q -f <csv> -o <tmpfs>.zst (whole file, zstd CLI defaults)"},
+            "runs": runs,
+            "median_gbps": {n: self.med(runs, n) for n in items},
+            "dstore_stored_bytes": stored,
+            "zstd_bytes": zsize,
+            "ratio_runs": {"stored/zstd": size_ratios},
+            "target": {"stored/zstd": "<= 1.15", "dstore_gbps": ">= 0.45"},
+        }
+        sec["ratio"] = {"stored/zstd": M.median(size_ratios)}
+        sec["pass"] = {
+            "stored/zstd": None if sec["ratio"]["stored/zstd"] is None else sec["ratio"]["stored/zstd"] <= 1.15,
+            "dstore_gbps": None if gbps is None else gbps >= 0.45,
+        }
+        sec["errors"] = self.errors(runs)
+        return sec
+
+    def dedup(self) -> dict:
+        v1 = self.csv_path
+        v2 = self.tmp / "v2.csv"
+        home = self.tmp / "home-dedup"
+        repo, stage = self.tmp / "restic-repo", self.tmp / "restic-stage"
+        pw = self.tmp / "restic-password"
+        pw.write_text("dstore-bench\n")
+        restic = ["restic", "--repo", str(repo), "--password-file", str(pw), "--no-cache"]
+        restic_info: dict = {}
+
+        def dstore_case():
+            M.rm(home)
+            a = self.dstore_add(v1, home, SHARDS_NO_PARITY)
+            du0 = M.du_bytes(home)
+            b = self.dstore_add(v2, home, SHARDS_NO_PARITY)
+            du1 = M.du_bytes(home)
+            M.rm(home)
+            return {"v1": a, "v2": b, "new_bytes_stored": b["json"].get("new_bytes_stored"),
+                    "home_growth_bytes": du1 - du0, "v1_home_bytes": du0}
+
+        def restic_backup() -> dict:
+            r = M.run_timed(restic + ["backup", "--json", "--host", "bench", str(stage)])
+            summary = {}
+            for line in r["stdout"].splitlines():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("message_type") == "summary":
+                    summary = msg
+            return {"seconds": r["seconds"], "summary": summary}
+
+        def restic_case():
+            M.rm(repo)
+            M.rm(stage)
+            stage.mkdir()
+            M.run_timed(restic + ["init"])
+            if not restic_info:
+                cfg = M.run_timed(restic + ["cat", "config"], check=False)
+                try:
+                    restic_info["repo_config"] = json.loads(cfg["stdout"])
+                except ValueError:
+                    restic_info["repo_config"] = cfg["stdout"].strip()
+            os.link(v1, stage / "data.csv")
+            a = restic_backup()
+            du0 = M.du_bytes(repo)
+            (stage / "data.csv").unlink()
+            os.link(v2, stage / "data.csv")
+            b = restic_backup()
+            du1 = M.du_bytes(repo)
+            M.rm(repo)
+            M.rm(stage)
+            return {"v1": a, "v2": b, "repo_growth_bytes": du1 - du0, "v1_repo_bytes": du0}
+
+        cases = {}
+        for kind in ("edit", "append", "insert"):
+            self.log(f"  dedup case {kind}")
+            M.rm(v2)
+            info = datagen.csv_v2(kind, v1, v2, self.seed, self.csv_meta)
+            d = self.attempt(dstore_case)
+            r = self.attempt(restic_case)
+            M.rm(v2)
+            ratio = None
+            if "error" not in d and "error" not in r and d["new_bytes_stored"] is not None:
+                ratio = d["new_bytes_stored"] / max(1, r["repo_growth_bytes"])
+            cases[kind] = {"v2": info, "dstore": d, "restic": r, "ratio": ratio,
+                           "pass": None if ratio is None else ratio <= 1.2}
+            self.log(f"    dstore new {d.get('new_bytes_stored')} B, restic growth "
+                     f"{r.get('repo_growth_bytes')} B, ratio {ratio}")
+        M.rm(pw)
+        return {
+            "description": f"second version of the {v1.stat().st_size}-byte CSV, each edit applied "
+                           f"to the same v1; dstore: fresh store, add v1 then v2 with --shards "
+                           f"{SHARDS_NO_PARITY}, new_bytes_stored of v2 (no parity); restic: fresh repo, "
+                           "backup of a folder holding v1 then v2 as data.csv, repo growth (du -sb)",
+            "restic": restic_info,
+            "cases": cases,
+            "target": "dstore new bytes <= 1.2 x restic repo growth, each case",
+            "pass": {k: c["pass"] for k, c in cases.items()},
+        }
+
+    # ---- main -----------------------------------------------------------------
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        self.results["config"] = {
+            "BENCH_SIZE_MIB": self.size // M.MiB, "BENCH_RSS_MIB": self.rss_size // M.MiB,
+            "BENCH_RUNS": self.runs, "BENCH_SEED": self.seed, "shm": str(self.shm),
+            "shm_fs": M.fs_type(self.shm), "disk": str(self.disk), "disk_fs": M.fs_type(self.disk),
+            "sections": self.only, "shards": SHARDS, "gb": "10^9 bytes",
+            "timing": "time.perf_counter around subprocess.run of the whole command",
+            "aggregation": "medians over runs; ratios computed within each run, then their median",
+        }
+        self.results["machine"] = M.machine_info(REPO)
+        self.generate()
+        self.smoke()
+        self.warm_up()
+        sections = {}
+        for name in self.only:
+            load = os.getloadavg()
+            self.log(f"== {name} (load {load[0]:.2f})")
+            t = time.perf_counter()
+            try:
+                sections[name] = getattr(self, name)()
+            except Exception as e:  # noqa: BLE001 - report it, keep the other sections
+                traceback.print_exc()
+                sections[name] = {"error": f"{type(e).__name__}: {e}"}
+            sections[name]["loadavg_before"] = load
+            sections[name]["loadavg_after"] = os.getloadavg()
+            sections[name]["section_seconds"] = time.perf_counter() - t
+        self.results["sections"] = sections
+        self.results["machine"]["loadavg_end"] = os.getloadavg()
+        self.results["total_seconds"] = time.perf_counter() - t0
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        (self.results_dir / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+        md = report.markdown(self.results)
+        (self.results_dir / "results.md").write_text(md)
+        try:
+            report.plot(self.results, self.results_dir / "throughput.png")
+        except Exception as e:  # noqa: BLE001 - the JSON and table matter more than the chart
+            self.log(f"plot failed: {e}")
+        print()
+        print(report.table(self.results))
+        self.log(f"results in {self.results_dir}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated sections (default: all; env BENCH_ONLY)")
+    Bench(ap.parse_args()).run()
+
+
+if __name__ == "__main__":
+    main()
