@@ -28,44 +28,52 @@ def get(
     on_start: Callable[[int], None] | None = None,
 ) -> dict[str, object]:
     """Write dataset ``dataset`` to ``output``; returns a summary."""
-    reader = DatasetReader(store, dataset)
     output = Path(output)
-    if os.path.lexists(output):
-        raise UsageError(f"{output} already exists; remove it or choose another -o")
-    parent = output.absolute().parent
-    if not parent.is_dir():
-        raise UsageError(f"folder {parent} does not exist")
-    if on_start:
-        on_start(reader.manifest.size)
-    tmp = parent / f".{output.name}.dstore-{os.getpid()}.tmp"
-    files = 0
+    reader = DatasetReader(store, dataset)
     try:
-        root = reader.node(reader.root)
-        if root.is_dir:
-            tmp.mkdir()
-            for rel, cid, node in reader.walk_under(root):
-                for part in rel.split("/"):
-                    try:
-                        unixfs.validate_name(part)
-                    except ValueError as e:
-                        raise FormatError(f"unsafe name in dataset: {rel!r}") from e
-                target = tmp / rel
-                if node.is_dir:
-                    target.mkdir()
-                else:
-                    _write_file(reader, cid, node, target, rel, progress)
-                    files += 1
-        else:
-            _write_file(reader, reader.root, root, tmp, output.name, progress)
-            files = 1
-        os.rename(tmp, output)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
+        if os.path.lexists(output):
+            raise UsageError(f"{output} already exists; remove it or choose another -o")
+        parent = output.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(f"folder {parent} does not exist")
+        if on_start:
+            on_start(reader.manifest.size)
+        tmp = parent / f".{output.name}.dstore-{os.getpid()}.tmp"
+        try:
+            files = _write_tree(reader, tmp, output.name, progress)
+            os.rename(tmp, output)
+        except BaseException:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        reader.close()
     return {"cid": dataset, "output": str(output), "files": files, "bytes": reader.manifest.size}
+
+
+def _write_tree(reader: DatasetReader, tmp: Path, name: str, progress: Callable[[int], None] | None) -> int:
+    """Write the whole dataset at ``tmp``; returns the number of files."""
+    root = reader.node(reader.root)
+    if not root.is_dir:
+        _write_file(reader, reader.root, root, tmp, name, progress)
+        return 1
+    files = 0
+    tmp.mkdir()
+    for rel, cid, node in reader.walk_under(root):
+        for part in rel.split("/"):
+            try:
+                unixfs.validate_name(part)
+            except ValueError as e:
+                raise FormatError(f"unsafe name in dataset: {rel!r}") from e
+        target = tmp / rel
+        if node.is_dir:
+            target.mkdir()
+        else:
+            _write_file(reader, cid, node, target, rel, progress)
+            files += 1
+    return files
 
 
 def _write_file(

@@ -9,8 +9,10 @@ data shards (Reed–Solomon, in Rust).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
@@ -30,33 +32,60 @@ class PackReader:
         self.store = store
         self.hash_name = hash_name
         self._cache: OrderedDict[bytes, memoryview] = OrderedDict()
+        # One reader thread loads the next pack while the caller decodes this one.
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, Future[memoryview]] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- whole packs ----------------------------------------------------------
 
+    def prefetch(self, pack_id: bytes, record: PackRecord) -> None:
+        """Start loading a pack in the background (a later pack_bytes picks it up)."""
+        with self._lock:
+            if pack_id in self._cache or pack_id in self._pending:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-prefetch")
+            self._pending[pack_id] = self._pool.submit(self._load, pack_id, record)
+
     def pack_bytes(self, pack_id: bytes, record: PackRecord) -> memoryview:
         """The pack's data region (k × shard_size bytes) from its data shards, cached."""
-        cached = self._cache.get(pack_id)
-        if cached is not None:
-            self._cache.move_to_end(pack_id)
-            return cached
+        with self._lock:
+            cached = self._cache.get(pack_id)
+            if cached is not None:
+                self._cache.move_to_end(pack_id)
+                return cached
+            pending = self._pending.pop(pack_id, None)
+        view = pending.result() if pending is not None else self._load(pack_id, record)
+        return self._remember(pack_id, view)
+
+    def _load(self, pack_id: bytes, record: PackRecord) -> memoryview:
         ss = record.shard_size
-        buf = bytearray(record.k * ss)
-        view = memoryview(buf)
+        view = memoryview(bytearray(record.k * ss))
         try:
             for i in range(record.k):
                 self.store.shards.read_into(record.shards[i].encode("base32"), view[i * ss : (i + 1) * ss])
         except NotFound:
-            view = self.rebuild(pack_id, record)
-        return self._remember(pack_id, view)
-
-    def _remember(self, pack_id: bytes, view: memoryview) -> memoryview:
-        self._cache[pack_id] = view
-        while len(self._cache) > PACK_CACHE_SIZE:
-            self._cache.popitem(last=False)
+            return self._rebuilt(pack_id, record)
         return view
 
+    def _remember(self, pack_id: bytes, view: memoryview) -> memoryview:
+        with self._lock:
+            self._cache[pack_id] = view
+            self._cache.move_to_end(pack_id)
+            while len(self._cache) > PACK_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return view
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
-        """Read every shard, keep those that match their CID, and restore the data shards."""
+        """Read every shard, keep those that match their CID, and restore the data shards (cached)."""
+        return self._remember(pack_id, self._rebuilt(pack_id, record))
+
+    def _rebuilt(self, pack_id: bytes, record: PackRecord) -> memoryview:
         shards: list[bytes | None] = []
         bad: list[str] = []
         for i, cid in enumerate(record.shards):
@@ -82,9 +111,7 @@ class PackReader:
             data_shards: Sequence[bytes] = [s for s in shards[: record.k] if s is not None]
         else:
             data_shards = _native.reconstruct(shards, record.k, record.m)
-        view = memoryview(b"".join(data_shards))
-        self._cache.pop(pack_id, None)
-        return self._remember(pack_id, view)
+        return memoryview(b"".join(data_shards))
 
     # -- chunks ---------------------------------------------------------------
 

@@ -61,6 +61,9 @@ class DatasetReader:
         self.packs = PackReader(store, self.hash_name)
         self.root = self.manifest.root
 
+    def close(self) -> None:
+        self.packs.close()
+
     # -- blocks -------------------------------------------------------------
 
     def block(self, cid: CID, what: str = "block") -> bytes:
@@ -159,25 +162,28 @@ class DatasetReader:
         pack_id, record = self.locator.pack(entry.pack_index)
         return pack_id.to_bytes(), record, entry
 
-    def iter_file_cid(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[bytes]:
-        """A file's bytes in runs of verified chunks (each run from one pack)."""
-        run: list[ChunkEntry] = []
-        run_pack: tuple[bytes, PackRecord] | None = None
+    def runs(self, cid: CID, node: unixfs.Node | None = None) -> list[tuple[bytes, PackRecord, list[ChunkEntry]]]:
+        """A file's chunks grouped into runs that share one pack (at most RUN_BYTES each)."""
+        runs: list[tuple[bytes, PackRecord, list[ChunkEntry]]] = []
         run_bytes = 0
         for digest, size in self.leaves(cid, node):
             pack_id, record, ref = self._ref(digest)
             if ref.size != size:
                 raise IntegrityError(f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file")
-            if run and (run_pack is None or run_pack[0] != pack_id or run_bytes + size > RUN_BYTES):
-                assert run_pack is not None
-                yield self.packs.read_run(run_pack[0], run_pack[1], run)
-                run, run_bytes = [], 0
-            run.append(ref)
-            run_pack = (pack_id, record)
+            if not runs or runs[-1][0] != pack_id or run_bytes + size > RUN_BYTES:
+                runs.append((pack_id, record, []))
+                run_bytes = 0
+            runs[-1][2].append(ref)
             run_bytes += size
-        if run:
-            assert run_pack is not None
-            yield self.packs.read_run(run_pack[0], run_pack[1], run)
+        return runs
+
+    def iter_file_cid(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[bytes]:
+        """A file's bytes in runs of verified chunks; the next run's pack loads in the background."""
+        runs = self.runs(cid, node)
+        for i, (pack_id, record, refs) in enumerate(runs):
+            if i + 1 < len(runs):
+                self.packs.prefetch(runs[i + 1][0], runs[i + 1][1])
+            yield self.packs.read_run(pack_id, record, refs)
 
     def iter_file(self, path: str) -> Iterator[bytes]:
         cid, node = self.resolve(path)

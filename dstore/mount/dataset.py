@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dstore.errors import NotFound
 from dstore.fetch.reader import DatasetReader, Entry
 from dstore.store import Store
 
@@ -64,6 +63,7 @@ class Dataset:
         return DatasetFile(self.reader, list(self.reader.leaves(cid, node)), path)
 
     def close(self) -> None:
+        self.reader.close()
         self._store.close()
 
     def __enter__(self) -> "Dataset":
@@ -171,5 +171,3 @@ def open_dataset(cid: str, *, home: str | Path | None = None) -> Dataset:
         store.close()
         raise
 
-
-__all__ = ["Dataset", "DatasetFile", "NotFound", "open_dataset"]
