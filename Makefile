@@ -45,6 +45,7 @@ bench-deps:
 	  need=""; \
 	  command -v restic >/dev/null || need="$$need restic"; \
 	  command -v zstd >/dev/null || need="$$need zstd"; \
+	  [ -x /usr/bin/time ] || need="$$need time"; \
 	  if [ -n "$$need" ]; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$need; \

@@ -30,8 +30,11 @@ def _tail(text: str, n: int = 800) -> str:
     return text if len(text) <= n else "…" + text[-n:]
 
 
+TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "1800"))  # per command
+
+
 def run_timed(cmd: list[str], env: dict | None = None, check: bool = True,
-              stdout_path: Path | None = None) -> dict:
+              stdout_path: Path | None = None, timeout: float = TIMEOUT_S) -> dict:
     """Run cmd to completion; the wall time of the whole command (perf_counter
     around subprocess.run, start-up included)."""
     full_env = None if env is None else {**os.environ, **env}
@@ -39,7 +42,7 @@ def run_timed(cmd: list[str], env: dict | None = None, check: bool = True,
         out_f = stack.enter_context(open(stdout_path, "wb")) if stdout_path else None
         t0 = time.perf_counter()
         p = subprocess.run(cmd, check=False, env=full_env, stdin=subprocess.DEVNULL,
-                           stdout=out_f or subprocess.PIPE, stderr=subprocess.PIPE)
+                           stdout=out_f or subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
         seconds = time.perf_counter() - t0
     stdout = "" if out_f else p.stdout.decode(errors="replace")
     stderr = p.stderr.decode(errors="replace")
@@ -64,15 +67,29 @@ def _status_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01) -> dict:
-    """Run cmd, polling the RSS of its whole process tree every `interval` s.
+GNU_TIME = "/usr/bin/time"
 
-    Returns the wall time, the peak of the tree's summed VmRSS (and of its
-    anonymous / file-backed / shmem parts, each peaked separately), and the
-    kernel's exact ru_maxrss of the main process (from wait4)."""
+
+def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01,
+                 timeout: float = TIMEOUT_S, maxrss_file: Path | None = None) -> dict:
+    """Run cmd, polling the RSS of its process tree every `interval` s.
+
+    Returns the wall time and the peak of the tree's summed VmRSS (and of its
+    anonymous / file-backed / shmem parts, each peaked separately). When GNU
+    time is installed, cmd runs under `/usr/bin/time -f %M`, which adds the
+    kernel's exact maximum RSS of the command (GNU time is a tiny process
+    that forks it; it is left out of the polled tree). The kernel's
+    ru_maxrss of a process forked straight from this (large) Python process
+    would include the parent's pages copied at fork, so it is not used."""
     full_env = None if env is None else {**os.environ, **env}
+    use_time = os.access(GNU_TIME, os.X_OK) and maxrss_file is not None
+    if use_time:
+        maxrss_file.unlink(missing_ok=True)
+        cmd_run = [GNU_TIME, "-f", "%M", "-o", str(maxrss_file), *cmd]
+    else:
+        cmd_run = cmd
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL,
+    p = subprocess.Popen(cmd_run, env=full_env, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Drain pipes in threads so a chatty child cannot block on a full pipe.
     bufs = {"out": b"", "err": b""}
@@ -91,10 +108,10 @@ def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01
     except psutil.NoSuchProcess:
         root = None
     while True:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        pid, status, _ = os.wait4(p.pid, os.WNOHANG)
         if pid == p.pid:
             break
-        pids = [p.pid]
+        pids = [] if use_time else [p.pid]
         if root is not None:
             try:
                 pids += [c.pid for c in root.children(recursive=True)]
@@ -107,11 +124,24 @@ def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01
         for k in _STATUS_KEYS:
             peak[k] = max(peak[k], tot[k])
         samples += 1
+        if time.perf_counter() - t0 > timeout:
+            for q in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(q, 9)
+            p.kill()
+            os.wait4(p.pid, 0)
+            raise CommandFailed(f"{' '.join(map(str, cmd))} timed out after {timeout:.0f} s")
         time.sleep(interval)
     seconds = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     for t in threads:
         t.join()
+    exact = None
+    if use_time:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # GNU time writes "Command exited with non-zero status N" first on failure.
+            exact = int(maxrss_file.read_text().split()[-1]) / 1024
+        maxrss_file.unlink(missing_ok=True)
     res = {
         "seconds": seconds,
         "rc": p.returncode,
@@ -119,7 +149,7 @@ def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01
         "peak_tree_rss_anon_mib": peak["RssAnon"] / 1024,
         "peak_tree_rss_file_mib": peak["RssFile"] / 1024,
         "peak_tree_rss_shmem_mib": peak["RssShmem"] / 1024,
-        "main_ru_maxrss_mib": ru.ru_maxrss / 1024,  # Linux: KiB
+        "gnu_time_maxrss_mib": exact,
         "samples": samples,
         "poll_interval_s": interval,
         "stdout": bufs["out"].decode(errors="replace"),
@@ -128,7 +158,7 @@ def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01
     if p.returncode != 0:
         raise CommandFailed(f"{' '.join(map(str, cmd))} exited {p.returncode}: "
                             f"{_tail(res['stderr'] or res['stdout'])}")
-    res["peak_rss_mib"] = max(res["peak_tree_rss_mib"], res["main_ru_maxrss_mib"])
+    res["peak_rss_mib"] = max(res["peak_tree_rss_mib"], exact or 0.0)
     return res
 
 

@@ -104,11 +104,10 @@ def rows(res: dict) -> list[dict]:
             labels = {"edit": "100 scattered row edits", "append": "+1% rows appended",
                       "insert": "100 B inserted at start"}
             for k, c in s["cases"].items():
-                d = c["dstore"].get("new_bytes_stored") if "error" not in c["dstore"] else None
-                r = c["restic"].get("repo_growth_bytes") if "error" not in c["restic"] else None
+                d, r = c.get("dstore_new_bytes"), c.get("restic_growth_bytes")
                 out.append({"measurement": f"CSV v2 new bytes: {labels.get(k, k)}",
-                            "dstore": _mb(d) if "error" not in c["dstore"] else "ERROR",
-                            "reference": f"restic {_mb(r)}" if "error" not in c["restic"] else "restic ERROR",
+                            "dstore": _mb(d) if d is not None else "ERROR",
+                            "reference": f"restic {_mb(r)}" if r is not None else "restic ERROR",
                             "ratio": _f(c["ratio"], "{:.3f}"), "target": "<= 1.2", "pass": _pass(c["pass"])})
     return out
 
@@ -123,7 +122,7 @@ def table(res: dict) -> str:
 
 
 def _runs_table(res: dict) -> str:
-    lines = ["| section | item | seconds per run | GB/s per run |", "|---|---|---|---|"]
+    lines = ["| section | item | seconds (bytes) per run | GB/s per run |", "|---|---|---|---|"]
     for name, sec in res.get("sections", {}).items():
         runs = sec.get("runs") if isinstance(sec.get("runs"), list) else []
         items = []
@@ -136,6 +135,12 @@ def _runs_table(res: dict) -> str:
             gbps = [run.get(k, {}).get("gbps") for run in runs]
             lines.append(f"| {name} | {k} | " + ", ".join(_f(x) for x in secs) + " | "
                          + ", ".join(_f(x) for x in gbps) + " |")
+    for name, sec in res.get("sections", {}).items():
+        for k, c in (sec.get("cases") or {}).items():
+            for side, key in (("dstore", "new_bytes_stored"), ("restic", "repo_growth_bytes")):
+                vals = [r.get(side, {}).get(key) for r in c.get("runs", [])]
+                lines.append(f"| {name} {k} | {side} {key} | "
+                             + ", ".join("n/a" if v is None else str(v) for v in vals) + " | |")
     return "\n".join(lines)
 
 
@@ -178,9 +183,10 @@ def markdown(res: dict) -> str:
         ("- dd reference: `dd if=/dev/zero bs=4M count=ceil(1.4 x input / 4 MiB) conv=fsync`, i.e. the"
         " bytes a 10+4 layout stores; its GB/s column is input bytes / dd time (raw write rate in"
         " brackets)."),
-        ("- Peak RSS: process tree polled every 10 ms (VmRSS summed over descendants) and the main"
-        " process's ru_maxrss from wait4; the larger is reported, max over runs. RSS of a process that"
-        " mmaps a tmpfs file includes the mapped pages (RssShmem); the breakdown is in results.json."),
+        ("- Peak RSS: the larger of GNU time's maximum RSS (`/usr/bin/time -f %M`) of the dstore"
+        " process and its process tree polled every 10 ms (VmRSS summed over descendants), max over"
+        " runs. RSS of a process that mmaps a tmpfs file includes the mapped pages (RssShmem); the"
+        " breakdown is in results.json."),
         ("- CSV size: dstore `new_bytes_stored` with `--shards 10+0` (no parity; includes shard"
         " padding) vs `zstd -3` of the whole file with zstd CLI defaults."),
         ("- Dedup: each v2 is v1 plus one edit; dstore adds v1 then v2 to a fresh store with"
@@ -202,9 +208,8 @@ def markdown(res: dict) -> str:
         for k, e in (sec.get("errors") or {}).items():
             errs.append(f"- {name} / {k}: {e}")
         for k, cse in (sec.get("cases") or {}).items():
-            for side in ("dstore", "restic"):
-                if "error" in cse.get(side, {}):
-                    errs.append(f"- {name} / {k} / {side}: {cse[side]['error']}")
+            for side, e in (cse.get("errors") or {}).items():
+                errs.append(f"- {name} / {k} / {side}: {e}")
     if errs:
         parts += ["", "## Errors", ""] + errs
     parts += ["", "## Raw timings", "", _runs_table(res), ""]
