@@ -239,6 +239,7 @@ def machine_info(repo: Path) -> dict:
         "python": sys.version.split()[0],
         "git_commit": commit,
         "git_dirty_tracked_files": len(dirty.splitlines()) if dirty else 0,
+        "git_modified": dirty.splitlines() if dirty else [],
         "loadavg_start": os.getloadavg(),
         "versions": {
             "dstore": _pkg_version("dstore"),

@@ -15,6 +15,8 @@ Environment:
   BENCH_DISK      disk folder for the durable-store case (default bench/work)
   BENCH_RESULTS   where results go (default bench/results)
   BENCH_TIMEOUT_S per-command timeout in seconds (default 1800)
+  BENCH_MAX_LOAD  if set, wait before each section until the 1-min load average is below it
+                  (at most BENCH_MAX_WAIT_S, default 600 s)
   BENCH_ONLY      comma-separated subset of: add_tmpfs,add_disk,get_tmpfs,rss,csv,dedup
 
 See bench/README.md for the method.
@@ -592,6 +594,17 @@ class Bench:
             "pass": {k: c["pass"] for k, c in cases.items()},
         }
 
+    def wait_for_quiet(self) -> None:
+        """With BENCH_MAX_LOAD set, wait (at most BENCH_MAX_WAIT_S, default 600 s) until the
+        1-minute load average drops below it: the machine may be shared."""
+        limit = os.environ.get("BENCH_MAX_LOAD")
+        if not limit:
+            return
+        deadline = time.monotonic() + float(os.environ.get("BENCH_MAX_WAIT_S", "600"))
+        while os.getloadavg()[0] >= float(limit) and time.monotonic() < deadline:
+            self.log(f"  waiting for load {os.getloadavg()[0]:.2f} < {limit}")
+            time.sleep(15)
+
     # ---- main -----------------------------------------------------------------
 
     def run(self) -> None:
@@ -610,6 +623,7 @@ class Bench:
         self.warm_up()
         sections = {}
         for name in self.only:
+            self.wait_for_quiet()
             load = os.getloadavg()
             self.log(f"== {name} (load {load[0]:.2f})")
             t = time.perf_counter()
