@@ -263,13 +263,13 @@ class Locator:
             )
         entries: list[ChunkEntry] = []
         try:
-            for e in raw:
-                if not isinstance(e, list) or len(e) != 6:
+            for item in raw:
+                if not isinstance(item, list) or len(item) != 6:
                     raise ValueError("entry is not a list of 6")
-                _check_entry(e, None)
-                entries.append(ChunkEntry(*e))
-        except ValueError as e:
-            raise FormatError(f"bad locator chunk page: {e}") from e
+                _check_entry(item, None)
+                entries.append(ChunkEntry(*item))
+        except ValueError as err:
+            raise FormatError(f"bad locator chunk page: {err}") from err
         if _encode_chunk_page(entries) != block:
             raise FormatError("locator chunk page is not canonical DAG-CBOR")
         digests = [e.digest for e in entries]
