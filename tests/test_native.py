@@ -117,6 +117,16 @@ def test_chunk_lengths_default_params_match_reference() -> None:
     )
 
 
+@pytest.mark.parametrize("final", [True, False])
+def test_parallel_chunker_matches_reference(final: bool) -> None:
+    """Inputs of 1 MiB and more take the parallel candidate scan: same boundaries."""
+    low_entropy = bytes(b & 3 for b in rand_bytes(1_100_000, 8))
+    for data in (rand_bytes((1 << 20) + 333, 9), low_entropy):
+        for params in (SMALL, (100, 128, 4096)):
+            got = native.chunk_lengths(data, final, *params)
+            assert got == ref.chunk_lengths(data, final, *params)
+
+
 def stream_chunks(
     data: bytes, cuts: list[int], params: tuple[int, int, int]
 ) -> list[int]:

@@ -178,6 +178,155 @@ pub fn cut(data: &[u8], params: &Params) -> usize {
 /// the boundaries never depend on how a stream was split into buffers: the
 /// caller keeps the remaining bytes and puts them in front of the next buffer.
 pub fn chunk_lengths(data: &[u8], final_: bool, params: &Params) -> Vec<usize> {
+    if data.len() >= PARALLEL_MIN_BYTES {
+        chunk_lengths_parallel(data, final_, params)
+    } else {
+        chunk_lengths_sequential(data, final_, params)
+    }
+}
+
+/// Inputs at least this long are cut with the parallel candidate scan.
+pub const PARALLEL_MIN_BYTES: usize = 1024 * 1024;
+/// Bytes of input scanned by one candidate-scan task.
+const SCAN_BLOCK_BYTES: usize = 1024 * 1024;
+/// The gear hash only remembers the last 64 bytes it saw.
+const WINDOW: usize = 64;
+
+/// Positions `p` in `[from, to)` where the 64-byte windowed gear hash
+/// `H(p) = sum(GEAR[d[j]] << (p - j) for j in p-63..=p)` has `MASK_L` clear,
+/// appended as `p << 1 | (H(p) & MASK_S == 0)`. `MASK_L` is a subset of
+/// `MASK_S`, so these are all the places a cut can happen past the warm-up.
+///
+/// The range is split in two halves hashed in one loop: two independent
+/// dependency chains keep the core busy where one chain waits on the last add.
+fn scan_candidates(data: &[u8], from: usize, to: usize, params: &Params, out: &mut Vec<usize>) {
+    const LANES: usize = 4;
+    let gear = gear();
+    let lane = (to - from) / LANES;
+    let starts: [usize; LANES] = std::array::from_fn(|l| from + l * lane);
+    let warm = |at: usize| {
+        data[at.saturating_sub(WINDOW - 1)..at]
+            .iter()
+            .fold(0u64, |h, &b| (h << 1).wrapping_add(gear[b as usize]))
+    };
+    let mut h: [u64; LANES] = std::array::from_fn(|l| warm(starts[l]));
+    let (mask_l, mask_s) = (params.mask_l, params.mask_s);
+    let flag = |h: u64| usize::from(h & mask_s == 0);
+    let mut found: [Vec<usize>; LANES] = std::array::from_fn(|_| Vec::new());
+    let lanes: [&[u8]; LANES] = std::array::from_fn(|l| &data[starts[l]..starts[l] + lane]);
+    for i in 0..lane {
+        let mut any = false;
+        for l in 0..LANES {
+            // SAFETY: every lane is exactly `lane` bytes long and i < lane.
+            let byte = unsafe { *lanes[l].get_unchecked(i) };
+            h[l] = (h[l] << 1).wrapping_add(gear[byte as usize]);
+            any |= h[l] & mask_l == 0;
+        }
+        if any {
+            for l in 0..LANES {
+                if h[l] & mask_l == 0 {
+                    found[l].push((starts[l] + i) << 1 | flag(h[l]));
+                }
+            }
+        }
+    }
+    // Bytes left over at the end belong to the last lane.
+    let last = LANES - 1;
+    let tail_from = starts[last] + lane;
+    for (i, &y) in data[tail_from..to].iter().enumerate() {
+        h[last] = (h[last] << 1).wrapping_add(gear[y as usize]);
+        if h[last] & mask_l == 0 {
+            found[last].push((tail_from + i) << 1 | flag(h[last]));
+        }
+    }
+    for f in &found {
+        out.extend_from_slice(f);
+    }
+}
+
+/// Every candidate cut position in `data`, scanned in parallel blocks.
+fn candidates(data: &[u8], params: &Params) -> Vec<usize> {
+    use rayon::prelude::*;
+    let blocks: Vec<(usize, usize)> = (0..data.len())
+        .step_by(SCAN_BLOCK_BYTES)
+        .map(|a| (a, (a + SCAN_BLOCK_BYTES).min(data.len())))
+        .collect();
+    let parts: Vec<Vec<usize>> = blocks
+        .par_iter()
+        .with_max_len(1)
+        .map(|&(a, b)| {
+            let mut out = Vec::new();
+            scan_candidates(data, a, b, params, &mut out);
+            out
+        })
+        .collect();
+    parts.concat()
+}
+
+/// Like `cut` for the chunk starting at `start`, using precomputed candidates;
+/// `next` is a cursor into `cands` that only moves forward.
+fn cut_at(data: &[u8], start: usize, params: &Params, cands: &[usize], next: &mut usize) -> usize {
+    let n = data.len() - start;
+    if n <= params.min {
+        return n;
+    }
+    let gear = gear();
+    let end_s = start + params.avg.min(n);
+    let end_l = start + params.max.min(n);
+    let hash_from = start + params.min;
+    // Until 64 bytes have been hashed, h differs from the window hash H: do those exactly.
+    let exact_end = (hash_from + WINDOW - 1).min(end_l);
+    let mut h = 0u64;
+    for (i, &b) in data[hash_from..exact_end].iter().enumerate() {
+        h = (h << 1).wrapping_add(gear[b as usize]);
+        let mask = if hash_from + i < end_s {
+            params.mask_s
+        } else {
+            params.mask_l
+        };
+        if h & mask == 0 {
+            return i + 1 + params.min;
+        }
+    }
+    let mut j = *next;
+    while j < cands.len() && cands[j] >> 1 < exact_end {
+        j += 1;
+    }
+    *next = j;
+    while j < cands.len() {
+        let p = cands[j] >> 1;
+        if p >= end_l {
+            break;
+        }
+        if p >= end_s || cands[j] & 1 == 1 {
+            return p + 1 - start;
+        }
+        j += 1;
+    }
+    end_l - start
+}
+
+/// `chunk_lengths` on all cores: a parallel scan finds every position where a
+/// cut could fall, then a sequential pass over those few candidates picks the
+/// cuts. Gives exactly the boundaries of the sequential definition.
+pub fn chunk_lengths_parallel(data: &[u8], final_: bool, params: &Params) -> Vec<usize> {
+    let cands = candidates(data, params);
+    let mut lengths = Vec::with_capacity(data.len() / params.avg + 1);
+    let mut pos = 0usize;
+    let mut next = 0usize;
+    while pos < data.len() {
+        if !final_ && data.len() - pos < params.max {
+            break;
+        }
+        let len = cut_at(data, pos, params, &cands, &mut next);
+        lengths.push(len);
+        pos += len;
+    }
+    lengths
+}
+
+/// Sequential `chunk_lengths` (one cut after another).
+pub fn chunk_lengths_sequential(data: &[u8], final_: bool, params: &Params) -> Vec<usize> {
     let mut lengths = Vec::with_capacity(data.len() / params.avg + 1);
     let mut pos = 0usize;
     while pos < data.len() {
@@ -232,6 +381,42 @@ mod tests {
                 (x >> 56) as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn parallel_matches_sequential() {
+        let params = [
+            (64, 128, 129),
+            (64, 256, 1024),
+            (100, 128, 4096),
+            (1000, 1024, 1100),
+            (4096, 8192, 65536),
+            (16384, 65536, 262144),
+            (65536, 1 << 20, 16 << 20),
+        ];
+        let mut low_entropy = xorshift_bytes(3, 3 << 20);
+        for b in low_entropy.iter_mut() {
+            *b &= 0x03;
+        }
+        let inputs = [
+            xorshift_bytes(1, (3 << 20) + 12345),
+            low_entropy,
+            vec![0u8; 3 << 20],
+            xorshift_bytes(2, 70_000),
+        ];
+        for (min, avg, max) in params {
+            let p = Params::new(min, avg, max).unwrap();
+            for data in &inputs {
+                for final_ in [true, false] {
+                    assert_eq!(
+                        chunk_lengths_parallel(data, final_, &p),
+                        chunk_lengths_sequential(data, final_, &p),
+                        "{min}/{avg}/{max} len {} final {final_}",
+                        data.len()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,18 +1,16 @@
 //! One call per buffer: cut chunks, then hash and maybe compress each chunk.
 //!
-//! The cutting is sequential; hashing and compression of finished chunks run
-//! on the other rayon workers while the cutter goes on, in batches of about
-//! `BATCH_BYTES`, so the cores overlap instead of taking turns.
+//! Both steps use every core: the chunker scans for candidate cuts in
+//! parallel blocks (see `chunk::chunk_lengths_parallel`), then chunks are
+//! hashed and compressed in parallel.
 
-use std::sync::Mutex;
+use rayon::prelude::*;
 
 use crate::chunk::{self, Params};
 use crate::compress::{self, CODEC_RAW, CODEC_ZSTD};
 
-/// Bytes of chunks handed to one hashing/compression task.
-const BATCH_BYTES: usize = 1024 * 1024;
 /// Buffers below this size are processed on the calling thread alone.
-const PARALLEL_MIN_BYTES: usize = 2 * BATCH_BYTES;
+const PARALLEL_MIN_BYTES: usize = 1024 * 1024;
 
 /// The chunks cut from one buffer, hashed and maybe compressed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,68 +56,27 @@ fn process_chunk(data: &[u8], zstd_level: i32) -> ChunkDone {
     }
 }
 
-fn process_batch(data: &[u8], bounds: &[(usize, usize)], zstd_level: i32) -> Vec<ChunkDone> {
-    bounds
-        .iter()
-        .map(|&(start, len)| process_chunk(&data[start..start + len], zstd_level))
-        .collect()
-}
-
 /// Chunks, hashes and compresses `data` (see `chunk::chunk_lengths` for `final_`).
 /// `zstd_level == 0` never compresses.
 pub fn process_segment(data: &[u8], final_: bool, params: &Params, zstd_level: i32) -> Segment {
     let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(data.len() / params.avg + 1);
-    let mut done: Vec<ChunkDone>;
-    if data.len() < PARALLEL_MIN_BYTES {
-        let mut pos = 0;
-        for len in chunk::chunk_lengths(data, final_, params) {
-            bounds.push((pos, len));
-            pos += len;
-        }
-        done = process_batch(data, &bounds, zstd_level);
-    } else {
-        let batches: Mutex<Vec<(usize, Vec<ChunkDone>)>> = Mutex::new(Vec::new());
-        rayon::scope(|scope| {
-            let mut pos = 0usize;
-            let mut batch_start = 0usize;
-            let mut batch_bytes = 0usize;
-            let batches = &batches;
-            let spawn = |from: usize, to: usize, bounds: &[(usize, usize)]| {
-                let batch = bounds[from..to].to_vec();
-                scope.spawn(move |_| {
-                    let out = process_batch(data, &batch, zstd_level);
-                    batches
-                        .lock()
-                        .expect("no panics while held")
-                        .push((from, out));
-                });
-            };
-            while pos < data.len() {
-                let rest = &data[pos..];
-                if !final_ && rest.len() < params.max {
-                    break;
-                }
-                let len = chunk::cut(rest, params);
-                bounds.push((pos, len));
-                pos += len;
-                batch_bytes += len;
-                if batch_bytes >= BATCH_BYTES {
-                    spawn(batch_start, bounds.len(), &bounds);
-                    batch_start = bounds.len();
-                    batch_bytes = 0;
-                }
-            }
-            if batch_start < bounds.len() {
-                spawn(batch_start, bounds.len(), &bounds);
-            }
-        });
-        let mut batches = batches.into_inner().expect("no panics while held");
-        batches.sort_unstable_by_key(|(from, _)| *from);
-        done = Vec::with_capacity(bounds.len());
-        for (_, out) in batches {
-            done.extend(out);
-        }
+    let mut pos = 0;
+    for len in chunk::chunk_lengths(data, final_, params) {
+        bounds.push((pos, len));
+        pos += len;
     }
+    let mut done: Vec<ChunkDone> = if data.len() < PARALLEL_MIN_BYTES {
+        bounds
+            .iter()
+            .map(|&(start, len)| process_chunk(&data[start..start + len], zstd_level))
+            .collect()
+    } else {
+        bounds
+            .par_iter()
+            .with_max_len(1)
+            .map(|&(start, len)| process_chunk(&data[start..start + len], zstd_level))
+            .collect()
+    };
     let n = bounds.len();
     let mut seg = Segment {
         lengths: Vec::with_capacity(n),
