@@ -6,8 +6,53 @@
 //! 64-byte-aligned column ranges coded on separate threads; the result is
 //! identical to coding it whole (a unit test checks this).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
+
+thread_local! {
+    /// One encoder and one decoder per thread, reset for each use: their work
+    /// buffers are several MiB, and fresh pages cost more than the coding.
+    static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
+    static DECODER: RefCell<Option<ReedSolomonDecoder>> = const { RefCell::new(None) };
+}
+
+fn with_encoder<R>(
+    k: usize,
+    m: usize,
+    width: usize,
+    f: impl FnOnce(&mut ReedSolomonEncoder) -> Result<R, ErasureError>,
+) -> Result<R, ErasureError> {
+    ENCODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match slot.as_mut() {
+            Some(enc) => enc.reset(k, m, width).map_err(rs_err)?,
+            None => *slot = Some(ReedSolomonEncoder::new(k, m, width).map_err(rs_err)?),
+        }
+        f(slot.as_mut().expect("set above"))
+    })
+}
+
+fn with_decoder<R>(
+    k: usize,
+    m: usize,
+    width: usize,
+    f: impl FnOnce(&mut ReedSolomonDecoder) -> Result<R, ErasureError>,
+) -> Result<R, ErasureError> {
+    DECODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match slot.as_mut() {
+            Some(dec) => dec.reset(k, m, width).map_err(rs_err)?,
+            None => *slot = Some(ReedSolomonDecoder::new(k, m, width).map_err(rs_err)?),
+        }
+        f(slot.as_mut().expect("set above"))
+    })
+}
+
+fn rs_err(e: reed_solomon_simd::Error) -> ErasureError {
+    ErasureError(e.to_string())
+}
 
 /// Largest `k + m` the format allows.
 pub const SHARDS_MAX: usize = 256;
@@ -93,35 +138,46 @@ pub fn encode_into(
         return err(format!("k={k} m={m} is not supported by the erasure code"));
     }
     let ranges = column_ranges(shard_size, parallel_parts());
-    // Each range produces its own parity columns; stitched into `parity` after.
-    let pieces: Vec<Result<Vec<u8>, ErasureError>> = ranges
+    let mut outs = split_columns(parity, shard_size, &ranges);
+    ranges
         .par_iter()
-        .map(|&(a, b)| {
-            let width = b - a;
-            let mut enc =
-                ReedSolomonEncoder::new(k, m, width).map_err(|e| ErasureError(e.to_string()))?;
-            for i in 0..k {
-                let start = i * shard_size;
-                enc.add_original_shard(&padded[start + a..start + b])
-                    .map_err(|e| ErasureError(e.to_string()))?;
-            }
-            let result = enc.encode().map_err(|e| ErasureError(e.to_string()))?;
-            let mut out = Vec::with_capacity(m * width);
-            for shard in result.recovery_iter() {
-                out.extend_from_slice(shard);
-            }
-            Ok(out)
+        .zip(outs.par_iter_mut())
+        .try_for_each(|(&(a, b), out)| {
+            with_encoder(k, m, b - a, |enc| {
+                for i in 0..k {
+                    let start = i * shard_size;
+                    enc.add_original_shard(&padded[start + a..start + b])
+                        .map_err(rs_err)?;
+                }
+                let result = enc.encode().map_err(rs_err)?;
+                for (dst, src) in out.iter_mut().zip(result.recovery_iter()) {
+                    dst.copy_from_slice(src);
+                }
+                Ok(())
+            })
         })
-        .collect();
-    for (&(a, b), piece) in ranges.iter().zip(pieces) {
-        let piece = piece?;
-        let width = b - a;
-        for j in 0..m {
-            parity[j * shard_size + a..j * shard_size + b]
-                .copy_from_slice(&piece[j * width..(j + 1) * width]);
+}
+
+/// Splits shards laid end to end in `buf` into, per column range, the list
+/// of that range's piece of every shard (disjoint, so ranges fill in parallel).
+fn split_columns<'a>(
+    buf: &'a mut [u8],
+    shard_size: usize,
+    ranges: &[(usize, usize)],
+) -> Vec<Vec<&'a mut [u8]>> {
+    let mut outs: Vec<Vec<&mut [u8]>> = ranges.iter().map(|_| Vec::new()).collect();
+    for shard in buf.chunks_mut(shard_size) {
+        let mut rest = shard;
+        let mut done = 0;
+        for (r, &(a, b)) in ranges.iter().enumerate() {
+            debug_assert_eq!(a, done);
+            let (piece, tail) = rest.split_at_mut(b - a);
+            outs[r].push(piece);
+            rest = tail;
+            done = b;
         }
     }
-    Ok(())
+    outs
 }
 
 /// Parity shards of a padded pack, end to end.
@@ -176,62 +232,55 @@ pub fn reconstruct(
         return err(format!("need {k} shards to rebuild, got {present}"));
     }
     let missing: Vec<usize> = (0..k).filter(|&i| shards[i].is_none()).collect();
-    let mut out: Vec<Vec<u8>> = (0..k)
-        .map(|i| {
-            shards[i]
-                .map(|s| s.to_vec())
-                .unwrap_or_else(|| vec![0u8; shard_size])
-        })
-        .collect();
     if missing.is_empty() {
-        return Ok(out);
+        return Ok(shards[..k].iter().flatten().map(|s| s.to_vec()).collect());
     }
     if !ReedSolomonDecoder::supports(k, m) {
         return err(format!("k={k} m={m} is not supported by the erasure code"));
     }
     let ranges = column_ranges(shard_size, parallel_parts());
-    let pieces: Vec<Result<Vec<u8>, ErasureError>> = ranges
+    // The missing shards' buffers, one per missing index, split per column range.
+    let mut rebuilt: Vec<u8> = vec![0u8; missing.len() * shard_size];
+    let mut outs = split_columns(&mut rebuilt, shard_size, &ranges);
+    ranges
         .par_iter()
-        .map(|&(a, b)| {
-            let width = b - a;
-            let e = |x: reed_solomon_simd::Error| ErasureError(x.to_string());
-            let mut dec = ReedSolomonDecoder::new(k, m, width).map_err(e)?;
-            // Give the decoder exactly k shards: every present data shard, then parity.
-            let mut given = 0;
-            for (i, s) in shards[..k].iter().enumerate() {
-                if let Some(s) = s {
-                    dec.add_original_shard(i, &s[a..b]).map_err(e)?;
-                    given += 1;
+        .zip(outs.par_iter_mut())
+        .try_for_each(|(&(a, b), out)| {
+            with_decoder(k, m, b - a, |dec| {
+                // Give the decoder exactly k shards: every present data shard, then parity.
+                let mut given = 0;
+                for (i, s) in shards[..k].iter().enumerate() {
+                    if let Some(s) = s {
+                        dec.add_original_shard(i, &s[a..b]).map_err(rs_err)?;
+                        given += 1;
+                    }
                 }
-            }
-            for (j, s) in shards[k..].iter().enumerate() {
-                if given == k {
-                    break;
+                for (j, s) in shards[k..].iter().enumerate() {
+                    if given == k {
+                        break;
+                    }
+                    if let Some(s) = s {
+                        dec.add_recovery_shard(j, &s[a..b]).map_err(rs_err)?;
+                        given += 1;
+                    }
                 }
-                if let Some(s) = s {
-                    dec.add_recovery_shard(j, &s[a..b]).map_err(e)?;
-                    given += 1;
+                let result = dec.decode().map_err(rs_err)?;
+                for (dst, &i) in out.iter_mut().zip(&missing) {
+                    let src = result
+                        .restored_original(i)
+                        .ok_or_else(|| ErasureError(format!("shard {i} was not restored")))?;
+                    dst.copy_from_slice(src);
                 }
-            }
-            let result = dec.decode().map_err(e)?;
-            let mut piece = Vec::with_capacity(missing.len() * width);
-            for &i in &missing {
-                let s = result
-                    .restored_original(i)
-                    .ok_or_else(|| ErasureError(format!("shard {i} was not restored")))?;
-                piece.extend_from_slice(s);
-            }
-            Ok(piece)
+                Ok(())
+            })
+        })?;
+    let mut restored = rebuilt.chunks(shard_size);
+    Ok((0..k)
+        .map(|i| match shards[i] {
+            Some(s) => s.to_vec(),
+            None => restored.next().expect("one per missing shard").to_vec(),
         })
-        .collect();
-    for (&(a, b), piece) in ranges.iter().zip(pieces) {
-        let piece = piece?;
-        let width = b - a;
-        for (n, &i) in missing.iter().enumerate() {
-            out[i][a..b].copy_from_slice(&piece[n * width..(n + 1) * width]);
-        }
-    }
-    Ok(out)
+        .collect())
 }
 
 #[cfg(test)]
