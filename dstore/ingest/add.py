@@ -8,8 +8,8 @@ pack (erasure coding, shard hashes) and writing shards run on other threads.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +21,12 @@ from dstore.format.locator import build_locator
 from dstore.format.manifest import ChunkerParams, Manifest
 from dstore.format.pack import PackRecord
 from dstore.ingest.packer import Packer
+from dstore.ingest.segments import SegmentReader
 from dstore.ingest.walk import DirEntry, FileEntry, total_size, walk
 from dstore.store import ChunkLoc, Store
 
 SEGMENT_BYTES = 16 << 20
+GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 3
 MAX_SHARDS = 256
 
@@ -95,6 +97,7 @@ class _Adder:
     hash_name: str
     progress: Progress | None
     packer: Packer = field(init=False)
+    reader: SegmentReader = field(init=False)
     # Every chunk of this dataset: chunk CID -> size (dict keeps insertion order).
     chunk_sizes: dict[bytes, int] = field(default_factory=dict)
     # Chunks found already stored before this add: chunk CID -> location.
@@ -107,6 +110,11 @@ class _Adder:
 
     def __post_init__(self) -> None:
         self.packer = Packer(self.store, self.spec.k, self.spec.m, self.hash_name)
+        self.reader = SegmentReader(SEGMENT_BYTES, self.chunker.max)
+
+    def close(self) -> None:
+        self.packer.close()
+        self.reader.close()
 
     # -- files --------------------------------------------------------------
 
@@ -115,23 +123,19 @@ class _Adder:
         leaves: list[tuple[bytes, int]] = []
         p = self.chunker
         try:
-            with open(entry.path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as reader:
-                pending = reader.submit(f.read, SEGMENT_BYTES)
-                tail = b""
+            with open(entry.path, "rb", buffering=0) as f:
+                segments = self.reader.segments(f)
+                view, final = next(segments)
                 while True:
-                    block = pending.result()
-                    final = not block
-                    if not final:
-                        pending = reader.submit(f.read, SEGMENT_BYTES)
-                    data = tail + block if tail else block
-                    if not data:
-                        break
-                    seg = _native.process_segment(data, final, p.min, p.avg, p.max, ZSTD_LEVEL)
+                    seg = _native.process_segment(view, final, p.min, p.avg, p.max, ZSTD_LEVEL)
                     self._take_segment(seg, leaves)
-                    tail = data[seg.consumed :]
                     if self.progress:
                         self.progress(seg.consumed)
-                    if final:
+                    consumed = seg.consumed
+                    del seg, view  # the buffer is reused for a later segment
+                    try:
+                        view, final = segments.send(consumed)
+                    except StopIteration:
                         break
         except OSError as e:
             raise InputError(f"cannot read {entry.path}: {e.strerror or e}") from e
@@ -218,11 +222,17 @@ def add(
     if on_start:
         on_start(size)
     adder = _Adder(store, spec, chunker or ChunkerParams(), hash_name, progress)
+    # Reader, sealer and writer threads each hold the GIL only briefly between
+    # long GIL-free calls; the default 5 ms switch interval makes them queue
+    # behind each other (measured: 1 GiB add took 3.7 s instead of 1.7 s).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         root, _ = adder.add_tree(tree)
         adder.packer.finish()
     finally:
-        adder.packer.close()
+        sys.setswitchinterval(interval)
+        adder.close()
     manifest = Manifest(
         root=root, hash_name=hash_name, chunker=adder.chunker, size=size, meta=meta or {}, parent=parent
     )

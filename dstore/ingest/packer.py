@@ -33,6 +33,7 @@ class SealedPack:
     record: PackRecord
     record_block: bytes
     chunks: list[tuple[bytes, ChunkLoc]]
+    buf: bytearray
     writes: list[Future[int]] = field(default_factory=list)
 
 
@@ -51,9 +52,11 @@ class Packer:
         self.locations: dict[bytes, ChunkLoc] = {}
         self.bytes_stored = 0
         self._sealer = ThreadPoolExecutor(1, thread_name_prefix="dstore-seal")
-        self._writers = ThreadPoolExecutor(4, thread_name_prefix="dstore-write")
+        self._writers = ThreadPoolExecutor(2, thread_name_prefix="dstore-write")
         # (chunk CID, offset, stored length, size, codec) of the open pack
         self._chunk_meta: list[tuple[bytes, int, int, int, int]] = []
+        # Pack buffers whose shards are written, for reuse (fresh memory costs page faults).
+        self._free: list[bytearray] = []
 
     def add(self, cid: bytes, stored: memoryview, size: int, codec: int) -> None:
         """Append one chunk's stored bytes to the open pack."""
@@ -69,7 +72,7 @@ class Packer:
         if not self._chunk_meta:
             return
         buf, fill, meta = self.buf, self.fill, self._chunk_meta
-        self.buf = bytearray(self.capacity)
+        self.buf = self._free.pop() if self._free else bytearray(self.capacity)
         self.fill = 0
         self._chunk_meta = []
         while len(self.sealed) >= MAX_PACKS_IN_FLIGHT:
@@ -81,11 +84,8 @@ class Packer:
     ) -> SealedPack:
         k, m = self.k, self.m
         ss = shard_size(fill, k)
-        total = k * ss
-        if total > len(buf):
-            buf.extend(bytes(total - len(buf)))
-        else:
-            buf[fill:total] = bytes(total - fill)
+        total = k * ss  # <= capacity: shard_size rounds up to 64, and 1 MiB is a multiple of 64
+        buf[fill:total] = bytes(total - fill)
         view = memoryview(buf)[:total]
         parity, digests = _native.encode_pack(view, k, m)
         shard_cids = [
@@ -100,6 +100,7 @@ class Packer:
             record,
             record_block,
             [(cid, ChunkLoc(pack_id, off, sl, size, codec)) for cid, off, sl, size, codec in meta],
+            buf,
         )
         for i, scid in enumerate(shard_cids):
             part = view[i * ss : (i + 1) * ss] if i < k else pv[(i - k) * ss : (i - k + 1) * ss]
@@ -117,6 +118,7 @@ class Packer:
         )
         self.packs[sealed.pack_id] = sealed.record
         self.locations.update(sealed.chunks)
+        self._free.append(sealed.buf)
 
     def finish(self) -> None:
         """Seal the last pack, wait for every write and commit the index."""
