@@ -217,6 +217,9 @@ def add(
 
     ``on_start`` is called with the total input bytes once the tree is walked.
     """
+    if hash_name != "blake3":
+        # The native pipeline hashes chunks and shards with BLAKE3 only so far.
+        raise UsageError(f"adding datasets hashed with {hash_name} is not supported yet; use blake3")
     tree = walk(Path(path))
     size = total_size(tree)
     if on_start:

@@ -6,6 +6,7 @@
 //! sample at level 1 first, so they cost almost nothing beyond hashing.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Codec number of a chunk stored raw.
 pub const CODEC_RAW: u8 = 0;
@@ -117,8 +118,21 @@ pub enum DecompressError {
 /// chunk's length; fails unless the frame is the whole of `frame` and
 /// decompresses to exactly `out.len()` bytes.
 pub fn decompress_exact(frame: &[u8], out: &mut [u8]) -> Result<(), DecompressError> {
-    if out.len() > DECOMPRESSED_MAX_BYTES {
-        return Err(DecompressError::TooLarge(out.len()));
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and the
+    // callee only ever writes initialized bytes through it.
+    let uninit = unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    decompress_exact_uninit(frame, uninit).map(|_| ())
+}
+
+/// `decompress_exact` into memory that need not be initialized; on success
+/// returns `out` as the initialized chunk bytes.
+pub fn decompress_exact_uninit<'a>(
+    frame: &[u8],
+    out: &'a mut [MaybeUninit<u8>],
+) -> Result<&'a mut [u8], DecompressError> {
+    let len = out.len();
+    if len > DECOMPRESSED_MAX_BYTES {
+        return Err(DecompressError::TooLarge(len));
     }
     match zstd::zstd_safe::find_frame_compressed_size(frame) {
         Ok(n) if n == frame.len() => {}
@@ -131,30 +145,73 @@ pub fn decompress_exact(frame: &[u8], out: &mut [u8]) -> Result<(), DecompressEr
         Err(_) => return Err(DecompressError::Corrupt("not a zstd frame".into())),
     }
     match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(size)) if size != out.len() as u64 => {
+        Ok(Some(size)) if size != len as u64 => {
             return Err(DecompressError::Corrupt(format!(
-                "frame holds {size} bytes, expected {}",
-                out.len()
+                "frame holds {size} bytes, expected {len}"
             )));
         }
         Ok(_) => {}
         Err(_) => return Err(DecompressError::Corrupt("bad zstd frame header".into())),
     }
+    let mut dst = UninitOut {
+        ptr: out.as_mut_ptr().cast::<u8>(),
+        cap: len,
+        filled: 0,
+    };
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new().expect("zstd decompressor context"));
         }
         let ctx = slot.as_mut().expect("set above");
-        match ctx.decompress_to_buffer(frame, out) {
-            Ok(n) if n == out.len() => Ok(()),
+        match ctx.decompress_to_buffer(frame, &mut dst) {
+            Ok(n) if n == len => Ok(()),
             Ok(n) => Err(DecompressError::Corrupt(format!(
-                "frame decompressed to {n} bytes, expected {}",
-                out.len()
+                "frame decompressed to {n} bytes, expected {len}"
             ))),
             Err(e) => Err(DecompressError::Corrupt(e.to_string())),
         }
-    })
+    })?;
+    debug_assert_eq!(dst.filled, len);
+    // SAFETY: zstd reported writing exactly `len` bytes from the start of `out`.
+    Ok(unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), len) })
+}
+
+/// Copies `src` into uninitialized `out` of the same length, returning it initialized.
+pub fn copy_uninit<'a>(src: &[u8], out: &'a mut [MaybeUninit<u8>]) -> &'a mut [u8] {
+    assert_eq!(src.len(), out.len(), "copy_uninit needs equal lengths");
+    let dst = out.as_mut_ptr().cast::<u8>();
+    // SAFETY: both regions are `src.len()` bytes, distinct (`out` is borrowed
+    // mutably), and after the copy every byte of `out` is initialized.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+        std::slice::from_raw_parts_mut(dst, src.len())
+    }
+}
+
+/// A destination of possibly uninitialized bytes for zstd.
+struct UninitOut {
+    ptr: *mut u8,
+    cap: usize,
+    filled: usize,
+}
+
+// SAFETY: `as_slice` exposes only the `filled` bytes zstd reported writing;
+// `capacity` is the true size of the region at `ptr`.
+unsafe impl zstd::zstd_safe::WriteBuf for UninitOut {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `filled` bytes were written by zstd.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.filled) }
+    }
+    fn capacity(&self) -> usize {
+        self.cap
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+    unsafe fn filled_until(&mut self, n: usize) {
+        self.filled = n;
+    }
 }
 
 #[cfg(test)]

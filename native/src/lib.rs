@@ -13,8 +13,11 @@ pub mod compress;
 pub mod erasure;
 pub mod pipeline;
 
+use std::mem::MaybeUninit;
+
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyType};
@@ -374,13 +377,23 @@ fn decode_chunks<'py>(
             .ok_or_else(|| value_error("total length overflows"))?;
         jobs.push((off, end, len, codec));
     }
-    let mut failure: Option<ChunkFailure> = None;
-    let out = PyBytes::new_with(py, total, |out| {
-        failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, out));
-        Ok(())
-    })?;
+    let total_ssize =
+        ffi::Py_ssize_t::try_from(total).map_err(|_| value_error("total length too large"))?;
+    // An uninitialized bytes object: every byte is written below before
+    // Python can see it, so skipping the zero-fill saves a pass over memory.
+    // SAFETY: a NULL source asks CPython for an uninitialized object of that size.
+    let raw = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), total_ssize) };
+    // SAFETY: `raw` is a new reference or NULL with an exception set.
+    let out = unsafe { Bound::from_owned_ptr_or_err(py, raw)? };
+    // SAFETY: `out` is a bytes object of `total` bytes that nothing else
+    // references yet; its buffer lives as long as `out`.
+    let buf = unsafe {
+        std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(raw).cast::<MaybeUninit<u8>>(), total)
+    };
+    let failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, buf));
     match failure {
-        None => Ok(out),
+        // SAFETY: `out` was created as a bytes object above.
+        None => Ok(unsafe { out.cast_into_unchecked::<PyBytes>() }),
         Some(ChunkFailure::Integrity(i)) => {
             Err(PyErr::from_type(integrity_error(py).clone(), (i,)))
         }
@@ -392,9 +405,9 @@ fn decode_into(
     pack: &[u8],
     jobs: &[(usize, usize, usize, u8)],
     digests: &[u8],
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
 ) -> Option<ChunkFailure> {
-    let mut pieces: Vec<(usize, &mut [u8])> = Vec::with_capacity(jobs.len());
+    let mut pieces: Vec<(usize, &mut [MaybeUninit<u8>])> = Vec::with_capacity(jobs.len());
     let mut rest = out;
     for (i, job) in jobs.iter().enumerate() {
         let (piece, tail) = rest.split_at_mut(job.2);
@@ -407,14 +420,16 @@ fn decode_into(
         .filter_map(|(i, piece)| {
             let (off, end, _len, codec) = jobs[i];
             let stored = &pack[off..end];
-            let ok = if codec == compress::CODEC_ZSTD {
-                compress::decompress_exact(stored, piece).is_ok()
+            let chunk = if codec == compress::CODEC_ZSTD {
+                match compress::decompress_exact_uninit(stored, piece) {
+                    Ok(chunk) => chunk,
+                    Err(_) => return Some(i),
+                }
             } else {
-                piece.copy_from_slice(stored);
-                true
+                compress::copy_uninit(stored, piece)
             };
             let expected = &digests[32 * i..32 * i + 32];
-            (!ok || blake3::hash(piece).as_bytes() != expected).then_some(i)
+            (blake3::hash(chunk).as_bytes() != expected).then_some(i)
         })
         .min()
         .map(ChunkFailure::Integrity)
