@@ -6,7 +6,22 @@ releases the GIL while it works and uses both cores where the work splits.
 Bad values (sizes, k/m, offsets, levels) raise ValueError, never crash.
 """
 
-from collections.abc import Buffer, Sequence
+from collections.abc import Sequence
+from typing import final
+
+from typing_extensions import Buffer  # collections.abc.Buffer needs Python 3.12
+
+__all__ = [
+    "GEAR_DIGEST",
+    "IntegrityError",
+    "Segment",
+    "blake3",
+    "chunk_lengths",
+    "decode_chunks",
+    "encode_pack",
+    "process_segment",
+    "reconstruct",
+]
 
 class IntegrityError(ValueError):
     """A chunk's bytes do not hash to its ID. ``args[0]`` is the chunk's index in the batch."""
@@ -17,13 +32,16 @@ GEAR_DIGEST: str
 def blake3(data: Buffer) -> bytes:
     """32-byte BLAKE3 digest of ``data`` (multithreaded above a size threshold)."""
 
-def chunk_lengths(data: Buffer, final: bool, min_size: int, avg_size: int, max_size: int) -> list[int]:
+def chunk_lengths(
+    data: Buffer, final: bool, min_size: int, avg_size: int, max_size: int
+) -> list[int]:
     """Lengths of the chunks cut from the start of ``data`` by fastcdc-gear-v1.
 
     When ``final`` is false, cutting stops while fewer than ``max_size`` bytes
     remain; the caller keeps the rest and prepends it to the next buffer.
     """
 
+@final
 class Segment:
     """The chunks cut from one buffer, hashed and (maybe) compressed."""
 
