@@ -165,8 +165,16 @@ fn split_columns<'a>(
     shard_size: usize,
     ranges: &[(usize, usize)],
 ) -> Vec<Vec<&'a mut [u8]>> {
+    split_shard_columns(buf.chunks_mut(shard_size), ranges)
+}
+
+/// `split_columns` for shards in separate buffers.
+fn split_shard_columns<'a>(
+    shards: impl IntoIterator<Item = &'a mut [u8]>,
+    ranges: &[(usize, usize)],
+) -> Vec<Vec<&'a mut [u8]>> {
     let mut outs: Vec<Vec<&mut [u8]>> = ranges.iter().map(|_| Vec::new()).collect();
-    for shard in buf.chunks_mut(shard_size) {
+    for shard in shards {
         let mut rest = shard;
         let mut done = 0;
         for (r, &(a, b)) in ranges.iter().enumerate() {
@@ -208,6 +216,26 @@ pub fn reconstruct(
     k: usize,
     m: usize,
 ) -> Result<Vec<Vec<u8>>, ErasureError> {
+    let shard_size = check_shards(shards, k, m)?;
+    let missing = shards[..k].iter().filter(|s| s.is_none()).count();
+    let mut rebuilt = vec![0u8; missing * shard_size];
+    reconstruct_into(
+        shards,
+        k,
+        m,
+        rebuilt.chunks_mut(shard_size.max(1)).collect(),
+    )?;
+    let mut restored = rebuilt.chunks(shard_size.max(1));
+    Ok((0..k)
+        .map(|i| match shards[i] {
+            Some(s) => s.to_vec(),
+            None => restored.next().expect("one per missing shard").to_vec(),
+        })
+        .collect())
+}
+
+/// Checks a shard list for `reconstruct`; returns the shard size.
+pub fn check_shards(shards: &[Option<&[u8]>], k: usize, m: usize) -> Result<usize, ErasureError> {
     if shards.len() != k + m {
         return err(format!(
             "got {} shards, expected k + m = {}",
@@ -231,20 +259,36 @@ pub fn reconstruct(
     if present < k {
         return err(format!("need {k} shards to rebuild, got {present}"));
     }
+    Ok(shard_size)
+}
+
+/// Rebuilds the missing data shards into `outs`, one `shard_size` buffer per
+/// missing data shard in index order (present data shards are not touched).
+pub fn reconstruct_into(
+    shards: &[Option<&[u8]>],
+    k: usize,
+    m: usize,
+    mut outs: Vec<&mut [u8]>,
+) -> Result<(), ErasureError> {
+    let shard_size = check_shards(shards, k, m)?;
     let missing: Vec<usize> = (0..k).filter(|&i| shards[i].is_none()).collect();
+    if outs.len() != missing.len() || outs.iter().any(|o| o.len() != shard_size) {
+        return err(format!(
+            "need {} output buffers of {shard_size} bytes",
+            missing.len()
+        ));
+    }
     if missing.is_empty() {
-        return Ok(shards[..k].iter().flatten().map(|s| s.to_vec()).collect());
+        return Ok(());
     }
     if !ReedSolomonDecoder::supports(k, m) {
         return err(format!("k={k} m={m} is not supported by the erasure code"));
     }
     let ranges = column_ranges(shard_size, parallel_parts());
-    // The missing shards' buffers, one per missing index, split per column range.
-    let mut rebuilt: Vec<u8> = vec![0u8; missing.len() * shard_size];
-    let mut outs = split_columns(&mut rebuilt, shard_size, &ranges);
+    let mut cols = split_shard_columns(outs.iter_mut().map(|o| &mut **o), &ranges);
     ranges
         .par_iter()
-        .zip(outs.par_iter_mut())
+        .zip(cols.par_iter_mut())
         .try_for_each(|(&(a, b), out)| {
             with_decoder(k, m, b - a, |dec| {
                 // Give the decoder exactly k shards: every present data shard, then parity.
@@ -273,14 +317,7 @@ pub fn reconstruct(
                 }
                 Ok(())
             })
-        })?;
-    let mut restored = rebuilt.chunks(shard_size);
-    Ok((0..k)
-        .map(|i| match shards[i] {
-            Some(s) => s.to_vec(),
-            None => restored.next().expect("one per missing shard").to_vec(),
         })
-        .collect())
 }
 
 #[cfg(test)]

@@ -298,10 +298,45 @@ fn reconstruct<'py>(
         .iter()
         .map(|b| b.as_ref().map(ByteBuf::as_slice))
         .collect();
-    let rebuilt = py
-        .detach(|| erasure::reconstruct(&slices, k, m))
+    let shard_size = erasure::check_shards(&slices, k, m).map_err(value_error)?;
+    // Missing data shards are rebuilt straight into new bytes objects.
+    let mut rebuilt = Vec::new();
+    let mut outs: Vec<&mut [u8]> = Vec::new();
+    for _ in slices[..k].iter().filter(|s| s.is_none()) {
+        let (obj, buf) = new_bytes_zeroed(py, shard_size)?;
+        rebuilt.push(obj);
+        outs.push(buf);
+    }
+    py.detach(|| erasure::reconstruct_into(&slices, k, m, outs))
         .map_err(value_error)?;
-    Ok(rebuilt.iter().map(|s| PyBytes::new(py, s)).collect())
+    let mut rebuilt = rebuilt.into_iter();
+    Ok(slices[..k]
+        .iter()
+        .map(|s| match s {
+            Some(s) => PyBytes::new(py, s),
+            None => rebuilt.next().expect("one per missing shard"),
+        })
+        .collect())
+}
+
+/// A new zero-filled bytes object of `len` bytes and its buffer, to fill
+/// before the object is handed to Python.
+#[allow(clippy::mut_from_ref)]
+fn new_bytes_zeroed(py: Python<'_>, len: usize) -> PyResult<(Bound<'_, PyBytes>, &mut [u8])> {
+    let ssize = ffi::Py_ssize_t::try_from(len).map_err(|_| value_error("length too large"))?;
+    // SAFETY: a NULL source asks CPython for an uninitialized object of that size.
+    let raw = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), ssize) };
+    // SAFETY: `raw` is a new reference or NULL with an exception set.
+    let obj = unsafe { Bound::from_owned_ptr_or_err(py, raw)?.cast_into_unchecked::<PyBytes>() };
+    // SAFETY: the object owns `len` writable bytes that nothing else can see
+    // yet; they are zeroed before a slice is made of them, and the caller
+    // keeps the object alive for as long as it uses the slice.
+    let buf = unsafe {
+        let ptr = ffi::PyBytes_AsString(raw).cast::<u8>();
+        std::ptr::write_bytes(ptr, 0, len);
+        std::slice::from_raw_parts_mut(ptr, len)
+    };
+    Ok((obj, buf))
 }
 
 /// Why one chunk of a `decode_chunks` batch failed.
