@@ -110,3 +110,17 @@ def decode_chunks(
     arguments that cannot describe a pack (places outside ``pack``, unknown
     codec, ``lengths[i]`` > 16 MiB, raw chunk with stored length != length).
     """
+
+def decode_chunks_into(
+    out: Buffer,
+    pack: Buffer,
+    offsets: Sequence[int],
+    stored_lengths: Sequence[int],
+    lengths: Sequence[int],
+    codecs: Sequence[int],
+    digests: Buffer,
+) -> int:
+    """Like :func:`decode_chunks`, but write into the start of the writable
+    buffer ``out`` (reused across calls, so no fresh memory per batch) and
+    return the number of bytes written. ValueError if ``out`` is too small.
+    """

@@ -425,6 +425,24 @@ def test_decode_chunks_roundtrip() -> None:
     assert native.decode_chunks(pack, [], [], [], [], b"") == b""
 
 
+def test_decode_chunks_into_reused_buffer() -> None:
+    data = rand_bytes(20_000, 8) + csv_bytes(20_000)
+    pack, offsets, seg = build_pack(data)
+    args = (pack, offsets, seg.stored_lengths, seg.lengths, seg.codecs, seg.digests)
+    out = bytearray(b"\xee" * (len(data) + 10))
+    assert native.decode_chunks_into(out, *args) == len(data)
+    assert out[: len(data)] == data and out[len(data) :] == b"\xee" * 10
+    with pytest.raises(ValueError):
+        native.decode_chunks_into(bytearray(len(data) - 1), *args)
+    with pytest.raises(ValueError):
+        native.decode_chunks_into(bytes(len(data)), *args)  # read-only
+    bad = bytearray(pack)
+    bad[offsets[1]] ^= 1
+    with pytest.raises(native.IntegrityError) as info:
+        native.decode_chunks_into(out, bad, *args[1:])
+    assert info.value.args == (1,)
+
+
 def test_decode_chunks_flipped_byte_raises_integrity_error() -> None:
     data = rand_bytes(20_000, 5) + csv_bytes(20_000)
     pack, offsets, seg = build_pack(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dstore.errors import FormatError, IntegrityError, UsageError
@@ -55,9 +56,16 @@ def get(
 
 def _write_tree(reader: DatasetReader, tmp: Path, name: str, progress: Callable[[int], None] | None) -> int:
     """Write the whole dataset at ``tmp``; returns the number of files."""
+    with ThreadPoolExecutor(1, thread_name_prefix="dstore-write") as writer:
+        return _write_nodes(reader, tmp, name, progress, writer)
+
+
+def _write_nodes(
+    reader: DatasetReader, tmp: Path, name: str, progress: Callable[[int], None] | None, writer: ThreadPoolExecutor
+) -> int:
     root = reader.node(reader.root)
     if not root.is_dir:
-        _write_file(reader, reader.root, root, tmp, name, progress)
+        _write_file(reader, reader.root, root, tmp, name, progress, writer)
         return 1
     files = 0
     tmp.mkdir()
@@ -71,7 +79,7 @@ def _write_tree(reader: DatasetReader, tmp: Path, name: str, progress: Callable[
         if node.is_dir:
             target.mkdir()
         else:
-            _write_file(reader, cid, node, target, rel, progress)
+            _write_file(reader, cid, node, target, rel, progress, writer)
             files += 1
     return files
 
@@ -83,17 +91,31 @@ def _write_file(
     target: Path,
     name: str,
     progress: Callable[[int], None] | None,
+    writer: ThreadPoolExecutor,
 ) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    # One write in flight on the writer thread while the next run is decoded;
+    # a run's view stays valid until the generator has moved on twice.
+    pending: Future[None] | None = None
     try:
         for piece in reader.iter_file_cid(cid, node):
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(fd, view) :]
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_write_all, fd, piece)
             if progress:
                 progress(len(piece))
+        if pending is not None:
+            pending.result()
+            pending = None
     except IntegrityError as e:
         # Name what is lost: the file, not only the pack.
         raise type(e)(f"{name}: {e}") from e
     finally:
+        if pending is not None:
+            pending.exception()  # never close the fd under a running write
         os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]

@@ -32,6 +32,8 @@ class PackReader:
         self.store = store
         self.hash_name = hash_name
         self._cache: OrderedDict[bytes, memoryview] = OrderedDict()
+        # Buffers of packs dropped from the cache, for reuse (fresh memory costs page faults).
+        self._free: list[bytearray] = []
         # One reader thread loads the next pack while the caller decodes this one.
         self._lock = threading.Lock()
         self._pending: dict[bytes, Future[memoryview]] = {}
@@ -61,7 +63,7 @@ class PackReader:
 
     def _load(self, pack_id: bytes, record: PackRecord) -> memoryview:
         ss = record.shard_size
-        view = memoryview(bytearray(record.k * ss))
+        view = self._buffer(record.k * ss)
         try:
             for i in range(record.k):
                 self.store.shards.read_into(record.shards[i].encode("base32"), view[i * ss : (i + 1) * ss])
@@ -69,12 +71,21 @@ class PackReader:
             return self._rebuilt(pack_id, record)
         return view
 
+    def _buffer(self, size: int) -> memoryview:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return memoryview(self._free.pop(i))[:size]
+        return memoryview(bytearray(size))
+
     def _remember(self, pack_id: bytes, view: memoryview) -> memoryview:
         with self._lock:
             self._cache[pack_id] = view
             self._cache.move_to_end(pack_id)
             while len(self._cache) > PACK_CACHE_SIZE:
-                self._cache.popitem(last=False)
+                _, old = self._cache.popitem(last=False)
+                if isinstance(old.obj, bytearray) and len(self._free) < PACK_CACHE_SIZE:
+                    self._free.append(old.obj)
         return view
 
     def close(self) -> None:
@@ -115,8 +126,14 @@ class PackReader:
 
     # -- chunks ---------------------------------------------------------------
 
-    def read_run(self, pack_id: bytes, record: PackRecord, refs: Sequence[ChunkEntry]) -> bytes:
-        """Bytes of chunks that share one pack, verified, concatenated in order."""
+    def read_run(
+        self, pack_id: bytes, record: PackRecord, refs: Sequence[ChunkEntry], out: bytearray | None = None
+    ) -> bytes | memoryview:
+        """Bytes of chunks that share one pack, verified, concatenated in order.
+
+        With ``out`` (a reused buffer large enough for the run) the bytes are
+        decoded into it and a view of it is returned, valid until its next use.
+        """
         args = (
             [r.offset for r in refs],
             [r.stored_len for r in refs],
@@ -125,12 +142,18 @@ class PackReader:
             b"".join(r.digest for r in refs),
         )
         _check_bounds(record, refs)
+
+        def decode(pack: memoryview) -> bytes | memoryview:
+            if out is None:
+                return _native.decode_chunks(pack, *args)
+            return memoryview(out)[: _native.decode_chunks_into(out, pack, *args)]
+
         try:
-            return _native.decode_chunks(self.pack_bytes(pack_id, record), *args)
+            return decode(self.pack_bytes(pack_id, record))
         except _native.IntegrityError:
             pass
         try:
-            return _native.decode_chunks(self.rebuild(pack_id, record), *args)
+            return decode(self.rebuild(pack_id, record))
         except _native.IntegrityError as e:
             raise IntegrityError(
                 f"chunk {refs[e.args[0]].digest.hex()[:16]}… in pack {_short(pack_id)} does not match its ID "

@@ -60,6 +60,7 @@ class DatasetReader:
         self.locator = Locator(self.block, CID.from_bytes(locator))
         self.packs = PackReader(store, self.hash_name)
         self.root = self.manifest.root
+        self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
     def close(self) -> None:
         self.packs.close()
@@ -162,30 +163,46 @@ class DatasetReader:
         pack_id, record = self.locator.pack(entry.pack_index)
         return pack_id.to_bytes(), record, entry
 
-    def runs(self, cid: CID, node: unixfs.Node | None = None) -> list[tuple[bytes, PackRecord, list[ChunkEntry]]]:
+    def runs(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[tuple[bytes, PackRecord, list[ChunkEntry]]]:
         """A file's chunks grouped into runs that share one pack (at most RUN_BYTES each)."""
-        runs: list[tuple[bytes, PackRecord, list[ChunkEntry]]] = []
+        run: list[ChunkEntry] = []
+        run_pack: tuple[bytes, PackRecord] | None = None
         run_bytes = 0
         for digest, size in self.leaves(cid, node):
             pack_id, record, ref = self._ref(digest)
             if ref.size != size:
                 raise IntegrityError(f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file")
-            if not runs or runs[-1][0] != pack_id or run_bytes + size > RUN_BYTES:
-                runs.append((pack_id, record, []))
-                run_bytes = 0
-            runs[-1][2].append(ref)
+            if run_pack is not None and (run_pack[0] != pack_id or run_bytes + size > RUN_BYTES):
+                yield (*run_pack, run)
+                run, run_bytes = [], 0
+            run_pack = (pack_id, record)
+            run.append(ref)
             run_bytes += size
-        return runs
+        if run_pack is not None:
+            yield (*run_pack, run)
 
-    def iter_file_cid(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[bytes]:
-        """A file's bytes in runs of verified chunks; the next run's pack loads in the background."""
+    def iter_file_cid(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[memoryview]:
+        """A file's bytes in runs of verified chunks; the next run's pack loads in the background.
+
+        Runs are views of two reused buffers, alternately: a view stays valid
+        until the generator has been advanced twice more.
+        """
+        if not self._run_buffers:
+            # A run never passes RUN_BYTES unless it is one chunk larger than that.
+            size = max(RUN_BYTES, self.manifest.chunker.max)
+            self._run_buffers = [bytearray(size), bytearray(size)]
         runs = self.runs(cid, node)
-        for i, (pack_id, record, refs) in enumerate(runs):
-            if i + 1 < len(runs):
-                self.packs.prefetch(runs[i + 1][0], runs[i + 1][1])
-            yield self.packs.read_run(pack_id, record, refs)
+        current = next(runs, None)
+        turn = 0
+        while current is not None:
+            upcoming = next(runs, None)
+            if upcoming is not None:
+                self.packs.prefetch(upcoming[0], upcoming[1])
+            yield self.packs.read_run(*current, out=self._run_buffers[turn])
+            turn ^= 1
+            current = upcoming
 
-    def iter_file(self, path: str) -> Iterator[bytes]:
+    def iter_file(self, path: str) -> Iterator[memoryview]:
         cid, node = self.resolve(path)
         if node.is_dir:
             raise NotFound(f"{path or '/'} is a folder, not a file")

@@ -345,17 +345,18 @@ enum ChunkFailure {
     Integrity(usize),
 }
 
-/// Decompress and verify chunks of a pack; returns their bytes concatenated.
-#[pyfunction]
-fn decode_chunks<'py>(
-    py: Python<'py>,
-    pack: &Bound<'py, PyAny>,
-    offsets: Vec<i64>,
-    stored_lengths: Vec<i64>,
-    lengths: Vec<i64>,
-    codecs: Vec<i64>,
-    digests: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
+/// One chunk to decode: (start, end) of its stored bytes in the pack, its length, its codec.
+type DecodeJob = (usize, usize, usize, u8);
+
+/// Checks every place and size of a `decode_chunks` batch before anything is allocated.
+fn plan_decode(
+    pack_len: usize,
+    offsets: &[i64],
+    stored_lengths: &[i64],
+    lengths: &[i64],
+    codecs: &[i64],
+    digests_len: usize,
+) -> PyResult<(Vec<DecodeJob>, usize)> {
     let n = offsets.len();
     if stored_lengths.len() != n || lengths.len() != n || codecs.len() != n {
         return Err(value_error(format!(
@@ -365,17 +366,11 @@ fn decode_chunks<'py>(
             codecs.len()
         )));
     }
-    let pack_buf = ByteBuf::get(pack)?;
-    let pack_bytes = pack_buf.as_slice();
-    let digest_buf = ByteBuf::get(digests)?;
-    let digest_bytes = digest_buf.as_slice();
-    if digest_bytes.len() != 32 * n {
+    if digests_len != 32 * n {
         return Err(value_error(format!(
-            "digests is {} bytes, need 32 x {n}",
-            digest_bytes.len()
+            "digests is {digests_len} bytes, need 32 x {n}"
         )));
     }
-    // Check every place and size before allocating anything.
     let mut jobs = Vec::with_capacity(n);
     let mut total = 0usize;
     for i in 0..n {
@@ -384,11 +379,10 @@ fn decode_chunks<'py>(
         let len = nonneg(lengths[i], "length")?;
         let end = off
             .checked_add(slen)
-            .filter(|&e| e <= pack_bytes.len())
+            .filter(|&e| e <= pack_len)
             .ok_or_else(|| {
                 value_error(format!(
-                    "chunk {i}: bytes {off}+{slen} lie outside the {}-byte pack",
-                    pack_bytes.len()
+                    "chunk {i}: bytes {off}+{slen} lie outside the {pack_len}-byte pack"
                 ))
             })?;
         let codec = match codecs[i] {
@@ -412,6 +406,41 @@ fn decode_chunks<'py>(
             .ok_or_else(|| value_error("total length overflows"))?;
         jobs.push((off, end, len, codec));
     }
+    Ok((jobs, total))
+}
+
+fn integrity_result(py: Python<'_>, failure: Option<ChunkFailure>) -> PyResult<()> {
+    match failure {
+        None => Ok(()),
+        Some(ChunkFailure::Integrity(i)) => {
+            Err(PyErr::from_type(integrity_error(py).clone(), (i,)))
+        }
+    }
+}
+
+/// Decompress and verify chunks of a pack; returns their bytes concatenated.
+#[pyfunction]
+fn decode_chunks<'py>(
+    py: Python<'py>,
+    pack: &Bound<'py, PyAny>,
+    offsets: Vec<i64>,
+    stored_lengths: Vec<i64>,
+    lengths: Vec<i64>,
+    codecs: Vec<i64>,
+    digests: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let pack_buf = ByteBuf::get(pack)?;
+    let pack_bytes = pack_buf.as_slice();
+    let digest_buf = ByteBuf::get(digests)?;
+    let digest_bytes = digest_buf.as_slice();
+    let (jobs, total) = plan_decode(
+        pack_bytes.len(),
+        &offsets,
+        &stored_lengths,
+        &lengths,
+        &codecs,
+        digest_bytes.len(),
+    )?;
     let total_ssize =
         ffi::Py_ssize_t::try_from(total).map_err(|_| value_error("total length too large"))?;
     // An uninitialized bytes object: every byte is written below before
@@ -426,19 +455,65 @@ fn decode_chunks<'py>(
         std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(raw).cast::<MaybeUninit<u8>>(), total)
     };
     let failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, buf));
-    match failure {
-        // SAFETY: `out` was created as a bytes object above.
-        None => Ok(unsafe { out.cast_into_unchecked::<PyBytes>() }),
-        Some(ChunkFailure::Integrity(i)) => {
-            Err(PyErr::from_type(integrity_error(py).clone(), (i,)))
-        }
+    integrity_result(py, failure)?;
+    // SAFETY: `out` was created as a bytes object above.
+    Ok(unsafe { out.cast_into_unchecked::<PyBytes>() })
+}
+
+/// Like `decode_chunks`, but into the start of the writable buffer `out`
+/// (reused by the caller, so no fresh memory per batch); returns the bytes written.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn decode_chunks_into(
+    py: Python<'_>,
+    out: &Bound<'_, PyAny>,
+    pack: &Bound<'_, PyAny>,
+    offsets: Vec<i64>,
+    stored_lengths: Vec<i64>,
+    lengths: Vec<i64>,
+    codecs: Vec<i64>,
+    digests: &Bound<'_, PyAny>,
+) -> PyResult<usize> {
+    let pack_buf = ByteBuf::get(pack)?;
+    let pack_bytes = pack_buf.as_slice();
+    let digest_buf = ByteBuf::get(digests)?;
+    let digest_bytes = digest_buf.as_slice();
+    let (jobs, total) = plan_decode(
+        pack_bytes.len(),
+        &offsets,
+        &stored_lengths,
+        &lengths,
+        &codecs,
+        digest_bytes.len(),
+    )?;
+    let out_buf = PyBuffer::<u8>::get(out)?;
+    if out_buf.readonly() || !out_buf.is_c_contiguous() {
+        return Err(value_error("out must be a writable, C-contiguous buffer"));
     }
+    if out_buf.len_bytes() < total {
+        return Err(value_error(format!(
+            "out holds {} bytes, the chunks need {total}",
+            out_buf.len_bytes()
+        )));
+    }
+    if total == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the export held by `out_buf` keeps at least `total` writable,
+    // contiguous bytes alive for this call; as with any buffer consumer we
+    // rely on the caller not touching them concurrently.
+    let buf = unsafe {
+        std::slice::from_raw_parts_mut(out_buf.buf_ptr().cast::<MaybeUninit<u8>>(), total)
+    };
+    let failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, buf));
+    integrity_result(py, failure)?;
+    Ok(total)
 }
 
 /// Fills `out` with the decoded chunks in parallel; returns the lowest failing index.
 fn decode_into(
     pack: &[u8],
-    jobs: &[(usize, usize, usize, u8)],
+    jobs: &[DecodeJob],
     digests: &[u8],
     out: &mut [MaybeUninit<u8>],
 ) -> Option<ChunkFailure> {
@@ -482,6 +557,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_pack, m)?)?;
     m.add_function(wrap_pyfunction!(reconstruct, m)?)?;
     m.add_function(wrap_pyfunction!(decode_chunks, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_chunks_into, m)?)?;
     m.add_class::<Segment>()?;
     Ok(())
 }
