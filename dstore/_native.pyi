@@ -55,6 +55,11 @@ class Segment:
     """Stored length of each chunk (== length when raw)."""
     consumed: int
     """Bytes of the input covered by these chunks; the rest is the caller's tail."""
+    def copy_into(self, indices: Sequence[int], dest: Buffer, offset: int) -> int:
+        """Copy the stored bytes of the chunks at ``indices``, back to back, into
+        the writable buffer ``dest`` from ``offset``; returns the offset after the
+        last. IndexError for a bad index, ValueError if ``dest`` is too small.
+        """
     def stored(self, index: int) -> memoryview:
         """Stored bytes of chunk ``index`` (compressed bytes, or a view of the input when raw).
 

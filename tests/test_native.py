@@ -425,6 +425,24 @@ def test_decode_chunks_roundtrip() -> None:
     assert native.decode_chunks(pack, [], [], [], [], b"") == b""
 
 
+def test_segment_copy_into() -> None:
+    data = rand_bytes(20_000, 9) + csv_bytes(20_000)
+    seg = native.process_segment(data, True, *SMALL, 3)
+    picks = [len(seg) - 1, 0, 2]
+    dest = bytearray(b"\xee" * 100_000)
+    end = seg.copy_into(picks, dest, 7)
+    expected = b"".join(bytes(seg.stored(i)) for i in picks)
+    assert end == 7 + len(expected)
+    assert dest[7:end] == expected and dest[:7] == b"\xee" * 7
+    assert seg.copy_into([], dest, 5) == 5
+    with pytest.raises(IndexError):
+        seg.copy_into([len(seg)], dest, 0)
+    with pytest.raises(ValueError):
+        seg.copy_into(picks, bytearray(len(expected) - 1), 0)
+    with pytest.raises(ValueError):
+        seg.copy_into(picks, bytes(100_000), 0)
+
+
 def test_decode_chunks_into_reused_buffer() -> None:
     data = rand_bytes(20_000, 8) + csv_bytes(20_000)
     pack, offsets, seg = build_pack(data)

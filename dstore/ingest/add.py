@@ -147,23 +147,27 @@ class _Adder:
     def _take_segment(self, seg: _native.Segment, leaves: list[tuple[bytes, int]]) -> None:
         digests = seg.digests
         hash_name = self.hash_name
-        cids = [raw_cid_bytes(digests[32 * i : 32 * i + 32], hash_name) for i in range(len(seg.lengths))]
-        unseen = [c for c in cids if c not in self.chunk_sizes]
+        sizes = seg.lengths
+        cids = [raw_cid_bytes(digests[32 * i : 32 * i + 32], hash_name) for i in range(len(sizes))]
+        leaves.extend(zip(cids, sizes))
+        self.chunks_total += len(cids)
+        known = self.chunk_sizes
+        unseen = [c for c in cids if c not in known]
         stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen)))
-        for i, (cid, size) in enumerate(zip(cids, seg.lengths)):
-            leaves.append((cid, size))
-            self.chunks_total += 1
-            if cid in self.chunk_sizes:
+        picks = []
+        for i, cid in enumerate(cids):
+            if cid in known:
                 continue  # repeated within this add
-            self.chunk_sizes[cid] = size
-            old = stored_before.get(cid)
+            known[cid] = sizes[i]
+            old = stored_before[cid]
             if old is not None:
                 self.old_locations[cid] = old
                 continue
-            stored = seg.stored(i)
-            self.packer.add(cid, stored, size, seg.codecs[i])
-            self.new_chunk_bytes += size
-            self.compressed_bytes += len(stored)
+            picks.append(i)
+        stored_lengths = seg.stored_lengths
+        self.new_chunk_bytes += sum(sizes[i] for i in picks)
+        self.compressed_bytes += sum(stored_lengths[i] for i in picks)
+        self.packer.add_chunks(seg, picks, cids)
 
     # -- folders ------------------------------------------------------------
 

@@ -58,14 +58,27 @@ class Packer:
         # Pack buffers whose shards are written, for reuse (fresh memory costs page faults).
         self._free: list[bytearray] = []
 
-    def add(self, cid: bytes, stored: memoryview, size: int, codec: int) -> None:
-        """Append one chunk's stored bytes to the open pack."""
-        n = len(stored)
-        if self.fill + n > self.capacity:
-            self.seal()
-        self.buf[self.fill : self.fill + n] = stored
-        self._chunk_meta.append((cid, self.fill, n, size, codec))
-        self.fill += n
+    def add_chunks(self, seg: _native.Segment, picks: list[int], cids: list[bytes]) -> None:
+        """Append chunks ``picks`` (indices into ``seg``, in order) to the open pack(s).
+
+        Python only decides where each chunk goes; the bytes are copied by one
+        native call per pack (no per-chunk slice assignment under the GIL).
+        """
+        stored_lengths, lengths, codecs = seg.stored_lengths, seg.lengths, seg.codecs
+        meta = self._chunk_meta
+        batch: list[int] = []
+        fill = self.fill
+        for i in picks:
+            n = stored_lengths[i]
+            if fill + n > self.capacity:
+                self.fill = seg.copy_into(batch, self.buf, self.fill)
+                batch = []
+                self.seal()
+                meta, fill = self._chunk_meta, 0
+            meta.append((cids[i], fill, n, lengths[i], codecs[i]))
+            batch.append(i)
+            fill += n
+        self.fill = seg.copy_into(batch, self.buf, self.fill)
 
     def seal(self) -> None:
         """Close the current pack (if not empty) and start encoding and writing it."""

@@ -184,6 +184,65 @@ impl Segment {
         base.get_item(PySlice::new(py, start as isize, end, 1))
     }
 
+    /// Copy the stored bytes of the chunks at `indices`, back to back, into
+    /// the writable buffer `dest` from `offset`; returns the offset after the last.
+    /// One call per batch instead of one Python slice assignment per chunk.
+    fn copy_into(
+        &self,
+        py: Python<'_>,
+        indices: Vec<i64>,
+        dest: &Bound<'_, PyAny>,
+        offset: i64,
+    ) -> PyResult<usize> {
+        let n = self.offsets.len();
+        let start = nonneg(offset, "offset")?;
+        let mut spans = Vec::with_capacity(indices.len());
+        let mut end = start;
+        for &index in &indices {
+            let i = usize::try_from(index)
+                .ok()
+                .filter(|&i| i < n)
+                .ok_or_else(|| {
+                    PyIndexError::new_err(format!("chunk index {index} out of range 0..{n}"))
+                })?;
+            spans.push((
+                self.codec_list[i] == compress::CODEC_ZSTD,
+                self.offsets[i],
+                self.stored_lens[i],
+            ));
+            end += self.stored_lens[i];
+        }
+        let out = PyBuffer::<u8>::get(dest)?;
+        if out.readonly() || !out.is_c_contiguous() {
+            return Err(value_error("dest must be a writable, C-contiguous buffer"));
+        }
+        if out.len_bytes() < end {
+            return Err(value_error(format!(
+                "dest holds {} bytes, the chunks need {end}",
+                out.len_bytes()
+            )));
+        }
+        let input = ByteBuf::get(self.input.bind(py))?;
+        let compressed = ByteBuf::get(self.compressed.bind(py))?;
+        let (input, compressed) = (input.as_slice(), compressed.as_slice());
+        if end == start {
+            return Ok(end);
+        }
+        // SAFETY: the export held by `out` keeps `len_bytes() >= end` writable,
+        // contiguous bytes alive for this call; the caller does not touch them
+        // concurrently (as for any buffer consumer).
+        let dest = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr().cast::<u8>(), end) };
+        py.detach(|| {
+            let mut pos = start;
+            for (zstd, off, len) in spans {
+                let src = if zstd { compressed } else { input };
+                dest[pos..pos + len].copy_from_slice(&src[off..off + len]);
+                pos += len;
+            }
+        });
+        Ok(end)
+    }
+
     fn __len__(&self) -> usize {
         self.offsets.len()
     }
