@@ -118,14 +118,16 @@ def decode_chunks(
 
 def decode_chunks_into(
     out: Buffer,
-    pack: Buffer,
+    pack_parts: Sequence[Buffer],
     offsets: Sequence[int],
     stored_lengths: Sequence[int],
     lengths: Sequence[int],
     codecs: Sequence[int],
     digests: Buffer,
 ) -> int:
-    """Like :func:`decode_chunks`, but write into the start of the writable
-    buffer ``out`` (reused across calls, so no fresh memory per batch) and
-    return the number of bytes written. ValueError if ``out`` is too small.
+    """Like :func:`decode_chunks`, for a pack given as equal-length parts end
+    to end (its data shards, mapped from their files: no copy into one
+    buffer), writing into the start of the writable buffer ``out`` (reused
+    across calls) and returning the number of bytes written. Chunks may
+    straddle parts. ValueError if ``out`` is too small or parts differ in length.
     """

@@ -446,7 +446,7 @@ def test_segment_copy_into() -> None:
 def test_decode_chunks_into_reused_buffer() -> None:
     data = rand_bytes(20_000, 8) + csv_bytes(20_000)
     pack, offsets, seg = build_pack(data)
-    args = (pack, offsets, seg.stored_lengths, seg.lengths, seg.codecs, seg.digests)
+    args = ([pack], offsets, seg.stored_lengths, seg.lengths, seg.codecs, seg.digests)
     out = bytearray(b"\xee" * (len(data) + 10))
     assert native.decode_chunks_into(out, *args) == len(data)
     assert out[: len(data)] == data and out[len(data) :] == b"\xee" * 10
@@ -457,8 +457,24 @@ def test_decode_chunks_into_reused_buffer() -> None:
     bad = bytearray(pack)
     bad[offsets[1]] ^= 1
     with pytest.raises(native.IntegrityError) as info:
-        native.decode_chunks_into(out, bad, *args[1:])
+        native.decode_chunks_into(out, [bad], *args[1:])
     assert info.value.args == (1,)
+
+
+@given(st.integers(1, 9), st.binary(min_size=1, max_size=6000))
+def test_decode_chunks_into_from_parts(nparts: int, data: bytes) -> None:
+    """A pack split into equal parts (shards) decodes like the whole, straddling chunks included."""
+    pack, offsets, seg = build_pack(data + csv_bytes(3000))
+    part_len = -(-len(pack) // nparts)
+    padded = pack + bytes(part_len * nparts - len(pack))
+    parts = [padded[i * part_len : (i + 1) * part_len] for i in range(nparts)]
+    out = bytearray(len(data) + 3000)
+    args = (offsets, seg.stored_lengths, seg.lengths, seg.codecs, seg.digests)
+    assert native.decode_chunks_into(out, parts, *args) == len(out)
+    assert out == data + csv_bytes(3000)
+    if nparts > 1:
+        with pytest.raises(ValueError):
+            native.decode_chunks_into(out, [*parts[:-1], parts[-1] + b"x"], *args)
 
 
 def test_decode_chunks_flipped_byte_raises_integrity_error() -> None:

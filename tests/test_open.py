@@ -64,7 +64,7 @@ def test_reads_only_covering_chunks(dataset, monkeypatch):
         return original(self, cid_text, buf, offset)
 
     monkeypatch.setattr(dstore.store.shards.ShardFiles, "read_into", counting)
-    monkeypatch.setattr(PackReader, "pack_bytes", None)  # the whole-pack path must not be used
+    monkeypatch.setattr(PackReader, "_parts", None)  # the whole-pack path must not be used
     with dstore.open(cid, home=home) as ds, ds.open("sub/data.bin") as f:
         f.seek(2_000_000)
         assert f.read(10) == DATA[2_000_000:2_000_010]

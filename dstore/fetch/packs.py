@@ -1,108 +1,109 @@
 """Read chunks out of packs: data shards first, parity only when something is wrong.
 
-The healthy path reads only the data shards that cover the bytes asked for
-(systematic code: no decoding) and checks every chunk against its ID in Rust.
-When a chunk fails, or a shard is missing, the whole pack is rebuilt: every
-shard is read and checked against its CID, and any k good shards restore the
-data shards (Reed–Solomon, in Rust).
+The healthy path maps the pack's data shard files into memory and decodes
+chunks straight from the mappings (systematic code: no decoding, no copy of
+the pack), checking every chunk against its ID in Rust. When a chunk fails, or
+a shard is missing or the wrong size, the whole pack is rebuilt: every shard is
+read and checked against its CID, and any k good shards restore the data
+shards (Reed–Solomon, in Rust).
+
+Shard files are written once under their final names and never truncated, so
+mapping them is safe.
 """
 
 from __future__ import annotations
 
-import threading
+import mmap
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
-from dstore.format.cid import hash_digest
+from dstore.format.cid import cid_to_text, hash_digest
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 from dstore.store import Store
 
-# Packs kept decoded in memory for sequential reads (each up to k MiB).
+# Packs kept mapped (or rebuilt in memory) for sequential reads.
 PACK_CACHE_SIZE = 2
+
+Parts = list[mmap.mmap] | list[memoryview]
+# MAP_POPULATE maps every page up front (on the helper thread, which also
+# reads the shards in when the store is on disk) instead of faulting page
+# groups in while the chunks are being decoded.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class PackReader:
-    """Reads chunk bytes from a local store's shards, repairing in memory when needed."""
+    """Reads chunk bytes from a local store's shards, repairing in memory when needed.
+
+    Not thread-safe: one reader per thread (it keeps one helper thread of its own
+    that maps the next pack while the caller decodes this one).
+    """
 
     def __init__(self, store: Store, hash_name: str = "blake3") -> None:
         self.store = store
         self.hash_name = hash_name
-        self._cache: OrderedDict[bytes, memoryview] = OrderedDict()
-        # Buffers of packs dropped from the cache, for reuse (fresh memory costs page faults).
-        self._free: list[bytearray] = []
-        # One reader thread loads the next pack while the caller decodes this one.
-        self._lock = threading.Lock()
-        self._pending: dict[bytes, Future[memoryview]] = {}
+        # pack ID -> its data shards (mappings), or one rebuilt buffer
+        self._cache: OrderedDict[bytes, Parts] = OrderedDict()
+        self._pending: dict[bytes, Future[list[mmap.mmap] | None]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     # -- whole packs ----------------------------------------------------------
 
-    def prefetch(self, pack_id: bytes, record: PackRecord) -> None:
-        """Start loading a pack in the background (a later pack_bytes picks it up)."""
-        with self._lock:
-            if pack_id in self._cache or pack_id in self._pending:
-                return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-prefetch")
-            self._pending[pack_id] = self._pool.submit(self._load, pack_id, record)
-
-    def pack_bytes(self, pack_id: bytes, record: PackRecord) -> memoryview:
-        """The pack's data region (k × shard_size bytes) from its data shards, cached."""
-        with self._lock:
-            cached = self._cache.get(pack_id)
-            if cached is not None:
-                self._cache.move_to_end(pack_id)
-                return cached
-            pending = self._pending.pop(pack_id, None)
-        view = pending.result() if pending is not None else self._load(pack_id, record)
-        return self._remember(pack_id, view)
-
-    def _load(self, pack_id: bytes, record: PackRecord) -> memoryview:
-        ss = record.shard_size
-        view = self._buffer(record.k * ss)
-        try:
-            for i in range(record.k):
-                self.store.shards.read_into(record.shards[i].encode("base32"), view[i * ss : (i + 1) * ss])
-        except NotFound:
-            return self._rebuilt(pack_id, record)
-        return view
-
-    def _buffer(self, size: int) -> memoryview:
-        with self._lock:
-            for i, buf in enumerate(self._free):
-                if len(buf) >= size:
-                    return memoryview(self._free.pop(i))[:size]
-        return memoryview(bytearray(size))
-
-    def _remember(self, pack_id: bytes, view: memoryview) -> memoryview:
-        with self._lock:
-            self._cache[pack_id] = view
+    def _parts(self, pack_id: bytes, record: PackRecord) -> Parts | None:
+        """The pack's data shards mapped from their files; None if one is missing or the wrong size."""
+        parts = self._cache.get(pack_id)
+        if parts is not None:
             self._cache.move_to_end(pack_id)
-            while len(self._cache) > PACK_CACHE_SIZE:
-                _, old = self._cache.popitem(last=False)
-                if isinstance(old.obj, bytearray) and len(self._free) < PACK_CACHE_SIZE:
-                    self._free.append(old.obj)
-        return view
+            return parts
+        pending = self._pending.pop(pack_id, None)
+        maps = pending.result() if pending is not None else self._map(record)
+        if maps is not None:
+            self._remember(pack_id, maps)
+        return maps
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def _map(self, record: PackRecord) -> list[mmap.mmap] | None:
+        maps: list[mmap.mmap] = []
+        try:
+            for cid in record.shards[: record.k]:
+                fd = os.open(self.store.shards.path(cid.encode("base32")), os.O_RDONLY)
+                try:
+                    if os.fstat(fd).st_size != record.shard_size:
+                        raise FileNotFoundError("wrong size")
+                    maps.append(mmap.mmap(fd, record.shard_size, flags=_MAP_FLAGS, prot=mmap.PROT_READ))
+                finally:
+                    os.close(fd)
+        except OSError:
+            for m in maps:
+                m.close()
+            return None
+        return maps
+
+    def _remember(self, pack_id: bytes, parts: Parts) -> None:
+        self._cache[pack_id] = parts
+        self._cache.move_to_end(pack_id)
+        while len(self._cache) > PACK_CACHE_SIZE:
+            _, old = self._cache.popitem(last=False)
+            _release(old)
+
+    def prefetch(self, pack_id: bytes, record: PackRecord) -> None:
+        """Map (and so read) a pack's data shards on the helper thread."""
+        if pack_id in self._cache or pack_id in self._pending:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-map")
+        self._pending[pack_id] = self._pool.submit(self._map, record)
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         """Read every shard, keep those that match their CID, and restore the data shards (cached)."""
-        return self._remember(pack_id, self._rebuilt(pack_id, record))
-
-    def _rebuilt(self, pack_id: bytes, record: PackRecord) -> memoryview:
         shards: list[bytes | None] = []
         bad: list[str] = []
         for i, cid in enumerate(record.shards):
-            text = cid.encode("base32")
             try:
-                data = self.store.shards.read(text)
+                data = self.store.shards.read(cid.encode("base32"))
             except NotFound:
                 shards.append(None)
                 bad.append(f"{i} (missing)")
@@ -115,25 +116,32 @@ class PackReader:
         good = sum(s is not None for s in shards)
         if good < record.k:
             raise NotEnoughShards(
-                f"pack {_short(pack_id)} has only {good} good shards of the {record.k} needed "
+                f"pack {cid_to_text(pack_id)} has only {good} good shards of the {record.k} needed "
                 f"(bad: {', '.join(bad)})"
             )
         if all(s is not None for s in shards[: record.k]):
             data_shards: Sequence[bytes] = [s for s in shards[: record.k] if s is not None]
         else:
             data_shards = _native.reconstruct(shards, record.k, record.m)
-        return memoryview(b"".join(data_shards))
+        view = memoryview(b"".join(data_shards))
+        self._cache.pop(pack_id, None)
+        self._remember(pack_id, [view])
+        return view
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for pending in self._pending.values():
+            _release(pending.result() or [])
+        self._pending.clear()
+        while self._cache:
+            _release(self._cache.popitem()[1])
 
     # -- chunks ---------------------------------------------------------------
 
-    def read_run(
-        self, pack_id: bytes, record: PackRecord, refs: Sequence[ChunkEntry], out: bytearray | None = None
-    ) -> bytes | memoryview:
-        """Bytes of chunks that share one pack, verified, concatenated in order.
-
-        With ``out`` (a reused buffer large enough for the run) the bytes are
-        decoded into it and a view of it is returned, valid until its next use.
-        """
+    def read_run(self, pack_id: bytes, record: PackRecord, refs: Sequence[ChunkEntry], out: bytearray) -> memoryview:
+        """Chunks that share one pack, verified, decoded back to back into ``out``; returns the filled view."""
+        _check_bounds(record, refs)
         args = (
             [r.offset for r in refs],
             [r.stored_len for r in refs],
@@ -141,29 +149,22 @@ class PackReader:
             [r.codec for r in refs],
             b"".join(r.digest for r in refs),
         )
-        _check_bounds(record, refs)
-
-        def decode(pack: memoryview) -> bytes | memoryview:
-            if out is None:
-                return _native.decode_chunks(pack, *args)
-            return memoryview(out)[: _native.decode_chunks_into(out, pack, *args)]
-
+        parts = self._parts(pack_id, record)
+        if parts is not None:
+            try:
+                return memoryview(out)[: _native.decode_chunks_into(out, parts, *args)]
+            except _native.IntegrityError:
+                pass  # a damaged shard: rebuild the pack from verified shards
         try:
-            return decode(self.pack_bytes(pack_id, record))
-        except _native.IntegrityError:
-            pass
-        try:
-            return decode(self.rebuild(pack_id, record))
+            return memoryview(out)[: _native.decode_chunks_into(out, [self.rebuild(pack_id, record)], *args)]
         except _native.IntegrityError as e:
             raise IntegrityError(
-                f"chunk {refs[e.args[0]].digest.hex()[:16]}… in pack {_short(pack_id)} does not match its ID "
-                "even after rebuilding the pack from verified shards (the locator is wrong)"
+                f"chunk {refs[e.args[0]].digest.hex()[:16]}… in pack {cid_to_text(pack_id)} does not match "
+                "its ID even after rebuilding the pack from verified shards (the locator is wrong)"
             ) from e
 
     def read_one(self, pack_id: bytes, record: PackRecord, ref: ChunkEntry) -> bytes:
         """One chunk, reading only the data-shard bytes that cover it (random access)."""
-        if pack_id in self._cache:
-            return self.read_run(pack_id, record, [ref])
         _check_bounds(record, [ref])
         ss = record.shard_size
         buf = bytearray(ref.stored_len)
@@ -178,16 +179,17 @@ class PackReader:
                 pos += n
             return _native.decode_chunks(buf, [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest)
         except (NotFound, _native.IntegrityError):
-            return self.read_run(pack_id, record, [ref])
+            out = bytearray(ref.size)
+            return bytes(self.read_run(pack_id, record, [ref], out))
+
+
+def _release(parts: Parts) -> None:
+    for part in parts:
+        if isinstance(part, mmap.mmap):
+            part.close()
 
 
 def _check_bounds(record: PackRecord, refs: Sequence[ChunkEntry]) -> None:
     for r in refs:
         if r.offset + r.stored_len > record.size:
             raise IntegrityError("the locator points past the end of a pack (corrupt locator)")
-
-
-def _short(pack_id: bytes) -> str:
-    from dstore.format.cid import cid_to_text
-
-    return cid_to_text(pack_id)

@@ -13,6 +13,7 @@ pub mod compress;
 pub mod erasure;
 pub mod pipeline;
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use pyo3::buffer::PyBuffer;
@@ -526,19 +527,27 @@ fn decode_chunks<'py>(
 fn decode_chunks_into(
     py: Python<'_>,
     out: &Bound<'_, PyAny>,
-    pack: &Bound<'_, PyAny>,
+    pack_parts: Vec<Bound<'_, PyAny>>,
     offsets: Vec<i64>,
     stored_lengths: Vec<i64>,
     lengths: Vec<i64>,
     codecs: Vec<i64>,
     digests: &Bound<'_, PyAny>,
 ) -> PyResult<usize> {
-    let pack_buf = ByteBuf::get(pack)?;
-    let pack_bytes = pack_buf.as_slice();
+    let part_bufs = pack_parts
+        .iter()
+        .map(ByteBuf::get)
+        .collect::<PyResult<Vec<_>>>()?;
+    let parts: Vec<&[u8]> = part_bufs.iter().map(ByteBuf::as_slice).collect();
+    let part_len = parts.first().map_or(0, |p| p.len());
+    if parts.iter().any(|p| p.len() != part_len) {
+        return Err(value_error("pack parts differ in length"));
+    }
+    let pack = PackParts { parts, part_len };
     let digest_buf = ByteBuf::get(digests)?;
     let digest_bytes = digest_buf.as_slice();
     let (jobs, total) = plan_decode(
-        pack_bytes.len(),
+        pack.len(),
         &offsets,
         &stored_lengths,
         &lengths,
@@ -564,14 +573,59 @@ fn decode_chunks_into(
     let buf = unsafe {
         std::slice::from_raw_parts_mut(out_buf.buf_ptr().cast::<MaybeUninit<u8>>(), total)
     };
-    let failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, buf));
+    let failure = py.detach(|| decode_into(&pack, &jobs, digest_bytes, buf));
     integrity_result(py, failure)?;
     Ok(total)
 }
 
+/// A pack given as equal-length parts end to end (its data shards, mapped
+/// from their files), so it never has to be copied into one buffer.
+struct PackParts<'a> {
+    parts: Vec<&'a [u8]>,
+    part_len: usize,
+}
+
+impl PackParts<'_> {
+    fn len(&self) -> usize {
+        self.parts.len() * self.part_len
+    }
+}
+
+/// Where a decoder reads stored chunk bytes from.
+trait PackSource: Sync {
+    /// Bytes `[start, end)` of the pack: borrowed when contiguous, else gathered.
+    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]>;
+}
+
+impl PackSource for [u8] {
+    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self[start..end])
+    }
+}
+
+impl PackSource for PackParts<'_> {
+    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]> {
+        let first = start / self.part_len;
+        let within = start % self.part_len;
+        if within + (end - start) <= self.part_len {
+            return Cow::Borrowed(&self.parts[first][within..within + (end - start)]);
+        }
+        // A chunk that straddles parts (about one in sixteen with 1 MiB shards).
+        let mut gathered = Vec::with_capacity(end - start);
+        let mut pos = start;
+        while pos < end {
+            let (part, at) = (pos / self.part_len, pos % self.part_len);
+            let take = (self.part_len - at).min(end - pos);
+            gathered.extend_from_slice(&self.parts[part][at..at + take]);
+            pos += take;
+        }
+        Cow::Owned(gathered)
+    }
+}
+
 /// Fills `out` with the decoded chunks in parallel; returns the lowest failing index.
-fn decode_into(
-    pack: &[u8],
+fn decode_into<P: PackSource + ?Sized>(
+    pack: &P,
     jobs: &[DecodeJob],
     digests: &[u8],
     out: &mut [MaybeUninit<u8>],
@@ -588,7 +642,8 @@ fn decode_into(
         .with_max_len(1)
         .filter_map(|(i, piece)| {
             let (off, end, _len, codec) = jobs[i];
-            let stored = &pack[off..end];
+            let stored_bytes = pack.range(off, end);
+            let stored = &*stored_bytes;
             let chunk = if codec == compress::CODEC_ZSTD {
                 match compress::decompress_exact_uninit(stored, piece) {
                     Ok(chunk) => chunk,
