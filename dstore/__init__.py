@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from dstore.mount.dataset import Dataset
 
 
-def open(cid: str, *, home: Any = None) -> "Dataset":  # noqa: A001 - mirrors io.open / fsspec.open
+def open(cid: str, *, home: Any = None) -> Dataset:  # noqa: A001 - mirrors io.open / fsspec.open
     """Open dataset ``cid`` from the local store for reading in place (see :class:`dstore.mount.dataset.Dataset`)."""
     from dstore.mount.dataset import open_dataset
 

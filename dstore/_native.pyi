@@ -32,15 +32,12 @@ GEAR_DIGEST: str
 def blake3(data: Buffer) -> bytes:
     """32-byte BLAKE3 digest of ``data`` (multithreaded above a size threshold)."""
 
-def chunk_lengths(
-    data: Buffer, final: bool, min_size: int, avg_size: int, max_size: int
-) -> list[int]:
+def chunk_lengths(data: Buffer, final: bool, min_size: int, avg_size: int, max_size: int) -> list[int]:
     """Lengths of the chunks cut from the start of ``data`` by fastcdc-gear-v1.
 
     When ``final`` is false, cutting stops while fewer than ``max_size`` bytes
     remain; the caller keeps the rest and prepends it to the next buffer.
     """
-
 @final
 class Segment:
     """The chunks cut from one buffer, hashed and (maybe) compressed."""

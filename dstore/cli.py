@@ -168,7 +168,9 @@ def ls_(target: str, long: bool, as_json: bool, home: str | None) -> None:
         reader = DatasetReader(store, cid)
         for entry in reader.ls(path):
             if as_json:
-                click.echo(json.dumps({"name": entry.name, "type": entry.kind, "size": entry.size, "cid": entry.cid_text}))
+                click.echo(
+                    json.dumps({"name": entry.name, "type": entry.kind, "size": entry.size, "cid": entry.cid_text})
+                )
             elif long:
                 kind = "d" if entry.kind == "dir" else "-"
                 click.echo(f"{kind} {entry.size:>14} {entry.cid_text} {entry.name}")

@@ -16,12 +16,7 @@ MASK64 = (1 << 64) - 1
 
 def gear_table() -> list[int]:
     """``GEAR[i]`` = first 8 bytes, little-endian, of ``BLAKE3(b"dstore-gear-v1" || [i])``."""
-    return [
-        int.from_bytes(
-            blake3.blake3(b"dstore-gear-v1" + bytes([i])).digest()[:8], "little"
-        )
-        for i in range(256)
-    ]
+    return [int.from_bytes(blake3.blake3(b"dstore-gear-v1" + bytes([i])).digest()[:8], "little") for i in range(256)]
 
 
 GEAR = gear_table()
@@ -69,9 +64,7 @@ def cut(d: bytes, min_size: int, avg_size: int, max_size: int) -> int:
     return min(max_size, n)
 
 
-def chunk_lengths(
-    data: bytes, final: bool, min_size: int, avg_size: int, max_size: int
-) -> list[int]:
+def chunk_lengths(data: bytes, final: bool, min_size: int, avg_size: int, max_size: int) -> list[int]:
     """Chunk lengths from the start of ``data``; without ``final``, stop while < max bytes remain."""
     check_params(min_size, avg_size, max_size)
     data = bytes(data)

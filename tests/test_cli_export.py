@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dstore.format.car import CarReader
+
 from treeutil import csv_like, random_bytes, snapshot
 
 IPFS_CAR = Path(__file__).parent / "interop" / "node_modules" / ".bin" / "ipfs-car"
@@ -35,7 +36,9 @@ def test_export_unpacks_with_ipfs_car(dstore, tmp_path):
         blocks = list(reader)
     assert len({c.to_bytes() for c, _ in blocks}) == len(blocks)
     out = tmp_path / "unpacked"
-    subprocess.run([str(IPFS_CAR), "unpack", str(car), "--output", str(out), "--no-verify"], check=True, capture_output=True)
+    subprocess.run(
+        [str(IPFS_CAR), "unpack", str(car), "--output", str(out), "--no-verify"], check=True, capture_output=True
+    )
     assert snapshot(out) == snapshot(src)
 
 

@@ -51,10 +51,7 @@ def test_layout() -> None:
     c = make_cid(RAW, b"hello")
     header = cbor.encode({"roots": [c], "version": 1})
     assert car_header([c]) == encode_varint(len(header)) + header
-    assert (
-        car_block(c, b"hello")
-        == encode_varint(len(c.to_bytes()) + 5) + c.to_bytes() + b"hello"
-    )
+    assert car_block(c, b"hello") == encode_varint(len(c.to_bytes()) + 5) + c.to_bytes() + b"hello"
     assert car_block(c.to_bytes(), b"hello") == car_block(c, b"hello")
 
 
@@ -77,12 +74,7 @@ def test_reads_ipfs_cidv0_blocks_as_v1() -> None:
 
     v0 = parse_cid("QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn")
     raw_v0 = v0.hash.to_bytes()  # a CIDv0 is its bare sha2-256 multihash
-    car = (
-        car_header([v0])
-        + encode_varint(len(raw_v0) + 4)
-        + raw_v0
-        + bytes.fromhex("0a020801")
-    )
+    car = car_header([v0]) + encode_varint(len(raw_v0) + 4) + raw_v0 + bytes.fromhex("0a020801")
     _roots, blocks = read_car(car)
     assert blocks == [(v0, bytes.fromhex("0a020801"))]
 

@@ -17,25 +17,15 @@ cids = st.builds(
     st.binary(min_size=32, max_size=32),
     st.sampled_from(["blake3", "sha2-256"]),
 )
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**64), 2**64 - 1)
-    | st.binary(max_size=40)
-    | st.text(max_size=20)
-)
+scalars = st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=20)
 plain_values = st.recursive(
     scalars,
-    lambda c: (
-        st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c, max_size=5)
-    ),
+    lambda c: (st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c, max_size=5)),
     max_leaves=30,
 )
 values = st.recursive(
     scalars | cids,
-    lambda c: (
-        st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c, max_size=5)
-    ),
+    lambda c: (st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c, max_size=5)),
     max_leaves=30,
 )
 
@@ -55,14 +45,7 @@ def test_matches_cbor2_canonical(v: object) -> None:
 
 def test_map_key_order_is_length_first() -> None:
     b = encode({"b": 1, "aa": 2, "a": 3, "é": 4})
-    assert (
-        b
-        == bytes.fromhex("a4")
-        + b"\x61a\x03"
-        + b"\x61b\x01"
-        + b"\x62aa\x02"
-        + b"\x62\xc3\xa9\x04"
-    )
+    assert b == bytes.fromhex("a4") + b"\x61a\x03" + b"\x61b\x01" + b"\x62aa\x02" + b"\x62\xc3\xa9\x04"
 
 
 def test_cid_is_tag_42_over_zero_prefixed_bytes() -> None:

@@ -31,19 +31,10 @@ def test_text_prefixes_match_the_spec() -> None:
 
 
 def test_known_blake3_and_sha256_digests() -> None:
-    assert (
-        hash_digest(b"", "sha2-256").hex()
-        == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    )
-    assert (
-        hash_digest(b"", "blake3").hex()
-        == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-    )
+    assert hash_digest(b"", "sha2-256").hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert hash_digest(b"", "blake3").hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
     # The empty raw block with sha2-256, as every IPFS implementation names it.
-    assert (
-        str(make_cid(RAW, b"", "sha2-256"))
-        == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
-    )
+    assert str(make_cid(RAW, b"", "sha2-256")) == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
 
 @given(
@@ -51,9 +42,7 @@ def test_known_blake3_and_sha256_digests() -> None:
     st.sampled_from([RAW, DAG_PB, DAG_CBOR]),
     st.sampled_from(["blake3", "sha2-256"]),
 )
-def test_fast_path_bytes_equal_cid_objects(
-    digest: bytes, codec: int, hash_name: str
-) -> None:
+def test_fast_path_bytes_equal_cid_objects(digest: bytes, codec: int, hash_name: str) -> None:
     cid = cid_from_digest(codec, digest, hash_name)
     assert cid_bytes_from_digest(codec, digest, hash_name) == cid.to_bytes()
     if codec == RAW:

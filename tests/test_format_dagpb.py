@@ -30,9 +30,7 @@ links = st.builds(
     st.none() | st.text(max_size=20),
     st.none() | st.integers(0, 2**64 - 1),
 )
-nodes = st.builds(
-    PBNode, st.lists(links, max_size=8), st.none() | st.binary(max_size=64)
-)
+nodes = st.builds(PBNode, st.lists(links, max_size=8), st.none() | st.binary(max_size=64))
 
 CID1 = cid_bytes_from_digest(RAW, bytes(range(32)))
 

@@ -15,11 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_format_tree import Tree, build_tree, getter, read_tree
 
 from dstore.format.car import CarReader, CarWriter, encode_car
 from dstore.format.cid import RAW, cid_bytes_from_digest, hash_digest, parse_cid
 from dstore.format.unixfs import build_file
+
+from test_format_tree import Tree, build_tree, getter, read_tree
 
 INTEROP = Path(__file__).parent / "interop"
 IPFS_CAR = INTEROP / "node_modules" / ".bin" / "ipfs-car"
@@ -42,9 +43,7 @@ def ipfs_car(*args: str | Path, cwd: Path | None = None) -> str:
         timeout=300,
         check=False,
     )
-    assert proc.returncode == 0, (
-        f"ipfs-car {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    )
+    assert proc.returncode == 0, f"ipfs-car {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
 
@@ -128,9 +127,7 @@ def test_ipfs_car_pack_gives_our_root_cid(tmp_path: Path) -> None:
     write_tree(src, tree)
     car = tmp_path / "packed.car"
     printed = ipfs_car("pack", "src", "--output", car, cwd=tmp_path).strip()
-    root, store, _, _ = build_tree(
-        tree, hash_name="sha2-256", shard=lambda p: 1 if p == "/many" else 1 << 20
-    )
+    root, store, _, _ = build_tree(tree, hash_name="sha2-256", shard=lambda p: 1 if p == "/many" else 1 << 20)
     assert parse_cid(printed) == root
     # Every block ipfs-car wrote is one of ours, byte for byte.
     reader = CarReader(car.read_bytes())
@@ -142,14 +139,9 @@ def test_ipfs_car_pack_gives_our_root_cid(tmp_path: Path) -> None:
 def test_ipfs_car_pack_single_file_gives_our_file_cid(tmp_path: Path) -> None:
     data = bytes((i * 13) % 256 for i in range((1 << 20) + 12345))
     (tmp_path / "f.bin").write_bytes(data)
-    printed = ipfs_car(
-        "pack", "f.bin", "--no-wrap", "--output", tmp_path / "f.car", cwd=tmp_path
-    ).strip()
+    printed = ipfs_car("pack", "f.bin", "--no-wrap", "--output", tmp_path / "f.car", cwd=tmp_path).strip()
     chunks = [data[: 1 << 20], data[1 << 20 :]]
-    leaves = [
-        (cid_bytes_from_digest(RAW, hash_digest(c, "sha2-256"), "sha2-256"), len(c))
-        for c in chunks
-    ]
+    leaves = [(cid_bytes_from_digest(RAW, hash_digest(c, "sha2-256"), "sha2-256"), len(c)) for c in chunks]
     root, _, _ = build_file(leaves, "sha2-256")
     assert parse_cid(printed) == root
 

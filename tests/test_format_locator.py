@@ -39,9 +39,7 @@ def make_packs(n: int, size: int = 1 << 20) -> list[tuple[CID, PackRecord]]:
     return out
 
 
-def make_entries(
-    n: int, n_packs: int, seed: int = 0
-) -> list[tuple[bytes, int, int, int, int, int]]:
+def make_entries(n: int, n_packs: int, seed: int = 0) -> list[tuple[bytes, int, int, int, int, int]]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -49,9 +47,7 @@ def make_entries(
         size = rng.randrange(1, 1000)
         codec = rng.randrange(2)
         stored = size if codec == 0 else rng.randrange(1, size + 1)
-        out.append(
-            (d, rng.randrange(n_packs), rng.randrange(0, 1000), stored, size, codec)
-        )
+        out.append((d, rng.randrange(n_packs), rng.randrange(0, 1000), stored, size, codec))
     return out
 
 
@@ -67,9 +63,7 @@ class CountingStore:
     __call__ = get
 
 
-def check_locator(
-    n_chunks: int, n_packs: int, seed: int = 0, hash_name: str = "blake3"
-) -> None:
+def check_locator(n_chunks: int, n_packs: int, seed: int = 0, hash_name: str = "blake3") -> None:
     packs = make_packs(n_packs)
     entries = make_entries(n_chunks, n_packs, seed)
     root, blocks = build_locator(DATASET, entries, packs, hash_name)
@@ -148,18 +142,12 @@ def test_root_layout() -> None:
     entries = make_entries(5, 2)
     root, blocks = build_locator(DATASET, entries, packs)
     obj = cbor.decode({c.to_bytes(): b for c, b in blocks}[root.to_bytes()])
-    assert (
-        obj["type"] == "dstore/locator"
-        and obj["version"] == 1
-        and obj["dataset"] == DATASET
-    )
+    assert obj["type"] == "dstore/locator" and obj["version"] == 1 and obj["dataset"] == DATASET
     assert len(obj["packs"]) == 1 and len(obj["chunks"]) == 1
     first, page_cid = obj["chunks"][0]
     assert first == min(e[0] for e in entries)
     page = cbor.decode({c.to_bytes(): b for c, b in blocks}[page_cid.to_bytes()])
-    assert page == [
-        list(e) for e in sorted(entries)
-    ]  # the fast encoder writes plain DAG-CBOR
+    assert page == [list(e) for e in sorted(entries)]  # the fast encoder writes plain DAG-CBOR
 
 
 def test_duplicates() -> None:
@@ -257,9 +245,7 @@ def test_reader_rejects_bad_pages() -> None:
 
     store, root = _tampered(unsorted_page)
     with pytest.raises(FormatError, match="not sorted"):
-        Locator(store.get, root).find(
-            cbor.decode(store.blocks[root.to_bytes()])["chunks"][1][0]
-        )
+        Locator(store.get, root).find(cbor.decode(store.blocks[root.to_bytes()])["chunks"][1][0])
 
     def garbage_page(store: CountingStore, obj: dict) -> CID:
         obj["chunks"][0] = [obj["chunks"][0][0], _put(store, b"\x81\xf7")]
@@ -267,9 +253,7 @@ def test_reader_rejects_bad_pages() -> None:
 
     store, root = _tampered(garbage_page)
     with pytest.raises(FormatError):
-        Locator(store.get, root).find(
-            cbor.decode(store.blocks[root.to_bytes()])["chunks"][0][0]
-        )
+        Locator(store.get, root).find(cbor.decode(store.blocks[root.to_bytes()])["chunks"][0][0])
 
     def wrong_pack_id(store: CountingStore, obj: dict) -> CID:
         page = cbor.decode(store.blocks[obj["packs"][0].to_bytes()])
@@ -293,9 +277,7 @@ def test_reader_rejects_bad_pages() -> None:
 
     store, root = _tampered(float_in_page)
     with pytest.raises(FormatError):
-        Locator(store.get, root).find(
-            cbor.decode(store.blocks[root.to_bytes()])["chunks"][0][0]
-        )
+        Locator(store.get, root).find(cbor.decode(store.blocks[root.to_bytes()])["chunks"][0][0])
 
 
 def test_build_and_find_are_fast_enough() -> None:

@@ -36,9 +36,7 @@ def test_manifest_round_trip_and_layout() -> None:
         },
         "size": 123,
     }
-    assert (
-        "meta" not in obj and "parent" not in obj
-    )  # optional keys omitted, never null
+    assert "meta" not in obj and "parent" not in obj  # optional keys omitted, never null
     assert Manifest.decode(block) == m
     assert str(m.cid).startswith("bafyr4")
     assert m.cid == cbor.block_cid(block)
@@ -57,9 +55,7 @@ def test_manifest_is_deterministic_and_sensitive() -> None:
 
 @given(
     size=st.integers(0, 2**64 - 1),
-    meta=st.dictionaries(
-        st.sampled_from(["name", "license", "description"]), st.text(max_size=30)
-    ),
+    meta=st.dictionaries(st.sampled_from(["name", "license", "description"]), st.text(max_size=30)),
     avg_bits=st.integers(7, 20),
     parent=st.booleans(),
     digest=st.binary(min_size=32, max_size=32),
@@ -214,9 +210,7 @@ def test_shard_size_rejects() -> None:
 
 def _record(k: int = 4, m: int = 2, size: int = 1000) -> PackRecord:
     shards = tuple(make_cid(RAW, bytes([i])) for i in range(k + m))
-    return PackRecord(
-        k=k, m=m, size=size, shard_size=shard_size(size, k), shards=shards
-    )
+    return PackRecord(k=k, m=m, size=size, shard_size=shard_size(size, k), shards=shards)
 
 
 @given(st.integers(1, 20), st.integers(0, 20), st.integers(0, 17 << 20))

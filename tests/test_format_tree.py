@@ -57,9 +57,7 @@ def build_tree(
             for c, b in sub_order:
                 put(c, b)
         else:
-            pieces = [
-                value[i : i + chunk_size] for i in range(0, len(value), chunk_size)
-            ]
+            pieces = [value[i : i + chunk_size] for i in range(0, len(value), chunk_size)]
             leaves = []
             for p in pieces:
                 cb = cid_bytes_from_digest(RAW, hash_digest(p, hash_name), hash_name)
@@ -120,8 +118,7 @@ def sample_tree() -> Tree:
     return {
         "empty": b"",
         "one": b"one chunk",
-        "multi": bytes(range(256))
-        * 8,  # 2048 bytes, 4-byte chunks -> 512 leaves, two levels
+        "multi": bytes(range(256)) * 8,  # 2048 bytes, 4-byte chunks -> 512 leaves, two levels
         "日本語 ✓": b"unicode name",
         "nested": {"deeper": {"x": b"x" * 10, "emptydir": {}}, "y": b"y"},
         "sharded": many,
@@ -163,17 +160,13 @@ names = st.text(
 ).filter(lambda s: s not in (".", ".."))
 trees = st.recursive(
     st.dictionaries(names, st.binary(max_size=40), max_size=5),
-    lambda children: st.dictionaries(
-        names, st.one_of(st.binary(max_size=40), children), max_size=5
-    ),
+    lambda children: st.dictionaries(names, st.one_of(st.binary(max_size=40), children), max_size=5),
     max_leaves=25,
 )
 
 
 @settings(max_examples=60)
-@given(
-    tree=trees, chunk=st.integers(1, 9), threshold=st.sampled_from([1, 200, 1 << 20])
-)
+@given(tree=trees, chunk=st.integers(1, 9), threshold=st.sampled_from([1, 200, 1 << 20]))
 def test_random_trees_round_trip(tree: Tree, chunk: int, threshold: int) -> None:
     root, store, _, _ = build_tree(tree, chunk_size=chunk, shard=lambda p: threshold)
     assert read_tree(getter(store), root) == tree

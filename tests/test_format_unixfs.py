@@ -32,10 +32,7 @@ from dstore.format.unixfs import (
 
 
 def fake_leaves(n: int, size: int = 7) -> list[tuple[bytes, int]]:
-    return [
-        (raw_cid_bytes(hashlib.sha256(i.to_bytes(8, "big")).digest()), size + i % 3)
-        for i in range(n)
-    ]
+    return [(raw_cid_bytes(hashlib.sha256(i.to_bytes(8, "big")).digest()), size + i % 3) for i in range(n)]
 
 
 data_msgs = st.builds(
@@ -151,14 +148,10 @@ def test_three_levels_and_leaf_order() -> None:
 
 
 def test_file_node_link_has_empty_name_and_tsize() -> None:
-    _root, blocks, _ = build_file(
-        [(raw_cid_bytes(bytes(32)), 10), (raw_cid_bytes(b"\1" * 32), 20)]
-    )
+    _root, blocks, _ = build_file([(raw_cid_bytes(bytes(32)), 10), (raw_cid_bytes(b"\1" * 32), 20)])
     pb = decode_node(blocks[0][1])
     assert [(ln.name, ln.tsize) for ln in pb.links] == [("", 10), ("", 20)]
-    assert decode_data(pb.data) == UnixFSData(
-        type=T_FILE, filesize=30, blocksizes=(10, 20)
-    )
+    assert decode_data(pb.data) == UnixFSData(type=T_FILE, filesize=30, blocksizes=(10, 20))
 
 
 def test_build_file_is_fast_enough() -> None:
@@ -204,10 +197,7 @@ def test_directory_rejects_duplicates() -> None:
 
 
 def _dir_entries(n: int) -> list[tuple[str, bytes, int]]:
-    return [
-        (f"file-{i}-ü.bin", raw_cid_bytes(hashlib.sha256(b"%d" % i).digest()), i)
-        for i in range(n)
-    ]
+    return [(f"file-{i}-ü.bin", raw_cid_bytes(hashlib.sha256(b"%d" % i).digest()), i) for i in range(n)]
 
 
 def test_hamt_sharding_by_threshold() -> None:
@@ -243,9 +233,7 @@ def test_hamt_link_names_and_bitfield() -> None:
     pb = decode_node(blocks[-1][1])
     slots = sorted({hamt_hash(n.encode())[0] for n, _, _ in entries})
     bitfield = sum(1 << s for s in slots)
-    assert decode_data(pb.data).data == bitfield.to_bytes(
-        (bitfield.bit_length() + 7) // 8, "big"
-    )
+    assert decode_data(pb.data).data == bitfield.to_bytes((bitfield.bit_length() + 7) // 8, "big")
     assert [ln.name[:2] for ln in pb.links] == [f"{s:02X}" for s in slots]
 
 
@@ -266,18 +254,13 @@ def test_hamt_full_collision_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
 @settings(max_examples=40)
 @given(
     st.sets(
-        st.text(min_size=1, max_size=6).filter(
-            lambda s: s not in (".", "..") and "/" not in s and "\0" not in s
-        ),
+        st.text(min_size=1, max_size=6).filter(lambda s: s not in (".", "..") and "/" not in s and "\0" not in s),
         max_size=120,
     )
 )
 def test_hamt_random_names(names: set[str]) -> None:
     try:
-        entries = [
-            (n, raw_cid_bytes(hashlib.sha256(n.encode("utf-8")).digest()), len(n))
-            for n in names
-        ]
+        entries = [(n, raw_cid_bytes(hashlib.sha256(n.encode("utf-8")).digest()), len(n)) for n in names]
     except UnicodeEncodeError:
         return
     root, blocks, _ = build_directory(entries, hamt_threshold_bytes=1)
@@ -327,26 +310,20 @@ L = raw_cid_bytes(bytes(32))
         ),
         (
             [],
-            UnixFSData(
-                type=T_HAMT_SHARD, data=b"\x01" + bytes(32), hash_type=0x22, fanout=256
-            ),
+            UnixFSData(type=T_HAMT_SHARD, data=b"\x01" + bytes(32), hash_type=0x22, fanout=256),
             "wider",
         ),
         ([], UnixFSData(type=3), "unsupported"),
     ],
 )
-def test_parse_node_rejects_inconsistent_nodes(
-    links: list[PBLink], data: UnixFSData, why: str
-) -> None:
+def test_parse_node_rejects_inconsistent_nodes(links: list[PBLink], data: UnixFSData, why: str) -> None:
     cid, block = _pb(links, data)
     with pytest.raises(FormatError, match=why):
         parse_node(cid, block)
 
 
 def test_parse_node_other_cases() -> None:
-    assert parse_node(make_cid(RAW, b"xy"), b"xy") == unixfs.Node(
-        kind="raw", data=b"xy", filesize=2
-    )
+    assert parse_node(make_cid(RAW, b"xy"), b"xy") == unixfs.Node(kind="raw", data=b"xy", filesize=2)
     with pytest.raises(FormatError, match="codec"):
         parse_node(make_cid(DAG_CBOR, b"\xa0"), b"\xa0")
     with pytest.raises(FormatError, match="without UnixFS Data"):

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_format_tree import build_tree, getter, read_tree
 
 from dstore.format import cbor
 from dstore.format.cid import DAG_CBOR, RAW, hash_digest, make_cid, parse_cid
@@ -36,13 +35,13 @@ from dstore.format.manifest import ChunkerParams, Manifest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.format.unixfs import build_file, hamt_hash
 
+from test_format_tree import build_tree, getter, read_tree
+
 PATH = Path(__file__).parent / "vectors" / "format_vectors.json"
 VECTORS = json.loads(PATH.read_text(encoding="utf-8"))
 
 
-def realize(
-    spec: dict[str, Any], path: str = "/", thresholds: dict[str, int] | None = None
-) -> Any:
+def realize(spec: dict[str, Any], path: str = "/", thresholds: dict[str, int] | None = None) -> Any:
     """Turn a JSON tree description into the nested dict/bytes test_format_tree builds."""
     if thresholds is None:
         thresholds = {}
@@ -56,16 +55,11 @@ def realize(
     if "hamt_threshold" in spec:
         thresholds[path] = spec["hamt_threshold"]
     if "dir" in spec:
-        return {
-            name: realize(sub, f"{path.rstrip('/')}/{name}", thresholds)
-            for name, sub in spec["dir"].items()
-        }
+        return {name: realize(sub, f"{path.rstrip('/')}/{name}", thresholds) for name, sub in spec["dir"].items()}
     if "generate" in spec:
         g = spec["generate"]
         return {
-            g["name"].replace("{i}", str(i).zfill(g.get("pad", 0))): g["utf8"]
-            .replace("{i}", str(i))
-            .encode("utf-8")
+            g["name"].replace("{i}", str(i).zfill(g.get("pad", 0))): g["utf8"].replace("{i}", str(i)).encode("utf-8")
             for i in range(g["count"])
         }
     raise AssertionError(f"bad tree spec {spec}")
@@ -81,9 +75,7 @@ def build_case(case: dict[str, Any]) -> tuple[Any, Any, dict[bytes, bytes]]:
         leaves = [(make_cid(RAW, p, h), len(p)) for p in pieces]
         root, blocks, _ = build_file(leaves, h)
         store = {c.to_bytes(): b for c, b in blocks}
-        store.update(
-            {c.to_bytes(): p for (c, _), p in zip(leaves, pieces, strict=True)}
-        )
+        store.update({c.to_bytes(): p for (c, _), p in zip(leaves, pieces, strict=True)})
         return tree, root, store
     root, store, _, _ = build_tree(
         tree,
@@ -146,9 +138,7 @@ def dstore_values() -> dict[str, Any]:
     }
     loc_root, _ = _locator(spec["locator"]["input"], m.cid, rec)
     out["locator"] = {"root": str(loc_root)}
-    out["hamt_hash"] = {
-        name: hamt_hash(name.encode("utf-8")).hex() for name in spec["hamt_hash"]
-    }
+    out["hamt_hash"] = {name: hamt_hash(name.encode("utf-8")).hex() for name in spec["hamt_hash"]}
     return out
 
 
@@ -165,8 +155,7 @@ def _locator(inp: dict[str, Any], dataset: Any, rec: PackRecord) -> tuple[Any, l
         )
         packs.append((cbor.block_cid(r.encode()), r))
     entries = [
-        (hash_digest(f"chunk {i}".encode()), i % inp["packs"], 100 * i, 100, 100, 0)
-        for i in range(inp["count"])
+        (hash_digest(f"chunk {i}".encode()), i % inp["packs"], 100 * i, 100, 100, 0) for i in range(inp["count"])
     ]
     return build_locator(dataset, entries, packs)
 
@@ -181,20 +170,14 @@ def test_dstore_pins() -> None:
         spec["pack"].update(got["pack"])
         spec["locator"].update(got["locator"])
         spec["hamt_hash"] = got["hamt_hash"]
-        PATH.write_text(
-            json.dumps(VECTORS, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        PATH.write_text(json.dumps(VECTORS, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         pytest.skip("vectors regenerated")
     for case in spec["unixfs"]:
         assert got["unixfs"][case["name"]] == case["cid"], case["name"]
     assert got["manifest"]["cid"] == spec["manifest"]["cid"]
     assert got["manifest"]["block_hex"] == spec["manifest"]["block_hex"]
-    assert Manifest.decode(
-        bytes.fromhex(spec["manifest"]["block_hex"])
-    ).cid == parse_cid(spec["manifest"]["cid"])
-    assert got["pack"] == {
-        k: spec["pack"][k] for k in ("cid", "block_hex", "shard_size")
-    }
+    assert Manifest.decode(bytes.fromhex(spec["manifest"]["block_hex"])).cid == parse_cid(spec["manifest"]["cid"])
+    assert got["pack"] == {k: spec["pack"][k] for k in ("cid", "block_hex", "shard_size")}
     assert got["locator"]["root"] == spec["locator"]["root"]
     assert got["hamt_hash"] == spec["hamt_hash"]
 

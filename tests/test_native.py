@@ -9,12 +9,13 @@ from pathlib import Path
 
 import blake3 as blake3_py
 import pytest
-import reference_chunker as ref
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dstore import _native as native
+
+import reference_chunker as ref
 
 VECTORS = Path(__file__).parent / "vectors"
 SMALL = (64, 256, 1024)
@@ -50,71 +51,46 @@ def test_chunker_vectors() -> None:
     for case in vectors["cases"]:
         data = ref.vector_input(case["seed"], case["length"])
         params = (case["min"], case["avg"], case["max"])
-        assert native.chunk_lengths(data, True, *params) == case["lengths"], case[
-            "seed"
-        ]
+        assert native.chunk_lengths(data, True, *params) == case["lengths"], case["seed"]
     stream = vectors["stream"]
     data = ref.vector_input(stream["seed"], stream["length"])
-    lengths = native.chunk_lengths(
-        data, True, stream["min"], stream["avg"], stream["max"]
-    )
+    lengths = native.chunk_lengths(data, True, stream["min"], stream["avg"], stream["max"])
     assert len(lengths) == stream["chunks"]
     assert ref.boundaries_digest(lengths) == stream["boundaries_digest"]
 
 
 @given(data=st.binary(max_size=5000), final=st.booleans())
 def test_chunk_lengths_match_reference(data: bytes, final: bool) -> None:
-    assert native.chunk_lengths(data, final, *SMALL) == ref.chunk_lengths(
-        data, final, *SMALL
-    )
+    assert native.chunk_lengths(data, final, *SMALL) == ref.chunk_lengths(data, final, *SMALL)
 
 
 @given(
     seed=st.integers(0, 2**32),
-    params=st.sampled_from(
-        [(64, 128, 129), (64, 256, 1024), (100, 512, 700), (1000, 1024, 4096)]
-    ),
+    params=st.sampled_from([(64, 128, 129), (64, 256, 1024), (100, 512, 700), (1000, 1024, 4096)]),
     length=st.integers(0, 12000),
 )
-def test_chunk_lengths_match_reference_random_params(
-    seed: int, params: tuple[int, int, int], length: int
-) -> None:
+def test_chunk_lengths_match_reference_random_params(seed: int, params: tuple[int, int, int], length: int) -> None:
     data = rand_bytes(length, seed)
-    assert native.chunk_lengths(data, True, *params) == ref.chunk_lengths(
-        data, True, *params
-    )
+    assert native.chunk_lengths(data, True, *params) == ref.chunk_lengths(data, True, *params)
 
 
 def test_chunk_lengths_at_every_boundary() -> None:
     lo, avg, hi = SMALL
-    sizes = sorted(
-        {
-            x + d
-            for x in (0, lo, avg, hi, 2 * hi, 3 * hi)
-            for d in (-2, -1, 0, 1, 2)
-            if x + d >= 0
-        }
-    )
+    sizes = sorted({x + d for x in (0, lo, avg, hi, 2 * hi, 3 * hi) for d in (-2, -1, 0, 1, 2) if x + d >= 0})
     for seed in range(4):
         base = rand_bytes(3 * hi + 10, seed)
         for n in sizes:
             data = base[:n]
             for final in (True, False):
-                assert native.chunk_lengths(data, final, *SMALL) == ref.chunk_lengths(
-                    data, final, *SMALL
-                ), (seed, n)
+                assert native.chunk_lengths(data, final, *SMALL) == ref.chunk_lengths(data, final, *SMALL), (seed, n)
     # Long runs of one byte value never cut early and end at max.
     zeros = bytes(5000)
-    assert native.chunk_lengths(zeros, True, *SMALL) == ref.chunk_lengths(
-        zeros, True, *SMALL
-    )
+    assert native.chunk_lengths(zeros, True, *SMALL) == ref.chunk_lengths(zeros, True, *SMALL)
 
 
 def test_chunk_lengths_default_params_match_reference() -> None:
     data = rand_bytes(1_200_000, 7)
-    assert native.chunk_lengths(data, True, *DEFAULT) == ref.chunk_lengths(
-        data, True, *DEFAULT
-    )
+    assert native.chunk_lengths(data, True, *DEFAULT) == ref.chunk_lengths(data, True, *DEFAULT)
 
 
 @pytest.mark.parametrize("final", [True, False])
@@ -127,9 +103,7 @@ def test_parallel_chunker_matches_reference(final: bool) -> None:
             assert got == ref.chunk_lengths(data, final, *params)
 
 
-def stream_chunks(
-    data: bytes, cuts: list[int], params: tuple[int, int, int]
-) -> list[int]:
+def stream_chunks(data: bytes, cuts: list[int], params: tuple[int, int, int]) -> list[int]:
     """Feed ``data`` split at ``cuts`` with final=False, carrying the tail."""
     out: list[int] = []
     tail = b""
@@ -186,14 +160,7 @@ def test_bad_chunker_params_raise_value_error(params: tuple[int, int, int]) -> N
 
 @pytest.mark.parametrize(
     "n",
-    sorted(
-        {
-            b + d
-            for b in (0, 64, 1024, 2048, 16384, 65536, 256 * 1024, 1 << 20)
-            for d in (-1, 0, 1)
-            if b + d >= 0
-        }
-    ),
+    sorted({b + d for b in (0, 64, 1024, 2048, 16384, 65536, 256 * 1024, 1 << 20) for d in (-1, 0, 1) if b + d >= 0}),
 )
 def test_blake3_matches_reference(n: int) -> None:
     data = rand_bytes(n, n)
@@ -216,9 +183,7 @@ def test_blake3_accepts_any_buffer() -> None:
 # --- process_segment -----------------------------------------------------------
 
 
-def check_segment(
-    data: bytes, seg: native.Segment, final: bool, params: tuple[int, int, int]
-) -> None:
+def check_segment(data: bytes, seg: native.Segment, final: bool, params: tuple[int, int, int]) -> None:
     assert seg.lengths == native.chunk_lengths(data, final, *params)
     assert seg.consumed == sum(seg.lengths)
     assert len(seg.digests) == 32 * len(seg.lengths)
@@ -241,8 +206,7 @@ def check_segment(
 
 
 @given(
-    data=st.binary(max_size=6000)
-    | st.builds(lambda n: csv_bytes(n), st.integers(0, 6000)),
+    data=st.binary(max_size=6000) | st.builds(lambda n: csv_bytes(n), st.integers(0, 6000)),
     final=st.booleans(),
     level=st.sampled_from([0, 1, 3, 19, -5]),
 )
@@ -260,12 +224,8 @@ def test_process_segment_large_mixed() -> None:
         check_segment(data, seg, final, DEFAULT)
         assert 0 in seg.codecs and 1 in seg.codecs
     # Random data is stored raw, text compressed.
-    assert set(
-        native.process_segment(rand_bytes(1 << 20, 3), True, *DEFAULT, 3).codecs
-    ) == {0}
-    assert set(
-        native.process_segment(csv_bytes(1 << 20), True, *DEFAULT, 3).codecs
-    ) == {1}
+    assert set(native.process_segment(rand_bytes(1 << 20, 3), True, *DEFAULT, 3).codecs) == {0}
+    assert set(native.process_segment(csv_bytes(1 << 20), True, *DEFAULT, 3).codecs) == {1}
 
 
 def test_segment_views_input_without_copy() -> None:
@@ -298,9 +258,7 @@ def pad_pack(pack: bytes, k: int) -> tuple[bytes, int]:
     return pack + bytes(k * shard - len(pack)), shard
 
 
-def check_encode(
-    padded: bytes, k: int, m: int, shard: int
-) -> tuple[list[bytes], bytes]:
+def check_encode(padded: bytes, k: int, m: int, shard: int) -> tuple[list[bytes], bytes]:
     parity, digests = native.encode_pack(padded, k, m)
     assert len(parity) == m * shard
     shards = [padded[i * shard : (i + 1) * shard] for i in range(k)] + [
@@ -330,18 +288,14 @@ def test_reconstruct_every_erasure_set(pack: bytes, k: int, m: int) -> None:
     m=st.integers(0, 16),
     shard_blocks=st.integers(1, 8),
 )
-def test_reconstruct_random_sets_up_to_64(
-    seed: int, k: int, m: int, shard_blocks: int
-) -> None:
+def test_reconstruct_random_sets_up_to_64(seed: int, k: int, m: int, shard_blocks: int) -> None:
     rng = random.Random(seed)
     shard = 64 * shard_blocks
     padded = rng.randbytes(k * shard)
     shards, _ = check_encode(padded, k, m, shard)
     for _ in range(3):
         lost = set(rng.sample(range(k + m), rng.randint(0, m)))
-        rebuilt = native.reconstruct(
-            [None if i in lost else s for i, s in enumerate(shards)], k, m
-        )
+        rebuilt = native.reconstruct([None if i in lost else s for i, s in enumerate(shards)], k, m)
         assert b"".join(rebuilt) == padded
 
 
@@ -358,9 +312,7 @@ def test_erasure_vectors_and_large_shards() -> None:
     padded = rand_bytes(k * shard, 9)
     shards, _ = check_encode(padded, k, m, shard)
     lost = {0, 3, 7, 9}
-    rebuilt = native.reconstruct(
-        [None if i in lost else s for i, s in enumerate(shards)], k, m
-    )
+    rebuilt = native.reconstruct([None if i in lost else s for i, s in enumerate(shards)], k, m)
     assert b"".join(rebuilt) == padded
 
 
@@ -406,9 +358,7 @@ def test_decode_chunks_roundtrip() -> None:
     data = rand_bytes(20_000, 4) + csv_bytes(20_000)
     pack, offsets, seg = build_pack(data)
     assert 0 in seg.codecs and 1 in seg.codecs
-    out = native.decode_chunks(
-        pack, offsets, seg.stored_lengths, seg.lengths, seg.codecs, seg.digests
-    )
+    out = native.decode_chunks(pack, offsets, seg.stored_lengths, seg.lengths, seg.codecs, seg.digests)
     assert out == data
     # A subset, out of order.
     idx = [3, 0, len(offsets) - 1]
@@ -493,9 +443,7 @@ def test_decode_chunks_flipped_byte_raises_integrity_error() -> None:
     digests = bytearray(seg.digests)
     digests[32 * 2] ^= 1
     with pytest.raises(native.IntegrityError) as info:
-        native.decode_chunks(
-            pack, offsets, seg.stored_lengths, seg.lengths, seg.codecs, bytes(digests)
-        )
+        native.decode_chunks(pack, offsets, seg.stored_lengths, seg.lengths, seg.codecs, bytes(digests))
     assert info.value.args == (2,)
 
 
@@ -506,9 +454,7 @@ def test_decode_chunks_wrong_length_is_integrity_error() -> None:
     lengths = list(seg.lengths)
     lengths[1] += 1
     with pytest.raises(native.IntegrityError) as info:
-        native.decode_chunks(
-            pack, offsets, seg.stored_lengths, lengths, seg.codecs, seg.digests
-        )
+        native.decode_chunks(pack, offsets, seg.stored_lengths, lengths, seg.codecs, seg.digests)
     assert info.value.args == (1,)
 
 

@@ -13,6 +13,7 @@ import dstore
 from dstore.fetch.packs import PackReader
 from dstore.ingest.add import ShardSpec, add
 from dstore.store import Store
+
 from treeutil import csv_like, random_bytes
 
 DATA = random_bytes(3 << 20, 21) + csv_like(2 << 20)

@@ -15,6 +15,7 @@ import pytest
 from dstore.format.cid import parse_cid
 from dstore.format.pack import PackRecord
 from dstore.store import ChunkLoc, Store
+
 from treeutil import random_bytes, snapshot
 
 

@@ -119,7 +119,9 @@ class DatasetReader:
         out = []
         for name, child_cid in self.entries(node):
             child = self.node(child_cid)
-            out.append(Entry(name, "dir" if child.is_dir else "file", None if child.is_dir else child.filesize, child_cid))
+            out.append(
+                Entry(name, "dir" if child.is_dir else "file", None if child.is_dir else child.filesize, child_cid)
+            )
         return out
 
     def walk(self, path: str = "") -> Iterator[tuple[str, CID, unixfs.Node]]:
@@ -150,7 +152,7 @@ class DatasetReader:
             raise FormatError(f"{cid_to_text(cid)} is a {node.kind}, not a file")
         if node.data:
             raise FormatError("files with inline data are not written by dstore")
-        for link, size in zip(node.links, node.blocksizes):
+        for link, size in zip(node.links, node.blocksizes, strict=True):
             if link.cid.codec == RAW:
                 yield link.cid.hash.digest, size
             else:
@@ -171,7 +173,9 @@ class DatasetReader:
         for digest, size in self.leaves(cid, node):
             pack_id, record, ref = self._ref(digest)
             if ref.size != size:
-                raise IntegrityError(f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file")
+                raise IntegrityError(
+                    f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file"
+                )
             if run_pack is not None and (run_pack[0] != pack_id or run_bytes + size > RUN_BYTES):
                 yield (*run_pack, run)
                 run, run_bytes = [], 0

@@ -51,18 +51,14 @@ def car_block(cid: CID | bytes, block: bytes) -> bytes:
     return encode_varint(len(cb) + len(block)) + cb + block
 
 
-def iter_car(
-    roots: Iterable[CID], blocks: Iterable[tuple[CID | bytes, bytes]]
-) -> Iterator[bytes]:
+def iter_car(roots: Iterable[CID], blocks: Iterable[tuple[CID | bytes, bytes]]) -> Iterator[bytes]:
     """Yield the pieces of a CAR v1 (header first); write them in order to stream one."""
     yield car_header(roots)
     for cid, block in blocks:
         yield car_block(cid, block)
 
 
-def encode_car(
-    roots: Iterable[CID], blocks: Iterable[tuple[CID | bytes, bytes]]
-) -> bytes:
+def encode_car(roots: Iterable[CID], blocks: Iterable[tuple[CID | bytes, bytes]]) -> bytes:
     """A whole CAR v1 in memory (small CARs and tests; stream big ones with :class:`CarWriter`)."""
     return b"".join(iter_car(roots, blocks))
 
@@ -133,18 +129,12 @@ class CarReader:
         verify: bool = True,
         max_block_bytes: int = MAX_CAR_BLOCK_BYTES,
     ) -> None:
-        self._fp: BinaryIO = (
-            io.BytesIO(bytes(source))
-            if isinstance(source, (bytes, bytearray, memoryview))
-            else source
-        )
+        self._fp: BinaryIO = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
         self.verify = verify
         self.max_block_bytes = max_block_bytes
         n = self._read_varint(eof_ok=False)
         if n is None or n == 0 or n > MAX_HEADER_BYTES:
-            raise FormatError(
-                f"CAR header length {n} out of range 1..{MAX_HEADER_BYTES}"
-            )
+            raise FormatError(f"CAR header length {n} out of range 1..{MAX_HEADER_BYTES}")
         header = cbor.decode(self._read_exact(n, "header"))
         if not isinstance(header, dict):
             raise FormatError("CAR header is not a map")
@@ -195,25 +185,19 @@ class CarReader:
                 raise FormatError(f"CAR block has a bad CID ({e})") from e
             block = section[clen:]
             if len(block) > self.max_block_bytes:
-                raise FormatError(
-                    f"CAR block of {len(block)} bytes exceeds {self.max_block_bytes}"
-                )
+                raise FormatError(f"CAR block of {len(block)} bytes exceeds {self.max_block_bytes}")
             if cid.version == 0:
                 cid = cid.to_v1()
             if self.verify:
                 hash_name = HASH_NAMES.get(cid.hash.code)
                 if hash_name is None:
-                    raise FormatError(
-                        f"cannot verify CAR block {cid}: hash 0x{cid.hash.code:x} not supported"
-                    )
+                    raise FormatError(f"cannot verify CAR block {cid}: hash 0x{cid.hash.code:x} not supported")
                 if hash_digest(block, hash_name) != cid.hash.digest:
                     raise IntegrityError(f"CAR block does not match its CID {cid}")
             yield cid, block
 
 
-def read_car(
-    data: bytes, *, verify: bool = True
-) -> tuple[list[CID], list[tuple[CID, bytes]]]:
+def read_car(data: bytes, *, verify: bool = True) -> tuple[list[CID], list[tuple[CID, bytes]]]:
     """Parse a whole in-memory CAR v1: ``(roots, [(cid, block), …])``."""
     r = CarReader(data, verify=verify)
     return r.roots, list(r)

@@ -101,9 +101,7 @@ def _enc(obj: Any, out: list[bytes], depth: int) -> None:
         items = []
         for k, v in obj.items():
             if type(k) is not str:
-                raise ValueError(
-                    f"DAG-CBOR map keys must be str, not {type(k).__name__}"
-                )
+                raise ValueError(f"DAG-CBOR map keys must be str, not {type(k).__name__}")
             kb = k.encode("utf-8")
             items.append((len(kb), kb, v))
         items.sort(key=lambda e: (e[0], e[1]))
@@ -166,9 +164,7 @@ def _refuse_builtin(*_args: Any) -> Any:
 _SEMANTIC = {t: _refuse_builtin for t in _BUILTIN_TAGS}
 
 
-def decode(
-    block: bytes | bytearray | memoryview, max_bytes: int = MAX_BLOCK_BYTES
-) -> Any:
+def decode(block: bytes | bytearray | memoryview, max_bytes: int = MAX_BLOCK_BYTES) -> Any:
     """Decode untrusted DAG-CBOR bytes; FormatError unless they are canonical dstore DAG-CBOR."""
     if len(block) > max_bytes:
         raise FormatError(f"DAG-CBOR block of {len(block)} bytes exceeds {max_bytes}")

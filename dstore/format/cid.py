@@ -69,9 +69,7 @@ def hash_code(hash_name: str) -> int:
     try:
         return HASH_CODES[hash_name]
     except KeyError:
-        raise ValueError(
-            f"unsupported hash {hash_name!r}; expected one of {sorted(HASH_CODES)}"
-        ) from None
+        raise ValueError(f"unsupported hash {hash_name!r}; expected one of {sorted(HASH_CODES)}") from None
 
 
 def hash_digest(data: bytes, hash_name: str = "blake3") -> bytes:
@@ -84,9 +82,7 @@ def hash_digest(data: bytes, hash_name: str = "blake3") -> bytes:
     raise AssertionError("unreachable")
 
 
-def cid_bytes_from_digest(
-    codec: int, digest: bytes, hash_name: str = "blake3"
-) -> bytes:
+def cid_bytes_from_digest(codec: int, digest: bytes, hash_name: str = "blake3") -> bytes:
     """Binary CIDv1 of ``codec`` over a ready 32-byte ``digest``, without a CID object."""
     if len(digest) != DIGEST_BYTES:
         raise ValueError(f"digest must be {DIGEST_BYTES} bytes, got {len(digest)}")

@@ -71,9 +71,7 @@ def encode_varint(n: int) -> bytes:
     return bytes(out)
 
 
-def decode_varint(
-    buf: bytes | memoryview, pos: int, end: int | None = None
-) -> tuple[int, int]:
+def decode_varint(buf: bytes | memoryview, pos: int, end: int | None = None) -> tuple[int, int]:
     """Read a minimal unsigned varint at ``pos``; return ``(value, new_pos)``.
 
     Raises FormatError on truncation, more than 64 bits or a non-minimal form.
@@ -114,9 +112,7 @@ def encode_link(link: PBLink) -> bytes:
     return out
 
 
-def encode_node(
-    links: list[PBLink] | tuple[PBLink, ...], data: bytes | None = None
-) -> bytes:
+def encode_node(links: list[PBLink] | tuple[PBLink, ...], data: bytes | None = None) -> bytes:
     """Canonical dag-pb bytes of a node: Links (field 2) first, then Data (field 1)."""
     parts = []
     for link in links:
@@ -166,9 +162,7 @@ def _decode_link(buf: memoryview, pos: int, end: int, check_cids: bool) -> PBLin
         elif field == 3 and wire == 0:
             tsize, pos = decode_varint(buf, pos, end)
         else:
-            raise FormatError(
-                f"unexpected field {field} (wire type {wire}) in dag-pb link"
-            )
+            raise FormatError(f"unexpected field {field} (wire type {wire}) in dag-pb link")
     if hash_ is None:
         raise FormatError("dag-pb link without Hash")
     if check_cids:
@@ -176,9 +170,7 @@ def _decode_link(buf: memoryview, pos: int, end: int, check_cids: bool) -> PBLin
     return PBLink(hash_, name, tsize)
 
 
-def decode_node(
-    block: bytes | bytearray | memoryview, *, check_cids: bool = True
-) -> PBNode:
+def decode_node(block: bytes | bytearray | memoryview, *, check_cids: bool = True) -> PBNode:
     """Strictly decode untrusted dag-pb bytes.
 
     Raises FormatError (a ValueError) with a short reason on anything that is
@@ -211,7 +203,5 @@ def decode_node(
             data = bytes(buf[pos : pos + n])
             pos += n
         else:
-            raise FormatError(
-                f"unexpected field {key >> 3} (wire type {key & 7}) in dag-pb node"
-            )
+            raise FormatError(f"unexpected field {key >> 3} (wire type {key & 7}) in dag-pb node")
     return PBNode(links, data)

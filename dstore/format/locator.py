@@ -87,15 +87,7 @@ _ENTRY_PREFIX = b"\x86\x58\x20"  # array(6), bytes(32)
 def _encode_chunk_page(entries: Sequence[Sequence[Any]]) -> bytes:
     parts = [_array_head(len(entries))]
     for d, p, off, sl, sz, codec in entries:
-        parts.append(
-            _ENTRY_PREFIX
-            + d
-            + _uint(p)
-            + _uint(off)
-            + _uint(sl)
-            + _uint(sz)
-            + _uint(codec)
-        )
+        parts.append(_ENTRY_PREFIX + d + _uint(p) + _uint(off) + _uint(sl) + _uint(sz) + _uint(codec))
     return b"".join(parts)
 
 
@@ -146,9 +138,7 @@ def build_locator(
         _check_entry(e, n_packs)
         sizes = packs[e[1]][1].size
         if e[2] + e[3] > sizes:
-            raise ValueError(
-                f"chunk {e[0].hex()} ends past its pack ({e[2]} + {e[3]} > {sizes})"
-            )
+            raise ValueError(f"chunk {e[0].hex()} ends past its pack ({e[2]} + {e[3]} > {sizes})")
         unique.append(e)
     blocks: list[Block] = []
     chunk_refs: list[list[Any]] = []
@@ -160,9 +150,7 @@ def build_locator(
         chunk_refs.append([page[0][0], cid])
     pack_refs: list[CID] = []
     for i in range(0, n_packs, PACKS_PER_PAGE):
-        block = cbor.encode(
-            [[pid, rec.to_cbor()] for pid, rec in packs[i : i + PACKS_PER_PAGE]]
-        )
+        block = cbor.encode([[pid, rec.to_cbor()] for pid, rec in packs[i : i + PACKS_PER_PAGE]])
         cid = cbor.block_cid(block, hash_name)
         blocks.append((cid, block))
         pack_refs.append(cid)
@@ -189,15 +177,11 @@ class Locator:
     FormatError, it never answers wrongly about a well-formed chunk table.
     """
 
-    def __init__(
-        self, get_block: Callable[[CID], bytes], root_cid: CID, *, cache_pages: int = 16
-    ) -> None:
+    def __init__(self, get_block: Callable[[CID], bytes], root_cid: CID, *, cache_pages: int = 16) -> None:
         self._get = get_block
         self.root_cid = root_cid
         self._cache_pages = max(1, cache_pages)
-        self._chunk_pages: OrderedDict[int, tuple[list[bytes], list[ChunkEntry]]] = (
-            OrderedDict()
-        )
+        self._chunk_pages: OrderedDict[int, tuple[list[bytes], list[ChunkEntry]]] = OrderedDict()
         self._pack_pages: OrderedDict[int, list[tuple[CID, PackRecord]]] = OrderedDict()
         root = cbor.decode(get_block(root_cid))
         if not isinstance(root, dict) or set(root) != {
@@ -207,9 +191,7 @@ class Locator:
             "packs",
             "chunks",
         }:
-            raise FormatError(
-                "locator root must be a map of type, version, dataset, packs, chunks"
-            )
+            raise FormatError("locator root must be a map of type, version, dataset, packs, chunks")
         if root["type"] != LOCATOR_TYPE or root["version"] != LOCATOR_VERSION:
             raise FormatError(f"not a version-{LOCATOR_VERSION} dstore locator")
         if not isinstance(root["dataset"], CID):
@@ -258,9 +240,7 @@ class Locator:
         except Exception as e:
             raise FormatError(f"malformed locator chunk page: {e}") from e
         if not isinstance(raw, list) or not 1 <= len(raw) <= CHUNKS_PER_PAGE:
-            raise FormatError(
-                f"locator chunk page must list 1..{CHUNKS_PER_PAGE} entries"
-            )
+            raise FormatError(f"locator chunk page must list 1..{CHUNKS_PER_PAGE} entries")
         entries: list[ChunkEntry] = []
         try:
             for item in raw:
@@ -276,9 +256,7 @@ class Locator:
         if any(a >= b for a, b in itertools.pairwise(digests)):
             raise FormatError("locator chunk page is not sorted by digest")
         if digests[0] != self._firsts[i]:
-            raise FormatError(
-                "locator chunk page does not start with the root's first digest"
-            )
+            raise FormatError("locator chunk page does not start with the root's first digest")
         if i + 1 < len(self._firsts) and digests[-1] >= self._firsts[i + 1]:
             raise FormatError("locator chunk page overlaps the next page")
         page = (digests, entries)
@@ -310,9 +288,7 @@ class Locator:
             return hit
         raw = cbor.decode(self._get(self._pack_page_cids[i]))
         if not isinstance(raw, list) or not 1 <= len(raw) <= PACKS_PER_PAGE:
-            raise FormatError(
-                f"locator pack page must list 1..{PACKS_PER_PAGE} entries"
-            )
+            raise FormatError(f"locator pack page must list 1..{PACKS_PER_PAGE} entries")
         if i + 1 < len(self._pack_page_cids) and len(raw) != PACKS_PER_PAGE:
             raise FormatError(f"locator pack page {i} is not full but is not the last")
         page = []
@@ -322,14 +298,8 @@ class Locator:
             pack_id = e[0]
             rec = PackRecord.from_cbor(e[1])
             hash_name = HASH_NAMES.get(pack_id.hash.code)
-            if (
-                pack_id.codec != DAG_CBOR
-                or hash_name is None
-                or cbor.block_cid(rec.encode(), hash_name) != pack_id
-            ):
-                raise FormatError(
-                    f"locator pack record does not match its pack ID {pack_id}"
-                )
+            if pack_id.codec != DAG_CBOR or hash_name is None or cbor.block_cid(rec.encode(), hash_name) != pack_id:
+                raise FormatError(f"locator pack record does not match its pack ID {pack_id}")
             page.append((pack_id, rec))
         self._pack_pages[i] = page
         if len(self._pack_pages) > self._cache_pages:

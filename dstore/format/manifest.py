@@ -58,9 +58,7 @@ class ChunkerParams:
             if type(getattr(self, k)) is not int:
                 raise ValueError(f"chunker {k} must be an integer")
         if not (64 <= self.min < self.avg < self.max <= _CHUNK_MAX_LIMIT):
-            raise ValueError(
-                f"chunker needs 64 <= min < avg < max <= 16 MiB, got {self.min}/{self.avg}/{self.max}"
-            )
+            raise ValueError(f"chunker needs 64 <= min < avg < max <= 16 MiB, got {self.min}/{self.avg}/{self.max}")
         if self.avg & (self.avg - 1):
             raise ValueError(f"chunker avg {self.avg} is not a power of two")
 
@@ -82,20 +80,15 @@ class Manifest:
     def validate(self) -> None:
         """Raise ValueError naming the first field that breaks docs/format.md."""
         if self.hash_name not in HASH_CODES:
-            raise ValueError(
-                f"manifest hash {self.hash_name!r} is not one of {sorted(HASH_CODES)}"
-            )
+            raise ValueError(f"manifest hash {self.hash_name!r} is not one of {sorted(HASH_CODES)}")
         code = HASH_CODES[self.hash_name]
         if not isinstance(self.root, CID) or self.root.version != 1:
             raise ValueError("manifest root must be a CIDv1")
         if self.root.codec not in (DAG_PB, RAW):
-            raise ValueError(
-                f"manifest root must be dag-pb or raw, not codec 0x{self.root.codec:x}"
-            )
+            raise ValueError(f"manifest root must be dag-pb or raw, not codec 0x{self.root.codec:x}")
         if self.root.hash.code != code:
-            raise ValueError(
-                f"manifest root is hashed with {HASH_NAMES.get(self.root.hash.code, hex(self.root.hash.code))}, not {self.hash_name}"
-            )
+            used = HASH_NAMES.get(self.root.hash.code, hex(self.root.hash.code))
+            raise ValueError(f"manifest root is hashed with {used}, not {self.hash_name}")
         if type(self.size) is not int or not 0 <= self.size <= _U64_MAX:
             raise ValueError("manifest size must be a non-negative 64-bit integer")
         self.chunker.validate()
@@ -103,19 +96,13 @@ class Manifest:
             raise ValueError("manifest meta must be a map")  # noqa: TRY004 - callers catch ValueError
         for k, v in self.meta.items():
             if k not in META_KEYS:
-                raise ValueError(
-                    f"manifest meta key {k!r} is not one of {sorted(META_KEYS)}"
-                )
+                raise ValueError(f"manifest meta key {k!r} is not one of {sorted(META_KEYS)}")
             if type(v) is not str:
                 raise ValueError(f"manifest meta {k!r} must be text")
             if len(v.encode("utf-8", "surrogatepass")) > MAX_META_VALUE_BYTES:
-                raise ValueError(
-                    f"manifest meta {k!r} longer than {MAX_META_VALUE_BYTES} bytes"
-                )
+                raise ValueError(f"manifest meta {k!r} longer than {MAX_META_VALUE_BYTES} bytes")
         if self.parent is not None and (
-            not isinstance(self.parent, CID)
-            or self.parent.version != 1
-            or self.parent.codec != DAG_CBOR
+            not isinstance(self.parent, CID) or self.parent.version != 1 or self.parent.codec != DAG_CBOR
         ):
             raise ValueError("manifest parent must be a dag-cbor CIDv1 (a dataset ID)")
 
@@ -149,18 +136,13 @@ class Manifest:
     def decode(cls, block: bytes) -> Manifest:
         """Parse and validate an untrusted manifest block; FormatError on any fault."""
         if len(block) > MAX_MANIFEST_BYTES:
-            raise FormatError(
-                f"manifest of {len(block)} bytes exceeds {MAX_MANIFEST_BYTES}"
-            )
+            raise FormatError(f"manifest of {len(block)} bytes exceeds {MAX_MANIFEST_BYTES}")
         obj = cbor.decode(block)
         if not isinstance(obj, dict):
             raise FormatError("manifest is not a map")
         if obj.get("type") != MANIFEST_TYPE:
             raise FormatError(f"not a dstore manifest (type {obj.get('type')!r})")
-        if (
-            obj.get("version") != MANIFEST_VERSION
-            or type(obj.get("version")) is not int
-        ):
+        if obj.get("version") != MANIFEST_VERSION or type(obj.get("version")) is not int:
             raise FormatError(f"unsupported manifest version {obj.get('version')!r}")
         allowed = {
             "type",
@@ -197,9 +179,7 @@ class Manifest:
                 root=root,
                 size=obj["size"],
                 hash_name=hash_name,
-                chunker=ChunkerParams(
-                    min=ch["min"], avg=ch["avg"], max=ch["max"], name=ch["name"]
-                ),
+                chunker=ChunkerParams(min=ch["min"], avg=ch["avg"], max=ch["max"], name=ch["name"]),
                 meta=dict(meta),
                 parent=parent,
             )

@@ -64,23 +64,17 @@ class PackRecord:
             if type(getattr(self, name)) is not int:
                 raise ValueError(f"pack {name} must be an integer")
         if not (1 <= self.k and 0 <= self.m and self.k + self.m <= MAX_SHARDS):
-            raise ValueError(
-                f"pack needs 1 <= k, 0 <= m, k + m <= {MAX_SHARDS}; got k={self.k} m={self.m}"
-            )
+            raise ValueError(f"pack needs 1 <= k, 0 <= m, k + m <= {MAX_SHARDS}; got k={self.k} m={self.m}")
         if self.size < 0:
             raise ValueError("pack size must be non-negative")
         if self.shard_size > MAX_SHARD_BYTES:
-            raise ValueError(
-                f"pack shard_size {self.shard_size} exceeds {MAX_SHARD_BYTES}"
-            )
+            raise ValueError(f"pack shard_size {self.shard_size} exceeds {MAX_SHARD_BYTES}")
         if self.shard_size != shard_size(self.size, self.k):
             raise ValueError(
                 f"pack shard_size {self.shard_size} != {shard_size(self.size, self.k)} for size {self.size}, k {self.k}"
             )
         if len(self.shards) != self.k + self.m:
-            raise ValueError(
-                f"pack has {len(self.shards)} shard CIDs, expected k + m = {self.k + self.m}"
-            )
+            raise ValueError(f"pack has {len(self.shards)} shard CIDs, expected k + m = {self.k + self.m}")
         for s in self.shards:
             if not isinstance(s, CID) or s.version != 1 or s.codec != RAW:
                 raise ValueError("pack shards must be raw CIDv1")
@@ -119,9 +113,7 @@ class PackRecord:
             "shard_size",
             "shards",
         }:
-            raise FormatError(
-                "pack record must be a map of k, m, size, shard_size, shards"
-            )
+            raise FormatError("pack record must be a map of k, m, size, shard_size, shards")
         shards = obj["shards"]
         if not isinstance(shards, list):
             raise FormatError("pack shards must be a list")

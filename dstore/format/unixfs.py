@@ -170,9 +170,7 @@ def decode_data(buf: bytes) -> UnixFSData:
             vals[fnum] = bytes(mv[pos : pos + n])
             pos += n
         else:
-            raise FormatError(
-                f"unexpected field {fnum} (wire type {wire}) in UnixFS Data"
-            )
+            raise FormatError(f"unexpected field {fnum} (wire type {wire}) in UnixFS Data")
     if 1 not in vals:
         raise FormatError("UnixFS Data without Type")
     t = vals[1]
@@ -252,9 +250,7 @@ def build_file(
                 tsize_sum += tsz
                 sizes.append(fsz)
                 links.append(PBLink(cb, "", tsz))
-            data = encode_data(
-                UnixFSData(type=T_FILE, filesize=filesize, blocksizes=tuple(sizes))
-            )
+            data = encode_data(UnixFSData(type=T_FILE, filesize=filesize, blocksizes=tuple(sizes)))
             block = encode_node(links, data)
             cb, cid = _pb_block(block, hash_name, code)
             blocks.append((cid, block))
@@ -332,9 +328,7 @@ def _build_shard(
 ) -> tuple[CID, int]:
     if depth >= 8:
         names = ", ".join(repr(e[1]) for e in entries[:4])
-        raise ValueError(
-            f"HAMT: names with the same 64-bit murmur3 hash cannot be stored: {names}"
-        )
+        raise ValueError(f"HAMT: names with the same 64-bit murmur3 hash cannot be stored: {names}")
     slots: dict[int, list[tuple[bytes, str, bytes, int]]] = {}
     for e in entries:
         slots.setdefault(e[0][depth], []).append(e)
@@ -417,21 +411,15 @@ def parse_node(cid: CID, block: bytes) -> Node:
     if pb.data is None:
         raise FormatError("dag-pb node without UnixFS Data")
     d = decode_data(pb.data)
-    links = tuple(
-        Link(ln.name or "", CID.from_bytes(ln.hash), ln.tsize or 0) for ln in pb.links
-    )
+    links = tuple(Link(ln.name or "", CID.from_bytes(ln.hash), ln.tsize or 0) for ln in pb.links)
     if d.type in (T_FILE, T_RAW):
         if len(d.blocksizes) != len(links):
-            raise FormatError(
-                f"UnixFS file: {len(links)} links but {len(d.blocksizes)} blocksizes"
-            )
+            raise FormatError(f"UnixFS file: {len(links)} links but {len(d.blocksizes)} blocksizes")
         inline = d.data or b""
         total = len(inline) + sum(d.blocksizes)
         filesize = d.filesize if d.filesize is not None else total
         if filesize != total:
-            raise FormatError(
-                f"UnixFS file: filesize {filesize} != data + blocksizes {total}"
-            )
+            raise FormatError(f"UnixFS file: filesize {filesize} != data + blocksizes {total}")
         return Node(
             kind="file",
             links=links,
@@ -450,12 +438,7 @@ def parse_node(cid: CID, block: bytes) -> Node:
         return Node(kind="dir", links=links)
     if d.type == T_HAMT_SHARD:
         fanout = d.fanout
-        if (
-            fanout is None
-            or fanout < 2
-            or fanout > _MAX_FANOUT
-            or fanout & (fanout - 1)
-        ):
+        if fanout is None or fanout < 2 or fanout > _MAX_FANOUT or fanout & (fanout - 1):
             raise FormatError(f"UnixFS HAMT: bad fanout {fanout}")
         if d.hash_type != HAMT_HASH_MURMUR3:
             raise FormatError(f"UnixFS HAMT: unsupported hashType {d.hash_type}")
@@ -463,16 +446,12 @@ def parse_node(cid: CID, block: bytes) -> Node:
         if bitfield >> fanout:
             raise FormatError("UnixFS HAMT: bitfield wider than fanout")
         if bitfield.bit_count() != len(links):
-            raise FormatError(
-                f"UnixFS HAMT: {len(links)} links but {bitfield.bit_count()} bits set"
-            )
+            raise FormatError(f"UnixFS HAMT: {len(links)} links but {bitfield.bit_count()} bits set")
         pad = len(f"{fanout - 1:X}")
         slot_iter = (i for i in range(fanout) if bitfield >> i & 1)
-        for ln, slot in zip(links, slot_iter):
+        for ln, slot in zip(links, slot_iter, strict=True):
             if ln.name[:pad] != f"{slot:0{pad}X}":
-                raise FormatError(
-                    f"UnixFS HAMT: link {ln.name!r} is not in slot {slot:0{pad}X}"
-                )
+                raise FormatError(f"UnixFS HAMT: link {ln.name!r} is not in slot {slot:0{pad}X}")
         return Node(kind="hamt", links=links, fanout=fanout, bitfield=bitfield)
     if d.type == T_SYMLINK:
         return Node(kind="symlink", data=d.data or b"")
@@ -521,9 +500,7 @@ def hamt_lookup(get_block: GetBlock, root: CID | Node, name: str) -> Link | None
         return None
 
 
-def hamt_entries(
-    get_block: GetBlock, root: CID | Node, _depth: int = 0
-) -> Iterator[Link]:
+def hamt_entries(get_block: GetBlock, root: CID | Node, _depth: int = 0) -> Iterator[Link]:
     """Every entry of a HAMT directory, as Links with the entry's own name (HAMT order)."""
     node = root if isinstance(root, Node) else parse_node(root, get_block(root))
     if node.kind != "hamt":

@@ -41,7 +41,7 @@ class ShardSpec:
     m: int
 
     @classmethod
-    def parse(cls, text: str) -> "ShardSpec":
+    def parse(cls, text: str) -> ShardSpec:
         """Parse ``K+M`` (for example ``10+4``; M may be 0)."""
         k_text, plus, m_text = text.partition("+")
         try:
@@ -149,11 +149,11 @@ class _Adder:
         hash_name = self.hash_name
         sizes = seg.lengths
         cids = [raw_cid_bytes(digests[32 * i : 32 * i + 32], hash_name) for i in range(len(sizes))]
-        leaves.extend(zip(cids, sizes))
+        leaves.extend(zip(cids, sizes, strict=True))
         self.chunks_total += len(cids)
         known = self.chunk_sizes
         unseen = [c for c in cids if c not in known]
-        stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen)))
+        stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen), strict=True))
         picks = []
         for i, cid in enumerate(cids):
             if cid in known:

@@ -92,18 +92,14 @@ class Packer:
             self._finish_oldest()
         self.sealed.append(self._sealer.submit(self._encode_and_write, buf, fill, meta))
 
-    def _encode_and_write(
-        self, buf: bytearray, fill: int, meta: list[tuple[bytes, int, int, int, int]]
-    ) -> SealedPack:
+    def _encode_and_write(self, buf: bytearray, fill: int, meta: list[tuple[bytes, int, int, int, int]]) -> SealedPack:
         k, m = self.k, self.m
         ss = shard_size(fill, k)
         total = k * ss  # <= capacity: shard_size rounds up to 64, and 1 MiB is a multiple of 64
         buf[fill:total] = bytes(total - fill)
         view = memoryview(buf)[:total]
         parity, digests = _native.encode_pack(view, k, m)
-        shard_cids = [
-            cid_from_digest(RAW, digests[32 * i : 32 * i + 32], self.hash_name) for i in range(k + m)
-        ]
+        shard_cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], self.hash_name) for i in range(k + m)]
         record = PackRecord(k=k, m=m, size=fill, shard_size=ss, shards=shard_cids)
         record_block = record.encode()
         pack_id = block_cid(record_block, self.hash_name).to_bytes()

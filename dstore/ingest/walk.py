@@ -31,7 +31,7 @@ class DirEntry:
 
     name: str
     path: Path
-    children: list["FileEntry | DirEntry"] = field(default_factory=list)
+    children: list[FileEntry | DirEntry] = field(default_factory=list)
 
 
 def walk(path: Path) -> FileEntry | DirEntry:

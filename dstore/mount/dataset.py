@@ -53,7 +53,7 @@ class Dataset:
                     files.append(name)
             yield prefix, dirs, files
 
-    def open(self, path: str, mode: str = "rb") -> "DatasetFile":
+    def open(self, path: str, mode: str = "rb") -> DatasetFile:
         """A seekable, read-only binary file object for the file at ``path``."""
         if mode not in ("r", "rb"):
             raise ValueError("datasets are read-only: open them with mode 'rb'")
@@ -66,7 +66,7 @@ class Dataset:
         self.reader.close()
         self._store.close()
 
-    def __enter__(self) -> "Dataset":
+    def __enter__(self) -> Dataset:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -170,4 +170,3 @@ def open_dataset(cid: str, *, home: str | Path | None = None) -> Dataset:
     except BaseException:
         store.close()
         raise
-

@@ -40,7 +40,7 @@ class ChunkLoc(NamedTuple):
         return _LOC.pack(self.offset, self.stored_len, self.size, self.codec) + self.pack_id
 
     @classmethod
-    def decode(cls, raw: bytes) -> "ChunkLoc":
+    def decode(cls, raw: bytes) -> ChunkLoc:
         offset, stored_len, size, codec = _LOC.unpack_from(raw)
         return cls(bytes(raw[_LOC.size :]), offset, stored_len, size, codec)
 
@@ -51,9 +51,7 @@ class Index:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self.env = lmdb.open(
-                str(path), max_dbs=8, map_size=MAP_SIZE_BYTES, readonly=readonly, lock=True
-            )
+            self.env = lmdb.open(str(path), max_dbs=8, map_size=MAP_SIZE_BYTES, readonly=readonly, lock=True)
             self.blocks = self.env.open_db(b"blocks-0")
             self.chunks = self.env.open_db(b"chunks-0")
             self.shards = self.env.open_db(b"shards-0")
@@ -125,9 +123,7 @@ class Index:
         except lmdb.Error as e:
             raise StoreError(f"cannot write the store index: {e}") from e
 
-    def commit_dataset(
-        self, blocks: Iterable[tuple[bytes, bytes]], dataset: bytes, locator: bytes
-    ) -> None:
+    def commit_dataset(self, blocks: Iterable[tuple[bytes, bytes]], dataset: bytes, locator: bytes) -> None:
         """Write metadata blocks and, last in the same transaction, the dataset pointer."""
         try:
             with self.env.begin(write=True) as txn:
