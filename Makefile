@@ -33,7 +33,7 @@ test-quick:
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) -m ruff check dstore tests bench
+	$(PYTHON) -m ruff check dstore tests bench && $(PYTHON) -m ruff format --check dstore tests
 	cd native && cargo fmt --check && cargo clippy --release -- -D warnings
 
 # Benchmarks are not tests: they write bench/results/ (JSON, markdown, PNG).
