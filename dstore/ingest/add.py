@@ -70,6 +70,7 @@ class AddResult:
     new_chunk_bytes: int  # uncompressed bytes of chunks this add stored
     new_stored_bytes: int  # bytes of shards this add wrote (including parity)
     compressed_bytes: int  # stored (compressed/raw) bytes of new chunks, before parity
+    new_metadata_bytes: int  # UnixFS nodes, locator and manifest blocks not stored before
     shards: ShardSpec
 
     def to_json(self) -> dict[str, object]:
@@ -81,6 +82,7 @@ class AddResult:
             "chunks": self.chunks,
             "new_chunks": self.new_chunks,
             "new_bytes_stored": self.new_stored_bytes,
+            "new_metadata_bytes": self.new_metadata_bytes,
             "dedup_ratio": round(self.bytes_in / self.new_chunk_bytes, 4) if self.new_chunk_bytes else None,
             "compression_ratio": (
                 round(self.new_chunk_bytes / self.compressed_bytes, 4) if self.compressed_bytes else None
@@ -250,7 +252,7 @@ def add(
     blocks = [(c if isinstance(c, bytes) else c.to_bytes(), b) for c, b in adder.blocks]
     blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
     blocks.append((dataset.to_bytes(), manifest_block))
-    store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
+    new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
     return AddResult(
         dataset=dataset,
         root=root,
@@ -262,5 +264,6 @@ def add(
         new_chunk_bytes=adder.new_chunk_bytes,
         new_stored_bytes=adder.packer.bytes_stored,
         compressed_bytes=adder.compressed_bytes,
+        new_metadata_bytes=new_metadata_bytes,
         shards=spec,
     )

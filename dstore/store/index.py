@@ -123,12 +123,18 @@ class Index:
         except lmdb.Error as e:
             raise StoreError(f"cannot write the store index: {e}") from e
 
-    def commit_dataset(self, blocks: Iterable[tuple[bytes, bytes]], dataset: bytes, locator: bytes) -> None:
-        """Write metadata blocks and, last in the same transaction, the dataset pointer."""
+    def commit_dataset(self, blocks: Iterable[tuple[bytes, bytes]], dataset: bytes, locator: bytes) -> int:
+        """Write metadata blocks and, last in the same transaction, the dataset pointer.
+
+        Returns the bytes of the blocks that were not already stored.
+        """
+        new_bytes = 0
         try:
             with self.env.begin(write=True) as txn:
                 for cid, block in blocks:
-                    txn.put(cid, block, db=self.blocks, overwrite=False)
+                    if txn.put(cid, block, db=self.blocks, overwrite=False):
+                        new_bytes += len(block)
                 txn.put(dataset, locator, db=self.datasets)
         except lmdb.Error as e:
             raise StoreError(f"cannot write the store index: {e}") from e
+        return new_bytes
