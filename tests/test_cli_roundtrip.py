@@ -85,6 +85,7 @@ def test_same_tree_same_id_and_nothing_new(dstore, tmp_path, home):
     assert first["root"].startswith("bafyb4")
     assert first["new_bytes_stored"] > 3 << 20
     assert second["new_bytes_stored"] == 0
+    assert first["new_metadata_bytes"] > 0 and second["new_metadata_bytes"] == 0
     # Another store computes the same ID from the same tree and options.
     other = json.loads(dstore("add", src, "--json", env={"DSTORE_HOME": str(tmp_path / "other")}).out)
     assert other["cid"] == first["cid"]
