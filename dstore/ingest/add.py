@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstore import _native
-from dstore.errors import InputError, UsageError
+from dstore.errors import DstoreError, InputError, UsageError
 from dstore.format import unixfs
 from dstore.format.cid import CID, raw_cid_bytes
 from dstore.format.locator import build_locator
@@ -100,8 +100,9 @@ class _Adder:
     progress: Progress | None
     packer: Packer = field(init=False)
     reader: SegmentReader = field(init=False)
-    # Every chunk of this dataset: chunk CID -> size (dict keeps insertion order).
-    chunk_sizes: dict[bytes, int] = field(default_factory=dict)
+    # Every distinct chunk of this dataset, by chunk CID, in first-use order
+    # (a dict, not a set: the locator's pack order must not depend on hashing).
+    seen: dict[bytes, None] = field(default_factory=dict)
     # Chunks found already stored before this add: chunk CID -> location.
     old_locations: dict[bytes, ChunkLoc] = field(default_factory=dict)
     blocks: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -139,6 +140,8 @@ class _Adder:
                         view, final = segments.send(consumed)
                     except StopIteration:
                         break
+        except DstoreError:
+            raise  # store errors (an OSError too) are not about the input
         except OSError as e:
             raise InputError(f"cannot read {entry.path}: {e.strerror or e}") from e
         self.files += 1
@@ -153,14 +156,14 @@ class _Adder:
         cids = [raw_cid_bytes(digests[32 * i : 32 * i + 32], hash_name) for i in range(len(sizes))]
         leaves.extend(zip(cids, sizes, strict=True))
         self.chunks_total += len(cids)
-        known = self.chunk_sizes
-        unseen = [c for c in cids if c not in known]
+        seen = self.seen
+        unseen = [c for c in cids if c not in seen]
         stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen), strict=True))
         picks = []
         for i, cid in enumerate(cids):
-            if cid in known:
+            if cid in seen:
                 continue  # repeated within this add
-            known[cid] = sizes[i]
+            seen[cid] = None
             old = stored_before[cid]
             if old is not None:
                 self.old_locations[cid] = old
@@ -191,7 +194,7 @@ class _Adder:
         pack_index: dict[bytes, int] = {}
         packs: list[tuple[CID, PackRecord]] = []
         entries = []
-        for cid in self.chunk_sizes:
+        for cid in self.seen:
             loc = locations[cid]
             idx = pack_index.get(loc.pack_id)
             if idx is None:
@@ -259,7 +262,7 @@ def add(
         bytes_in=size,
         files=adder.files,
         chunks=adder.chunks_total,
-        unique_chunks=len(adder.chunk_sizes),
+        unique_chunks=len(adder.seen),
         new_chunks=len(adder.packer.locations),
         new_chunk_bytes=adder.new_chunk_bytes,
         new_stored_bytes=adder.packer.bytes_stored,
