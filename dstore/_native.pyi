@@ -18,6 +18,7 @@ __all__ = [
     "blake3",
     "chunk_lengths",
     "decode_chunks",
+    "decode_chunks_into",
     "encode_pack",
     "process_segment",
     "reconstruct",
