@@ -31,16 +31,48 @@ CSV_HEADER = (
     "event_id,timestamp,user_id,session_id,country,device,event_type,"
     "category,price,quantity,rating,latency_ms,lat,lon\n"
 )
-_COUNTRIES = ["US", "DE", "GB", "FR", "IN", "BR", "JP", "CA", "ES", "IT", "NL",
-              "PL", "SE", "MX", "KR", "AU", "TR", "ID", "NG", "ZA"]
+_COUNTRIES = [
+    "US",
+    "DE",
+    "GB",
+    "FR",
+    "IN",
+    "BR",
+    "JP",
+    "CA",
+    "ES",
+    "IT",
+    "NL",
+    "PL",
+    "SE",
+    "MX",
+    "KR",
+    "AU",
+    "TR",
+    "ID",
+    "NG",
+    "ZA",
+]
 _DEVICES = ["android", "ios", "web-desktop", "web-mobile", "tablet", "smart-tv"]
-_EVENTS = ["page_view", "click", "search", "add_to_cart", "remove_from_cart",
-           "checkout_start", "purchase", "review"]
-_CATEGORIES = ["electronics/phones", "electronics/laptops", "home/kitchen",
-               "home/furniture", "books/fiction", "books/non-fiction",
-               "clothing/men", "clothing/women", "toys/games", "sports/outdoor",
-               "beauty/skincare", "grocery/snacks", "garden/tools",
-               "automotive/parts", "music/instruments", "office/supplies"]
+_EVENTS = ["page_view", "click", "search", "add_to_cart", "remove_from_cart", "checkout_start", "purchase", "review"]
+_CATEGORIES = [
+    "electronics/phones",
+    "electronics/laptops",
+    "home/kitchen",
+    "home/furniture",
+    "books/fiction",
+    "books/non-fiction",
+    "clothing/men",
+    "clothing/women",
+    "toys/games",
+    "sports/outdoor",
+    "beauty/skincare",
+    "grocery/snacks",
+    "garden/tools",
+    "automotive/parts",
+    "music/instruments",
+    "office/supplies",
+]
 _ROW_FMT = "%d,%sZ,%d,%08x,%s,%s,%s,%s,%.2f,%d,%.1f,%d,%.4f,%.4f\n"
 _T0_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
@@ -68,10 +100,22 @@ def csv_rows(first_id: int, n: int, rng: np.random.Generator) -> bytes:
     latency = rng.gamma(2.0, 40.0, n).astype(np.int64)
     lat = rng.uniform(-60.0, 70.0, n)
     lon = rng.uniform(-180.0, 180.0, n)
-    cols = zip(ids.tolist(), ts.tolist(), user.tolist(), session.tolist(),
-               country.tolist(), device.tolist(), event.tolist(), cat.tolist(),
-               price.tolist(), qty.tolist(), rating.tolist(), latency.tolist(),
-               lat.tolist(), lon.tolist())
+    cols = zip(
+        ids.tolist(),
+        ts.tolist(),
+        user.tolist(),
+        session.tolist(),
+        country.tolist(),
+        device.tolist(),
+        event.tolist(),
+        cat.tolist(),
+        price.tolist(),
+        qty.tolist(),
+        rating.tolist(),
+        latency.tolist(),
+        lat.tolist(),
+        lon.tolist(),
+    )
     return "".join([_ROW_FMT % row for row in cols]).encode()
 
 
@@ -104,8 +148,9 @@ def incompressible(path: Path, size: int, seed: int, kind: str = "random") -> di
     key = blake3.blake3(f"dstore-bench/{kind}/{seed}".encode()).digest()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.writelines(blake3.blake3(key).digest(length=min(BLOCK, size - off), seek=off)
-                     for off in range(0, size, BLOCK))
+        f.writelines(
+            blake3.blake3(key).digest(length=min(BLOCK, size - off), seek=off) for off in range(0, size, BLOCK)
+        )
     return _commit(tmp, path, meta)
 
 
@@ -140,6 +185,7 @@ def csv_v1(path: Path, size: int, seed: int) -> dict:
 
 # ---- v2 variants -------------------------------------------------------------
 
+
 def _edit_rows(v1: bytes, n_edits: int, seed: int) -> tuple[bytes, int]:
     """Replace n_edits rows spread evenly over the file by freshly generated rows
     (same event_id, other values). Returns (v2, bytes changed-ish)."""
@@ -154,7 +200,7 @@ def _edit_rows(v1: bytes, n_edits: int, seed: int) -> tuple[bytes, int]:
         end = v1.find(b"\n", start) + 1
         if end <= 0:
             break
-        row_id = int(v1[start: v1.index(b",", start)])
+        row_id = int(v1[start : v1.index(b",", start)])
         new = csv_rows(row_id, 1, np.random.default_rng([seed, 0xED, i]))
         pieces += [v1[pos:start], new]
         pos = end

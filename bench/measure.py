@@ -33,16 +33,28 @@ def _tail(text: str, n: int = 800) -> str:
 TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "1800"))  # per command
 
 
-def run_timed(cmd: list[str], env: dict | None = None, check: bool = True,
-              stdout_path: Path | None = None, timeout: float = TIMEOUT_S) -> dict:
+def run_timed(
+    cmd: list[str],
+    env: dict | None = None,
+    check: bool = True,
+    stdout_path: Path | None = None,
+    timeout: float = TIMEOUT_S,
+) -> dict:
     """Run cmd to completion; the wall time of the whole command (perf_counter
     around subprocess.run, start-up included)."""
     full_env = None if env is None else {**os.environ, **env}
     with contextlib.ExitStack() as stack:
         out_f = stack.enter_context(open(stdout_path, "wb")) if stdout_path else None
         t0 = time.perf_counter()
-        p = subprocess.run(cmd, check=False, env=full_env, stdin=subprocess.DEVNULL,
-                           stdout=out_f or subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        p = subprocess.run(
+            cmd,
+            check=False,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out_f or subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
         seconds = time.perf_counter() - t0
     stdout = "" if out_f else p.stdout.decode(errors="replace")
     stderr = p.stderr.decode(errors="replace")
@@ -70,8 +82,13 @@ def _status_kib(pid: int) -> dict[str, int]:
 GNU_TIME = "/usr/bin/time"
 
 
-def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01,
-                 timeout: float = TIMEOUT_S, maxrss_file: Path | None = None) -> dict:
+def run_peak_rss(
+    cmd: list[str],
+    env: dict | None = None,
+    interval: float = 0.01,
+    timeout: float = TIMEOUT_S,
+    maxrss_file: Path | None = None,
+) -> dict:
     """Run cmd, polling the RSS of its process tree every `interval` s.
 
     Returns the wall time and the peak of the tree's summed VmRSS (and of its
@@ -89,16 +106,19 @@ def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01
     else:
         cmd_run = cmd
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd_run, env=full_env, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        cmd_run, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     # Drain pipes in threads so a chatty child cannot block on a full pipe.
     bufs = {"out": b"", "err": b""}
 
     def drain(stream, key):
         bufs[key] = stream.read()
 
-    threads = [threading.Thread(target=drain, args=(p.stdout, "out"), daemon=True),
-               threading.Thread(target=drain, args=(p.stderr, "err"), daemon=True)]
+    threads = [
+        threading.Thread(target=drain, args=(p.stdout, "out"), daemon=True),
+        threading.Thread(target=drain, args=(p.stderr, "err"), daemon=True),
+    ]
     for t in threads:
         t.start()
     peak = dict.fromkeys(_STATUS_KEYS, 0)
@@ -156,8 +176,7 @@ def run_peak_rss(cmd: list[str], env: dict | None = None, interval: float = 0.01
         "stderr": bufs["err"].decode(errors="replace"),
     }
     if p.returncode != 0:
-        raise CommandFailed(f"{' '.join(map(str, cmd))} exited {p.returncode}: "
-                            f"{_tail(res['stderr'] or res['stdout'])}")
+        raise CommandFailed(f"{' '.join(map(str, cmd))} exited {p.returncode}: {_tail(res['stderr'] or res['stdout'])}")
     res["peak_rss_mib"] = max(res["peak_tree_rss_mib"], exact or 0.0)
     return res
 
@@ -227,8 +246,12 @@ def machine_info(repo: Path) -> dict:
     except OSError:
         pass
     commit = _cmd_out(["git", "-C", str(repo), "rev-parse", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                           check=False, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        check=False,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return {
         "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),

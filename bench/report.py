@@ -33,8 +33,16 @@ def rows(res: dict) -> list[dict]:
     out = []
 
     def err_row(name, sec):
-        out.append({"measurement": name, "dstore": "ERROR", "reference": sec.get("error", "")[:80],
-                    "ratio": "n/a", "target": "", "pass": "n/a"})
+        out.append(
+            {
+                "measurement": name,
+                "dstore": "ERROR",
+                "reference": sec.get("error", "")[:80],
+                "ratio": "n/a",
+                "target": "",
+                "pass": "n/a",
+            }
+        )
 
     s = S.get("add_tmpfs")
     if s:
@@ -43,72 +51,137 @@ def rows(res: dict) -> list[dict]:
         else:
             g, r = s["median_gbps"], s["ratio"]
             name = f"add {_mib(s['bytes'])} incompressible --shards 10+4, tmpfs (GB/s)"
-            out.append({"measurement": name, "dstore": _f(g["dstore"]),
-                        "reference": f"hf_xet.hash_files {_f(g['xet'])}", "ratio": _f(r["dstore/xet"], "{:.2f}"),
-                        "target": ">= 1.0", "pass": _pass(s["pass"])})
-            out.append({"measurement": "  same, vs Python pyfastcdc + blake3 loop", "dstore": _f(g["dstore"]),
-                        "reference": _f(g["cdc_loop"]), "ratio": _f(r["dstore/cdc_loop"], "{:.2f}"),
-                        "target": "—", "pass": "info"})
-            out.append({"measurement": "  same, vs floor: read + blake3 all threads", "dstore": _f(g["dstore"]),
-                        "reference": _f(g["floor"]), "ratio": _f(r["dstore/floor"], "{:.2f}"),
-                        "target": "—", "pass": "info"})
+            out.append(
+                {
+                    "measurement": name,
+                    "dstore": _f(g["dstore"]),
+                    "reference": f"hf_xet.hash_files {_f(g['xet'])}",
+                    "ratio": _f(r["dstore/xet"], "{:.2f}"),
+                    "target": ">= 1.0",
+                    "pass": _pass(s["pass"]),
+                }
+            )
+            out.append(
+                {
+                    "measurement": "  same, vs Python pyfastcdc + blake3 loop",
+                    "dstore": _f(g["dstore"]),
+                    "reference": _f(g["cdc_loop"]),
+                    "ratio": _f(r["dstore/cdc_loop"], "{:.2f}"),
+                    "target": "—",
+                    "pass": "info",
+                }
+            )
+            out.append(
+                {
+                    "measurement": "  same, vs floor: read + blake3 all threads",
+                    "dstore": _f(g["dstore"]),
+                    "reference": _f(g["floor"]),
+                    "ratio": _f(r["dstore/floor"], "{:.2f}"),
+                    "target": "—",
+                    "pass": "info",
+                }
+            )
     s = S.get("add_disk")
     if s:
         if "error" in s and "runs" not in s:
             err_row("add, disk", s)
         else:
             g = s["median_gbps"]
-            out.append({"measurement": f"add {_mib(s['bytes'])} --shards 10+4, store on disk (GB/s)",
-                        "dstore": _f(g["dstore"]),
-                        "reference": f"dd 1.4x conv=fsync {_f(g['dd'])} (raw {_f(s['median_dd_write_gbps'])})",
-                        "ratio": _f(s["ratio"]["dstore/dd"], "{:.2f}"), "target": ">= 0.8",
-                        "pass": _pass(s["pass"])})
+            out.append(
+                {
+                    "measurement": f"add {_mib(s['bytes'])} --shards 10+4, store on disk (GB/s)",
+                    "dstore": _f(g["dstore"]),
+                    "reference": f"dd 1.4x conv=fsync {_f(g['dd'])} (raw {_f(s['median_dd_write_gbps'])})",
+                    "ratio": _f(s["ratio"]["dstore/dd"], "{:.2f}"),
+                    "target": ">= 0.8",
+                    "pass": _pass(s["pass"]),
+                }
+            )
     s = S.get("get_tmpfs")
     if s:
         if "error" in s and "runs" not in s:
             err_row("get, tmpfs", s)
         else:
             g = s["median_gbps"]
-            out.append({"measurement": f"get {_mib(s['bytes'])}, store + output on tmpfs (GB/s)",
-                        "dstore": _f(g["dstore"]), "reference": f"cp {_f(g['cp'])}",
-                        "ratio": _f(s["ratio"]["dstore/cp"], "{:.2f}"), "target": ">= 0.7",
-                        "pass": _pass(s["pass"])})
+            out.append(
+                {
+                    "measurement": f"get {_mib(s['bytes'])}, store + output on tmpfs (GB/s)",
+                    "dstore": _f(g["dstore"]),
+                    "reference": f"cp {_f(g['cp'])}",
+                    "ratio": _f(s["ratio"]["dstore/cp"], "{:.2f}"),
+                    "target": ">= 0.7",
+                    "pass": _pass(s["pass"]),
+                }
+            )
     s = S.get("rss")
     if s:
         if "error" in s and "runs" not in s:
             err_row("peak RSS", s)
         else:
             for k in ("add", "get"):
-                out.append({"measurement": f"peak RSS, {k} {_mib(s['bytes'])} (max of runs)",
-                            "dstore": _f(s["peak_rss_mib"][k], "{:.0f}", " MiB"),
-                            "reference": f"({_f(s['median_gbps'][k])} GB/s)", "ratio": "—",
-                            "target": "<= 400 MiB", "pass": _pass(s["pass"][k])})
+                out.append(
+                    {
+                        "measurement": f"peak RSS, {k} {_mib(s['bytes'])} (max of runs)",
+                        "dstore": _f(s["peak_rss_mib"][k], "{:.0f}", " MiB"),
+                        "reference": f"({_f(s['median_gbps'][k])} GB/s)",
+                        "ratio": "—",
+                        "target": "<= 400 MiB",
+                        "pass": _pass(s["pass"][k]),
+                    }
+                )
     s = S.get("csv")
     if s:
         if "error" in s and "runs" not in s:
             err_row("CSV", s)
         else:
             g = s["median_gbps"]
-            out.append({"measurement": f"CSV {_mib(s['bytes'])} stored bytes (--shards 10+0)",
-                        "dstore": _mb(s["dstore_stored_bytes"]), "reference": f"zstd -3 {_mb(s['zstd_bytes'])}",
-                        "ratio": _f(s["ratio"]["stored/zstd"], "{:.3f}"), "target": "<= 1.15",
-                        "pass": _pass(s["pass"]["stored/zstd"])})
-            out.append({"measurement": f"CSV {_mib(s['bytes'])} add --shards 10+4, tmpfs (GB/s)",
-                        "dstore": _f(g["dstore"]), "reference": f"zstd -3 {_f(g['zstd'])} (info)",
-                        "ratio": "—", "target": ">= 0.45 GB/s", "pass": _pass(s["pass"]["dstore_gbps"])})
+            out.append(
+                {
+                    "measurement": f"CSV {_mib(s['bytes'])} stored bytes (--shards 10+0)",
+                    "dstore": _mb(s["dstore_stored_bytes"]),
+                    "reference": f"zstd -3 {_mb(s['zstd_bytes'])}",
+                    "ratio": _f(s["ratio"]["stored/zstd"], "{:.3f}"),
+                    "target": "<= 1.15",
+                    "pass": _pass(s["pass"]["stored/zstd"]),
+                }
+            )
+            out.append(
+                {
+                    "measurement": f"CSV {_mib(s['bytes'])} add --shards 10+4, tmpfs (GB/s)",
+                    "dstore": _f(g["dstore"]),
+                    "reference": f"zstd -3 {_f(g['zstd'])} (info)",
+                    "ratio": "—",
+                    "target": ">= 0.45 GB/s",
+                    "pass": _pass(s["pass"]["dstore_gbps"]),
+                }
+            )
     s = S.get("dedup")
     if s:
         if "error" in s and "cases" not in s:
             err_row("dedup", s)
         else:
-            labels = {"edit": "100 scattered row edits", "append": "+1% rows appended",
-                      "insert": "100 B inserted at start"}
+            labels = {
+                "edit": "100 scattered row edits",
+                "append": "+1% rows appended",
+                "insert": "100 B inserted at start",
+            }
             for k, c in s["cases"].items():
                 d, r = c.get("dstore_new_bytes"), c.get("restic_growth_bytes")
-                out.append({"measurement": f"CSV v2 new bytes: {labels.get(k, k)}",
-                            "dstore": _mb(d) if d is not None else "ERROR",
-                            "reference": f"restic {_mb(r)}" if r is not None else "restic ERROR",
-                            "ratio": _f(c["ratio"], "{:.3f}"), "target": "<= 1.2", "pass": _pass(c["pass"])})
+                out.append(
+                    {
+                        "measurement": f"CSV v2 new bytes: {labels.get(k, k)}",
+                        "dstore": (_mb(d) if d is not None else "ERROR")
+                        + (
+                            f" (+{_mb(c['dstore_new_metadata_bytes'])} metadata)"
+                            if c.get("dstore_new_metadata_bytes") is not None
+                            else ""
+                        ),
+                        "reference": f"restic {_mb(r)}" if r is not None else "restic ERROR",
+                        "ratio": _f(c["ratio"], "{:.3f}"),
+                        "target": "<= 1.2",
+                        "pass": _pass(c["pass"]),
+                    }
+                )
     return out
 
 
@@ -133,14 +206,16 @@ def _runs_table(res: dict) -> str:
         for k in items:
             secs = [run.get(k, {}).get("seconds") for run in runs]
             gbps = [run.get(k, {}).get("gbps") for run in runs]
-            lines.append(f"| {name} | {k} | " + ", ".join(_f(x) for x in secs) + " | "
-                         + ", ".join(_f(x) for x in gbps) + " |")
+            lines.append(
+                f"| {name} | {k} | " + ", ".join(_f(x) for x in secs) + " | " + ", ".join(_f(x) for x in gbps) + " |"
+            )
     for name, sec in res.get("sections", {}).items():
         for k, c in (sec.get("cases") or {}).items():
             for side, key in (("dstore", "new_bytes_stored"), ("restic", "repo_growth_bytes")):
                 vals = [r.get(side, {}).get(key) for r in c.get("runs", [])]
-                lines.append(f"| {name} {k} | {side} {key} | "
-                             + ", ".join("n/a" if v is None else str(v) for v in vals) + " | |")
+                lines.append(
+                    f"| {name} {k} | {side} {key} | " + ", ".join("n/a" if v is None else str(v) for v in vals) + " | |"
+                )
     return "\n".join(lines)
 
 
@@ -151,56 +226,80 @@ def markdown(res: dict) -> str:
     parts = [
         "# dstore benchmark results",
         "",
-        (f"- date: {m.get('date_utc')}; git commit `{m.get('git_commit')}`"
-        f" (modified tracked files: {m.get('git_dirty_tracked_files')})"),
-        (f"- machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_gib')} GiB RAM,"
-        f" kernel {m.get('kernel')}, Python {m.get('python')}"),
-        (f"- load average at start {tuple(round(x, 2) for x in m.get('loadavg_start', ()))},"
-        f" at end {tuple(round(x, 2) for x in m.get('loadavg_end', ()))}"),
-        (f"- config: BENCH_SIZE_MIB={c.get('BENCH_SIZE_MIB')}, BENCH_RSS_MIB={c.get('BENCH_RSS_MIB')},"
-        f" BENCH_RUNS={c.get('BENCH_RUNS')}, seed {c.get('BENCH_SEED')}; tmpfs {c.get('shm_fs')},"
-        f" disk {c.get('disk_fs')}"),
-        "- inputs: " + "; ".join(f"{k} {_size(v.get('bytes', 0))} ({v.get('bytes')} bytes)"
-                                 for k, v in inputs.items()),
-        (f"- dstore: {'works' if smoke.get('ok') else 'NOT WORKING: ' + str(smoke.get('error'))}"
-        f" (`{' '.join(smoke.get('command', []))}`, version {m.get('versions', {}).get('dstore')})"),
+        (
+            f"- date: {m.get('date_utc')}; git commit `{m.get('git_commit')}`"
+            f" (modified tracked files: {m.get('git_dirty_tracked_files')})"
+        ),
+        (
+            f"- machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_gib')} GiB RAM,"
+            f" kernel {m.get('kernel')}, Python {m.get('python')}"
+        ),
+        (
+            f"- load average at start {tuple(round(x, 2) for x in m.get('loadavg_start', ()))},"
+            f" at end {tuple(round(x, 2) for x in m.get('loadavg_end', ()))}"
+        ),
+        (
+            f"- config: BENCH_SIZE_MIB={c.get('BENCH_SIZE_MIB')}, BENCH_RSS_MIB={c.get('BENCH_RSS_MIB')},"
+            f" BENCH_RUNS={c.get('BENCH_RUNS')}, seed {c.get('BENCH_SEED')}; tmpfs {c.get('shm_fs')},"
+            f" disk {c.get('disk_fs')}"
+        ),
+        "- inputs: " + "; ".join(f"{k} {_size(v.get('bytes', 0))} ({v.get('bytes')} bytes)" for k, v in inputs.items()),
+        (
+            f"- dstore: {'works' if smoke.get('ok') else 'NOT WORKING: ' + str(smoke.get('error'))}"
+            f" (`{' '.join(smoke.get('command', []))}`, version {m.get('versions', {}).get('dstore')})"
+        ),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if k != "dstore"),
         "",
-        ("GB/s = 10^9 bytes of input per second of wall time of the whole command (process start-up"
-        " included, for dstore and for every reference). Values are medians over runs; each ratio is"
-        " computed within one run (dstore and references interleaved, order rotated per run) and the"
-        " median of those is shown. Ratios are dstore / reference for throughput (higher is better)"
-        " and for bytes (lower is better)."),
+        (
+            "GB/s = 10^9 bytes of input per second of wall time of the whole command (process start-up"
+            " included, for dstore and for every reference). Values are medians over runs; each ratio is"
+            " computed within one run (dstore and references interleaved, order rotated per run) and the"
+            " median of those is shown. Ratios are dstore / reference for throughput (higher is better)"
+            " and for bytes (lower is better)."
+        ),
         "",
         table(res),
         "",
         "## Notes",
         "",
         "- tmpfs has no page-cache distinction: inputs, stores and outputs under /dev/shm are RAM.",
-        ("- Disk case: input on tmpfs, store on disk; `sync` before every timed command and after"
-        " deleting the previous run's store/dd file; the page cache is not dropped (the measured cost"
-        " is writing, and both dstore and dd fsync)."),
-        ("- dd reference: `dd if=/dev/zero bs=4M count=ceil(1.4 x input / 4 MiB) conv=fsync`, i.e. the"
-        " bytes a 10+4 layout stores; its GB/s column is input bytes / dd time (raw write rate in"
-        " brackets)."),
-        ("- Peak RSS: the larger of GNU time's maximum RSS (`/usr/bin/time -f %M`) of the dstore"
-        " process and its process tree polled every 10 ms (VmRSS summed over descendants), max over"
-        " runs. RSS of a process that mmaps a tmpfs file includes the mapped pages (RssShmem); the"
-        " breakdown is in results.json."),
-        ("- CSV size: dstore `new_bytes_stored` with `--shards 10+0` (no parity; includes shard"
-        " padding) vs `zstd -3` of the whole file with zstd CLI defaults."),
-        ("- Dedup: each v2 is v1 plus one edit; dstore adds v1 then v2 to a fresh store with"
-        " `--shards 10+0` and reports v2's `new_bytes_stored`; restic (repository format and"
-        " compression as `restic init` defaults) backs up a folder holding v1 then v2 as data.csv and"
-        " the repository growth is measured with `du -sb` (includes restic's index and snapshot"
-        " files). dstore's store growth measured the same way (including its LMDB index) is in"
-        " results.json as `home_growth_bytes`."),
+        (
+            "- Disk case: input on tmpfs, store on disk; `sync` before every timed command and after"
+            " deleting the previous run's store/dd file; the page cache is not dropped (the measured cost"
+            " is writing, and both dstore and dd fsync)."
+        ),
+        (
+            "- dd reference: `dd if=/dev/zero bs=4M count=ceil(1.4 x input / 4 MiB) conv=fsync`, i.e. the"
+            " bytes a 10+4 layout stores; its GB/s column is input bytes / dd time (raw write rate in"
+            " brackets)."
+        ),
+        (
+            "- Peak RSS: the larger of GNU time's maximum RSS (`/usr/bin/time -f %M`) of the dstore"
+            " process and its process tree polled every 10 ms (VmRSS summed over descendants), max over"
+            " runs. RSS of a process that mmaps a tmpfs file includes the mapped pages (RssShmem); the"
+            " breakdown is in results.json."
+        ),
+        (
+            "- CSV size: dstore `new_bytes_stored` with `--shards 10+0` (no parity; includes shard"
+            " padding) vs `zstd -3` of the whole file with zstd CLI defaults."
+        ),
+        (
+            "- Dedup: each v2 is v1 plus one edit; dstore adds v1 then v2 to a fresh store with"
+            " `--shards 10+0` and reports v2's `new_bytes_stored`; restic (repository format and"
+            " compression as `restic init` defaults) backs up a folder holding v1 then v2 as data.csv and"
+            " the repository growth is measured with `du -sb` (includes restic's index and snapshot"
+            " files); the ratio uses dstore's `new_bytes_stored` (shards only), and the metadata blocks"
+            " that add also wrote (`new_metadata_bytes`) are shown in brackets. dstore's store growth"
+            " measured with `du -sb` (including its LMDB index) is in results.json as `home_growth_bytes`."
+        ),
     ]
     st = res.get("sections", {}).get("add_tmpfs", {}).get("startup", {}).get("median")
     if st:
-        parts.append(f"- Fixed cost per command (4 KiB input, median): `dstore add` "
-                     f"{_f(st.get('dstore_add_4KiB_s'))} s, hf_xet reference process "
-                     f"{_f(st.get('xet_4KiB_s'))} s; both are inside the whole-command timings above.")
+        parts.append(
+            f"- Fixed cost per command (4 KiB input, median): `dstore add` "
+            f"{_f(st.get('dstore_add_4KiB_s'))} s, hf_xet reference process "
+            f"{_f(st.get('xet_4KiB_s'))} s; both are inside the whole-command timings above."
+        )
     errs = []
     for name, sec in res.get("sections", {}).items():
         if sec.get("error"):
@@ -226,9 +325,17 @@ def plot(res: dict, path: Path) -> None:
     groups = []  # (group label, [(bar label, value, is_dstore)])
     if "median_gbps" in S.get("add_tmpfs", {}):
         g = S["add_tmpfs"]["median_gbps"]
-        groups.append(("add, tmpfs\n(incompressible)", [("dstore", g["dstore"], True), ("hf_xet", g["xet"], False),
-                                                         ("pyfastcdc+blake3", g["cdc_loop"], False),
-                                                         ("read+blake3 floor", g["floor"], False)]))
+        groups.append(
+            (
+                "add, tmpfs\n(incompressible)",
+                [
+                    ("dstore", g["dstore"], True),
+                    ("hf_xet", g["xet"], False),
+                    ("pyfastcdc+blake3", g["cdc_loop"], False),
+                    ("read+blake3 floor", g["floor"], False),
+                ],
+            )
+        )
     if "median_gbps" in S.get("add_disk", {}):
         g = S["add_disk"]["median_gbps"]
         groups.append(("add, disk store", [("dstore", g["dstore"], True), ("dd 1.4x fsync", g["dd"], False)]))
@@ -249,8 +356,7 @@ def plot(res: dict, path: Path) -> None:
             ri += 0 if is_d else 1
             v = val or 0.0
             ax.bar(x, v, width=0.8, color=color, edgecolor="black", linewidth=0.5)
-            ax.text(x, v, f"{name}\n{'n/a' if val is None else f'{val:.2f}'}", ha="center", va="bottom",
-                    fontsize=7)
+            ax.text(x, v, f"{name}\n{'n/a' if val is None else f'{val:.2f}'}", ha="center", va="bottom", fontsize=7)
             x += 1
         ticks.append((start + x - 1) / 2)
         tick_labels.append(label)
@@ -259,8 +365,10 @@ def plot(res: dict, path: Path) -> None:
     ax.set_xticklabels(tick_labels)
     ax.set_ylabel("GB/s (10^9 input bytes / wall second, median)")
     c = res.get("config", {})
-    ax.set_title(f"dstore vs references — {c.get('BENCH_SIZE_MIB')} MiB inputs, median of "
-                 f"{c.get('BENCH_RUNS')} runs, {res.get('machine', {}).get('nproc')} CPUs")
+    ax.set_title(
+        f"dstore vs references — {c.get('BENCH_SIZE_MIB')} MiB inputs, median of "
+        f"{c.get('BENCH_RUNS')} runs, {res.get('machine', {}).get('nproc')} CPUs"
+    )
     ax.margins(y=0.2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -82,15 +82,15 @@ class Bench:
     def dstore_add(self, path: Path, home: Path, shards: str) -> dict:
         if not self.dstore_ok:
             raise RuntimeError(f"dstore unavailable: {self.dstore_error}")
-        r = M.run_timed(self.dstore_cmd() + ["add", str(path), "--shards", shards, "--json", "-q"],
-                        env={"DSTORE_HOME": str(home)})
+        r = M.run_timed(
+            self.dstore_cmd() + ["add", str(path), "--shards", shards, "--json", "-q"], env={"DSTORE_HOME": str(home)}
+        )
         return {"seconds": r["seconds"], "json": M.last_json(r["stdout"])}
 
     def dstore_get(self, cid: str, out: Path, home: Path) -> dict:
         if not self.dstore_ok:
             raise RuntimeError(f"dstore unavailable: {self.dstore_error}")
-        r = M.run_timed(self.dstore_cmd() + ["get", cid, "-o", str(out), "-q"],
-                        env={"DSTORE_HOME": str(home)})
+        r = M.run_timed(self.dstore_cmd() + ["get", cid, "-o", str(out), "-q"], env={"DSTORE_HOME": str(home)})
         return {"seconds": r["seconds"]}
 
     @staticmethod
@@ -119,7 +119,7 @@ class Bench:
         names = list(items)
         runs = []
         for i in range(self.runs):
-            order = names[i % len(names):] + names[: i % len(names)]
+            order = names[i % len(names) :] + names[: i % len(names)]
             run = {}
             for name in order:
                 res = self.attempt(items[name], i)
@@ -179,8 +179,7 @@ class Bench:
         finally:
             for p in (home, out, src):
                 M.rm(p)
-        self.results["dstore_smoke"] = {"ok": self.dstore_ok, "error": self.dstore_error,
-                                        "command": self.dstore_cmd()}
+        self.results["dstore_smoke"] = {"ok": self.dstore_ok, "error": self.dstore_error, "command": self.dstore_cmd()}
         self.log(f"dstore smoke test: {'ok' if self.dstore_ok else self.dstore_error}")
 
     def generate(self) -> None:
@@ -190,8 +189,9 @@ class Bench:
         if need & {"add_tmpfs", "add_disk", "get_tmpfs"}:
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
-            self.inputs["random"] = dict(datagen.incompressible(self.random_path, self.size, self.seed),
-                                         path=str(self.random_path))
+            self.inputs["random"] = dict(
+                datagen.incompressible(self.random_path, self.size, self.seed), path=str(self.random_path)
+            )
         if need & {"csv", "dedup"}:
             self.csv_path = self.data / f"events-{self.size // M.MiB}MiB.csv"
             self.log(f"data: {self.csv_path}")
@@ -200,9 +200,10 @@ class Bench:
         if "rss" in need:
             self.rss_path = self.data / f"random-rss-{self.rss_size // M.MiB}MiB.bin"
             self.log(f"data: {self.rss_path}")
-            self.inputs["rss"] = dict(datagen.incompressible(self.rss_path, self.rss_size, self.seed,
-                                                             kind="random-rss"),
-                                      path=str(self.rss_path))
+            self.inputs["rss"] = dict(
+                datagen.incompressible(self.rss_path, self.rss_size, self.seed, kind="random-rss"),
+                path=str(self.rss_path),
+            )
         self.results["inputs"] = self.inputs
         self.results["data_seconds"] = time.perf_counter() - t0
 
@@ -259,13 +260,13 @@ class Bench:
         sec = {
             "startup": self.startup(),
             "description": f"dstore add --shards {SHARDS} of {self.size // M.MiB} MiB incompressible, "
-                           "input and store on tmpfs, fresh DSTORE_HOME per run",
+            "input and store on tmpfs, fresh DSTORE_HOME per run",
             "bytes": self.size,
             "store_fs": M.fs_type(home.parent),
             "references": {
                 "xet": "hf_xet.hash_files([path]) (Xet Rust chunking + hashing), whole python process",
                 "cdc_loop": "Python loop: pyfastcdc.FastCDC(avg 64 KiB, min 16 KiB, max 256 KiB, NC 2)"
-                            ".cut_file + blake3 per chunk, whole python process",
+                ".cut_file + blake3 per chunk, whole python process",
                 "floor": "read file in 16 MiB blocks + blake3(max_threads=AUTO), whole python process",
             },
             "runs": runs,
@@ -297,30 +298,34 @@ class Bench:
         def dd(i):
             M.rm(dd_file)
             M.sync()
-            r = M.run_timed(["dd", "if=/dev/zero", f"of={dd_file}", f"bs={block}", f"count={count}",
-                             "conv=fsync", "status=none"])
+            r = M.run_timed(
+                ["dd", "if=/dev/zero", f"of={dd_file}", f"bs={block}", f"count={count}", "conv=fsync", "status=none"]
+            )
             M.rm(dd_file)
             M.sync()
-            return {"seconds": r["seconds"], "bytes_written": count * block,
-                    "write_gbps": count * block / r["seconds"] / M.GB}
+            return {
+                "seconds": r["seconds"],
+                "bytes_written": count * block,
+                "write_gbps": count * block / r["seconds"] / M.GB,
+            }
 
         items = {"dstore": dstore, "dd": dd}
         runs = self.interleaved(items, self.size)
         sec = {
             "description": f"dstore add --shards {SHARDS} of {self.size // M.MiB} MiB incompressible "
-                           "from tmpfs, store on disk (durable: dstore fsyncs shards)",
+            "from tmpfs, store on disk (durable: dstore fsyncs shards)",
             "bytes": self.size,
             "store_fs": M.fs_type(self.disk),
             "references": {
                 "dd": f"dd if=/dev/zero of=<disk file> bs=4M count={count} conv=fsync "
-                      f"({count * block} bytes = input x 1.4, what {SHARDS} stores); "
-                      "gbps = input bytes / dd time",
+                f"({count * block} bytes = input x 1.4, what {SHARDS} stores); "
+                "gbps = input bytes / dd time",
             },
             "cache_note": "The input is on tmpfs (no page-cache distinction). Before every timed "
-                          "command `sync` flushes earlier dirty pages, and the store / dd file from "
-                          "the previous run is deleted and synced, so each run starts from a clean "
-                          "write-back state; page cache is not dropped (writes are the cost measured, "
-                          "and both sides fsync).",
+            "command `sync` flushes earlier dirty pages, and the store / dd file from "
+            "the previous run is deleted and synced, so each run starts from a clean "
+            "write-back state; page cache is not dropped (writes are the cost measured, "
+            "and both sides fsync).",
             "runs": runs,
             "median_gbps": {n: self.med(runs, n) for n in items},
             "median_dd_write_gbps": self.med(runs, "dd", "write_gbps"),
@@ -366,7 +371,7 @@ class Bench:
             M.rm(home)
         sec = {
             "description": f"dstore get of the {self.size // M.MiB} MiB incompressible dataset "
-                           f"(added with --shards {SHARDS}); store and output on tmpfs",
+            f"(added with --shards {SHARDS}); store and output on tmpfs",
             "bytes": self.size,
             "setup_add": setup,
             "output_verified_identical": verified.get("identical"),
@@ -394,17 +399,23 @@ class Bench:
                 run = {"add": {"error": f"dstore unavailable: {self.dstore_error}"}}
                 runs.append(run)
                 continue
-            run["add"] = self.attempt(M.run_peak_rss, self.dstore_cmd() + [
-                "add", str(f), "--shards", SHARDS, "--json", "-q"], env={"DSTORE_HOME": str(home)},
-                maxrss_file=self.tmp / "maxrss.txt")
+            run["add"] = self.attempt(
+                M.run_peak_rss,
+                self.dstore_cmd() + ["add", str(f), "--shards", SHARDS, "--json", "-q"],
+                env={"DSTORE_HOME": str(home)},
+                maxrss_file=self.tmp / "maxrss.txt",
+            )
             cid = None
             if "error" not in run["add"]:
                 cid = self.attempt(M.last_json, run["add"].pop("stdout")).get("cid")
                 run["add"].pop("stderr", None)
             if cid:
-                run["get"] = self.attempt(M.run_peak_rss, self.dstore_cmd() + [
-                    "get", cid, "-o", str(out), "-q"], env={"DSTORE_HOME": str(home)},
-                    maxrss_file=self.tmp / "maxrss.txt")
+                run["get"] = self.attempt(
+                    M.run_peak_rss,
+                    self.dstore_cmd() + ["get", cid, "-o", str(out), "-q"],
+                    env={"DSTORE_HOME": str(home)},
+                    maxrss_file=self.tmp / "maxrss.txt",
+                )
                 for k in ("stdout", "stderr"):
                     run["get"].pop(k, None)
                 if verified is None and "error" not in run["get"]:
@@ -412,10 +423,12 @@ class Bench:
             for k in ("add", "get"):
                 if k in run and "error" not in run[k]:
                     run[k]["gbps"] = self.rss_size / run[k]["seconds"] / M.GB
-                    self.log(f"  run {i + 1}/{self.runs} {k}: peak RSS {run[k]['peak_rss_mib']:.0f} MiB "
-                             f"(tree anon {run[k]['peak_tree_rss_anon_mib']:.0f}, "
-                             f"file {run[k]['peak_tree_rss_file_mib']:.0f}, "
-                             f"shmem {run[k]['peak_tree_rss_shmem_mib']:.0f}), {run[k]['gbps']:.3f} GB/s")
+                    self.log(
+                        f"  run {i + 1}/{self.runs} {k}: peak RSS {run[k]['peak_rss_mib']:.0f} MiB "
+                        f"(tree anon {run[k]['peak_tree_rss_anon_mib']:.0f}, "
+                        f"file {run[k]['peak_tree_rss_file_mib']:.0f}, "
+                        f"shmem {run[k]['peak_tree_rss_shmem_mib']:.0f}), {run[k]['gbps']:.3f} GB/s"
+                    )
             M.rm(out)
             M.rm(home)
             runs.append(run)
@@ -426,18 +439,19 @@ class Bench:
 
         sec = {
             "description": f"peak RSS of dstore add --shards {SHARDS} and dstore get of a "
-                           f"{self.rss_size // M.MiB} MiB incompressible file (tmpfs)",
+            f"{self.rss_size // M.MiB} MiB incompressible file (tmpfs)",
             "bytes": self.rss_size,
             "method": "the command runs under GNU time (/usr/bin/time -f %M: the kernel's maximum "
-                      "RSS of the dstore process) while psutil polls its process tree every 10 ms, "
-                      "summing VmRSS (and RssAnon/RssFile/RssShmem) over dstore and all descendants; "
-                      "peak_rss_mib = max of the two; the reported value is the max over runs. "
-                      "Pages of a tmpfs file the process maps count in its RSS (RssShmem).",
+            "RSS of the dstore process) while psutil polls its process tree every 10 ms, "
+            "summing VmRSS (and RssAnon/RssFile/RssShmem) over dstore and all descendants; "
+            "peak_rss_mib = max of the two; the reported value is the max over runs. "
+            "Pages of a tmpfs file the process maps count in its RSS (RssShmem).",
             "output_verified_identical": verified,
             "runs": runs,
             "peak_rss_mib": {"add": peak("add"), "get": peak("get")},
-            "median_gbps": {k: M.median([r[k]["gbps"] for r in runs if k in r and "error" not in r[k]])
-                            for k in ("add", "get")},
+            "median_gbps": {
+                k: M.median([r[k]["gbps"] for r in runs if k in r and "error" not in r[k]]) for k in ("add", "get")
+            },
             "target": {"add": "<= 400 MiB", "get": "<= 400 MiB"},
         }
         sec["pass"] = {k: (None if v is None else v <= 400) for k, v in sec["peak_rss_mib"].items()}
@@ -455,6 +469,7 @@ class Bench:
                 r["new_bytes_stored"] = r["json"].get("new_bytes_stored")
                 M.rm(home)
                 return r
+
             return go
 
         def zstd(i):
@@ -466,18 +481,29 @@ class Bench:
 
         items = {"dstore": dstore(SHARDS), "dstore_no_parity": dstore(SHARDS_NO_PARITY), "zstd": zstd}
         runs = self.interleaved(items, f.stat().st_size)
-        stored = M.median([r["dstore_no_parity"].get("new_bytes_stored") for r in runs
-                           if "error" not in r.get("dstore_no_parity", {"error": 1})])
+        stored = M.median(
+            [
+                r["dstore_no_parity"].get("new_bytes_stored")
+                for r in runs
+                if "error" not in r.get("dstore_no_parity", {"error": 1})
+            ]
+        )
         zsize = M.median([r["zstd"].get("compressed_bytes") for r in runs if "error" not in r["zstd"]])
-        size_ratios = [None if ("error" in r["dstore_no_parity"] or "error" in r["zstd"]
-                                or r["dstore_no_parity"].get("new_bytes_stored") is None)
-                       else r["dstore_no_parity"]["new_bytes_stored"] / r["zstd"]["compressed_bytes"]
-                       for r in runs]
+        size_ratios = [
+            None
+            if (
+                "error" in r["dstore_no_parity"]
+                or "error" in r["zstd"]
+                or r["dstore_no_parity"].get("new_bytes_stored") is None
+            )
+            else r["dstore_no_parity"]["new_bytes_stored"] / r["zstd"]["compressed_bytes"]
+            for r in runs
+        ]
         gbps = self.med(runs, "dstore")
         sec = {
             "description": f"CSV ({f.stat().st_size} bytes, {self.csv_meta.get('rows')} rows) on tmpfs: "
-                           f"dstore add throughput (--shards {SHARDS}) and stored bytes "
-                           f"(--shards {SHARDS_NO_PARITY}: new_bytes_stored, no parity) vs zstd -3",
+            f"dstore add throughput (--shards {SHARDS}) and stored bytes "
+            f"(--shards {SHARDS_NO_PARITY}: new_bytes_stored, no parity) vs zstd -3",
             "bytes": f.stat().st_size,
             "references": {"zstd": "zstd -3 -q -f <csv> -o <tmpfs>.zst (whole file, zstd CLI defaults)"},
             "runs": runs,
@@ -512,8 +538,14 @@ class Bench:
             b = self.dstore_add(v2, home, SHARDS_NO_PARITY)
             du1 = M.du_bytes(home)
             M.rm(home)
-            return {"v1": a, "v2": b, "new_bytes_stored": b["json"].get("new_bytes_stored"),
-                    "home_growth_bytes": du1 - du0, "v1_home_bytes": du0}
+            return {
+                "v1": a,
+                "v2": b,
+                "new_bytes_stored": b["json"].get("new_bytes_stored"),
+                "new_metadata_bytes": b["json"].get("new_metadata_bytes"),
+                "home_growth_bytes": du1 - du0,
+                "v1_home_bytes": du0,
+            }
 
         def restic_backup() -> dict:
             r = M.run_timed(restic + ["backup", "--json", "--host", "bench", str(stage)])
@@ -564,30 +596,38 @@ class Bench:
                 run["ratio"] = None
                 if "error" not in d and "error" not in r and d.get("new_bytes_stored") is not None:
                     run["ratio"] = d["new_bytes_stored"] / max(1, r["repo_growth_bytes"])
-                self.log(f"    run {i + 1}/{self.runs}: dstore new {d.get('new_bytes_stored')} B, "
-                         f"restic growth {r.get('repo_growth_bytes')} B, ratio {run['ratio']}")
+                self.log(
+                    f"    run {i + 1}/{self.runs}: dstore new {d.get('new_bytes_stored')} B, "
+                    f"restic growth {r.get('repo_growth_bytes')} B, ratio {run['ratio']}"
+                )
                 runs.append(run)
             M.rm(v2)
             ratio = M.median([r["ratio"] for r in runs])
             cases[kind] = {
-                "v2": info, "runs": runs,
-                "dstore_new_bytes": M.median([r["dstore"].get("new_bytes_stored") for r in runs
-                                              if "error" not in r["dstore"]]),
-                "dstore_home_growth_bytes": M.median([r["dstore"].get("home_growth_bytes") for r in runs
-                                                      if "error" not in r["dstore"]]),
-                "restic_growth_bytes": M.median([r["restic"].get("repo_growth_bytes") for r in runs
-                                                 if "error" not in r["restic"]]),
-                "errors": {side: r[side]["error"] for r in runs for side in ("dstore", "restic")
-                           if "error" in r[side]},
+                "v2": info,
+                "runs": runs,
+                "dstore_new_bytes": M.median(
+                    [r["dstore"].get("new_bytes_stored") for r in runs if "error" not in r["dstore"]]
+                ),
+                "dstore_new_metadata_bytes": M.median(
+                    [r["dstore"].get("new_metadata_bytes") for r in runs if "error" not in r["dstore"]]
+                ),
+                "dstore_home_growth_bytes": M.median(
+                    [r["dstore"].get("home_growth_bytes") for r in runs if "error" not in r["dstore"]]
+                ),
+                "restic_growth_bytes": M.median(
+                    [r["restic"].get("repo_growth_bytes") for r in runs if "error" not in r["restic"]]
+                ),
+                "errors": {side: r[side]["error"] for r in runs for side in ("dstore", "restic") if "error" in r[side]},
                 "ratio": ratio,
                 "pass": None if ratio is None else ratio <= 1.2,
             }
         M.rm(pw)
         return {
             "description": f"second version of the {v1.stat().st_size}-byte CSV, each edit applied "
-                           f"to the same v1; dstore: fresh store, add v1 then v2 with --shards "
-                           f"{SHARDS_NO_PARITY}, new_bytes_stored of v2 (no parity); restic: fresh repo, "
-                           "backup of a folder holding v1 then v2 as data.csv, repo growth (du -sb)",
+            f"to the same v1; dstore: fresh store, add v1 then v2 with --shards "
+            f"{SHARDS_NO_PARITY}, new_bytes_stored of v2 (no parity); restic: fresh repo, "
+            "backup of a folder holding v1 then v2 as data.csv, repo growth (du -sb)",
             "restic": restic_info,
             "cases": cases,
             "target": "dstore new bytes <= 1.2 x restic repo growth, each case",
@@ -610,10 +650,17 @@ class Bench:
     def run(self) -> None:
         t0 = time.perf_counter()
         self.results["config"] = {
-            "BENCH_SIZE_MIB": self.size // M.MiB, "BENCH_RSS_MIB": self.rss_size // M.MiB,
-            "BENCH_RUNS": self.runs, "BENCH_SEED": self.seed, "shm": str(self.shm),
-            "shm_fs": M.fs_type(self.shm), "disk": str(self.disk), "disk_fs": M.fs_type(self.disk),
-            "sections": self.only, "shards": SHARDS, "gb": "10^9 bytes",
+            "BENCH_SIZE_MIB": self.size // M.MiB,
+            "BENCH_RSS_MIB": self.rss_size // M.MiB,
+            "BENCH_RUNS": self.runs,
+            "BENCH_SEED": self.seed,
+            "shm": str(self.shm),
+            "shm_fs": M.fs_type(self.shm),
+            "disk": str(self.disk),
+            "disk_fs": M.fs_type(self.disk),
+            "sections": self.only,
+            "shards": SHARDS,
+            "gb": "10^9 bytes",
             "timing": "time.perf_counter around subprocess.run of the whole command",
             "aggregation": "medians over runs; ratios computed within each run, then their median",
         }
