@@ -18,6 +18,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
@@ -36,36 +37,27 @@ Parts = list[mmap.mmap] | list[memoryview]
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
-class PackReader:
-    """Reads chunk bytes from a local store's shards, repairing in memory when needed.
+class PackSource(Protocol):
+    """Where a reader gets a pack's shards: the local store, or peers."""
 
-    Not thread-safe: one reader per thread (it keeps one helper thread of its own
-    that maps the next pack while the caller decodes this one).
-    """
+    def map(self, record: PackRecord) -> Parts | None:
+        """The k data shards (healthy path, no rebuilding); None if one is not to be had."""
 
-    def __init__(self, store: Store, hash_name: str = "blake3") -> None:
+    def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
+        """The data region from any k shards that match their CIDs; NotEnoughShards otherwise."""
+
+    def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` from data shard ``shard`` at ``offset`` (unverified: callers check chunks)."""
+
+
+class LocalShards:
+    """Shards from the local store's files."""
+
+    def __init__(self, store: Store, hash_name: str) -> None:
         self.store = store
         self.hash_name = hash_name
-        # pack ID -> its data shards (mappings), or one rebuilt buffer
-        self._cache: OrderedDict[bytes, Parts] = OrderedDict()
-        self._pending: dict[bytes, Future[list[mmap.mmap] | None]] = {}
-        self._pool: ThreadPoolExecutor | None = None
 
-    # -- whole packs ----------------------------------------------------------
-
-    def _parts(self, pack_id: bytes, record: PackRecord) -> Parts | None:
-        """The pack's data shards mapped from their files; None if one is missing or the wrong size."""
-        parts = self._cache.get(pack_id)
-        if parts is not None:
-            self._cache.move_to_end(pack_id)
-            return parts
-        pending = self._pending.pop(pack_id, None)
-        maps = pending.result() if pending is not None else self._map(record)
-        if maps is not None:
-            self._remember(pack_id, maps)
-        return maps
-
-    def _map(self, record: PackRecord) -> list[mmap.mmap] | None:
+    def map(self, record: PackRecord) -> list[mmap.mmap] | None:
         maps: list[mmap.mmap] = []
         try:
             for cid in record.shards[: record.k]:
@@ -82,23 +74,7 @@ class PackReader:
             return None
         return maps
 
-    def _remember(self, pack_id: bytes, parts: Parts) -> None:
-        self._cache[pack_id] = parts
-        self._cache.move_to_end(pack_id)
-        while len(self._cache) > PACK_CACHE_SIZE:
-            _, old = self._cache.popitem(last=False)
-            _release(old)
-
-    def prefetch(self, pack_id: bytes, record: PackRecord) -> None:
-        """Map (and so read) a pack's data shards on the helper thread."""
-        if pack_id in self._cache or pack_id in self._pending:
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-map")
-        self._pending[pack_id] = self._pool.submit(self._map, record)
-
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
-        """Read every shard, keep those that match their CID, and restore the data shards (cached)."""
         shards: list[bytes | None] = []
         bad: list[str] = []
         for i, cid in enumerate(record.shards):
@@ -119,12 +95,70 @@ class PackReader:
                 f"pack {cid_to_text(pack_id)} has only {good} good shards of the {record.k} needed "
                 f"(bad: {', '.join(bad)})"
             )
-        if all(s is not None for s in shards[: record.k]):
-            data_shards: Sequence[bytes] = [s for s in shards[: record.k] if s is not None]
-        else:
-            data_shards = _native.reconstruct(shards, record.k, record.m)
-        view = memoryview(b"".join(data_shards))
-        self._cache.pop(pack_id, None)
+        return data_region(shards, record)
+
+    def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
+        self.store.shards.read_into(record.shards[shard].encode("base32"), buf, offset)
+
+
+def data_region(shards: Sequence[bytes | None], record: PackRecord) -> memoryview:
+    """The k data shards end to end, reconstructed from parity when some are missing."""
+    if all(s is not None for s in shards[: record.k]):
+        data_shards: Sequence[bytes] = [s for s in shards[: record.k] if s is not None]
+    else:
+        data_shards = _native.reconstruct(shards, record.k, record.m)
+    return memoryview(b"".join(data_shards))
+
+
+class PackReader:
+    """Reads verified chunk bytes out of packs from a :class:`PackSource`, repairing in memory when needed.
+
+    Not thread-safe: one reader per thread (it keeps one helper thread of its own
+    that loads the next pack while the caller decodes this one).
+    """
+
+    def __init__(self, source: PackSource) -> None:
+        self.source = source
+        # pack ID -> its data shards, or one rebuilt buffer
+        self._cache: OrderedDict[bytes, Parts] = OrderedDict()
+        self._pending: dict[bytes, Future[Parts | None]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- whole packs ----------------------------------------------------------
+
+    def _parts(self, pack_id: bytes, record: PackRecord) -> Parts | None:
+        """The pack's data shards; None if one is missing or the wrong size."""
+        parts = self._cache.get(pack_id)
+        if parts is not None:
+            self._cache.move_to_end(pack_id)
+            return parts
+        pending = self._pending.pop(pack_id, None)
+        parts = pending.result() if pending is not None else self.source.map(record)
+        if parts is not None:
+            self._remember(pack_id, parts)
+        return parts
+
+    def _remember(self, pack_id: bytes, parts: Parts) -> None:
+        self._cache[pack_id] = parts
+        self._cache.move_to_end(pack_id)
+        while len(self._cache) > PACK_CACHE_SIZE:
+            _, old = self._cache.popitem(last=False)
+            _release(old)
+
+    def prefetch(self, pack_id: bytes, record: PackRecord) -> None:
+        """Load a pack's data shards on the helper thread."""
+        if pack_id in self._cache or pack_id in self._pending:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-load")
+        self._pending[pack_id] = self._pool.submit(self.source.map, record)
+
+    def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
+        """The pack rebuilt from verified shards (cached)."""
+        view = self.source.rebuild(pack_id, record)
+        old = self._cache.pop(pack_id, None)
+        if old is not None:
+            _release(old)
         self._remember(pack_id, [view])
         return view
 
@@ -132,7 +166,8 @@ class PackReader:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         for pending in self._pending.values():
-            _release(pending.result() or [])
+            if pending.exception() is None:
+                _release(pending.result() or [])
         self._pending.clear()
         while self._cache:
             _release(self._cache.popitem()[1])
@@ -166,21 +201,22 @@ class PackReader:
     def read_one(self, pack_id: bytes, record: PackRecord, ref: ChunkEntry) -> bytes:
         """One chunk, reading only the data-shard bytes that cover it (random access)."""
         _check_bounds(record, [ref])
-        ss = record.shard_size
-        buf = bytearray(ref.stored_len)
-        view = memoryview(buf)
-        pos = ref.offset
-        try:
-            while pos < ref.offset + ref.stored_len:
-                shard, within = divmod(pos, ss)
-                n = min(ss - within, ref.offset + ref.stored_len - pos)
-                done = pos - ref.offset
-                self.store.shards.read_into(record.shards[shard].encode("base32"), view[done : done + n], within)
-                pos += n
-            return _native.decode_chunks(buf, [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest)
-        except (NotFound, _native.IntegrityError):
-            out = bytearray(ref.size)
-            return bytes(self.read_run(pack_id, record, [ref], out))
+        if pack_id not in self._cache:
+            ss = record.shard_size
+            buf = bytearray(ref.stored_len)
+            view = memoryview(buf)
+            pos = ref.offset
+            try:
+                while pos < ref.offset + ref.stored_len:
+                    shard, within = divmod(pos, ss)
+                    n = min(ss - within, ref.offset + ref.stored_len - pos)
+                    done = pos - ref.offset
+                    self.source.read_range(record, shard, within, view[done : done + n])
+                    pos += n
+                return _native.decode_chunks(buf, [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest)
+            except (NotFound, _native.IntegrityError):
+                pass  # fall back to the whole pack, rebuilt if need be
+        return bytes(self.read_run(pack_id, record, [ref], bytearray(ref.size)))
 
 
 def _release(parts: Parts) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
-from dstore.fetch.packs import PackReader
+from dstore.fetch.packs import LocalShards, PackReader
 from dstore.format import unixfs
 from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, hash_digest, parse_cid
 from dstore.format.locator import ChunkEntry, Locator
@@ -58,7 +58,7 @@ class DatasetReader:
         if locator is None:
             raise NotFound(f"no locator for dataset {cid_to_text(self.cid)} in this store")
         self.locator = Locator(self.block, CID.from_bytes(locator))
-        self.packs = PackReader(store, self.hash_name)
+        self.packs = PackReader(LocalShards(store, self.hash_name))
         self.root = self.manifest.root
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
