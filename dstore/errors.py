@@ -58,3 +58,18 @@ class StoreError(DstoreError, OSError):
     """The local store cannot be opened or written (permissions, disk full, lock)."""
 
     exit_code = 8
+
+
+class PeerError(DstoreError):
+    """Storage peers refused or failed a request and no other peer could stand in.
+
+    ``status`` is the HTTP status when a peer answered (401: check the token;
+    507: the peers are full), else None (unreachable: check ``--peers``).
+    """
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
