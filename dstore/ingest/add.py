@@ -22,6 +22,7 @@ from dstore.format.manifest import ChunkerParams, Manifest
 from dstore.format.pack import PackRecord
 from dstore.ingest.packer import Packer
 from dstore.ingest.segments import SegmentReader
+from dstore.ingest.sinks import LocalSink
 from dstore.ingest.walk import DirEntry, FileEntry, total_size, walk
 from dstore.store import ChunkLoc, Store
 
@@ -112,7 +113,7 @@ class _Adder:
     files: int = 0
 
     def __post_init__(self) -> None:
-        self.packer = Packer(self.store, self.spec.k, self.spec.m, self.hash_name)
+        self.packer = Packer(self.store, LocalSink(self.store), self.spec.k, self.spec.m, self.hash_name)
         self.reader = SegmentReader(SEGMENT_BYTES, self.chunker.max)
 
     def close(self) -> None:

@@ -1,9 +1,9 @@
-"""Packs new chunks, erasure-codes each pack and writes its shards to the store.
+"""Packs new chunks, erasure-codes each pack and hands its shards to a sink.
 
 The caller appends stored chunk bytes; when a pack is full it is sealed on a
 background thread (Reed–Solomon encode + shard hashes in Rust, GIL released)
-while the caller goes on chunking, and its shards are written by a small pool
-of writer threads. Index entries for a pack are committed only after all its
+while the caller goes on chunking, and its shards go to a sink (the local
+store's files, or storage peers: dstore.ingest.sinks). Index entries for a pack are committed only after all its
 shards are durable (shards, then index: docs/format.md, "Order of writes").
 """
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dstore import _native
 from dstore.format.cbor import block_cid
 from dstore.format.cid import RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
+from dstore.ingest.sinks import ShardSink
 from dstore.store import ChunkLoc, Store
 
 SHARD_TARGET_BYTES = 1 << 20
@@ -34,14 +35,15 @@ class SealedPack:
     record_block: bytes
     chunks: list[tuple[bytes, ChunkLoc]]
     buf: bytearray
-    writes: list[Future[int]] = field(default_factory=list)
+    stored: Future[list[str | None]] | None = None  # where each shard went
 
 
 class Packer:
     """Accumulates new chunks into packs of ``k × 1 MiB`` and stores them."""
 
-    def __init__(self, store: Store, k: int, m: int, hash_name: str) -> None:
+    def __init__(self, store: Store, sink: ShardSink, k: int, m: int, hash_name: str) -> None:
         self.store = store
+        self.sink = sink
         self.k, self.m, self.hash_name = k, m, hash_name
         self.capacity = k * SHARD_TARGET_BYTES
         self.buf = bytearray(self.capacity)
@@ -50,9 +52,9 @@ class Packer:
         # Filled as packs become durable: what the locator of this add needs.
         self.packs: dict[bytes, PackRecord] = {}
         self.locations: dict[bytes, ChunkLoc] = {}
+        self.placement: dict[bytes, list[str | None]] = {}  # pack ID -> where each shard went
         self.bytes_stored = 0
         self._sealer = ThreadPoolExecutor(1, thread_name_prefix="dstore-seal")
-        self._writers = ThreadPoolExecutor(2, thread_name_prefix="dstore-write")
         # (chunk CID, offset, stored length, size, codec) of the open pack
         self._chunk_meta: list[tuple[bytes, int, int, int, int]] = []
         # Pack buffers whose shards are written, for reuse (fresh memory costs page faults).
@@ -111,16 +113,16 @@ class Packer:
             [(cid, ChunkLoc(pack_id, off, sl, size, codec)) for cid, off, sl, size, codec in meta],
             buf,
         )
-        for i, scid in enumerate(shard_cids):
-            part = view[i * ss : (i + 1) * ss] if i < k else pv[(i - k) * ss : (i - k + 1) * ss]
-            sealed.writes.append(self._writers.submit(self.store.shards.write, scid.encode("base32"), (part,)))
+        parts = [view[i * ss : (i + 1) * ss] for i in range(k)] + [pv[j * ss : (j + 1) * ss] for j in range(m)]
+        sealed.stored = self.sink.submit(pack_id, list(zip(shard_cids, parts, strict=True)))
         return sealed
 
     def _finish_oldest(self) -> None:
         sealed = self.sealed.popleft().result()
-        for w in sealed.writes:
-            self.bytes_stored += w.result()
-        self.store.shards.sync_dirs()
+        assert sealed.stored is not None
+        self.placement[sealed.pack_id] = sealed.stored.result()
+        self.bytes_stored += len(sealed.record.shards) * sealed.record.shard_size
+        self.sink.sync()
         self.store.index.commit_packs(
             [(sealed.pack_id, sealed.record_block, [c.to_bytes() for c in sealed.record.shards])],
             sealed.chunks,
@@ -138,4 +140,4 @@ class Packer:
 
     def close(self) -> None:
         self._sealer.shutdown(wait=True, cancel_futures=True)
-        self._writers.shutdown(wait=True, cancel_futures=True)
+        self.sink.close()
