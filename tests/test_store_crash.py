@@ -39,8 +39,8 @@ def check_store_consistent(home: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay_s", [0.0, 0.2, 0.5])
-def test_kill_during_add(tmp_path, home, delay_s):
+@pytest.mark.parametrize("after_shards", [1, 60, 150])
+def test_kill_during_add(tmp_path, home, after_shards):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
@@ -48,10 +48,9 @@ def test_kill_during_add(tmp_path, home, delay_s):
     env = {**os.environ, "DSTORE_HOME": str(home)}
     cmd = [sys.executable, "-m", "dstore", "add", str(src), "-q", "--shards", "4+2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill once shards are being written, so the crash lands mid-add.
-    while proc.poll() is None and not any((home / "shards").glob("*/b*")):
-        time.sleep(0.01)
-    time.sleep(delay_s)
+    # Kill once some of the 288 shards are written, so the crash lands mid-add.
+    while proc.poll() is None and sum(1 for _ in (home / "shards").glob("*/b*")) < after_shards:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "add finished before it could be killed"
     if home.exists():
