@@ -1,0 +1,425 @@
+"""The storage peer's aiohttp application (the HTTP contract is docs/http-api.md).
+
+``create_app(config)`` builds everything from a :class:`PeerConfig`; state
+lives under typed ``web.AppKey`` keys, background work (scrub, asking the
+``--peers`` for their IDs) runs in ``cleanup_ctx``, and one middleware turns
+every exception into a JSON answer ``{"error": ..., "code": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import hdrs, web
+
+import dstore
+from dstore.errors import BadCID, DstoreError, NotFound
+from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, parse_cid
+from dstore.peer.config import MAX_POINTER_BYTES, PeerConfig
+from dstore.peer.identity import Identity, load_or_create_identity
+from dstore.peer.metrics import CONTENT_TYPE_LATEST, PeerMetrics
+from dstore.peer.scrub import Scrubber
+from dstore.peer.storage import Full, PeerStore
+
+__all__ = [
+    "CONFIG",
+    "IDENTITY",
+    "METRICS",
+    "PEERS",
+    "SCRUBBER",
+    "STORE",
+    "create_app",
+]
+
+log = logging.getLogger("dstore.peer")
+
+CONFIG = web.AppKey("config", PeerConfig)
+IDENTITY = web.AppKey("identity", Identity)
+STORE = web.AppKey("store", PeerStore)
+METRICS = web.AppKey("metrics", PeerMetrics)
+SCRUBBER = web.AppKey("scrubber", Scrubber)
+#: url -> peer ID (None until that peer has answered /health).
+PEERS = web.AppKey("peers", dict[str, str | None])
+#: canonical CID text -> the upload of it in progress (so two uploads of one block write it once).
+IN_FLIGHT = web.AppKey("in_flight", dict[str, asyncio.Future[bool]])
+
+#: Bodies at least this big are hashed in a worker thread, off the event loop.
+_THREAD_HASH_BYTES = 256 * 1024
+
+_START = "dstore_peer_start"
+_SHARD_CID = "dstore_peer_shard_cid"
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP status, machine-readable code, one-line message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "too_large",
+    416: "range_not_satisfiable",
+    500: "internal",
+    507: "full",
+}
+
+
+def _error_response(status: int, code: str, message: str, headers: Any = None) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure becomes ``{"error", "code"}`` JSON; never a traceback to the client."""
+    request[_START] = time.perf_counter()
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return _error_response(e.status, e.code, str(e), e.headers)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "content-range")}
+        return _error_response(e.status, _HTTP_CODES.get(e.status, "error"), e.reason, headers)
+    except BadCID as e:
+        return _error_response(400, "bad_cid", str(e))
+    except Full as e:
+        return _error_response(507, "full", str(e))
+    except NotFound as e:
+        return _error_response(404, "not_found", str(e))
+    except DstoreError as e:
+        log.error("%s %s: %s", request.method, request.path, e)
+        return _error_response(500, "store_error", str(e))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return _error_response(500, "internal", "internal error (logged by the peer)")
+
+
+def _route_name(request: web.Request) -> str:
+    match_info = request.match_info
+    resource = match_info.route.resource
+    if resource is None or match_info.http_exception is not None:
+        return "unmatched"
+    return resource.canonical
+
+
+async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Metrics for every answer (status as sent, e.g. 206), and the shard ETag."""
+    cid_text = request.get(_SHARD_CID)
+    if cid_text is not None and isinstance(response, web.FileResponse):
+        # FileResponse sets an mtime-size ETag; a block's bytes are named by its CID.
+        response.headers[hdrs.ETAG] = f'"{cid_text}"'
+    metrics = request.app[METRICS]
+    route = _route_name(request)
+    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    start = request.get(_START)
+    if start is not None:
+        metrics.latency.labels(request.method, route).observe(time.perf_counter() - start)
+    length = response.headers.get(hdrs.CONTENT_LENGTH)
+    if request.method != "HEAD" and length and length.isdigit():
+        metrics.bytes_out.inc(int(length))
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _require_token(request: web.Request) -> None:
+    expected = request.app[CONFIG].token
+    got = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, token = got.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong token", {"WWW-Authenticate": "Bearer"})
+
+
+def _path_cid(request: web.Request, name: str) -> CID:
+    return parse_cid(request.match_info[name])
+
+
+def _body_length(request: web.Request, limit: int) -> int:
+    length = request.content_length
+    if length is None:
+        raise ApiError(411, "length_required", "Content-Length is required")
+    if length > limit:
+        raise ApiError(413, "too_large", f"body of {length} bytes is over the limit of {limit}")
+    return length
+
+
+async def _read_body(request: web.Request, length: int) -> bytes:
+    try:
+        data = await request.content.readexactly(length)
+    except asyncio.IncompleteReadError as e:
+        raise ApiError(400, "incomplete_body", f"body ended after {len(e.partial)} of {length} bytes") from None
+    request.app[METRICS].bytes_in.inc(len(data))
+    return data
+
+
+# -- shards --------------------------------------------------------------------------------------
+
+
+async def put_shard(request: web.Request) -> web.Response:
+    _require_token(request)
+    cid = _path_cid(request, "cid")
+    hash_name = HASH_NAMES.get(cid.hash.code)
+    if hash_name is None:
+        supported = sorted(HASH_NAMES.values())
+        raise ApiError(400, "bad_cid", f"unsupported hash 0x{cid.hash.code:x}; expected one of {supported}")
+    cid_text = cid_to_text(cid)
+    store = request.app[STORE]
+    length = _body_length(request, request.app[CONFIG].max_body_bytes)
+    reserved = 0
+    if not store.has(cid_text):
+        store.reserve(length)  # 507 before reading a byte of a body we could not keep
+        reserved = length
+    try:
+        data = await _read_body(request, length)
+        if len(data) >= _THREAD_HASH_BYTES:
+            digest = await asyncio.to_thread(hash_digest, data, hash_name)
+        else:
+            digest = hash_digest(data, hash_name)
+        if digest != bytes(cid.hash.digest):
+            raise ApiError(400, "hash_mismatch", f"the body does not hash to {cid_text}: nothing stored")
+
+        # Two uploads of one block: the second waits for the first, then finds it held.
+        in_flight = request.app[IN_FLIGHT]
+        while (other := in_flight.get(cid_text)) is not None:
+            await asyncio.shield(other)
+        if store.has(cid_text):
+            return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
+        if not reserved:  # it was held when we looked, and has been dropped (scrub) since
+            store.reserve(length)
+            reserved = length
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        in_flight[cid_text] = done
+        try:
+            # The write now owns the reservation. Shielded: once begun, it completes even if the
+            # client goes away or the peer shuts down (it is atomic either way).
+            owned, reserved = reserved, 0
+            new = await asyncio.shield(asyncio.to_thread(store.write_reserved, cid_text, data, owned))
+        finally:
+            in_flight.pop(cid_text, None)
+            done.set_result(None)
+    finally:
+        if reserved:
+            store.release(reserved)
+    return web.json_response({"cid": cid_text, "size": length, "stored": new}, status=201 if new else 200)
+
+
+def _check_range(request: web.Request, size: int) -> None:
+    """Answer 416 as JSON (FileResponse would send an empty body) for a bad or unsatisfiable range."""
+    if hdrs.RANGE not in request.headers:
+        return
+    unsatisfiable = ApiError(
+        416, "range_not_satisfiable", f"the block has {size} bytes", {hdrs.CONTENT_RANGE: f"bytes */{size}"}
+    )
+    try:
+        rng = request.http_range
+    except ValueError:
+        raise unsatisfiable from None
+    start, stop = rng.start, rng.stop
+    if start is None:
+        return
+    if start < 0 and stop is None:  # suffix range bytes=-n
+        if size == 0 or start == 0:
+            raise unsatisfiable
+        return
+    if start >= size or (stop is not None and stop <= start):
+        raise unsatisfiable
+
+
+async def get_shard(request: web.Request) -> web.StreamResponse:
+    cid = _path_cid(request, "cid")
+    cid_text = cid_to_text(cid)
+    path = request.app[STORE].path(cid_text)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"this peer does not hold {cid_text}") from None
+    etag = f'"{cid_text}"'
+    if request.headers.get(hdrs.IF_NONE_MATCH, "").strip() in (etag, f"W/{etag}", "*"):
+        return web.Response(status=304, headers={hdrs.ETAG: etag})
+    _check_range(request, size)
+    request[_SHARD_CID] = cid_text
+    return web.FileResponse(
+        path,
+        headers={
+            hdrs.CONTENT_TYPE: "application/octet-stream",
+            hdrs.CACHE_CONTROL: "public, max-age=31536000, immutable",
+        },
+    )
+
+
+# -- dataset pointers ------------------------------------------------------------------------------
+
+
+def _validate_pointer(raw: bytes) -> dict[str, Any]:
+    try:
+        pointer = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "bad_pointer", f"body is not JSON: {e}") from None
+    if not isinstance(pointer, dict):
+        raise ApiError(400, "bad_pointer", "a dataset pointer is a JSON object")
+    locator = pointer.get("locator")
+    if not isinstance(locator, str):
+        raise ApiError(400, "bad_pointer", 'a dataset pointer needs "locator": "<CID>"')
+    try:
+        pointer["locator"] = cid_to_text(parse_cid(locator))
+    except BadCID as e:
+        raise ApiError(400, "bad_pointer", f"locator: {e}") from None
+    if "metadata" in pointer and not isinstance(pointer["metadata"], dict):
+        raise ApiError(400, "bad_pointer", '"metadata" must be a JSON object')
+    return pointer
+
+
+async def put_dataset(request: web.Request) -> web.Response:
+    _require_token(request)
+    dataset = cid_to_text(_path_cid(request, "dataset"))
+    length = _body_length(request, MAX_POINTER_BYTES)
+    pointer = _validate_pointer(await _read_body(request, length))
+    await asyncio.shield(asyncio.to_thread(request.app[STORE].write_pointer, dataset, pointer))
+    return web.json_response(pointer, status=200)
+
+
+async def get_dataset(request: web.Request) -> web.Response:
+    dataset = cid_to_text(_path_cid(request, "dataset"))
+    pointer = await asyncio.to_thread(request.app[STORE].read_pointer, dataset)
+    if pointer is None:
+        raise ApiError(404, "not_found", f"this peer has no pointer for dataset {dataset}")
+    return web.json_response(pointer)
+
+
+# -- status ------------------------------------------------------------------------------------------
+
+
+async def get_health(request: web.Request) -> web.Response:
+    app = request.app
+    store = app[STORE]
+    last = app[SCRUBBER].last
+    return web.json_response(
+        {
+            "peer_id": app[IDENTITY].peer_id,
+            "version": dstore.__version__,
+            "bytes_stored": store.bytes_stored,
+            "shards": store.shards,
+            "capacity": store.capacity_bytes,
+            "last_scrub": None
+            if last is None
+            else {"started": last.started, "finished": last.finished, "checked": last.checked, "bad": last.bad},
+        }
+    )
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+
+
+async def get_peers(request: web.Request) -> web.Response:
+    peers = request.app[PEERS]
+    return web.json_response({"peers": [{"url": url, "peer_id": pid} for url, pid in peers.items()]})
+
+
+# -- background work -------------------------------------------------------------------------------
+
+
+async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
+    scrubber = app[SCRUBBER]
+    task = None
+    if scrubber.rate_bytes_s > 0:
+        task = asyncio.create_task(scrubber.run_forever(), name="dstore-peer-scrub")
+    yield
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+async def _poll_peers(app: web.Application, session: aiohttp.ClientSession) -> None:
+    """Learn the peer ID of every ``--peers`` URL from its /health, again every poll interval."""
+    peers = app[PEERS]
+    config = app[CONFIG]
+
+    async def ask(url: str) -> None:
+        try:
+            async with session.get(f"{url}/health") as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    pid = body.get("peer_id") if isinstance(body, dict) else None
+                    if isinstance(pid, str):
+                        peers[url] = pid
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+            log.debug("peer %s did not answer /health: %s", url, e)
+
+    while True:
+        await asyncio.gather(*(ask(url) for url in list(peers)))
+        await asyncio.sleep(config.peer_poll_interval_s)
+
+
+async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
+    if not app[PEERS]:
+        yield
+        return
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+    task = asyncio.create_task(_poll_peers(app, session), name="dstore-peer-poll")
+    try:
+        yield
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await session.close()
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def create_app(config: PeerConfig) -> web.Application:
+    """The peer's application for ``config``: opens (or creates) its home, identity and store."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    # Bodies are read by the handlers with their own bounds; this is only a backstop.
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1024)
+    app[CONFIG] = config
+    app[IDENTITY] = load_or_create_identity(config.home)
+    store = PeerStore(config.home, config.capacity_bytes)
+    app[STORE] = store
+    metrics = PeerMetrics(lambda: store.bytes_stored, lambda: store.shards, config.capacity_bytes)
+    app[METRICS] = metrics
+    app[SCRUBBER] = Scrubber(store, metrics, config.scrub_rate_bytes_s, config.scrub_interval_s)
+    app[PEERS] = dict.fromkeys(config.peers)
+    app[IN_FLIGHT] = {}
+
+    app.router.add_put("/shards/{cid}", put_shard)
+    app.router.add_get("/shards/{cid}", get_shard)  # also HEAD
+    app.router.add_put("/datasets/{dataset}", put_dataset)
+    app.router.add_get("/datasets/{dataset}", get_dataset)
+    app.router.add_get("/health", get_health)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/peers", get_peers)
+
+    app.on_response_prepare.append(_on_response_prepare)
+    app.cleanup_ctx.append(_scrub_ctx)
+    app.cleanup_ctx.append(_peers_ctx)
+    return app

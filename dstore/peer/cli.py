@@ -1,0 +1,108 @@
+"""``dstore peer …``: the click group the main CLI registers (``main.add_command(peer)``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dstore.errors import DstoreError
+from dstore.peer.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SCRUB_INTERVAL_S,
+    DEFAULT_SCRUB_RATE_BYTES_S,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    PeerConfig,
+    parse_listen,
+    parse_peer_urls,
+    parse_size,
+    resolve_token,
+)
+
+__all__ = ["peer"]
+
+
+class _Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except DstoreError as e:
+            self.fail(str(e), param, ctx)
+
+
+SIZE = _Size()
+
+
+@click.group()
+def peer() -> None:
+    """Run a storage peer."""
+
+
+@peer.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder of this peer: identity, token, blocks, dataset pointers.",
+)
+@click.option("--listen", default="127.0.0.1:8081", show_default=True, help="HOST:PORT to serve on (port 0: any).")
+@click.option("--capacity", type=SIZE, default=None, help="Most bytes of blocks to keep (10G, 512M, bytes).")
+@click.option("--token", default=None, help="Write token (else $DSTORE_TOKEN, else <home>/token, made on first start).")
+@click.option("--peers", default=None, help="Comma-separated URLs of other peers, listed on /peers.")
+@click.option(
+    "--scrub-rate",
+    type=SIZE,
+    default=DEFAULT_SCRUB_RATE_BYTES_S,
+    show_default=True,
+    help="Bytes per second re-hashed by scrub (0: no scrub).",
+)
+@click.option("--max-body", type=SIZE, default=DEFAULT_MAX_BODY_BYTES, show_default=True, help="Largest block body.")
+@click.option("--scrub-interval", type=float, default=DEFAULT_SCRUB_INTERVAL_S, hidden=True)
+@click.option("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, hidden=True)
+@click.option("--peer-poll-interval", type=float, default=30.0, hidden=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log every request on stderr.")
+def serve(
+    home: Path,
+    listen: str,
+    capacity: int | None,
+    token: str | None,
+    peers: str | None,
+    scrub_rate: int,
+    max_body: int,
+    scrub_interval: float,
+    shutdown_timeout: float,
+    peer_poll_interval: float,
+    verbose: bool,
+) -> None:
+    """Serve blocks over HTTP (docs/http-api.md) until SIGTERM or SIGINT."""
+    from dstore.peer.server import serve as run
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        host, port = parse_listen(listen)
+        home.mkdir(parents=True, exist_ok=True)
+        secret, token_source = resolve_token(home, token)
+        config = PeerConfig(
+            home=home,
+            token=secret,
+            capacity_bytes=capacity,
+            peers=parse_peer_urls(peers),
+            max_body_bytes=max_body,
+            scrub_rate_bytes_s=scrub_rate,
+            scrub_interval_s=scrub_interval,
+            peer_poll_interval_s=peer_poll_interval,
+        )
+        run(config, host, port, token_source=token_source, shutdown_timeout_s=shutdown_timeout, access_log=verbose)
+    except DstoreError as e:
+        click.echo(f"dstore: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        click.echo(f"dstore: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", err=True)
+        sys.exit(8)

@@ -1,0 +1,105 @@
+"""Settings of one storage peer, and the parsing of their command-line forms."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dstore.errors import StoreError, UsageError
+from dstore.peer.identity import write_private_file
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "MAX_POINTER_BYTES",
+    "PeerConfig",
+    "parse_listen",
+    "parse_peer_urls",
+    "parse_size",
+    "resolve_token",
+]
+
+#: A shard is at most 16 MiB plus slack; the API promises 17 MiB.
+DEFAULT_MAX_BODY_BYTES = 17 * 1024 * 1024
+#: A dataset pointer is a small JSON object.
+MAX_POINTER_BYTES = 64 * 1024
+DEFAULT_SCRUB_RATE_BYTES_S = 50_000_000
+DEFAULT_SCRUB_INTERVAL_S = 3600.0
+DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
+TOKEN_FILE = "token"
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+@dataclass
+class PeerConfig:
+    """Everything :func:`dstore.peer.app.create_app` needs; the CLI builds one from its options."""
+
+    home: Path
+    token: str
+    capacity_bytes: int | None = None
+    peers: list[str] = field(default_factory=list)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: 0 turns scrubbing off.
+    scrub_rate_bytes_s: int = DEFAULT_SCRUB_RATE_BYTES_S
+    #: A pass starts this long after the previous one started (immediately if none ever ran).
+    scrub_interval_s: float = DEFAULT_SCRUB_INTERVAL_S
+    #: How often the peers of ``peers`` are asked for their peer ID.
+    peer_poll_interval_s: float = 30.0
+
+
+def parse_size(text: str) -> int:
+    """``10G``, ``512M``, ``1.5K``, ``4096`` → bytes (binary units; a trailing ``B``/``iB`` is allowed)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise UsageError(f"not a size: {text!r} (expected e.g. 10G, 512M or a number of bytes)")
+    number, unit = m.groups()
+    return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) → (host, port); port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen wants HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def parse_peer_urls(text: str | None) -> list[str]:
+    """``URL,URL`` → URLs without a trailing slash; only http(s)."""
+    urls = []
+    for part in (text or "").split(","):
+        url = part.strip().rstrip("/")
+        if not url:
+            continue
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+            raise UsageError(f"--peers: not an http(s) URL: {url!r}")
+        urls.append(url)
+    return urls
+
+
+def resolve_token(home: Path, given: str | None) -> tuple[str, str]:
+    """(token, where it came from): ``--token``, else ``$DSTORE_TOKEN``, else ``<home>/token``.
+
+    The file is created with a fresh random token (mode 0600) on first start.
+    """
+    if given:
+        return given, "--token"
+    env = os.environ.get("DSTORE_TOKEN")
+    if env:
+        return env, "$DSTORE_TOKEN"
+    path = home / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from e
+    if not token:
+        token = secrets.token_urlsafe(32)
+        write_private_file(path, token.encode() + b"\n")
+    return token, str(path)

@@ -1,0 +1,80 @@
+"""Run a peer's app until SIGTERM/SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from dstore.errors import UsageError
+from dstore.peer.app import IDENTITY, create_app
+from dstore.peer.config import DEFAULT_SHUTDOWN_TIMEOUT_S, PeerConfig
+
+__all__ = ["serve", "start_line"]
+
+
+def start_line(peer_id: str, url: str, token_source: str) -> str:
+    """The one line a peer prints on stdout once it accepts connections (tests wait for it)."""
+    return f"dstore peer {peer_id} listening on {url} (token: {token_source})"
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve_async(
+    config: PeerConfig,
+    host: str,
+    port: int,
+    *,
+    token_source: str = "--token",
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    announce: Callable[[str], None] | None = None,
+    access_log: bool = False,
+) -> None:
+    """Serve until SIGTERM or SIGINT; then stop accepting, let requests in flight finish
+    (up to ``shutdown_timeout_s``), stop background work and return."""
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout_s,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+        bound_port = port
+        for addr in runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                bound_port = addr[1]
+                break
+        line = start_line(app[IDENTITY].peer_id, _url(host, bound_port), token_source)
+        (announce or _print_flush)(line)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
+    sys.stdout.flush()
+
+
+def serve(config: PeerConfig, host: str, port: int, **kwargs: object) -> None:
+    """Blocking form of :func:`serve_async` (its own event loop)."""
+    asyncio.run(serve_async(config, host, port, **kwargs))  # type: ignore[arg-type]
