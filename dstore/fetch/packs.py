@@ -18,7 +18,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
@@ -40,7 +40,7 @@ _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 class PackSource(Protocol):
     """Where a reader gets a pack's shards: the local store, or peers."""
 
-    def map(self, record: PackRecord) -> Parts | None:
+    def map(self, pack_id: bytes, record: PackRecord) -> Parts | None:
         """The k data shards (healthy path, no rebuilding); None if one is not to be had."""
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
@@ -57,7 +57,7 @@ class LocalShards:
         self.store = store
         self.hash_name = hash_name
 
-    def map(self, record: PackRecord) -> list[mmap.mmap] | None:
+    def map(self, pack_id: bytes, record: PackRecord) -> list[mmap.mmap] | None:
         maps: list[mmap.mmap] = []
         try:
             for cid in record.shards[: record.k]:
@@ -101,6 +101,46 @@ class LocalShards:
         self.store.shards.read_into(record.shards[shard].encode("base32"), buf, offset)
 
 
+class PeerShards:
+    """Shards from storage peers: data shards first, hedged with parity, each verified on arrival."""
+
+    def __init__(self, peers: Any, hints: dict[bytes, list[str | None]] | None = None) -> None:
+        self.peers = peers  # a dstore.net SyncPeerSet
+        self.hints = hints or {}
+
+    def map(self, pack_id: bytes, record: PackRecord) -> Parts:
+        shards = self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))
+        if all(s is not None for s in shards[: record.k]):
+            return [memoryview(s) for s in shards[: record.k]]
+        return [data_region(shards, record)]
+
+    def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
+        parts = self.map(pack_id, record)
+        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+
+    def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
+        raise NotFound("peers serve whole shards here")  # the reader falls back to the whole pack
+
+
+class LocalThenPeers:
+    """The local store's shards where it has them, else the peers'."""
+
+    def __init__(self, local: LocalShards, peers: PeerShards) -> None:
+        self.local, self.remote = local, peers
+
+    def map(self, pack_id: bytes, record: PackRecord) -> Parts | None:
+        return self.local.map(pack_id, record) or self.remote.map(pack_id, record)
+
+    def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
+        try:
+            return self.local.rebuild(pack_id, record)
+        except NotEnoughShards:
+            return self.remote.rebuild(pack_id, record)
+
+    def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
+        self.local.read_range(record, shard, offset, buf)
+
+
 def data_region(shards: Sequence[bytes | None], record: PackRecord) -> memoryview:
     """The k data shards end to end, reconstructed from parity when some are missing."""
     if all(s is not None for s in shards[: record.k]):
@@ -133,7 +173,7 @@ class PackReader:
             self._cache.move_to_end(pack_id)
             return parts
         pending = self._pending.pop(pack_id, None)
-        parts = pending.result() if pending is not None else self.source.map(record)
+        parts = pending.result() if pending is not None else self.source.map(pack_id, record)
         if parts is not None:
             self._remember(pack_id, parts)
         return parts
@@ -151,7 +191,7 @@ class PackReader:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-load")
-        self._pending[pack_id] = self._pool.submit(self.source.map, record)
+        self._pending[pack_id] = self._pool.submit(self.source.map, pack_id, record)
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         """The pack rebuilt from verified shards (cached)."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
-from dstore.fetch.packs import LocalShards, PackReader
+from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards, data_region
 from dstore.format import unixfs
 from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, hash_digest, parse_cid
 from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
+from dstore.format.pointer import Pointer, decode_placement, read_metadata_car
 from dstore.store import Store
 
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
@@ -42,7 +44,8 @@ class Entry:
 class DatasetReader:
     """A dataset of the local store, opened by dataset ID."""
 
-    def __init__(self, store: Store, dataset: str | CID) -> None:
+    def __init__(self, store: Store, dataset: str | CID, *, peers: Any | None = None) -> None:
+        """Open ``dataset`` from the local store, else (with ``peers``, a SyncPeerSet) from peers."""
         self.store = store
         self.cid = parse_cid(dataset)
         if self.cid.codec != DAG_CBOR:
@@ -51,14 +54,26 @@ class DatasetReader:
                 "as printed by `dstore add`)"
             )
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
-        block = self.block(self.cid, what="dataset")
-        self.manifest = Manifest.decode(block)
-        self.hash_name = self.manifest.hash_name
+        self._fetched: dict[bytes, bytes] = {}  # metadata blocks from peers
+        hints: dict[bytes, list[str | None]] = {}
         locator = store.index.dataset_locator(self.cid.to_bytes())
-        if locator is None:
-            raise NotFound(f"no locator for dataset {cid_to_text(self.cid)} in this store")
-        self.locator = Locator(self.block, CID.from_bytes(locator))
-        self.packs = PackReader(LocalShards(store, self.hash_name))
+        if locator is not None:
+            locator_cid = CID.from_bytes(locator)
+        elif peers is not None:
+            locator_cid, self._fetched, hints = load_from_peers(peers, self.cid)
+        else:
+            raise NotFound(
+                f"dataset {cid_to_text(self.cid)} is not in this store "
+                "(to fetch it from storage peers, pass --peers or set DSTORE_PEERS)"
+            )
+        self.manifest = Manifest.decode(self.block(self.cid, what="dataset"))
+        self.hash_name = self.manifest.hash_name
+        self.locator = Locator(self.block, locator_cid)
+        if self.locator.dataset != self.cid:
+            raise IntegrityError(f"the locator found for {cid_to_text(self.cid)} belongs to another dataset")
+        local = LocalShards(store, self.hash_name)
+        source: PackSource = local if peers is None else LocalThenPeers(local, PeerShards(peers, hints))
+        self.packs = PackReader(source)
         self.root = self.manifest.root
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
@@ -73,7 +88,7 @@ class DatasetReader:
         cached = self._blocks.get(key)
         if cached is not None:
             return cached
-        data = self.store.get_block(key)
+        data = self._fetched.get(key) or self.store.get_block(key)
         if data is None:
             raise NotFound(f"{what} {cid_to_text(cid)} is not in this store")
         if hash_digest(data, _hash_name_of(cid)) != cid.hash.digest:
@@ -244,3 +259,18 @@ def store_stat(store: Store) -> dict[str, object]:
         "metadata_blocks": counts["blocks"],
         "datasets_list": [cid_to_text(k) for k, _ in store.index.datasets_list()],
     }
+
+
+def load_from_peers(peers: Any, dataset: CID) -> tuple[CID, dict[bytes, bytes], dict[bytes, list[str | None]]]:
+    """A dataset's locator root, metadata blocks (each verified) and placement hints, from peers."""
+    found = peers.get_pointer(dataset, validate=Pointer.from_json)
+    if found is None:
+        raise NotFound(f"no storage peer knows dataset {cid_to_text(dataset)}")
+    pointer = Pointer.from_json(found)
+    shards = peers.fetch_pack(pointer.metadata, dataset.to_bytes(), list(pointer.hints) or None)
+    region = data_region(shards, pointer.metadata)[: pointer.metadata.size]
+    blocks = read_metadata_car(bytes(region), dataset)
+    hints: dict[bytes, list[str | None]] = {}
+    if pointer.placement is not None and pointer.placement.to_bytes() in blocks:
+        hints = decode_placement(blocks[pointer.placement.to_bytes()])
+    return pointer.locator, blocks, hints

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dstore import _native
 from dstore.errors import DstoreError, InputError, UsageError
@@ -19,10 +20,11 @@ from dstore.format import unixfs
 from dstore.format.cid import CID, raw_cid_bytes
 from dstore.format.locator import build_locator
 from dstore.format.manifest import ChunkerParams, Manifest
-from dstore.format.pack import PackRecord
-from dstore.ingest.packer import Packer
+from dstore.format.pack import PackRecord, shard_size
+from dstore.format.pointer import Pointer, encode_placement, metadata_car
+from dstore.ingest.packer import Packer, encode_pack
 from dstore.ingest.segments import SegmentReader
-from dstore.ingest.sinks import LocalSink
+from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
 from dstore.ingest.walk import DirEntry, FileEntry, total_size, walk
 from dstore.store import ChunkLoc, Store
 
@@ -95,6 +97,7 @@ class AddResult:
 @dataclass
 class _Adder:
     store: Store
+    sink: ShardSink
     spec: ShardSpec
     chunker: ChunkerParams
     hash_name: str
@@ -113,7 +116,7 @@ class _Adder:
     files: int = 0
 
     def __post_init__(self) -> None:
-        self.packer = Packer(self.store, LocalSink(self.store), self.spec.k, self.spec.m, self.hash_name)
+        self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name)
         self.reader = SegmentReader(SEGMENT_BYTES, self.chunker.max)
 
     def close(self) -> None:
@@ -222,10 +225,14 @@ def add(
     parent: CID | None = None,
     progress: Progress | None = None,
     on_start: Callable[[int], None] | None = None,
+    peers: Any | None = None,
 ) -> AddResult:
     """Add the file or folder at ``path`` to ``store``; returns the dataset ID and figures.
 
-    ``on_start`` is called with the total input bytes once the tree is walked.
+    With ``peers`` (a dstore.net SyncPeerSet) the shards and the dataset's
+    metadata go to storage peers; the local store keeps the index (for dedup)
+    and the metadata blocks. ``on_start`` is called with the total input bytes
+    once the tree is walked.
     """
     if hash_name != "blake3":
         # The native pipeline hashes chunks and shards with BLAKE3 only so far.
@@ -234,7 +241,8 @@ def add(
     size = total_size(tree)
     if on_start:
         on_start(size)
-    adder = _Adder(store, spec, chunker or ChunkerParams(), hash_name, progress)
+    sink = PeerSink(peers) if peers is not None else LocalSink(store)
+    adder = _Adder(store, sink, spec, chunker or ChunkerParams(), hash_name, progress)
     # Reader, sealer and writer threads each hold the GIL only briefly between
     # long GIL-free calls; the default 5 ms switch interval makes them queue
     # behind each other (measured: 1 GiB add took 3.7 s instead of 1.7 s).
@@ -256,6 +264,8 @@ def add(
     blocks = [(c if isinstance(c, bytes) else c.to_bytes(), b) for c, b in adder.blocks]
     blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
     blocks.append((dataset.to_bytes(), manifest_block))
+    if peers is not None:
+        publish_metadata(peers, dataset, locator_root, blocks, adder.packer.placement, spec, hash_name)
     new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
     return AddResult(
         dataset=dataset,
@@ -271,3 +281,29 @@ def add(
         new_metadata_bytes=new_metadata_bytes,
         shards=spec,
     )
+
+
+def publish_metadata(
+    peers: Any,
+    dataset: CID,
+    locator: CID,
+    blocks: list[tuple[bytes, bytes]],
+    placement: dict[bytes, list[str | None]],
+    spec: ShardSpec,
+    hash_name: str,
+) -> None:
+    """Put the dataset's metadata on peers with the data's redundancy, then the pointer to it.
+
+    The metadata pack (a CAR of every metadata block plus the placement
+    hints) is erasure-coded with the same k+m and placed by rendezvous on the
+    dataset ID; the pointer goes to the first k+m peers of that ranking
+    (docs/format.md, "Datasets on peers").
+    """
+    placement_cid, placement_block = encode_placement(placement, hash_name)
+    car = metadata_car(dataset, [*blocks, (placement_cid, placement_block)])
+    buf = bytearray(spec.k * shard_size(len(car), spec.k))
+    buf[: len(car)] = car
+    encoded = encode_pack(buf, len(car), spec.k, spec.m, hash_name)
+    holders = peers.put_pack(dataset.to_bytes(), encoded.shards)
+    pointer = Pointer(locator, encoded.record, tuple(holders), placement_cid)
+    peers.put_pointer(dataset, pointer.to_json(), spec.k + spec.m)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from dstore import _native
 from dstore.format.cbor import block_cid
-from dstore.format.cid import RAW, cid_from_digest
+from dstore.format.cid import CID, RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.ingest.sinks import ShardSink
 from dstore.store import ChunkLoc, Store
@@ -36,6 +36,38 @@ class SealedPack:
     chunks: list[tuple[bytes, ChunkLoc]]
     buf: bytearray
     stored: Future[list[str | None]] | None = None  # where each shard went
+
+
+@dataclass
+class EncodedPack:
+    """A pack erasure-coded: its record, ID and all k + m shards (views of the caller's buffers)."""
+
+    pack_id: bytes
+    record: PackRecord
+    record_block: bytes
+    shards: list[tuple[CID, memoryview]]
+
+
+def encode_pack(buf: bytearray, fill: int, k: int, m: int, hash_name: str) -> EncodedPack:
+    """Pad ``buf[:fill]`` to k equal data shards in place and erasure-code it.
+
+    ``buf`` must hold ``k × shard_size(fill, k)`` bytes; the data shards are views of it.
+    """
+    ss = shard_size(fill, k)
+    total = k * ss
+    if total > len(buf):
+        raise ValueError(f"pack buffer holds {len(buf)} bytes, {total} needed")
+    buf[fill:total] = bytes(total - fill)
+    view = memoryview(buf)[:total]
+    parity, digests = _native.encode_pack(view, k, m)
+    cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], hash_name) for i in range(k + m)]
+    record = PackRecord(k=k, m=m, size=fill, shard_size=ss, shards=cids)
+    record_block = record.encode()
+    pv = memoryview(parity)
+    parts = [view[i * ss : (i + 1) * ss] for i in range(k)] + [pv[j * ss : (j + 1) * ss] for j in range(m)]
+    return EncodedPack(
+        block_cid(record_block, hash_name).to_bytes(), record, record_block, list(zip(cids, parts, strict=True))
+    )
 
 
 class Packer:
@@ -95,26 +127,15 @@ class Packer:
         self.sealed.append(self._sealer.submit(self._encode_and_write, buf, fill, meta))
 
     def _encode_and_write(self, buf: bytearray, fill: int, meta: list[tuple[bytes, int, int, int, int]]) -> SealedPack:
-        k, m = self.k, self.m
-        ss = shard_size(fill, k)
-        total = k * ss  # <= capacity: shard_size rounds up to 64, and 1 MiB is a multiple of 64
-        buf[fill:total] = bytes(total - fill)
-        view = memoryview(buf)[:total]
-        parity, digests = _native.encode_pack(view, k, m)
-        shard_cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], self.hash_name) for i in range(k + m)]
-        record = PackRecord(k=k, m=m, size=fill, shard_size=ss, shards=shard_cids)
-        record_block = record.encode()
-        pack_id = block_cid(record_block, self.hash_name).to_bytes()
-        pv = memoryview(parity)
+        encoded = encode_pack(buf, fill, self.k, self.m, self.hash_name)
         sealed = SealedPack(
-            pack_id,
-            record,
-            record_block,
-            [(cid, ChunkLoc(pack_id, off, sl, size, codec)) for cid, off, sl, size, codec in meta],
+            encoded.pack_id,
+            encoded.record,
+            encoded.record_block,
+            [(cid, ChunkLoc(encoded.pack_id, off, sl, size, codec)) for cid, off, sl, size, codec in meta],
             buf,
         )
-        parts = [view[i * ss : (i + 1) * ss] for i in range(k)] + [pv[j * ss : (j + 1) * ss] for j in range(m)]
-        sealed.stored = self.sink.submit(pack_id, list(zip(shard_cids, parts, strict=True)))
+        sealed.stored = self.sink.submit(encoded.pack_id, encoded.shards)
         return sealed
 
     def _finish_oldest(self) -> None:
