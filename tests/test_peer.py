@@ -384,7 +384,12 @@ def test_sigterm_lets_a_slow_upload_finish(tmp_path: Path) -> None:
         data = os.urandom(1_000_000)
         proc = p.proc
         assert proc is not None
-        answer = _slow_put(p, data, pieces=5, pause_s=0.2, after_first=lambda: proc.terminate())
+
+        def terminate() -> None:
+            time.sleep(0.1)  # the upload is in the peer's hands
+            proc.terminate()
+
+        answer = _slow_put(p, data, pieces=5, pause_s=0.2, after_first=terminate)
         assert answer is not None and answer[0] == 201
         assert proc.wait(10) == 0
         p.proc = None
@@ -398,9 +403,16 @@ def test_sigterm_with_a_stalled_upload_leaves_nothing(tmp_path: Path) -> None:
         data = os.urandom(1_000_000)
         proc = p.proc
         assert proc is not None
+        exit_codes: list[int] = []
+
+        def terminate() -> None:  # and wait, while the client holds back the rest of the body
+            time.sleep(0.1)
+            proc.terminate()
+            exit_codes.append(proc.wait(10))
+
         started = time.monotonic()
-        answer = _slow_put(p, data, pieces=2, pause_s=3, after_first=lambda: proc.terminate())
-        assert proc.wait(10) == 0
+        answer = _slow_put(p, data, pieces=2, pause_s=0, after_first=terminate)
+        assert exit_codes == [0]
         assert time.monotonic() - started < 5
         assert answer is None or answer[0] >= 400
         assert shard_files(p.home) == []

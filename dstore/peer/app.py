@@ -30,6 +30,7 @@ from dstore.peer.storage import Full, PeerStore
 
 __all__ = [
     "CONFIG",
+    "DRAIN",
     "IDENTITY",
     "METRICS",
     "PEERS",
@@ -49,6 +50,43 @@ SCRUBBER = web.AppKey("scrubber", Scrubber)
 PEERS = web.AppKey("peers", dict[str, str | None])
 #: canonical CID text -> the upload of it in progress (so two uploads of one block write it once).
 IN_FLIGHT = web.AppKey("in_flight", dict[str, asyncio.Future[bool]])
+
+
+class Drain:
+    """Requests in progress, so a shutdown can wait for them while connections still receive.
+
+    aiohttp's own graceful shutdown marks connections closing first, and a closing connection
+    drops the rest of an upload's body: an upload in flight could never finish. So the peer
+    first stops listening, waits here for the requests in flight (uploads included), and only
+    then lets aiohttp close the connections.
+    """
+
+    def __init__(self) -> None:
+        self.in_progress = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self) -> None:
+        self.in_progress += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.in_progress -= 1
+        if self.in_progress == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Stop taking keep-alive requests and wait for those in flight; False on timeout."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+DRAIN = web.AppKey("drain", Drain)
 
 #: Bodies at least this big are hashed in a worker thread, off the event loop.
 _THREAD_HASH_BYTES = 256 * 1024
@@ -82,6 +120,26 @@ _HTTP_CODES = {
 
 def _error_response(status: int, code: str, message: str, headers: Any = None) -> web.Response:
     return web.json_response({"error": message, "code": code}, status=status, headers=headers)
+
+
+@web.middleware
+async def drain_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Count the request as in flight until its response is completely sent."""
+    drain = request.app[DRAIN]
+    drain.begin()
+    try:
+        response = await handler(request)
+        if drain.draining:
+            response.force_close()
+        if isinstance(response, web.FileResponse) and not response.prepared:
+            # Send the file here (not after the middlewares) so that it counts as in flight.
+            await response.prepare(request)
+            await response.write_eof()
+        return response
+    finally:
+        drain.end()
 
 
 @web.middleware
@@ -400,7 +458,9 @@ def create_app(config: PeerConfig) -> web.Application:
     """The peer's application for ``config``: opens (or creates) its home, identity and store."""
     config.home.mkdir(parents=True, exist_ok=True)
     # Bodies are read by the handlers with their own bounds; this is only a backstop.
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1024)
+    app = web.Application(
+        middlewares=[drain_middleware, error_middleware], client_max_size=config.max_body_bytes + 1024
+    )
     app[CONFIG] = config
     app[IDENTITY] = load_or_create_identity(config.home)
     store = PeerStore(config.home, config.capacity_bytes)
@@ -410,6 +470,7 @@ def create_app(config: PeerConfig) -> web.Application:
     app[SCRUBBER] = Scrubber(store, metrics, config.scrub_rate_bytes_s, config.scrub_interval_s)
     app[PEERS] = dict.fromkeys(config.peers)
     app[IN_FLIGHT] = {}
+    app[DRAIN] = Drain()
 
     app.router.add_put("/shards/{cid}", put_shard)
     app.router.add_get("/shards/{cid}", get_shard)  # also HEAD

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from aiohttp import web
 
 from dstore.errors import UsageError
-from dstore.peer.app import IDENTITY, create_app
+from dstore.peer.app import DRAIN, IDENTITY, create_app
 from dstore.peer.config import DEFAULT_SHUTDOWN_TIMEOUT_S, PeerConfig
 
-__all__ = ["serve", "start_line"]
+__all__ = ["serve", "serve_async", "start_line"]
+
+_GRACE_S = 0.1
 
 
 def start_line(peer_id: str, url: str, token_source: str) -> str:
@@ -39,10 +41,11 @@ async def serve_async(
     """Serve until SIGTERM or SIGINT; then stop accepting, let requests in flight finish
     (up to ``shutdown_timeout_s``), stop background work and return."""
     app = create_app(config)
+    # The drain below waits for requests in flight; aiohttp's own wait is for stragglers.
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        shutdown_timeout=shutdown_timeout_s,
+        shutdown_timeout=min(shutdown_timeout_s, 1.0),
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
     )
     await runner.setup()
@@ -64,6 +67,12 @@ async def serve_async(
         line = start_line(app[IDENTITY].peer_id, _url(host, bound_port), token_source)
         (announce or _print_flush)(line)
         await stop.wait()
+        # Stop listening, let requests in flight finish (connections still receive), then close.
+        for s in list(runner.sites):
+            await s.stop()
+        # Requests whose bytes had already arrived get a moment to reach their handler.
+        await asyncio.sleep(_GRACE_S)
+        await app[DRAIN].wait_idle(shutdown_timeout_s)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
