@@ -84,6 +84,30 @@ home_option = click.option(
 )
 
 
+def peers_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--peers`` and ``--token``: with peers, data and metadata live on storage peers."""
+    f = click.option("--token", help="Write token for the peers (else $DSTORE_TOKEN).")(f)
+    return click.option(
+        "--peers", "peer_urls", metavar="URL,URL", help="Storage peers to use (else $DSTORE_PEERS; none: local only)."
+    )(f)
+
+
+@contextmanager
+def _peers(peer_urls: str | None, token: str | None) -> Iterator[Any]:
+    """A connected SyncPeerSet, or None when no peers are configured."""
+    from dstore.net import SyncPeerSet, peers_from_env, token_from_env
+
+    urls = peers_from_env(peer_urls)
+    if not urls:
+        yield None
+        return
+    peers = SyncPeerSet.connect(urls, token_from_env(token))
+    try:
+        yield peers
+    finally:
+        peers.close()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dstore")
 def main() -> None:
@@ -111,6 +135,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the ID.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @home_option
+@peers_options
 def add(
     path: Path,
     shards: str,
@@ -121,6 +146,8 @@ def add(
     as_json: bool,
     quiet: bool,
     home: str | None,
+    peer_urls: str | None,
+    token: str | None,
 ) -> None:
     """Add the file or folder PATH; print its dataset ID (the last line of stdout)."""
     from dstore.format.cid import parse_cid
@@ -130,8 +157,8 @@ def add(
     spec = ShardSpec.parse(shards)
     parent_cid = parse_cid(parent) if parent else None
     meta = {k: v for k, v in (("name", name), ("license", license_), ("description", description)) if v}
-    with _store(home) as store, _progress("adding", quiet) as (start, advance):
-        result = do_add(path, store, spec, meta=meta, parent=parent_cid, progress=advance, on_start=start)
+    with _store(home) as store, _peers(peer_urls, token) as peers, _progress("adding", quiet) as (start, advance):
+        result = do_add(path, store, spec, meta=meta, parent=parent_cid, progress=advance, on_start=start, peers=peers)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -144,12 +171,15 @@ def add(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @home_option
-def get(cid: str, output: Path, quiet: bool, as_json: bool, home: str | None) -> None:
+@peers_options
+def get(
+    cid: str, output: Path, quiet: bool, as_json: bool, home: str | None, peer_urls: str | None, token: str | None
+) -> None:
     """Write dataset CID to OUTPUT (a folder, or a file for a file dataset)."""
     from dstore.fetch.get import get as do_get
 
-    with _store(home) as store, _progress("getting", quiet) as (start, advance):
-        summary = do_get(store, cid, output, progress=advance, on_start=start)
+    with _store(home) as store, _peers(peer_urls, token) as peers, _progress("getting", quiet) as (start, advance):
+        summary = do_get(store, cid, output, progress=advance, on_start=start, peers=peers)
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -159,13 +189,13 @@ def get(cid: str, output: Path, quiet: bool, as_json: bool, home: str | None) ->
 @click.option("-l", "long", is_flag=True, help="Show sizes and CIDs.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
 @home_option
-def ls_(target: str, long: bool, as_json: bool, home: str | None) -> None:
+@peers_options
+def ls_(target: str, long: bool, as_json: bool, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """List a folder of a dataset."""
     from dstore.fetch.reader import DatasetReader
 
     cid, _, path = target.partition("/")
-    with _store(home) as store:
-        reader = DatasetReader(store, cid)
+    with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
         for entry in reader.ls(path):
             if as_json:
                 click.echo(
@@ -181,14 +211,14 @@ def ls_(target: str, long: bool, as_json: bool, home: str | None) -> None:
 @main.command()
 @click.argument("target", metavar="CID/PATH")
 @home_option
-def cat(target: str, home: str | None) -> None:
+@peers_options
+def cat(target: str, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """Write one file of a dataset to stdout."""
     from dstore.fetch.reader import DatasetReader
 
     cid, _, path = target.partition("/")
     out = sys.stdout.buffer
-    with _store(home) as store:
-        reader = DatasetReader(store, cid)
+    with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
         for piece in reader.iter_file(path):
             out.write(piece)
     out.flush()
@@ -218,9 +248,19 @@ def stat(as_json: bool, home: str | None) -> None:
 @click.argument("cid")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="CAR file to write.")
 @home_option
-def export(cid: str, output: Path, home: str | None) -> None:
+@peers_options
+def export(cid: str, output: Path, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """Write the dataset's blocks as a CAR v1 file (readable by IPFS tools)."""
     from dstore.fetch.export import export_car
 
-    with _store(home) as store:
-        export_car(store, cid, output)
+    with _store(home) as store, _peers(peer_urls, token) as peers:
+        export_car(store, cid, output, peers=peers)
+
+
+def _register_peer_commands() -> None:
+    from dstore.peer.cli import peer
+
+    main.add_command(peer)
+
+
+_register_peer_commands()

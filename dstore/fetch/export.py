@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dstore.errors import UsageError
 from dstore.fetch.reader import DatasetReader
@@ -19,23 +20,23 @@ from dstore.format.cid import CID, RAW
 from dstore.store import Store
 
 
-def export_car(store: Store, dataset: str, output: Path) -> int:
+def export_car(store: Store, dataset: str, output: Path, *, peers: Any | None = None) -> int:
     """Write the CAR; returns its size in bytes."""
-    reader = DatasetReader(store, dataset)
-    output = Path(output)
-    if os.path.lexists(output):
-        raise UsageError(f"{output} already exists; remove it or choose another -o")
-    tmp = output.with_name(f".{output.name}.dstore-{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            car = CarWriter(f.write, [reader.root])
-            for cid, block in _dag_blocks(reader, reader.root):
-                car.put(cid, block)
-            car.put(reader.cid, reader.block(reader.cid))
-        os.rename(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with DatasetReader(store, dataset, peers=peers) as reader:
+        output = Path(output)
+        if os.path.lexists(output):
+            raise UsageError(f"{output} already exists; remove it or choose another -o")
+        tmp = output.with_name(f".{output.name}.dstore-{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                car = CarWriter(f.write, [reader.root])
+                for cid, block in _dag_blocks(reader, reader.root):
+                    car.put(cid, block)
+                car.put(reader.cid, reader.block(reader.cid))
+            os.rename(tmp, output)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return car.bytes_written
 
 

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from dstore.errors import FormatError, IntegrityError, UsageError
 from dstore.fetch.reader import DatasetReader
@@ -27,10 +28,11 @@ def get(
     *,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    peers: Any | None = None,
 ) -> dict[str, object]:
-    """Write dataset ``dataset`` to ``output``; returns a summary."""
+    """Write dataset ``dataset`` to ``output`` (from peers where the local store lacks it); returns a summary."""
     output = Path(output)
-    reader = DatasetReader(store, dataset)
+    reader = DatasetReader(store, dataset, peers=peers)
     try:
         if os.path.lexists(output):
             raise UsageError(f"{output} already exists; remove it or choose another -o")

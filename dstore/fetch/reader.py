@@ -80,6 +80,12 @@ class DatasetReader:
     def close(self) -> None:
         self.packs.close()
 
+    def __enter__(self) -> DatasetReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- blocks -------------------------------------------------------------
 
     def block(self, cid: CID, what: str = "block") -> bytes:

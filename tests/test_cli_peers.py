@@ -1,0 +1,67 @@
+"""`dstore add/get --peers` over real peer processes on 127.0.0.1 (14 peers, 10+4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from peerutil import running_peers
+
+from treeutil import csv_like, random_bytes, snapshot
+
+TOKEN = "secret-token"
+
+
+@pytest.fixture(scope="module")
+def fourteen(tmp_path_factory):
+    with running_peers(tmp_path_factory.mktemp("peers"), 14, token=TOKEN) as peers:
+        yield peers
+
+
+def tree(root):
+    (root / "sub").mkdir(parents=True)
+    (root / "big.bin").write_bytes(random_bytes(23 << 20, 41))
+    (root / "sub" / "table.csv").write_bytes(csv_like(3 << 20))
+    (root / "empty").write_bytes(b"")
+    return root
+
+
+@pytest.mark.slow
+def test_roundtrip_survives_four_dead_peers_and_fails_cleanly_past_that(dstore, tmp_path, fourteen):
+    src = tree(tmp_path / "src")
+    env = {"DSTORE_PEERS": ",".join(p.url for p in fourteen), "DSTORE_TOKEN": TOKEN}
+    added = json.loads(dstore("add", src, "--shards", "10+4", "--json", env=env).out)
+    cid = added["cid"]
+    assert not list((tmp_path / "store" / "shards").rglob("b*")), "with peers, no shard stays local"
+    # Every peer got shards: placement spreads them.
+    assert all(any((p.home / "shards").rglob("b*")) for p in fourteen)
+
+    # A reader with an empty store of its own gets everything from peers.
+    fresh = {**env, "DSTORE_HOME": str(tmp_path / "fresh")}
+    dstore("get", cid, "-o", tmp_path / "out1", env=fresh)
+    assert snapshot(tmp_path / "out1") == snapshot(src)
+    assert dstore("ls", cid, env=fresh).out.splitlines() == ["big.bin", "empty", "sub/"]
+
+    for p in fourteen[:4]:
+        p.kill()
+    fresh2 = {**env, "DSTORE_HOME": str(tmp_path / "fresh2")}
+    dstore("get", cid, "-o", tmp_path / "out2", env=fresh2)
+    assert snapshot(tmp_path / "out2") == snapshot(src)
+
+    fourteen[4].kill()
+    fresh3 = {**env, "DSTORE_HOME": str(tmp_path / "fresh3")}
+    result = dstore("get", cid, "-o", tmp_path / "out3", check=False, env=fresh3)
+    assert result.code == 7, result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out3").exists()
+    for p in fourteen[:5]:
+        p.start()
+
+
+def test_unauthenticated_add_is_refused(dstore, tmp_path, fourteen):
+    src = tmp_path / "f.bin"
+    src.write_bytes(random_bytes(100_000, 42))
+    env = {"DSTORE_PEERS": ",".join(p.url for p in fourteen), "DSTORE_TOKEN": "wrong"}
+    result = dstore("add", src, "--shards", "10+4", check=False, env=env)
+    assert result.code == 9, result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
