@@ -67,8 +67,8 @@ def verify_block(cid: CID, data: bytes | memoryview) -> bool:
 class _Miss(Exception):
     """One request to one peer did not give what was asked. ``fatal``: no other peer would answer otherwise."""
 
-    def __init__(self, peer: Peer, reason: str, *, status: int | None = None, fatal: bool = False) -> None:
-        super().__init__(f"{peer.name}: {reason}")
+    def __init__(self, peer: Peer | None, reason: str, *, status: int | None = None, fatal: bool = False) -> None:
+        super().__init__(f"{peer.name}: {reason}" if peer is not None else reason)
         self.peer = peer
         self.status = status
         self.fatal = fatal
@@ -415,7 +415,10 @@ class PeerSet:
                 misses.append(e)
         rest = [p for p in cands[1:] if p.alive]
         if rest:
-            for p in await self._locate(cid, rest, misses):
+            holders = await self._locate(cid, rest, misses)
+            if not holders:
+                misses.append(_Miss(None, f"not found on the {len(rest)} other live peers asked", status=404))
+            for p in holders:
                 attempt.peer = p
                 try:
                     return await self._get_verified(p, cid, limit)
@@ -524,7 +527,7 @@ class PeerSet:
             first = candidates[i][0]
             if first.bad_bytes:
                 return 2
-            if first.error_ewma > 0.5 or first.cost_s > 4 * typical + 0.01:
+            if first.error_ewma > 0.5 or first.cost_s > 4 * typical + MIN_HEDGE_S:
                 return 1
             return 0
 

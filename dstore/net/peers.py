@@ -111,9 +111,13 @@ class Peer:
             self.latency_ewma_s += EWMA_ALPHA * (seconds - self.latency_ewma_s)
 
     def observe_slow(self, seconds: float) -> None:
-        """A request was abandoned after ``seconds``: its latency was at least that."""
+        """A request was abandoned (hedged, timed out) after ``seconds`` without an answer.
+
+        Its latency was at least that; the estimate jumps there at once, so the
+        next choice already avoids this peer, and comes down again with answers.
+        """
         if self.latency_ewma_s is None or seconds > self.latency_ewma_s:
-            self.observe_latency(seconds)
+            self.latency_ewma_s = max(0.0, seconds)
 
     def observe_throughput(self, nbytes: int, seconds: float) -> None:
         if nbytes < 256 * 1024 or seconds <= 0:
