@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from peerutil import PeerProcess, running_peers
@@ -152,19 +153,24 @@ def test_corrupted_shard_is_discarded_and_its_peer_scored_down(net: SyncPeerSet,
     assert order[-1] == where.index(liar.peer_id)
 
 
-DELAY_PROXY = r"""
+PROXY = r"""
 import asyncio, sys
 import aiohttp
 from aiohttp import web
 
-UPSTREAM, DELAY_S = sys.argv[1], float(sys.argv[2])
+UPSTREAM, DELAY_S, FAILURES = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 SKIP = {"host", "content-length", "transfer-encoding", "connection"}
+failed = 0
 
 
 async def main():
     async with aiohttp.ClientSession() as session:
         async def handle(request):
+            global failed
             if request.method == "GET" and request.path.startswith("/shards/"):
+                if failed < FAILURES:
+                    failed += 1
+                    return web.json_response({"error": "flaky", "code": "test"}, status=503)
                 await asyncio.sleep(DELAY_S)
             body = await request.read()
             headers = {k: v for k, v in request.headers.items() if k.lower() not in SKIP}
@@ -189,31 +195,49 @@ asyncio.run(main())
 """
 
 
+@contextmanager
+def proxied(peers: list[PeerProcess], target: PeerProcess, delay_s: float, failures: int = 0) -> Iterator[SyncPeerSet]:
+    """A SyncPeerSet over ``peers`` that reaches ``target`` through a proxy answering GET /shards/…
+    with 503 ``failures`` times, then after ``delay_s``."""
+    args = [sys.executable, "-c", PROXY, target.url, str(delay_s), str(failures)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as proxy:
+        try:
+            assert proxy.stdout is not None
+            proxy_url = f"http://127.0.0.1:{int(proxy.stdout.readline())}"
+            with SyncPeerSet.connect([proxy_url if p is target else p.url for p in peers], TOKEN) as net:
+                assert net.peerset.peer_by_id(target.peer_id).url == proxy_url  # type: ignore[union-attr]
+                yield net
+        finally:
+            proxy.kill()
+
+
 def test_a_slow_peer_is_hedged_around(net: SyncPeerSet, peers: list[PeerProcess]) -> None:
     pack = Pack(7)
     placed = net.put_pack(pack.key, pack.pairs)
     slow = by_id(peers, placed[0])  # holds data shard 0
-    with subprocess.Popen(
-        [sys.executable, "-c", DELAY_PROXY, slow.url, "5"], stdout=subprocess.PIPE, text=True
-    ) as proxy:
-        try:
-            assert proxy.stdout is not None
-            proxy_url = f"http://127.0.0.1:{int(proxy.stdout.readline())}"
-            urls = [proxy_url if p is slow else p.url for p in peers]
-            with SyncPeerSet.connect(urls, TOKEN) as via:
-                assert via.peerset.peer_by_id(slow.peer_id).url == proxy_url  # type: ignore[union-attr]
-                for _ in range(2):
-                    start = time.monotonic()
-                    got = via.fetch_pack(pack.record, pack.key, placed)
-                    assert time.monotonic() - start < 1.5
-                    pack.check(got)
-                slow_peer = via.peerset.peer_by_id(slow.peer_id)
-                assert slow_peer is not None and slow_peer.latency_ewma_s is not None
-                # The abandoned request counted against it: now the slowest by far.
-                others = [p.latency_ewma_s or 0 for p in via.peers if p is not slow_peer]
-                assert slow_peer.latency_ewma_s > max(0.05, max(others))
-        finally:
-            proxy.kill()
+    with proxied(peers, slow, delay_s=5.0) as via:
+        for _ in range(2):
+            start = time.monotonic()
+            got = via.fetch_pack(pack.record, pack.key, placed)
+            assert time.monotonic() - start < 1.5
+            pack.check(got)
+        slow_peer = via.peerset.peer_by_id(slow.peer_id)
+        assert slow_peer is not None and slow_peer.latency_ewma_s is not None
+        # The abandoned request counted against it: now the slowest by far.
+        others = [p.latency_ewma_s or 0 for p in via.peers if p is not slow_peer]
+        assert slow_peer.latency_ewma_s > max(0.05, max(others))
+
+
+def test_transient_errors_are_retried_with_backoff(net: SyncPeerSet, peers: list[PeerProcess]) -> None:
+    pack = Pack(9)
+    placed = net.put_pack(pack.key, pack.pairs)
+    flaky = by_id(peers, placed[0])
+    with proxied(peers, flaky, delay_s=0.0, failures=2) as via:
+        got = via.fetch_pack(pack.record, pack.key, placed, hedge_after_s=10.0)
+        assert got[0] == pack.shards[0]  # two 503s, then the third try
+        pack.check(got)
+        peer = via.peerset.peer_by_id(flaky.peer_id)
+        assert peer is not None and peer.errors == 2 and peer.alive and peer.bad_bytes == 0
 
 
 def test_a_full_peer_makes_put_place_shards_elsewhere(cluster: list[PeerProcess]) -> None:
@@ -260,6 +284,11 @@ def test_blocks_and_pointers(net: SyncPeerSet, peers: list[PeerProcess]) -> None
     assert net.head(net.peerset.peer_by_id(took[0]), cid)  # type: ignore[arg-type]
     with pytest.raises(NotFound):
         net.get_block(make_cid(RAW, b"nobody has this"), b"k")
+    liar = by_id(peers, took[0])
+    (path,) = (liar.home / "shards").rglob(cid_to_text(cid))
+    path.write_bytes(b"A" * len(block))
+    assert net.get_block(cid, b"dataset-key") == block  # verified: the bad copy is skipped
+    assert net.peerset.peer_by_id(liar.peer_id).bad_bytes == 1  # type: ignore[union-attr]
 
     dataset = make_cid(RAW, b"dataset id")
     pointer = {"locator": cid_to_text(make_cid(RAW, b"locator")), "metadata": {"k": 1}}

@@ -203,7 +203,7 @@ class PeerSet:
             ans = await self._call(
                 peer, "GET", "/health", limit=64 * 1024, retries=0, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
             )
-            info = json.loads(ans.body) if ans.status == 200 else None
+            info: Any = json.loads(ans.body) if ans.status == 200 else None
             peer_id = info.get("peer_id") if isinstance(info, dict) else None
             if not isinstance(peer_id, str) or not 1 <= len(peer_id) <= 128 or not peer_id.isprintable():
                 raise _Miss(peer, f"bad /health answer (HTTP {ans.status})")
