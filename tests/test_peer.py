@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import stat
 import threading
 import time
@@ -421,3 +422,31 @@ def test_sigterm_with_a_stalled_upload_leaves_nothing(tmp_path: Path) -> None:
         p.start()
         assert request(f"{p.url}/shards/{block(data)}")[0] == 404
         assert json.loads(request(p.url + "/health")[2])["bytes_stored"] == 0
+
+
+def test_if_none_match_and_missing_block(peer: PeerProcess) -> None:
+    data = b"conditional"
+    cid = block(data)
+    url = f"{peer.url}/shards/{cid}"
+    assert error_of(request(url)) == (404, "not_found")
+    assert request(url, "PUT", data, peer.auth)[0] == 201
+    status, headers, body = request(url, headers={"If-None-Match": f'"{cid}"'})
+    assert (status, body, headers["etag"]) == (304, b"", f'"{cid}"')
+    # any multibase spelling of the CID names the same block
+    from dstore.format.cid import parse_cid
+
+    base58 = parse_cid(cid).encode("base58btc")
+    assert request(f"{peer.url}/shards/{base58}")[2] == data
+
+
+def test_sigint_is_graceful_too(tmp_path: Path) -> None:
+    with running_peers(tmp_path, 1) as (p,):
+        data = os.urandom(10_000)
+        assert request(f"{p.url}/shards/{block(data)}", "PUT", data, p.auth)[0] == 201
+        assert p.proc is not None
+        p.proc.send_signal(signal.SIGINT)
+        assert p.proc.wait(10) == 0
+        assert "Traceback" not in p.stderr_text()
+        p.proc = None
+        p.start()
+        assert request(f"{p.url}/shards/{block(data)}")[2] == data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -28,6 +29,15 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else so a taken port fails first and cleanly."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
 async def serve_async(
     config: PeerConfig,
     host: str,
@@ -40,31 +50,28 @@ async def serve_async(
 ) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, let requests in flight finish
     (up to ``shutdown_timeout_s``), stop background work and return."""
-    app = create_app(config)
-    # The drain below waits for requests in flight; aiohttp's own wait is for stragglers.
+    sock = _bind(host, port)
+    try:
+        app = create_app(config)
+    except BaseException:
+        sock.close()
+        raise
+    # The drain below waits for requests in flight; aiohttp's own wait is only for stragglers.
     runner = web.AppRunner(
         app,
         handle_signals=False,
         shutdown_timeout=min(shutdown_timeout_s, 1.0),
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
     )
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as e:
-            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-        bound_port = port
-        for addr in runner.addresses:
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                bound_port = addr[1]
-                break
-        line = start_line(app[IDENTITY].peer_id, _url(host, bound_port), token_source)
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        await site.start()
+        line = start_line(app[IDENTITY].peer_id, _url(host, sock.getsockname()[1]), token_source)
         (announce or _print_flush)(line)
         await stop.wait()
         # Stop listening, let requests in flight finish (connections still receive), then close.
@@ -77,6 +84,7 @@ async def serve_async(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+        sock.close()
 
 
 def _print_flush(line: str) -> None:

@@ -1,0 +1,121 @@
+"""Pure pieces of the storage peer: sizes, listen addresses, peer IDs, tokens, identity files."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from multiformats import multibase
+
+from dstore.errors import StoreError, UsageError
+from dstore.peer.config import parse_listen, parse_peer_urls, parse_size, resolve_token
+from dstore.peer.identity import b58encode, load_or_create_identity, peer_id_from_public_key
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("4096", 4096), ("1K", 1024), ("512M", 512 << 20), ("10G", 10 << 30), ("1t", 1 << 40), ("1.5K", 1536)]
+    + [("2GiB", 2 << 30), ("3MB", 3 << 20), (" 7 ", 7)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1", "10X", "1e9", "ten"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_size(text)
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:8081") == ("127.0.0.1", 8081)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    assert parse_listen(":9000") == ("0.0.0.0", 9000)
+    for bad in ("8081", "host:", "host:99999", "host:x"):
+        with pytest.raises(UsageError):
+            parse_listen(bad)
+
+
+def test_parse_peer_urls() -> None:
+    assert parse_peer_urls(None) == []
+    assert parse_peer_urls("http://a:1/, https://b ,") == ["http://a:1", "https://b"]
+    with pytest.raises(UsageError):
+        parse_peer_urls("ftp://a")
+
+
+@pytest.mark.parametrize("data", [b"", b"\0", b"\0\0\1", bytes(range(40)), os.urandom(36), b"\xff" * 10])
+def test_b58encode_matches_multibase(data: bytes) -> None:
+    assert b58encode(data) == multibase.encode("base58btc", data)[1:]
+
+
+def test_peer_id_is_libp2p_identity_multihash() -> None:
+    key = bytes(range(32))
+    peer_id = peer_id_from_public_key(key)
+    assert peer_id.startswith("12D3KooW")
+    raw = multibase.decode("z" + peer_id)[1]
+    # identity multihash (0x00, 36 bytes) of protobuf PublicKey{Type: Ed25519 (1), Data: key}
+    assert raw == bytes([0x00, 36, 0x08, 0x01, 0x12, 0x20]) + key
+    with pytest.raises(ValueError):
+        peer_id_from_public_key(b"short")
+
+
+def test_identity_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    first = load_or_create_identity(tmp_path)
+    assert stat.S_IMODE((tmp_path / "identity.key").stat().st_mode) == 0o600
+    again = load_or_create_identity(tmp_path)
+    assert again.peer_id == first.peer_id
+    assert peer_id_from_public_key(again.public_key_bytes) == first.peer_id
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.key"]
+
+
+def test_bad_identity_file(tmp_path: Path) -> None:
+    (tmp_path / "identity.key").write_text("not a key")
+    with pytest.raises(StoreError, match="identity.key"):
+        load_or_create_identity(tmp_path)
+
+
+def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSTORE_TOKEN", "from-env")
+    assert resolve_token(tmp_path, "given") == ("given", "--token")
+    assert resolve_token(tmp_path, None) == ("from-env", "$DSTORE_TOKEN")
+    monkeypatch.delenv("DSTORE_TOKEN")
+    token, source = resolve_token(tmp_path, None)
+    assert source == str(tmp_path / "token") and len(token) >= 32
+    assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
+    assert resolve_token(tmp_path, None) == (token, source)
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dstore.peer", "serve", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_serve_startup_errors_are_one_line(tmp_path: Path) -> None:
+    for args, code in [
+        (["--home", str(tmp_path / "h"), "--listen", "nope"], 2),
+        (["--home", str(tmp_path / "h"), "--capacity", "10X"], 2),
+        (["--home", str(tmp_path / "file" / "h"), "--listen", "127.0.0.1:0"], 8),
+    ]:
+        (tmp_path / "file").write_text("")
+        result = _serve(*args)
+        assert result.returncode == code, result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_serve_port_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = _serve("--home", str(tmp_path / "h"), "--listen", f"127.0.0.1:{port}", "--token", "t")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("dstore: error: cannot listen on")
+    ]
