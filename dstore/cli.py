@@ -257,6 +257,63 @@ def export(cid: str, output: Path, home: str | None, peer_urls: str | None, toke
         export_car(store, cid, output, peers=peers)
 
 
+@main.command()
+@click.argument("cid")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pack.")
+@home_option
+def verify(cid: str, as_json: bool, home: str | None) -> None:
+    """Check every shard of dataset CID against its ID; exit 6 if any is missing or bad."""
+    from dstore.errors import IntegrityError, NotEnoughShards
+    from dstore.fetch.reader import DatasetReader
+    from dstore.fetch.verify import verify_local
+
+    with _store(home) as store, DatasetReader(store, cid) as reader:
+        reports = verify_local(reader)
+    _print_reports(reports, as_json)
+    lost = [r for r in reports if r.good < r.needed]
+    damaged = [r for r in reports if not r.healthy]
+    if lost:
+        raise NotEnoughShards(f"{len(lost)} of {len(reports)} packs have fewer than k good shards: data is lost")
+    if damaged:
+        raise IntegrityError(
+            f"{len(damaged)} of {len(reports)} packs have missing or bad shards; run: dstore repair {cid}"
+        )
+
+
+@main.command()
+@click.argument("cid")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@home_option
+def repair(cid: str, as_json: bool, home: str | None) -> None:
+    """Rebuild the missing or bad shards of dataset CID from its good ones (IDs never change)."""
+    from dstore.fetch.reader import DatasetReader
+    from dstore.fetch.verify import repair_local, verify_local
+
+    with _store(home) as store, DatasetReader(store, cid) as reader:
+        reports = verify_local(reader)
+        written = repair_local(reader, reports)
+    damaged = sum(not r.healthy for r in reports)
+    if as_json:
+        click.echo(json.dumps({"cid": cid, "packs": len(reports), "damaged_packs": damaged, "shards_written": written}))
+    else:
+        click.echo(f"{len(reports)} packs checked, {damaged} damaged, {written} shards rewritten")
+
+
+def _print_reports(reports: list[Any], as_json: bool) -> None:
+    if as_json:
+        for r in reports:
+            click.echo(json.dumps(r.to_json()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("good / needed", "total", "bad shards", "pack")
+    for r in reports:
+        bad = ", ".join(f"{s.index} ({s.problem}, {s.where})" for s in r.shards if not s.ok) or "-"
+        table.add_row(f"{r.good} / {r.needed}", str(len(r.shards)), bad, r.to_json()["pack"])
+    Console(soft_wrap=True).print(table)
+
+
 def _register_peer_commands() -> None:
     from dstore.peer.cli import peer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -128,3 +129,36 @@ def test_too_many_corrupt_shards_is_a_clean_failure(dstore, tmp_path, home):
     assert "good shards" in line and line.startswith("dstore: error: f.bin: pack ")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_verify_names_bad_shards_and_repair_fixes_them(dstore, tmp_path, home):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(random_bytes(5_000_000, 12))
+    cid = dstore("add", src, "-q", "--shards", "4+2").out.strip()
+    assert dstore("verify", cid).code == 0
+    files = shard_files(home)
+    corrupt(files[0])
+    files[5].unlink()
+    result = dstore("verify", cid, "--json", check=False)
+    assert result.code == 6
+    bad = [s for line in result.out.splitlines() for s in json.loads(line)["bad"]]
+    assert sorted(b["problem"] for b in bad) == ["corrupt", "missing"]
+    assert "dstore repair" in one_line_error(result, 6)
+    before = {p.name: p.read_bytes() for p in files if p.exists()}
+    repaired = json.loads(dstore("repair", cid, "--json").out)
+    assert repaired["shards_written"] == 2
+    assert dstore("verify", cid).code == 0
+    # Same names, right bytes: the repaired shards hash to their CIDs again, nothing else changed.
+    after = {p.name: p.read_bytes() for p in shard_files(home)}
+    assert set(after) == {p.name for p in files}
+    assert all(after[name] == data for name, data in before.items() if name != files[0].name)
+    dstore("get", cid, "-o", tmp_path / "out")
+    assert (tmp_path / "out" / "f.bin").read_bytes() == (src / "f.bin").read_bytes()
+
+
+def test_repair_reports_packs_beyond_repair(dstore, tmp_path, home):
+    cid = add_file(dstore, tmp_path, shards="4+1")
+    for f in shard_files(home)[:2]:
+        f.unlink()
+    one_line_error(dstore("repair", cid, check=False), 7)
