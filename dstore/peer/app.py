@@ -430,7 +430,7 @@ async def _poll_peers(app: web.Application, session: aiohttp.ClientSession) -> N
             log.debug("peer %s did not answer /health: %s", url, e)
 
     while True:
-        await asyncio.gather(*(ask(url) for url in list(peers)))
+        await asyncio.gather(*(ask(url) for url in list(peers)), return_exceptions=True)
         await asyncio.sleep(config.peer_poll_interval_s)
 
 

@@ -84,12 +84,17 @@ class Scrubber:
 
     async def run_forever(self) -> None:
         """Run passes forever, ``interval_s`` apart (the first as soon as one is due)."""
+        due = (self.last.started + self.interval_s) if self.last else 0.0
         while True:
-            due = (self.last.started + self.interval_s) if self.last else 0.0
             delay = due - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self.run_pass()
+            started = time.time()
+            try:
+                await self.run_pass()
+            except Exception:  # a disk error must not end scrubbing for the life of the peer
+                log.exception("scrub pass failed; next one in %s s", self.interval_s)
+            due = started + self.interval_s
 
     async def run_pass(self) -> ScrubReport:
         report = ScrubReport(started=time.time())
