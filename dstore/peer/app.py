@@ -49,7 +49,7 @@ SCRUBBER = web.AppKey("scrubber", Scrubber)
 #: url -> peer ID (None until that peer has answered /health).
 PEERS = web.AppKey("peers", dict[str, str | None])
 #: canonical CID text -> the upload of it in progress (so two uploads of one block write it once).
-IN_FLIGHT = web.AppKey("in_flight", dict[str, asyncio.Future[bool]])
+IN_FLIGHT = web.AppKey("in_flight", dict[str, asyncio.Future[None]])
 
 
 class Drain:

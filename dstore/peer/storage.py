@@ -126,9 +126,10 @@ class PeerStore:
 
     def read_pointer(self, dataset_cid_text: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self._pointer_path(dataset_cid_text).read_bytes())
+            pointer: dict[str, Any] = json.loads(self._pointer_path(dataset_cid_text).read_bytes())
         except FileNotFoundError:
             return None
+        return pointer
 
     def write_pointer(self, dataset_cid_text: str, pointer: dict[str, Any]) -> None:
         """Replace a dataset's pointer atomically (tmp + fsync + rename + fsync of the folder)."""
