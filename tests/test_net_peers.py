@@ -115,6 +115,16 @@ def test_fetch_survives_four_killed_peers(net: SyncPeerSet, peers: list[PeerProc
         # New packs go to the live peers only.
         other = Pack(3)
         assert set(fresh.put_pack(other.key, other.pairs)) <= {p.peer_id for p in peers if p.running}
+    # Back up: peers marked down are asked again now and then (here: at once), in the background.
+    for p in peers:
+        if not p.running:
+            p.start()
+    net.peerset._revived_at = -1e9
+    pack.check(net.fetch_pack(pack.record, pack.key, placed))
+    deadline = time.monotonic() + 5
+    while not all(p.alive for p in net.peers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.alive for p in net.peers)
 
 
 def test_too_many_dead_peers_raise_not_enough_shards(net: SyncPeerSet, peers: list[PeerProcess]) -> None:
@@ -307,7 +317,10 @@ def test_async_api_and_overlapped_uploads(peers: list[PeerProcess]) -> None:
 
     async def go() -> None:
         async with await PeerSet.connect([p.url for p in peers], TOKEN) as net:
-            placed = await asyncio.gather(*(net.put_pack(p.key, p.pairs, concurrency=4) for p in packs))
+            views = [[(cid, memoryview(data)) for cid, data in p.pairs] for p in packs]  # buffers, not bytes
+            placed = await asyncio.gather(
+                *(net.put_pack(p.key, v, concurrency=4) for p, v in zip(packs, views, strict=True))
+            )
             got = await asyncio.gather(
                 *(net.fetch_pack(p.record, p.key, h) for p, h in zip(packs, placed, strict=True))
             )

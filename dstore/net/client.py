@@ -51,6 +51,8 @@ BACKOFF_S = 0.05
 LOCATE_CONCURRENCY = 8
 #: Peers asked at once for a dataset pointer.
 POINTER_CONCURRENCY = 3
+#: Peers marked down are asked for ``/health`` again (in the background) at most this often.
+REVIVE_INTERVAL_S = 30.0
 #: Hash offloaded to a worker thread above this size, so the event loop keeps serving other transfers.
 THREAD_HASH_BYTES = 4 * 1024 * 1024
 
@@ -155,6 +157,8 @@ class PeerSet:
         self._session = session
         self._max_concurrency = max_concurrency
         self._put_slots: asyncio.Semaphore | None = None
+        self._revived_at = time.monotonic()
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- setup ---------------------------------------------------------------
 
@@ -218,8 +222,23 @@ class PeerSet:
         peer.health = info
         peer.alive = True
 
+    def _maybe_revive(self) -> None:
+        """Every ``REVIVE_INTERVAL_S`` at most, re-probe peers marked down, in the background."""
+        now = time.monotonic()
+        down = [p for p in self.peers if not p.alive]
+        if not down or now - self._revived_at < REVIVE_INTERVAL_S or self._background:
+            return
+        self._revived_at = now
+        task = asyncio.ensure_future(self.refresh(down))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
         """Close the HTTP session (idempotent)."""
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._session is not None and not self._session.closed:
             await self._session.close()
         await asyncio.sleep(0)
@@ -549,6 +568,7 @@ class PeerSet:
         at least 50 ms. Raises :class:`NotEnoughShards` naming the pack and
         each shard's failures when fewer than k verified shards can be had.
         """
+        self._maybe_revive()
         n = record.k + record.m
         if len(record.shards) != n:
             raise ValueError(f"pack record has {len(record.shards)} shard CIDs, expected {n}")
@@ -568,6 +588,7 @@ class PeerSet:
             name = cid_to_text(record.cid(HASH_NAMES.get(record.shards[0].hash.code, "blake3")))
         except Exception:
             name = f"(k={record.k}, m={record.m}, size={record.size})"
+        misses = {i: ms for i, ms in misses.items() if i not in results}
         per_shard = "; ".join(
             f"shard {i} ({cid_to_text(record.shards[i])[-8:]}): "
             + (", ".join(str(m) for m in misses[i]) or "no live peer to ask")
@@ -636,6 +657,7 @@ class PeerSet:
         :class:`PeerError` naming the shard when it cannot be placed, or at
         once on an answer every peer would give (401: the token).
         """
+        self._maybe_revive()
         ranking = self.rank(key)
         if not ranking:
             raise PeerError("no live peer to place the pack on (check --peers / DSTORE_PEERS)")
