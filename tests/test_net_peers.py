@@ -333,3 +333,11 @@ def test_async_api_and_overlapped_uploads(peers: list[PeerProcess]) -> None:
         placed = [f.result(timeout=30) for f in futures]
         for p, h in zip(packs, placed, strict=True):
             p.check(net.fetch_pack(p.record, p.key, h))
+
+
+def test_one_peer_under_two_addresses_is_ranked_once(peers: list[PeerProcess]) -> None:
+    one = peers[0]
+    alias = one.url.replace("127.0.0.1", "localhost")
+    with SyncPeerSet.connect([one.url, alias, one.url + "/", peers[1].url], TOKEN) as net:
+        assert len(net.peers) == 3 and sum(p.alive for p in net.peers) == 2
+        assert sorted(p.peer_id for p in net.rank(b"k")) == sorted([one.peer_id, peers[1].peer_id])
