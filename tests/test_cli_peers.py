@@ -65,3 +65,20 @@ def test_unauthenticated_add_is_refused(dstore, tmp_path, fourteen):
     result = dstore("add", src, "--shards", "10+4", check=False, env=env)
     assert result.code == 9, result.err
     assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_data_added_locally_first_is_still_uploaded_to_peers(dstore, tmp_path, fourteen):
+    """Dedup reuses only packs that live where the new dataset goes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(random_bytes(3 << 20, 43))
+    local_cid = dstore("add", src, "-q").out.strip()
+    env = {"DSTORE_PEERS": ",".join(p.url for p in fourteen), "DSTORE_TOKEN": TOKEN}
+    added = json.loads(dstore("add", src, "--shards", "10+4", "--json", env=env).out)
+    assert added["cid"] == local_cid
+    assert added["new_bytes_stored"] > 3 << 20  # uploaded, not deduplicated against local shards
+    again = json.loads(dstore("add", src, "--shards", "10+4", "--json", env=env).out)
+    assert again["new_bytes_stored"] == 0  # now on peers: dedup
+    fresh = {**env, "DSTORE_HOME": str(tmp_path / "fresh")}
+    dstore("get", local_cid, "-o", tmp_path / "out", env=fresh)
+    assert snapshot(tmp_path / "out") == snapshot(src)

@@ -110,6 +110,10 @@ class _Adder:
     # Chunks found already stored before this add: chunk CID -> location.
     old_locations: dict[bytes, ChunkLoc] = field(default_factory=dict)
     blocks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Packs found through dedup: whether each lives where this add stores
+    # (on peers, or in local files), and the peers holding their shards.
+    usable_packs: dict[bytes, bool] = field(default_factory=dict)
+    old_placement: dict[bytes, list[str | None]] = field(default_factory=dict)
     chunks_total: int = 0
     new_chunk_bytes: int = 0
     compressed_bytes: int = 0
@@ -169,7 +173,7 @@ class _Adder:
                 continue  # repeated within this add
             seen[cid] = None
             old = stored_before[cid]
-            if old is not None:
+            if old is not None and self._usable(old.pack_id):
                 self.old_locations[cid] = old
                 continue
             picks.append(i)
@@ -177,6 +181,17 @@ class _Adder:
         self.new_chunk_bytes += sum(sizes[i] for i in picks)
         self.compressed_bytes += sum(stored_lengths[i] for i in picks)
         self.packer.add_chunks(seg, picks, cids)
+
+    def _usable(self, pack_id: bytes) -> bool:
+        """Whether a stored pack lives where this add stores (peers, or local files)."""
+        usable = self.usable_packs.get(pack_id)
+        if usable is None:
+            placement = self.store.index.placement(pack_id)
+            usable = (placement is not None) == isinstance(self.sink, PeerSink)
+            if usable and placement is not None:
+                self.old_placement[pack_id] = placement
+            self.usable_packs[pack_id] = usable
+        return usable
 
     # -- folders ------------------------------------------------------------
 
@@ -265,7 +280,8 @@ def add(
     blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
     blocks.append((dataset.to_bytes(), manifest_block))
     if peers is not None:
-        publish_metadata(peers, dataset, locator_root, blocks, adder.packer.placement, spec, hash_name)
+        placement = {**adder.old_placement, **adder.packer.placement}
+        publish_metadata(peers, dataset, locator_root, blocks, placement, spec, hash_name)
     new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
     return AddResult(
         dataset=dataset,

@@ -141,12 +141,15 @@ class Packer:
     def _finish_oldest(self) -> None:
         sealed = self.sealed.popleft().result()
         assert sealed.stored is not None
-        self.placement[sealed.pack_id] = sealed.stored.result()
+        holders = sealed.stored.result()
         self.bytes_stored += len(sealed.record.shards) * sealed.record.shard_size
         self.sink.sync()
+        on_peers = any(h is not None for h in holders)
+        if on_peers:
+            self.placement[sealed.pack_id] = holders
+        shard_cids = [c.to_bytes() for c in sealed.record.shards]
         self.store.index.commit_packs(
-            [(sealed.pack_id, sealed.record_block, [c.to_bytes() for c in sealed.record.shards])],
-            sealed.chunks,
+            [(sealed.pack_id, sealed.record_block, shard_cids, holders if on_peers else None)], sealed.chunks
         )
         self.packs[sealed.pack_id] = sealed.record
         self.locations.update(sealed.chunks)

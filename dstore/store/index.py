@@ -8,6 +8,10 @@ Tables carry a version in their name, so a change of layout is a migration:
   this is what makes dedup work across datasets.
 - ``shards-0``: shard CID bytes -> pack ID bytes + shard index.
 - ``datasets-0``: dataset ID bytes -> locator root CID bytes.
+- ``placed-0``: pack ID bytes -> which storage peer took each shard (DAG-CBOR
+  list of peer IDs or null), for packs that live on peers rather than in
+  ``shards/``. Dedup only reuses a chunk whose pack lives where the new
+  dataset goes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import NamedTuple
 import lmdb
 
 from dstore.errors import StoreError
+from dstore.format import cbor
 
 # Virtual size only: LMDB grows its file as needed on Linux.
 MAP_SIZE_BYTES = 1 << 40
@@ -56,6 +61,7 @@ class Index:
             self.chunks = self.env.open_db(b"chunks-0")
             self.shards = self.env.open_db(b"shards-0")
             self.datasets = self.env.open_db(b"datasets-0")
+            self.placed = self.env.open_db(b"placed-0")
         except lmdb.Error as e:
             raise StoreError(f"cannot open the store index at {path}: {e}") from e
 
@@ -76,6 +82,12 @@ class Index:
                 raw = txn.get(cid)
                 out.append(ChunkLoc.decode(raw) if raw is not None else None)
         return out
+
+    def placement(self, pack_id: bytes) -> list[str | None] | None:
+        """Peer ID holding each shard of a pack placed on peers; None for a pack of local shards."""
+        with self.env.begin(db=self.placed) as txn:
+            raw = txn.get(pack_id)
+        return None if raw is None else cbor.decode(raw)
 
     def dataset_locator(self, dataset: bytes) -> bytes | None:
         with self.env.begin(db=self.datasets) as txn:
@@ -105,19 +117,23 @@ class Index:
 
     def commit_packs(
         self,
-        packs: Iterable[tuple[bytes, bytes, Sequence[bytes]]],
+        packs: Iterable[tuple[bytes, bytes, Sequence[bytes], Sequence[str | None] | None]],
         chunks: Iterable[tuple[bytes, ChunkLoc]],
     ) -> None:
-        """Record packs (ID, record block, shard CIDs) and their chunks.
+        """Record packs (ID, record block, shard CIDs, peer placement or None) and their chunks.
 
-        Call only once the packs' shards are durable under their final names.
+        Call only once the packs' shards are durable where they went.
         """
         try:
             with self.env.begin(write=True) as txn:
-                for pack_id, record, shard_cids in packs:
+                for pack_id, record, shard_cids, placement in packs:
                     txn.put(pack_id, record, db=self.blocks)
                     for i, shard in enumerate(shard_cids):
                         txn.put(shard, _SHARD.pack(i) + pack_id, db=self.shards)
+                    if placement is None:
+                        txn.delete(pack_id, db=self.placed)
+                    else:
+                        txn.put(pack_id, cbor.encode(list(placement)), db=self.placed)
                 for cid, loc in chunks:
                     txn.put(cid, loc.encode(), db=self.chunks)
         except lmdb.Error as e:
