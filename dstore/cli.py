@@ -261,14 +261,15 @@ def export(cid: str, output: Path, home: str | None, peer_urls: str | None, toke
 @click.argument("cid")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pack.")
 @home_option
-def verify(cid: str, as_json: bool, home: str | None) -> None:
-    """Check every shard of dataset CID against its ID; exit 6 if any is missing or bad."""
+@peers_options
+def verify(cid: str, as_json: bool, home: str | None, peer_urls: str | None, token: str | None) -> None:
+    """Check every shard of dataset CID against its ID (on the peers, with --peers); exit 6 if any is missing or bad."""
     from dstore.errors import IntegrityError, NotEnoughShards
     from dstore.fetch.reader import DatasetReader
-    from dstore.fetch.verify import verify_local
+    from dstore.fetch.verify import verify_local, verify_peers
 
-    with _store(home) as store, DatasetReader(store, cid) as reader:
-        reports = verify_local(reader)
+    with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
+        reports = verify_local(reader) if peers is None else verify_peers(reader, peers)
     _print_reports(reports, as_json)
     lost = [r for r in reports if r.good < r.needed]
     damaged = [r for r in reports if not r.healthy]
@@ -284,14 +285,19 @@ def verify(cid: str, as_json: bool, home: str | None) -> None:
 @click.argument("cid")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @home_option
-def repair(cid: str, as_json: bool, home: str | None) -> None:
+@peers_options
+def repair(cid: str, as_json: bool, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """Rebuild the missing or bad shards of dataset CID from its good ones (IDs never change)."""
     from dstore.fetch.reader import DatasetReader
-    from dstore.fetch.verify import repair_local, verify_local
+    from dstore.fetch.verify import repair_local, repair_peers, verify_local, verify_peers
 
-    with _store(home) as store, DatasetReader(store, cid) as reader:
-        reports = verify_local(reader)
-        written = repair_local(reader, reports)
+    with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
+        if peers is None:
+            reports = verify_local(reader)
+            written = repair_local(reader, reports)
+        else:
+            reports = verify_peers(reader, peers)
+            written = repair_peers(reader, peers, reports)
     damaged = sum(not r.healthy for r in reports)
     if as_json:
         click.echo(json.dumps({"cid": cid, "packs": len(reports), "damaged_packs": damaged, "shards_written": written}))

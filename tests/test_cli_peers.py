@@ -82,3 +82,40 @@ def test_data_added_locally_first_is_still_uploaded_to_peers(dstore, tmp_path, f
     fresh = {**env, "DSTORE_HOME": str(tmp_path / "fresh")}
     dstore("get", local_cid, "-o", tmp_path / "out", env=fresh)
     assert snapshot(tmp_path / "out") == snapshot(src)
+
+
+@pytest.mark.slow
+def test_verify_names_the_failed_peers_and_repair_restores_every_pack(dstore, tmp_path, fourteen):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(random_bytes(12 << 20, 44))
+    env = {"DSTORE_PEERS": ",".join(p.url for p in fourteen), "DSTORE_TOKEN": TOKEN}
+    cid = dstore("add", src, "--shards", "10+4", "-q", env=env).out.strip()
+    first = dstore("verify", cid, "--json", check=False, env=env)
+    assert first.code == 0, first.out + first.err
+
+    rotten, emptied, dead = fourteen[1], fourteen[2], fourteen[3]
+    for f in (rotten.home / "shards").glob("*/b*"):
+        data = bytearray(f.read_bytes())
+        data[7] ^= 0xFF
+        f.write_bytes(bytes(data))
+    for f in (emptied.home / "shards").glob("*/b*"):
+        f.unlink()
+    dead.kill()
+    try:
+        result = dstore("verify", cid, "--json", check=False, env=env)
+        assert result.code == 6, result.err
+        bad = [b for line in result.out.splitlines() for b in json.loads(line)["bad"]]
+        assert {b["where"] for b in bad} == {rotten.peer_id, emptied.peer_id, dead.peer_id}
+        assert any("bad bytes" in b["problem"] for b in bad if b["where"] == rotten.peer_id)
+
+        repaired = json.loads(dstore("repair", cid, "--json", env=env).out)
+        # Data shards are rebuilt one by one; the metadata pack (listed last) is published anew.
+        data_bad = [b for line in result.out.splitlines()[:-1] for b in json.loads(line)["bad"]]
+        assert repaired["shards_written"] == len(data_bad) > 0
+        assert dstore("verify", cid, env=env).code == 0
+        fresh = {**env, "DSTORE_HOME": str(tmp_path / "fresh")}
+        dstore("get", cid, "-o", tmp_path / "out", env=fresh)
+        assert snapshot(tmp_path / "out") == snapshot(src)
+    finally:
+        dead.start()

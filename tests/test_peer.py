@@ -450,3 +450,26 @@ def test_sigint_is_graceful_too(tmp_path: Path) -> None:
         p.proc = None
         p.start()
         assert request(f"{p.url}/shards/{block(data)}")[2] == data
+
+
+def test_put_replaces_a_rotten_copy(tmp_path):
+    """A PUT of verified bytes heals a block that rotted on disk (how repair fixes a peer in place)."""
+    import urllib.request
+
+    from dstore.format.cid import RAW, make_cid
+
+    data = b"healthy bytes " * 1000
+    cid = make_cid(RAW, data).encode("base32")
+    with running_peers(tmp_path, 1, token="t") as (peer,):
+
+        def put() -> int:
+            req = urllib.request.Request(f"{peer.url}/shards/{cid}", data=data, method="PUT", headers=peer.auth)
+            with urllib.request.urlopen(req) as resp:
+                return resp.status
+
+        assert put() == 201
+        (path,) = [p for p in (peer.home / "shards").glob("*/b*")]
+        path.write_bytes(b"rotten" + data[6:])
+        assert put() == 201  # replaced, not "already held"
+        assert path.read_bytes() == data
+        assert put() == 200

@@ -71,6 +71,7 @@ class DatasetReader:
         self.locator = Locator(self.block, locator_cid)
         if self.locator.dataset != self.cid:
             raise IntegrityError(f"the locator found for {cid_to_text(self.cid)} belongs to another dataset")
+        self.hints = hints  # pack ID -> peer holding each shard, from the dataset's placement block
         local = LocalShards(store, self.hash_name)
         source: PackSource = local if peers is None else LocalThenPeers(local, PeerShards(peers, hints))
         self.packs = PackReader(source)
@@ -103,6 +104,25 @@ class DatasetReader:
         if len(self._blocks) > _BLOCK_CACHE:
             self._blocks.popitem(last=False)
         return data
+
+    def placement(self, pack_id: bytes) -> list[str | None] | None:
+        """Which peer holds each shard of a pack: the dataset's hints, else this store's record."""
+        return self.hints.get(pack_id) or self.store.index.placement(pack_id)
+
+    def metadata_blocks(self) -> list[tuple[bytes, bytes]]:
+        """Every metadata block of the dataset: manifest, UnixFS nodes, locator root and pages."""
+        out = [(self.cid.to_bytes(), self.block(self.cid))]
+        stack = [self.root]
+        while stack:
+            cid = stack.pop()
+            if cid.codec == RAW:
+                continue
+            out.append((cid.to_bytes(), self.block(cid)))
+            stack.extend(link.cid for link in self.node(cid).links)
+        loc = self.locator
+        for cid in [loc.root_cid, *loc.chunk_page_cids, *loc.pack_page_cids]:
+            out.append((cid.to_bytes(), self.block(cid)))
+        return out
 
     def node(self, cid: CID) -> unixfs.Node:
         if cid.codec == RAW:

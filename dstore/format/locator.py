@@ -319,6 +319,14 @@ class Locator:
         return page[k]
 
     @property
+    def chunk_page_cids(self) -> list[CID]:
+        return list(self._chunk_page_cids)
+
+    @property
+    def pack_page_cids(self) -> list[CID]:
+        return list(self._pack_page_cids)
+
+    @property
     def num_packs(self) -> int:
         """Number of packs (reads the last pack page)."""
         if not self._pack_page_cids:

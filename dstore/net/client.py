@@ -389,6 +389,20 @@ class PeerSet:
             return False
         raise _Miss(peer, f"HTTP {ans.status}{ans.error}", status=ans.status)
 
+    async def get_from(self, peer: Peer, cid: CID, limit: int = MAX_BLOCK_BYTES) -> bytes:
+        """``cid``'s bytes from this one peer, verified; PeerError saying why not (for verify)."""
+        try:
+            return await self._get_verified(peer, cid, limit)
+        except _Miss as e:
+            raise PeerError(str(e), status=e.status, url=peer.url) from e
+
+    async def put_to(self, peer: Peer, cid: CID, data: bytes | memoryview) -> None:
+        """Store ``cid`` on this one peer (for repair); PeerError saying why not."""
+        try:
+            await self._put(peer, f"/shards/{cid_to_text(cid)}", data, "application/octet-stream")
+        except _Miss as e:
+            raise PeerError(str(e), status=e.status, url=peer.url) from e
+
     async def _get_verified(self, peer: Peer, cid: CID, limit: int) -> bytes:
         ans = await self._call(peer, "GET", f"/shards/{cid_to_text(cid)}", limit=limit)
         if ans.status == 200:

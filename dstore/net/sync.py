@@ -142,6 +142,15 @@ class SyncPeerSet:
     def head(self, peer: Peer, cid: CID) -> bool:
         return self._call(self._ps.head(peer, cid))
 
+    def get_from(self, peer: Peer, cid: CID) -> bytes:
+        return self._call(self._ps.get_from(peer, cid))
+
+    def put_to(self, peer: Peer, cid: CID, data: bytes | memoryview) -> None:
+        self._call(self._ps.put_to(peer, cid, data))
+
+    def peer_by_id(self, peer_id: str | None) -> Peer | None:
+        return self._ps.peer_by_id(peer_id)
+
     def get_block(self, cid: CID, key: bytes, hints: Sequence[str | None] | None = None) -> bytes:
         return self._call(self._ps.get_block(cid, key, hints))
 

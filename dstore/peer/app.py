@@ -262,8 +262,11 @@ async def put_shard(request: web.Request) -> web.Response:
         while (other := in_flight.get(cid_text)) is not None:
             await asyncio.shield(other)
         if store.has(cid_text):
-            return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
-        if not reserved:  # it was held when we looked, and has been dropped (scrub) since
+            if await asyncio.to_thread(store.intact, cid_text, hash_name, bytes(cid.hash.digest)):
+                return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
+            # A rotten copy the scrub has not reached yet: these verified bytes replace it (repair).
+            store.remove(cid_text)
+        if not reserved:  # it was held when we looked (rotten, or dropped by the scrub since)
             store.reserve(length)
             reserved = length
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from dstore.errors import StoreError
+from dstore.errors import NotFound, StoreError
+from dstore.format.cid import hash_digest
 from dstore.store.shards import ShardFiles
 
 __all__ = ["Full", "PeerStore"]
@@ -98,6 +99,13 @@ class PeerStore:
             self.bytes_stored += size
             self.shards += 1
         return True
+
+    def intact(self, cid_text: str, hash_name: str, digest: bytes) -> bool:
+        """Whether the held block still hashes to its CID (blocking: run it in a thread)."""
+        try:
+            return hash_digest(self.files.read(cid_text), hash_name) == digest
+        except NotFound:
+            return False
 
     def remove(self, cid_text: str, expect: os.stat_result | None = None) -> bool:
         """Delete a block; with ``expect``, only if its file is still that very file (same inode,
