@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 from peerutil import running_peers
@@ -108,6 +112,9 @@ def test_verify_names_the_failed_peers_and_repair_restores_every_pack(dstore, tm
         bad = [b for line in result.out.splitlines() for b in json.loads(line)["bad"]]
         assert {b["where"] for b in bad} == {rotten.peer_id, emptied.peer_id, dead.peer_id}
         assert any("bad bytes" in b["problem"] for b in bad if b["where"] == rotten.peer_id)
+        # Reads are right before any repair: rotten shards are discarded, parity stands in.
+        dstore("get", cid, "-o", tmp_path / "before", env={**env, "DSTORE_HOME": str(tmp_path / "reader")})
+        assert snapshot(tmp_path / "before") == snapshot(src)
 
         repaired = json.loads(dstore("repair", cid, "--json", env=env).out)
         # Data shards are rebuilt one by one; the metadata pack (listed last) is published anew.
@@ -119,3 +126,50 @@ def test_verify_names_the_failed_peers_and_repair_restores_every_pack(dstore, tm
         assert snapshot(tmp_path / "out") == snapshot(src)
     finally:
         dead.start()
+
+
+@pytest.mark.slow
+def test_four_peers_killed_during_a_get(tmp_path, fourteen):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(random_bytes(96 << 20, 45))
+    env = {
+        **os.environ,
+        "DSTORE_PEERS": ",".join(p.url for p in fourteen),
+        "DSTORE_TOKEN": TOKEN,
+        "DSTORE_HOME": str(tmp_path / "writer"),
+    }
+    add = subprocess.run(
+        [sys.executable, "-m", "dstore", "add", str(src), "--shards", "10+4", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cid = add.stdout.strip()
+    out = tmp_path / "out"
+    get = subprocess.Popen(
+        [sys.executable, "-m", "dstore", "get", cid, "-o", str(out), "-q"],
+        env={**env, "DSTORE_HOME": str(tmp_path / "reader")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Kill once the get is under way: its temporary output exists and is growing.
+        deadline = time.monotonic() + 60
+        while get.poll() is None and time.monotonic() < deadline:
+            partial = list(tmp_path.glob(".out.dstore-*.tmp/big.bin"))
+            if partial and partial[0].stat().st_size > 8 << 20:
+                break
+            time.sleep(0.005)
+        assert get.poll() is None, "the get ended before peers could be killed"
+        for p in fourteen[5:9]:
+            p.kill()
+        _, err = get.communicate(timeout=300)
+        assert get.returncode == 0, err
+        assert snapshot(out) == snapshot(src)
+    finally:
+        for p in fourteen[5:9]:
+            if not p.running:
+                p.start()
