@@ -20,6 +20,28 @@ __all__ = ["serve", "serve_async", "start_line"]
 _GRACE_S = 0.1
 
 
+class _DroppedClientFilter(logging.Filter):
+    """Hide aiohttp's traceback when a client hangs up just as a file response starts.
+
+    Clients cancel hedged shard requests on purpose (the first k verified
+    shards win); aiohttp then trips an assertion in its sendfile path
+    (``assert writer is not None``) and logs it as an unhandled exception. The
+    request is simply over; nothing is wrong with the peer.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ConnectionResetError):
+            return False
+        tb = exc.__traceback__ if isinstance(exc, AssertionError) else None
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return not (tb is not None and tb.tb_frame.f_code.co_name == "_sendfile")
+
+
+logging.getLogger("aiohttp.server").addFilter(_DroppedClientFilter())
+
+
 def start_line(peer_id: str, url: str, token_source: str) -> str:
     """The one line a peer prints on stdout once it accepts connections (tests wait for it)."""
     return f"dstore peer {peer_id} listening on {url} (token: {token_source})"
