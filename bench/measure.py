@@ -291,3 +291,17 @@ def fs_type(path: Path) -> str | None:
     except OSError:
         pass
     return f"{fstype} ({best})" if fstype else None
+
+
+def mount_options(path: Path) -> str | None:
+    """The /proc/self/mounts line of the mount holding path."""
+    path = path.resolve()
+    best, line_best = "", None
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            mnt = line.split()[1]
+            if (str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                best, line_best = mnt, line
+    except OSError:
+        pass
+    return line_best

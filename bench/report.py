@@ -264,9 +264,11 @@ def markdown(res: dict) -> str:
         "",
         "- tmpfs has no page-cache distinction: inputs, stores and outputs under /dev/shm are RAM.",
         (
-            "- Disk case: input on tmpfs, store on disk; `sync` before every timed command and after"
-            " deleting the previous run's store/dd file; the page cache is not dropped (the measured cost"
-            " is writing, and both dstore and dd fsync)."
+            "- Disk case: input on tmpfs, store on disk. Before every timed command the previous run's"
+            " store/dd file is deleted, `sync` runs, then a pause (`BENCH_DISK_SETTLE_S`, 10 s) lets the"
+            " discard of the freed blocks finish (the disk is mounted with `discard`; a write right after"
+            " a delete was up to 4x faster on this virtual disk), then `sync` again. The page cache is not"
+            " dropped (the measured cost is writing, and both dstore and dd fsync)."
         ),
         (
             "- dd reference: `dd if=/dev/zero bs=4M count=ceil(1.4 x input / 4 MiB) conv=fsync`, i.e. the"
