@@ -8,6 +8,7 @@ code (docs/cli.md lists them); anything else is a bug and still gets one line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,21 @@ def _fail(message: str, code: int) -> None:
 
 
 class _Group(click.Group):
-    """Turns dstore errors into one line and an exit code, never a traceback."""
+    """Turns dstore errors into one line and an exit code, never a traceback.
+
+    ``dstore peer`` is loaded only when asked for: the server's imports
+    (aiohttp, cryptography, prometheus-client) would slow every command down.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "peer"])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "peer":
+            from dstore.peer.cli import peer
+
+            return peer
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -95,6 +110,9 @@ def peers_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @contextmanager
 def _peers(peer_urls: str | None, token: str | None) -> Iterator[Any]:
     """A connected SyncPeerSet, or None when no peers are configured."""
+    if not (peer_urls or os.environ.get("DSTORE_PEERS")):
+        yield None  # local only: don't pay for importing the network client
+        return
     from dstore.net import SyncPeerSet, peers_from_env, token_from_env
 
     urls = peers_from_env(peer_urls)
@@ -318,12 +336,3 @@ def _print_reports(reports: list[Any], as_json: bool) -> None:
         bad = ", ".join(f"{s.index} ({s.problem}, {s.where})" for s in r.shards if not s.ok) or "-"
         table.add_row(f"{r.good} / {r.needed}", str(len(r.shards)), bad, r.to_json()["pack"])
     Console(soft_wrap=True).print(table)
-
-
-def _register_peer_commands() -> None:
-    from dstore.peer.cli import peer
-
-    main.add_command(peer)
-
-
-_register_peer_commands()
