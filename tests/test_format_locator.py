@@ -19,6 +19,7 @@ from dstore.format.locator import (
     ChunkEntry,
     Locator,
     build_locator,
+    chunk_pages,
 )
 from dstore.format.pack import PackRecord, shard_size
 
@@ -72,7 +73,7 @@ def check_locator(n_chunks: int, n_packs: int, seed: int = 0, hash_name: str = "
     store = CountingStore(blocks)
     loc = Locator(store.get, root)
     assert loc.dataset == DATASET
-    assert loc.num_chunk_pages == -(-n_chunks // CHUNKS_PER_PAGE)
+    assert loc.num_chunk_pages == len(chunk_pages(sorted(entries)))
     assert loc.num_pack_pages == -(-n_packs // PACKS_PER_PAGE)
     for e in entries:
         assert loc.find(e[0]) == ChunkEntry(*e)
@@ -190,6 +191,7 @@ def _tampered(mutate) -> tuple[CountingStore, CID]:  # type: ignore[no-untyped-d
     root, blocks = build_locator(DATASET, entries, packs)
     store = CountingStore(blocks)
     obj = cbor.decode(store.blocks[root.to_bytes()])
+    assert len(obj["chunks"]) >= 2
     new_root = mutate(store, obj)
     return store, new_root
 
@@ -228,8 +230,8 @@ def test_reader_rejects_bad_roots() -> None:
 
 def test_reader_rejects_bad_pages() -> None:
     def swap_pages(store: CountingStore, obj: dict) -> CID:
-        a, b = obj["chunks"]
-        obj["chunks"] = [[a[0], b[1]], [b[0], a[1]]]
+        a, b = obj["chunks"][:2]
+        obj["chunks"][:2] = [[a[0], b[1]], [b[0], a[1]]]
         return _put(store, obj)
 
     store, root = _tampered(swap_pages)
@@ -294,3 +296,26 @@ def test_build_and_find_are_fast_enough() -> None:
         assert loc.find(e[0]) is not None
     find_s = time.perf_counter() - t
     assert build_s < 10 and find_s < 10, (build_s, find_s)
+
+
+def test_chunk_pages_are_content_defined() -> None:
+    """Adding or removing one entry changes at most the page it falls in (and maybe its neighbour)."""
+    entries = sorted(make_entries(20_000, 3, seed=5))
+    pages = chunk_pages(entries)
+    assert 4 <= len(pages) <= 20
+    assert all(1 <= len(p) <= CHUNKS_PER_PAGE for p in pages)
+    assert [e for p in pages for e in p] == entries
+    fewer = entries[:7000] + entries[7001:]
+    before = {tuple(map(tuple, p)) for p in pages}
+    after = {tuple(map(tuple, p)) for p in chunk_pages(fewer)}
+    assert len(after - before) <= 2
+
+
+def test_chunk_pages_split_long_runs() -> None:
+    """A run of entries none of which ends a page is cut at CHUNKS_PER_PAGE."""
+    from dstore.format.locator import ends_page
+
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(4 * CHUNKS_PER_PAGE)]
+    run = sorted(d for d in digests if not ends_page(d))[: CHUNKS_PER_PAGE + 5]
+    pages = chunk_pages([(d, 0, 0, 1, 1, 0) for d in run])
+    assert [len(p) for p in pages] == [CHUNKS_PER_PAGE, 5]

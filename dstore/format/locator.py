@@ -32,6 +32,8 @@ from dstore.format.pack import PackRecord
 
 __all__ = [
     "CHUNKS_PER_PAGE",
+    "CHUNK_PAGE_TARGET",
+    "chunk_pages",
     "CODEC_RAW",
     "CODEC_ZSTD",
     "LOCATOR_TYPE",
@@ -44,8 +46,20 @@ __all__ = [
 
 LOCATOR_TYPE = "dstore/locator"
 LOCATOR_VERSION = 1
+# Chunk-table pages end where the content says (docs/format.md, "Locator"):
+# an entry ends its page when its digest's first four bytes, big-endian, are
+# CHUNK_PAGE_TARGET - 1 modulo CHUNK_PAGE_TARGET, or when the page holds
+# CHUNKS_PER_PAGE entries. A new version of a dataset then rewrites only the
+# pages around the chunks that changed, not every page after the first change.
+CHUNK_PAGE_TARGET = 1024
 CHUNKS_PER_PAGE = 4096
 PACKS_PER_PAGE = 1024
+# Decoded pages a reader keeps. Reading a file looks its chunks up in file
+# order, which is random digest order, so a cache smaller than the dataset's
+# page count decodes a page per chunk. 256 pages of about 1024 entries is
+# some 64 MiB of Python objects and covers datasets up to about 16 GiB of
+# unique chunks; past that a full read decodes pages again.
+DEFAULT_CACHE_PAGES = 256
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 _U64 = 1 << 64
@@ -106,6 +120,24 @@ def _check_entry(e: Sequence[Any], n_packs: int | None) -> None:
         raise ValueError(f"chunk pack index {p} out of range ({n_packs} packs)")
 
 
+def ends_page(digest: bytes) -> bool:
+    """Whether a chunk-table entry with this digest ends its page (content-defined paging)."""
+    return int.from_bytes(digest[:4], "big") % CHUNK_PAGE_TARGET == CHUNK_PAGE_TARGET - 1
+
+
+def chunk_pages(entries: Sequence[Sequence[Any]]) -> list[Sequence[Sequence[Any]]]:
+    """Split digest-sorted entries into chunk-table pages (see CHUNK_PAGE_TARGET)."""
+    pages = []
+    start = 0
+    for i, e in enumerate(entries):
+        if ends_page(e[0]) or i + 1 - start == CHUNKS_PER_PAGE:
+            pages.append(entries[start : i + 1])
+            start = i + 1
+    if start < len(entries):
+        pages.append(entries[start:])
+    return pages
+
+
 def build_locator(
     dataset: CID,
     chunks: Sequence[tuple[bytes, int, int, int, int, int]],
@@ -142,8 +174,7 @@ def build_locator(
         unique.append(e)
     blocks: list[Block] = []
     chunk_refs: list[list[Any]] = []
-    for i in range(0, len(unique), CHUNKS_PER_PAGE):
-        page = unique[i : i + CHUNKS_PER_PAGE]
+    for page in chunk_pages(unique):
         block = _encode_chunk_page(page)
         cid = cbor.block_cid(block, hash_name)
         blocks.append((cid, block))
@@ -177,7 +208,9 @@ class Locator:
     FormatError, it never answers wrongly about a well-formed chunk table.
     """
 
-    def __init__(self, get_block: Callable[[CID], bytes], root_cid: CID, *, cache_pages: int = 16) -> None:
+    def __init__(
+        self, get_block: Callable[[CID], bytes], root_cid: CID, *, cache_pages: int = DEFAULT_CACHE_PAGES
+    ) -> None:
         self._get = get_block
         self.root_cid = root_cid
         self._cache_pages = max(1, cache_pages)

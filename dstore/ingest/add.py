@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dstore import _native
-from dstore.errors import DstoreError, InputError, UsageError
+from dstore.errors import DstoreError, InputError, StoreError, UsageError
 from dstore.format import unixfs
 from dstore.format.cid import CID, raw_cid_bytes
 from dstore.format.locator import build_locator
@@ -193,6 +193,15 @@ class _Adder:
             self.usable_packs[pack_id] = usable
         return usable
 
+    def _pack_record(self, pack_id: bytes) -> PackRecord:
+        record = self.packer.packs.get(pack_id)
+        if record is None:
+            block = self.store.get_block(pack_id)
+            if block is None:
+                raise StoreError("store index is inconsistent: a pack record is missing")
+            record = PackRecord.decode(block)
+        return record
+
     # -- folders ------------------------------------------------------------
 
     def add_tree(self, node: FileEntry | DirEntry) -> tuple[CID, int]:
@@ -208,24 +217,21 @@ class _Adder:
     def locator_inputs(
         self,
     ) -> tuple[list[tuple[bytes, int, int, int, int, int]], list[tuple[CID, PackRecord]]]:
-        """Chunk-table entries and pack table for the locator of this dataset."""
+        """Chunk-table entries and pack table for the locator of this dataset.
+
+        Packs this add found already stored come first, in order of first use,
+        then the packs it wrote: a new version of a dataset keeps its parent's
+        pack indices, so its chunk-table pages stay the same where its chunks do.
+        """
         locations = {**self.old_locations, **self.packer.locations}
-        pack_index: dict[bytes, int] = {}
-        packs: list[tuple[CID, PackRecord]] = []
+        order = {loc.pack_id: None for loc in (locations[cid] for cid in self.seen)}
+        ordered = [p for p in order if p not in self.packer.packs] + [p for p in order if p in self.packer.packs]
+        pack_index = {pack_id: i for i, pack_id in enumerate(ordered)}
+        packs = [(CID.from_bytes(pack_id), self._pack_record(pack_id)) for pack_id in ordered]
         entries = []
         for cid in self.seen:
             loc = locations[cid]
-            idx = pack_index.get(loc.pack_id)
-            if idx is None:
-                record = self.packer.packs.get(loc.pack_id)
-                if record is None:
-                    block = self.store.get_block(loc.pack_id)
-                    if block is None:
-                        raise InputError("store index is inconsistent: a pack record is missing")
-                    record = PackRecord.decode(block)
-                idx = pack_index[loc.pack_id] = len(packs)
-                packs.append((CID.from_bytes(loc.pack_id), record))
-            entries.append((cid[4:], idx, loc.offset, loc.stored_len, loc.size, loc.codec))
+            entries.append((cid[4:], pack_index[loc.pack_id], loc.offset, loc.stored_len, loc.size, loc.codec))
         return entries, packs
 
 
