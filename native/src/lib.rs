@@ -83,6 +83,23 @@ impl ByteBuf {
     }
 }
 
+/// The buffer of `obj` if it is writable, C-contiguous and holds at least `need` bytes.
+fn writable_buffer(obj: &Bound<'_, PyAny>, name: &str, need: usize) -> PyResult<PyBuffer<u8>> {
+    let buf = PyBuffer::<u8>::get(obj)?;
+    if buf.readonly() || !buf.is_c_contiguous() {
+        return Err(value_error(format!(
+            "{name} must be a writable, C-contiguous buffer"
+        )));
+    }
+    if buf.len_bytes() < need {
+        return Err(value_error(format!(
+            "{name} holds {} bytes, the chunks need {need}",
+            buf.len_bytes()
+        )));
+    }
+    Ok(buf)
+}
+
 /// A 1-D unsigned-byte memoryview of `obj`, for zero-copy slices.
 fn byte_view<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     PyMemoryView::from(obj)?.call_method1("cast", ("B",))
@@ -213,16 +230,7 @@ impl Segment {
             ));
             end += self.stored_lens[i];
         }
-        let out = PyBuffer::<u8>::get(dest)?;
-        if out.readonly() || !out.is_c_contiguous() {
-            return Err(value_error("dest must be a writable, C-contiguous buffer"));
-        }
-        if out.len_bytes() < end {
-            return Err(value_error(format!(
-                "dest holds {} bytes, the chunks need {end}",
-                out.len_bytes()
-            )));
-        }
+        let out = writable_buffer(dest, "dest", end)?;
         let input = ByteBuf::get(self.input.bind(py))?;
         let compressed = ByteBuf::get(self.compressed.bind(py))?;
         let (input, compressed) = (input.as_slice(), compressed.as_slice());
@@ -554,16 +562,7 @@ fn decode_chunks_into(
         &codecs,
         digest_bytes.len(),
     )?;
-    let out_buf = PyBuffer::<u8>::get(out)?;
-    if out_buf.readonly() || !out_buf.is_c_contiguous() {
-        return Err(value_error("out must be a writable, C-contiguous buffer"));
-    }
-    if out_buf.len_bytes() < total {
-        return Err(value_error(format!(
-            "out holds {} bytes, the chunks need {total}",
-            out_buf.len_bytes()
-        )));
-    }
+    let out_buf = writable_buffer(out, "out", total)?;
     if total == 0 {
         return Ok(0);
     }
