@@ -13,16 +13,7 @@ from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
-
-def _read_full(f: BinaryIO, view: memoryview) -> int:
-    """Fill ``view`` from ``f``; fewer bytes than asked means end of file."""
-    got = 0
-    while got < len(view):
-        n = f.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
+from dstore.store.shards import read_full
 
 
 class SegmentReader:
@@ -38,14 +29,14 @@ class SegmentReader:
         """Yield ``(segment, final)``; send back how many bytes the chunker consumed."""
         keep, size = self.tail_bytes, self.segment_bytes
         cur, nxt = self._views
-        n = _read_full(f, cur[keep:])
+        n = read_full(f, cur[keep:])
         start = keep
         pending: Future[int] | None = None
         try:
             while True:
                 final = n < size
                 if not final:
-                    pending = self._pool.submit(_read_full, f, nxt[keep:])
+                    pending = self._pool.submit(read_full, f, nxt[keep:])
                 consumed = yield cur[start : keep + n], final
                 if final:
                     return

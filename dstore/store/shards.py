@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from dstore.errors import NotFound, StoreError
 
@@ -80,12 +81,7 @@ class ShardFiles:
             with open(self.path(cid_text), "rb", buffering=0) as f:
                 if offset:
                     f.seek(offset)
-                got = 0
-                while got < len(buf):
-                    n = f.readinto(buf[got:])
-                    if not n:
-                        break
-                    got += n
+                got = read_full(f, buf)
         except FileNotFoundError as e:
             raise NotFound(f"shard {cid_text} is missing from the store") from e
         if got < len(buf):
@@ -112,6 +108,17 @@ class ShardFiles:
 
     def __iter__(self) -> Iterator[Path]:
         return (p for d in self.root.iterdir() if d.is_dir() for p in d.iterdir())
+
+
+def read_full(f: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``f``; returns the bytes read (fewer than asked means end of file)."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _alive(pid: int) -> bool:
