@@ -46,6 +46,7 @@ bench-deps:
 	  command -v restic >/dev/null || need="$$need restic"; \
 	  command -v zstd >/dev/null || need="$$need zstd"; \
 	  [ -x /usr/bin/time ] || need="$$need time"; \
+	  command -v curl >/dev/null || need="$$need curl"; \
 	  if [ -n "$$need" ]; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$need; \

@@ -182,6 +182,75 @@ def rows(res: dict) -> list[dict]:
                         "pass": _pass(c["pass"]),
                     }
                 )
+    s = S.get("peers")
+    if s:
+        if "error" in s and "runs" not in s:
+            err_row("peers", s)
+        else:
+            g, r, p = s["median_gbps"], s["ratio"], s["pass"]
+            n, k, sz = s.get("peers", 14), s.get("killed", 4), _mib(s["bytes"])
+            out.append(
+                {
+                    "measurement": f"get {sz} from {n} local peers, 10+4 (GB/s)",
+                    "dstore": _f(g["dstore"]),
+                    "reference": f"curl --parallel 16, {n} aiohttp static {_f(g['curl'])}",
+                    "ratio": _f(r["dstore/curl"], "{:.2f}"),
+                    "target": ">= 1.0",
+                    "pass": _pass(p["dstore/curl"]),
+                }
+            )
+            out.append(
+                {
+                    "measurement": "  same, vs one raw TCP stream (sendfile, loopback)",
+                    "dstore": _f(g["dstore"]),
+                    "reference": _f(g["raw_tcp"]),
+                    "ratio": _f(r["dstore/raw_tcp"], "{:.2f}"),
+                    "target": "—",
+                    "pass": "info",
+                }
+            )
+            out.append(
+                {
+                    "measurement": f"get {sz} with {k} of {n} peers SIGKILLed (GB/s)",
+                    "dstore": _f(g["dstore_4_killed"]),
+                    "reference": f"healthy get {_f(g['dstore'])}",
+                    "ratio": _f(r["dstore_4_killed/dstore"], "{:.2f}"),
+                    "target": ">= 0.75",
+                    "pass": _pass(p["dstore_4_killed/dstore"]),
+                }
+            )
+            out.append(
+                {
+                    "measurement": f"add {sz} to {n} local peers, 10+4 (GB/s of input)",
+                    "dstore": _f(g["dstore_add"]),
+                    "reference": "—",
+                    "ratio": "—",
+                    "target": ">= 0.35 GB/s",
+                    "pass": _pass(p["add_gbps"]),
+                }
+            )
+            for op in ("add", "get"):
+                out.append(
+                    {
+                        "measurement": f"peer RSS during {op} (max over {n} peers and runs)",
+                        "dstore": _f(s["peer_peak_rss_mib"][op], "{:.0f}", " MiB"),
+                        "reference": "—",
+                        "ratio": "—",
+                        "target": "<= 150 MiB",
+                        "pass": _pass(p[f"peer_rss_{op}"]),
+                    }
+                )
+            for op in ("add", "get"):
+                out.append(
+                    {
+                        "measurement": f"client peak RSS, {op} {sz} with peers (max of runs)",
+                        "dstore": _f(s["client_peak_rss_mib"][op], "{:.0f}", " MiB"),
+                        "reference": f"({_f(s['rss_run_median_gbps'][op])} GB/s)",
+                        "ratio": "—",
+                        "target": "<= 400 MiB",
+                        "pass": _pass(p[f"client_rss_{op}"]),
+                    }
+                )
     return out
 
 
@@ -219,6 +288,25 @@ def _runs_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _provenance(res: dict) -> list[str]:
+    """One line per group of sections measured together, when results.json merges runs."""
+    groups: dict = {}
+    for name, sec in res.get("sections", {}).items():
+        p = sec.get("measured")
+        if not p:
+            continue
+        c = p.get("config", {})
+        key = (
+            f"{p.get('date_utc')}, commit `{(p.get('git_commit') or '')[:7]}`"
+            f" (modified tracked files: {p.get('git_dirty_tracked_files')}), BENCH_SIZE_MIB={c.get('BENCH_SIZE_MIB')},"
+            f" BENCH_RSS_MIB={c.get('BENCH_RSS_MIB')}, BENCH_RUNS={c.get('BENCH_RUNS')}"
+        )
+        groups.setdefault(key, []).append(name)
+    if len(groups) <= 1:
+        return []
+    return ["- sections come from separate runs:"] + [f"  - {', '.join(v)}: {k}" for k, v in groups.items()]
+
+
 def markdown(res: dict) -> str:
     m, c = res.get("machine", {}), res.get("config", {})
     inputs = res.get("inputs", {})
@@ -249,6 +337,7 @@ def markdown(res: dict) -> str:
             f" (`{' '.join(smoke.get('command', []))}`, version {m.get('versions', {}).get('dstore')})"
         ),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if k != "dstore"),
+        *_provenance(res),
         "",
         (
             "GB/s = 10^9 bytes of input per second of wall time of the whole command (process start-up"
@@ -295,6 +384,18 @@ def markdown(res: dict) -> str:
             " measured with `du -sb` (including its LMDB index) is in results.json as `home_growth_bytes`."
         ),
     ]
+    if "peers" in res.get("sections", {}):
+        parts.append(
+            "- Peers: 14 `python -m dstore.peer serve` processes on 127.0.0.1, homes on tmpfs. add: a fresh"
+            " fleet (new, empty peer homes) and a fresh `DSTORE_HOME` every run; get: fresh `DSTORE_HOME`"
+            " each time (every block comes from the peers), output on tmpfs. References for the get: `curl"
+            " --parallel --parallel-max 16 -K cfg` of the same bytes as 1 MiB plain files from 14 aiohttp"
+            " `web.static` servers (one process each, files round-robin), and one raw loopback TCP stream"
+            " (Python `socket.sendfile` to a receiver doing `recv_into` a reused buffer). The degraded get"
+            " SIGKILLs 4 of the 14 peers just before it and restarts them after; its ratio is to the"
+            " healthy get of the same run. Peer RSS: VmRSS of every peer process polled every 10 ms during"
+            " separate add/get runs (max over peers and runs); client RSS as in the peak-RSS check."
+        )
     st = res.get("sections", {}).get("add_tmpfs", {}).get("startup", {}).get("median")
     if st:
         parts.append(
@@ -347,7 +448,21 @@ def plot(res: dict, path: Path) -> None:
     if "median_gbps" in S.get("csv", {}):
         g = S["csv"]["median_gbps"]
         groups.append(("add, tmpfs\n(CSV)", [("dstore", g["dstore"], True), ("zstd -3", g["zstd"], False)]))
-    fig, ax = plt.subplots(figsize=(10, 5))
+    if "median_gbps" in S.get("peers", {}):
+        g = S["peers"]["median_gbps"]
+        groups.append(
+            (
+                "get from 14 peers",
+                [
+                    ("dstore", g["dstore"], True),
+                    ("dstore\n4 killed", g["dstore_4_killed"], True),
+                    ("curl\n--parallel 16", g["curl"], False),
+                    ("raw TCP", g["raw_tcp"], False),
+                ],
+            )
+        )
+        groups.append(("add to\n14 peers", [("dstore", g["dstore_add"], True)]))
+    fig, ax = plt.subplots(figsize=(12, 5))
     x, ticks, tick_labels = 0.0, [], []
     ref_colors = ["#999999", "#bbbbbb", "#dddddd"]
     for label, bars in groups:
@@ -367,10 +482,13 @@ def plot(res: dict, path: Path) -> None:
     ax.set_xticklabels(tick_labels)
     ax.set_ylabel("GB/s (10^9 input bytes / wall second, median)")
     c = res.get("config", {})
-    ax.set_title(
-        f"dstore vs references — {c.get('BENCH_SIZE_MIB')} MiB inputs, median of "
-        f"{c.get('BENCH_RUNS')} runs, {res.get('machine', {}).get('nproc')} CPUs"
-    )
+    sizes = {(s.get("measured") or {}).get("config", {}).get("BENCH_SIZE_MIB") for s in S.values()} - {None}
+    runs = {(s.get("measured") or {}).get("config", {}).get("BENCH_RUNS") for s in S.values()} - {None}
+    if len(sizes) > 1 or len(runs) > 1:
+        what = "sections from separate runs (sizes in results.md), medians"
+    else:
+        what = f"{c.get('BENCH_SIZE_MIB')} MiB inputs, median of {c.get('BENCH_RUNS')} runs"
+    ax.set_title(f"dstore vs references — {what}, {res.get('machine', {}).get('nproc')} CPUs")
     ax.margins(y=0.2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -18,7 +18,9 @@ Environment:
   BENCH_TIMEOUT_S per-command timeout in seconds (default 1800)
   BENCH_MAX_LOAD  if set, wait before each section until the 1-min load average is below it
                   (at most BENCH_MAX_WAIT_S, default 600 s)
-  BENCH_ONLY      comma-separated subset of: add_tmpfs,add_disk,get_tmpfs,rss,csv,dedup
+  BENCH_ONLY      comma-separated subset of: add_tmpfs,add_disk,get_tmpfs,rss,csv,dedup,peers
+  BENCH_MERGE     1 (default): sections not run keep their results from BENCH_RESULTS/results.json;
+                  0: results.json holds only this run's sections
 
 See bench/README.md for the method.
 """
@@ -41,9 +43,10 @@ sys.path.insert(0, str(HERE))
 
 import datagen
 import measure as M
+import peers
 import report
 
-SECTIONS = ["add_tmpfs", "add_disk", "get_tmpfs", "rss", "csv", "dedup"]
+SECTIONS = ["add_tmpfs", "add_disk", "get_tmpfs", "rss", "csv", "dedup", "peers"]
 SHARDS = "10+4"
 SHARDS_NO_PARITY = "10+0"
 
@@ -187,7 +190,7 @@ class Bench:
         t0 = time.perf_counter()
         need = set(self.only)
         self.inputs = {}
-        if need & {"add_tmpfs", "add_disk", "get_tmpfs"}:
+        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "peers"}:
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
             self.inputs["random"] = dict(
@@ -650,6 +653,9 @@ class Bench:
             "pass": {k: c["pass"] for k, c in cases.items()},
         }
 
+    def peers(self) -> dict:
+        return peers.section(self)
+
     def wait_for_quiet(self) -> None:
         """With BENCH_MAX_LOAD set, wait (at most BENCH_MAX_WAIT_S, default 600 s) until the
         1-minute load average drops below it: the machine may be shared."""
@@ -662,6 +668,46 @@ class Bench:
             time.sleep(15)
 
     # ---- main -----------------------------------------------------------------
+
+    @staticmethod
+    def provenance(machine: dict, config: dict) -> dict:
+        """When, at which commit and with which sizes a section was measured."""
+        return {
+            "date_utc": machine.get("date_utc"),
+            "git_commit": machine.get("git_commit"),
+            "git_dirty_tracked_files": machine.get("git_dirty_tracked_files"),
+            "loadavg_start": machine.get("loadavg_start"),
+            "config": {k: config.get(k) for k in ("BENCH_SIZE_MIB", "BENCH_RSS_MIB", "BENCH_RUNS", "BENCH_SEED")},
+        }
+
+    def merge_previous(self) -> None:
+        """Sections not run this time keep their results from the previous results.json
+        (BENCH_MERGE=0: don't). Each section carries its own `measured` provenance; the
+        top-level config/machine are this run's."""
+        path = self.results_dir / "results.json"
+        if os.environ.get("BENCH_MERGE", "1") == "0" or not path.exists():
+            return
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            self.log(f"previous {path} unreadable ({e}); not merged")
+            return
+        new = self.results["sections"]
+        kept = {}
+        for name, sec in (old.get("sections") or {}).items():
+            if name in new:
+                continue
+            sec.setdefault("measured", self.provenance(old.get("machine", {}), old.get("config", {})))
+            kept[name] = sec
+        if not kept:
+            return
+        merged = {**kept, **new}
+        order = {n: i for i, n in enumerate(SECTIONS)}
+        self.results["sections"] = dict(sorted(merged.items(), key=lambda kv: order.get(kv[0], len(order))))
+        self.results["inputs"] = {**(old.get("inputs") or {}), **self.results.get("inputs", {})}
+        self.results["config"]["sections_this_run"] = self.only
+        self.results["config"]["sections"] = list(self.results["sections"])
+        self.log(f"kept previous results of {sorted(kept)} from {path}")
 
     def run(self) -> None:
         t0 = time.perf_counter()
@@ -698,10 +744,14 @@ class Bench:
             sections[name]["loadavg_before"] = load
             sections[name]["loadavg_after"] = os.getloadavg()
             sections[name]["section_seconds"] = time.perf_counter() - t
+        m, c = self.results["machine"], self.results["config"]
+        for sec in sections.values():
+            sec["measured"] = self.provenance(m, c)
         self.results["sections"] = sections
         self.results["machine"]["loadavg_end"] = os.getloadavg()
         self.results["total_seconds"] = time.perf_counter() - t0
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.merge_previous()
         (self.results_dir / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
         md = report.markdown(self.results)
         (self.results_dir / "results.md").write_text(md)
