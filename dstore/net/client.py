@@ -138,6 +138,9 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | Non
     return bytes(buf)
 
 
+READ_BUFFER_BYTES = 1 << 20
+
+
 class PeerSet:
     """A set of storage peers and one HTTP session to speak to them (async; see :meth:`connect`)."""
 
@@ -184,9 +187,11 @@ class PeerSet:
             url = normalize_url(url)
             if all(p.url != url for p in peers):
                 peers.append(Peer(url))
+        # Shards are ~1 MiB: read them in big pieces rather than aiohttp's default 64 KiB.
         connector = aiohttp.TCPConnector(limit=64, limit_per_host=8, keepalive_timeout=30.0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
             connector=connector,
+            read_bufsize=READ_BUFFER_BYTES,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=read_timeout_s),
             headers={"User-Agent": f"dstore/{__version__}"},
         )
@@ -533,13 +538,22 @@ class PeerSet:
         return results, misses
 
     def _shard_candidates(self, i: int, hint: str | None, known: list[Peer], live: list[Peer]) -> list[Peer]:
-        """Peers to ask for shard ``i``: the hinted holder, its place in the ranking, then every other live peer."""
+        """Peers to ask for shard ``i``: the hinted holder, its place in the ranking, then every other live peer.
+
+        When the holder (by hint, else by ranking) is known and down, it stays
+        first in the list: the shard is then asked for only after the shards
+        whose holders are up (see :meth:`_shard_order`), instead of being
+        searched for on every live peer while parity is at hand.
+        """
+        if hint:
+            # A holder we cannot reach now (down, or never answered) stands in as a dead peer.
+            holder: Peer | None = self.peer_by_id(hint) or Peer(url=f"peer {hint}", peer_id=hint)
+        else:
+            holder = known[i % len(known)] if known else None
+        if holder is not None and not holder.alive:
+            return [holder, *sorted(live, key=lambda p: p.cost_s)]
         out: list[Peer] = []
-        for p in (
-            self.peer_by_id(hint),
-            known[i % len(known)] if known else None,
-            live[i % len(live)] if live else None,
-        ):
+        for p in (holder, live[i % len(live)] if live else None):
             if p is not None and p.alive and p not in out:
                 out.append(p)
         out.extend(p for p in sorted(live, key=lambda p: p.cost_s) if p not in out)
@@ -555,8 +569,8 @@ class PeerSet:
         typical = statistics.median(costs) if costs else DEFAULT_LATENCY_S
 
         def klass(i: int) -> int:
-            if not candidates[i]:
-                return 3
+            if not candidates[i] or not candidates[i][0].alive:
+                return 3  # its holder is down: ask for it only if parity is not enough
             first = candidates[i][0]
             if first.bad_bytes:
                 return 2
