@@ -217,15 +217,7 @@ unsafe impl zstd::zstd_safe::WriteBuf for UninitOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut out = vec![0u8; n];
-        blake3::Hasher::new()
-            .update(&seed.to_le_bytes())
-            .finalize_xof()
-            .fill(&mut out);
-        out
-    }
+    use crate::testutil::random;
 
     fn text(n: usize) -> Vec<u8> {
         let mut s = String::new();

@@ -323,15 +323,7 @@ pub fn reconstruct_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut out = vec![0u8; n];
-        blake3::Hasher::new()
-            .update(&seed.to_le_bytes())
-            .finalize_xof()
-            .fill(&mut out);
-        out
-    }
+    use crate::testutil::random;
 
     #[test]
     fn split_encode_equals_whole_encode() {

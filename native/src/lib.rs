@@ -12,6 +12,8 @@ pub mod chunk;
 pub mod compress;
 pub mod erasure;
 pub mod pipeline;
+#[cfg(test)]
+mod testutil;
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;

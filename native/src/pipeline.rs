@@ -115,15 +115,7 @@ pub fn process_segment(data: &[u8], final_: bool, params: &Params, zstd_level: i
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut out = vec![0u8; n];
-        blake3::Hasher::new()
-            .update(&seed.to_le_bytes())
-            .finalize_xof()
-            .fill(&mut out);
-        out
-    }
+    use crate::testutil::random;
 
     fn check(data: &[u8], final_: bool, params: &Params, level: i32) -> Segment {
         let seg = process_segment(data, final_, params, level);
