@@ -32,8 +32,7 @@ def get(
 ) -> dict[str, object]:
     """Write dataset ``dataset`` to ``output`` (from peers where the local store lacks it); returns a summary."""
     output = Path(output)
-    reader = DatasetReader(store, dataset, peers=peers)
-    try:
+    with DatasetReader(store, dataset, peers=peers) as reader:
         if os.path.lexists(output):
             raise UsageError(f"{output} already exists; remove it or choose another -o")
         parent = output.absolute().parent
@@ -51,8 +50,6 @@ def get(
             else:
                 tmp.unlink(missing_ok=True)
             raise
-    finally:
-        reader.close()
     return {"cid": dataset, "output": str(output), "files": files, "bytes": reader.manifest.size}
 
 
