@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dstore.errors import StoreError
+from dstore.store.shards import write_atomically
 
 __all__ = ["Identity", "b58encode", "load_or_create_identity", "peer_id_from_public_key"]
 
@@ -91,13 +92,7 @@ def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` with mode 0600, durably and atomically (tmp + fsync + rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        tmp.unlink(missing_ok=True)  # left by an earlier crash of this same pid
+        write_atomically(path, tmp, [data], 0o600)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from e

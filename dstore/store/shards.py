@@ -42,23 +42,10 @@ class ShardFiles:
         with self._lock:
             self._counter += 1
             tmp = self.tmp / f"{cid_text}.{os.getpid()}.{self._counter}.tmp"
-        size = 0
         try:
             final.parent.mkdir(exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                        size += written
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+            size = write_atomically(final, tmp, parts, 0o644)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write shard {cid_text}: {e.strerror or e}") from e
         with self._lock:
             self._dirty_dirs.add(final.parent)
@@ -108,6 +95,32 @@ class ShardFiles:
 
     def __iter__(self) -> Iterator[Path]:
         return (p for d in self.root.iterdir() if d.is_dir() for p in d.iterdir())
+
+
+def write_atomically(final: Path, tmp: Path, parts: Iterable[bytes | memoryview], mode: int) -> int:
+    """Write ``parts`` to ``tmp`` (same filesystem as ``final``), fsync, rename to ``final``.
+
+    Returns the bytes written. On any error ``tmp`` is removed and ``final`` is
+    untouched, so a crash never leaves a half-written file under its real name.
+    """
+    size = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                    size += written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size
 
 
 def read_full(f: BinaryIO, view: memoryview) -> int:
