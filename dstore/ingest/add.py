@@ -110,8 +110,8 @@ class _Adder:
     # Chunks found already stored before this add: chunk CID -> location.
     old_locations: dict[bytes, ChunkLoc] = field(default_factory=dict)
     blocks: list[tuple[bytes, bytes]] = field(default_factory=list)
-    # Packs found through dedup: whether each lives where this add stores
-    # (on peers, or in local files), and the peers holding their shards.
+    # Packs found through dedup: whether this add may reuse each (still where
+    # it stores, and strong enough), and the peers confirmed to hold their shards.
     usable_packs: dict[bytes, bool] = field(default_factory=dict)
     old_placement: dict[bytes, list[str | None]] = field(default_factory=dict)
     chunks_total: int = 0
@@ -167,31 +167,58 @@ class _Adder:
         seen = self.seen
         unseen = [c for c in cids if c not in seen]
         stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen), strict=True))
+        self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
         for i, cid in enumerate(cids):
             if cid in seen:
                 continue  # repeated within this add
             seen[cid] = None
             old = stored_before[cid]
-            if old is not None and self._usable(old.pack_id):
+            if old is not None and self.usable_packs[old.pack_id]:
                 self.old_locations[cid] = old
                 continue
-            picks.append(i)
+            picks.append(i)  # new, or its pack is too weak or gone: store it again
         stored_lengths = seg.stored_lengths
         self.new_chunk_bytes += sum(sizes[i] for i in picks)
         self.compressed_bytes += sum(stored_lengths[i] for i in picks)
         self.packer.add_chunks(seg, picks, cids)
 
-    def _usable(self, pack_id: bytes) -> bool:
-        """Whether a stored pack lives where this add stores (peers, or local files)."""
-        usable = self.usable_packs.get(pack_id)
-        if usable is None:
-            placement = self.store.index.placement(pack_id)
-            usable = (placement is not None) == isinstance(self.sink, PeerSink)
-            if usable and placement is not None:
-                self.old_placement[pack_id] = placement
+    def _judge_packs(self, pack_ids: dict[bytes, None]) -> None:
+        """Decide, for the packs not judged yet, whether this add may reuse their chunks.
+
+        Only a pack that is still where this add stores and at least as strong
+        as the pack this add would write (docs/format.md, "When dedup reuses a
+        pack"). All the segment's candidates are checked in one round (one
+        batch of HEAD requests with peers).
+        """
+        new = [p for p in pack_ids if p not in self.usable_packs]
+        if not new:
+            return
+        candidates: list[bytes] = []
+        packs: list[tuple[PackRecord, list[str | None] | None]] = []
+        for pack_id in new:
+            record = self._stored_record(pack_id)
+            if record is None:
+                self.usable_packs[pack_id] = False
+                continue
+            candidates.append(pack_id)
+            packs.append((record, self.store.index.placement(pack_id)))
+        target = self.sink.target(self.spec.k, self.spec.m)
+        for pack_id, held in zip(candidates, self.sink.held(packs), strict=True):
+            usable = held is not None and held.strength.covers(target)
+            if usable and held is not None and held.placement is not None:
+                self.old_placement[pack_id] = held.placement
             self.usable_packs[pack_id] = usable
-        return usable
+
+    def _stored_record(self, pack_id: bytes) -> PackRecord | None:
+        """The record of a pack the index names, or None if it is missing or unreadable (then store again)."""
+        block = self.store.get_block(pack_id)
+        if block is None:
+            return None
+        try:
+            return PackRecord.decode(block)
+        except DstoreError:
+            return None
 
     def _pack_record(self, pack_id: bytes) -> PackRecord:
         record = self.packer.packs.get(pack_id)

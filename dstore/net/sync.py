@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from dstore.format.cid import CID
 from dstore.format.pack import PackRecord
 from dstore.net.client import PeerSet
+from dstore.net.confirm import confirm_shards
 from dstore.net.peers import Peer
 
 __all__ = ["SyncPeerSet"]
@@ -170,3 +171,7 @@ class SyncPeerSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def confirm_shards(self, items: Sequence[tuple[str, CID]]) -> list[bool]:
+        """True where that peer ID is a live peer of the set and holds the shard (one batch of HEADs)."""
+        return self._call(confirm_shards(self._ps, items))
