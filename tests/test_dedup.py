@@ -19,6 +19,7 @@ from dstore.format.pack import PackRecord
 from dstore.ingest.sinks import holder_losses_survived
 from dstore.net import SyncPeerSet
 from dstore.store import Store
+
 from treeutil import random_bytes, snapshot
 
 TOKEN = "dedup-token"

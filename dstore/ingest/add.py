@@ -2,8 +2,10 @@
 
 The hot path per 16 MiB segment is one Rust call (chunk, hash, compress, both
 cores, GIL released); Python then looks the segment's chunks up in the index in
-one read transaction and copies the new ones into the open pack. Sealing a
-pack (erasure coding, shard hashes) and writing shards run on other threads.
+one read transaction, reuses those whose pack is still there and strong
+enough (docs/format.md, "When dedup reuses a pack"), and copies the others
+into the open pack. Sealing a pack (erasure coding, shard hashes) and writing
+shards run on other threads.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ put back (repair, a re-add) is seen at once.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,25 +29,29 @@ CONFIRM_CONCURRENCY = 16
 MAX_CONFIRMED_ENTRIES = 100_000
 
 # (peer ID, shard CID bytes) -> time.monotonic() of the confirmation. Peer IDs
-# are identities (keys), not addresses, so one cache serves every PeerSet.
+# are identities (keys), not addresses, so one cache serves every PeerSet;
+# the lock because each SyncPeerSet runs its own loop thread.
 _confirmed: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+_lock = threading.Lock()
 
 
 def _cached(key: tuple[str, bytes], now: float) -> bool:
-    at = _confirmed.get(key)
-    if at is None:
+    with _lock:
+        at = _confirmed.get(key)
+        if at is None:
+            return False
+        if now - at < CONFIRMED_TTL_S:
+            return True
+        del _confirmed[key]
         return False
-    if now - at < CONFIRMED_TTL_S:
-        return True
-    del _confirmed[key]
-    return False
 
 
 def _remember(key: tuple[str, bytes], now: float) -> None:
-    _confirmed[key] = now
-    _confirmed.move_to_end(key)
-    while len(_confirmed) > MAX_CONFIRMED_ENTRIES:
-        _confirmed.popitem(last=False)
+    with _lock:
+        _confirmed[key] = now
+        _confirmed.move_to_end(key)
+        while len(_confirmed) > MAX_CONFIRMED_ENTRIES:
+            _confirmed.popitem(last=False)
 
 
 async def confirm_shards(peerset: Any, items: Sequence[tuple[str, CID]]) -> list[bool]:
