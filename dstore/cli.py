@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except DstoreError as e:
             _fail(str(e), e.exit_code)
+        except _Terminated:
+            _fail("terminated", 143)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except BrokenPipeError:
@@ -56,6 +59,24 @@ class _Group(click.Group):
             sys.exit(141)
         except OSError as e:
             _fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", 8)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt, so the same cleanup runs (exit 143)."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While writing an output, SIGTERM unwinds like Ctrl-C instead of killing the process mid-write."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -99,8 +120,20 @@ home_option = click.option(
 )
 
 
+def _remember_token_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # Kept aside rather than passed to every command: only _peers needs it.
+    ctx.meta["dstore.token_file"] = value
+
+
 def peers_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--peers`` and ``--token``: with peers, data and metadata live on storage peers."""
+    """``--peers``, ``--token`` and ``--token-file``: with peers, data and metadata live on storage peers."""
+    f = click.option(
+        "--token-file",
+        metavar="PATH",
+        expose_value=False,
+        callback=_remember_token_file,
+        help="Read the write token from PATH (else $DSTORE_TOKEN_FILE); unlike --token, not visible in ps.",
+    )(f)
     f = click.option("--token", help="Write token for the peers (else $DSTORE_TOKEN).")(f)
     return click.option(
         "--peers", "peer_urls", metavar="URL,URL", help="Storage peers to use (else $DSTORE_PEERS; none: local only)."
@@ -119,7 +152,8 @@ def _peers(peer_urls: str | None, token: str | None) -> Iterator[Any]:
     if not urls:
         yield None
         return
-    peers = SyncPeerSet.connect(urls, token_from_env(token))
+    token_file = click.get_current_context().meta.get("dstore.token_file")
+    peers = SyncPeerSet.connect(urls, token_from_env(token, token_file))
     try:
         yield peers
     finally:
@@ -184,7 +218,7 @@ def add(
 
 
 @main.command()
-@click.argument("cid")
+@click.argument("cid", metavar="CID[/PATH]")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
@@ -193,10 +227,15 @@ def add(
 def get(
     cid: str, output: Path, quiet: bool, as_json: bool, home: str | None, peer_urls: str | None, token: str | None
 ) -> None:
-    """Write dataset CID to OUTPUT (a folder, or a file for a file dataset)."""
+    """Write dataset CID, or its file or folder PATH, to OUTPUT; an interrupted get resumes when run again."""
     from dstore.fetch.get import get as do_get
 
-    with _store(home) as store, _peers(peer_urls, token) as peers, _progress("getting", quiet) as (start, advance):
+    with (
+        _sigterm_interrupts(),
+        _store(home) as store,
+        _peers(peer_urls, token) as peers,
+        _progress("getting", quiet) as (start, advance),
+    ):
         summary = do_get(store, cid, output, progress=advance, on_start=start, peers=peers)
     if as_json:
         click.echo(json.dumps(summary))
@@ -220,8 +259,8 @@ def ls_(target: str, long: bool, as_json: bool, home: str | None, peer_urls: str
                     json.dumps({"name": entry.name, "type": entry.kind, "size": entry.size, "cid": entry.cid_text})
                 )
             elif long:
-                kind = "d" if entry.kind == "dir" else "-"
-                click.echo(f"{kind} {entry.size:>14} {entry.cid_text} {entry.name}")
+                kind, size = ("d", "-") if entry.kind == "dir" else ("-", entry.size)
+                click.echo(f"{kind} {size:>14} {entry.cid_text} {entry.name}")
             else:
                 click.echo(entry.name + ("/" if entry.kind == "dir" else ""))
 
@@ -236,10 +275,27 @@ def cat(target: str, home: str | None, peer_urls: str | None, token: str | None)
 
     cid, _, path = target.partition("/")
     out = sys.stdout.buffer
-    with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
+    with (
+        _sigterm_interrupts(),
+        _store(home) as store,
+        _peers(peer_urls, token) as peers,
+        DatasetReader(store, cid, peers=peers) as reader,
+    ):
         for piece in reader.iter_file(path):
-            out.write(piece)
-    out.flush()
+            _write_stdout(out.write, piece)
+        _write_stdout(lambda _: out.flush(), b"")
+
+
+def _write_stdout(write: Callable[[Any], object], data: Any) -> None:
+    """An error writing stdout is about the output (exit 4); a closed pipe is not an error (141)."""
+    from dstore.fetch.output import write_error
+
+    try:
+        write(data)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise write_error("stdout", e) from e
 
 
 @main.command()
@@ -271,7 +327,7 @@ def export(cid: str, output: Path, home: str | None, peer_urls: str | None, toke
     """Write the dataset's blocks as a CAR v1 file (readable by IPFS tools)."""
     from dstore.fetch.export import export_car
 
-    with _store(home) as store, _peers(peer_urls, token) as peers:
+    with _sigterm_interrupts(), _store(home) as store, _peers(peer_urls, token) as peers:
         export_car(store, cid, output, peers=peers)
 
 

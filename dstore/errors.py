@@ -73,3 +73,9 @@ class PeerError(DstoreError):
         super().__init__(message)
         self.status = status
         self.url = url
+
+
+class OutputError(DstoreError, OSError):
+    """The output of get, export or cat cannot be written (disk full, I/O error, name the filesystem refuses)."""
+
+    exit_code = 4

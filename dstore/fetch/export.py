@@ -3,17 +3,17 @@
 Roots: the UnixFS root, so stock IPFS tools (``ipfs-car unpack``, ``ipfs dag
 import``) read the tree. Blocks: the UnixFS DAG depth first (each block once,
 raw leaves read and verified from packs), then the manifest. Written under a
-temporary name and renamed when complete.
+temporary name and renamed when complete, never over a file that appeared
+meanwhile (dstore/fetch/output.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dstore.errors import UsageError
+from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format.car import CarWriter
 from dstore.format.cid import CID, RAW
@@ -22,18 +22,32 @@ from dstore.store import Store
 
 def export_car(store: Store, dataset: str, output: Path, *, peers: Any | None = None) -> int:
     """Write the CAR; returns its size in bytes."""
+    shown = Path(output)
     with DatasetReader(store, dataset, peers=peers) as reader:
-        output = Path(output)
-        if os.path.lexists(output):
-            raise UsageError(f"{output} already exists; remove it or choose another -o")
-        tmp = output.with_name(f".{output.name}.dstore-{os.getpid()}.tmp")
+        output = check_output(shown)
+        tmp = temporary_name(output)
         try:
-            with open(tmp, "wb") as f:
-                car = CarWriter(f.write, [reader.root])
+            try:
+                f = open(tmp, "xb")
+            except OSError as e:
+                raise write_error(shown, e) from e
+            with f:
+
+                def write(data: bytes) -> None:
+                    try:
+                        f.write(data)
+                    except OSError as e:
+                        raise write_error(shown, e) from e
+
+                car = CarWriter(write, [reader.root])
                 for cid, block in _dag_blocks(reader, reader.root):
                     car.put(cid, block)
                 car.put(reader.cid, reader.block(reader.cid))
-            os.rename(tmp, output)
+                try:
+                    f.flush()
+                except OSError as e:
+                    raise write_error(shown, e) from e
+            publish(tmp, output, shown, "nothing was written")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -1,120 +1,181 @@
-"""``dstore get``: write a dataset back as files, atomically.
+"""``dstore get``: write a dataset, or a folder or file of it, back as files, atomically and resumably.
 
 Everything is written under a temporary name next to the output and renamed
-to it only once every chunk has been verified; on any error the temporary
-tree is removed, so nothing is ever left under the output name.
+to it only once every chunk has been verified, with a rename that never
+replaces: if something appeared at the output meanwhile, it is left alone.
+
+The get is recorded in the store (dstore/fetch/partial.py). When it fails or
+is interrupted after completing some files, the temporary tree is kept: run
+the same get (same dataset part, same ``-o``) again and those files are kept,
+only the rest is fetched; any other get, or ``dstore gc``, removes it. When
+nothing was completed, the temporary tree is removed at once.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dstore.errors import FormatError, IntegrityError, UsageError
+from dstore.errors import FormatError, IntegrityError
+from dstore.fetch import partial
+from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
-from dstore.format.cid import CID
+from dstore.format.cid import CID, cid_to_text
 from dstore.store import Store
 
 
 def get(
     store: Store,
-    dataset: str,
+    target: str,
     output: Path,
     *,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     peers: Any | None = None,
 ) -> dict[str, object]:
-    """Write dataset ``dataset`` to ``output`` (from peers where the local store lacks it); returns a summary."""
-    output = Path(output)
+    """Write ``target`` (``CID`` or ``CID/path``) to ``output`` (from peers where the store lacks it); a summary."""
+    dataset, _, path = target.partition("/")
+    path = "/".join(p for p in path.split("/") if p)
+    shown = Path(output)
     with DatasetReader(store, dataset, peers=peers) as reader:
-        if os.path.lexists(output):
-            raise UsageError(f"{output} already exists; remove it or choose another -o")
-        parent = output.absolute().parent
-        if not parent.is_dir():
-            raise UsageError(f"folder {parent} does not exist")
-        if on_start:
-            on_start(reader.manifest.size)
-        tmp = parent / f".{output.name}.dstore-{os.getpid()}.tmp"
+        cid, node = reader.resolve(path)
+        output = check_output(shown)
+        total = reader.manifest.size if not path else node.filesize
+        if on_start and total is not None:
+            on_start(total)
+        header = partial.Header(
+            dataset=cid_to_text(reader.cid),
+            path=path,
+            output=str(output),
+            tmp=str(temporary_name(output)),
+            pid=os.getpid(),
+            boot=partial.boot_id(),
+        )
+        record = partial.begin(store.home, header)
+        tree = _TreeWriter(reader, Path(record.header.tmp), shown, record, progress)
         try:
-            files = _write_tree(reader, tmp, output.name, progress)
-            os.rename(tmp, output)
+            tree.write(cid, node)
+            publish(tree.tmp, output, shown, f"the data is kept: remove {shown} and run the same get to finish")
         except BaseException:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
+            if not tree.completed:
+                partial.remove_tree(tree.tmp)
+                record.finish()
             else:
-                tmp.unlink(missing_ok=True)
+                record.close()  # the record stays: the next run of this get resumes
             raise
-    return {"cid": dataset, "output": str(output), "files": files, "bytes": reader.manifest.size}
+        record.finish()
+    return {
+        "cid": header.dataset,
+        "path": path,
+        "output": str(shown),
+        "files": tree.files,
+        "bytes": tree.bytes,
+        "resumed_files": tree.resumed_files,
+        "resumed_bytes": tree.resumed_bytes,
+    }
 
 
-def _write_tree(reader: DatasetReader, tmp: Path, name: str, progress: Callable[[int], None] | None) -> int:
-    """Write the whole dataset at ``tmp``; returns the number of files."""
-    with ThreadPoolExecutor(1, thread_name_prefix="dstore-write") as writer:
-        return _write_nodes(reader, tmp, name, progress, writer)
+class _TreeWriter:
+    """Writes one file or folder of a dataset at ``tmp``, keeping what an earlier run of the same get completed."""
 
+    def __init__(
+        self,
+        reader: DatasetReader,
+        tmp: Path,
+        shown: Path,
+        record: partial.PartialGet,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.reader = reader
+        self.tmp = tmp
+        self.shown = shown
+        self.record = record
+        self.progress = progress or (lambda n: None)
+        self.files = self.bytes = self.resumed_files = self.resumed_bytes = 0
+        self.completed = bool(record.done)  # some file of this tree is complete (in this run or an earlier one)
 
-def _write_nodes(
-    reader: DatasetReader, tmp: Path, name: str, progress: Callable[[int], None] | None, writer: ThreadPoolExecutor
-) -> int:
-    root = reader.node(reader.root)
-    if not root.is_dir:
-        _write_file(reader, reader.root, root, tmp, name, progress, writer)
-        return 1
-    files = 0
-    tmp.mkdir()
-    for rel, cid, node in reader.walk_under(root):
-        for part in rel.split("/"):
-            try:
-                unixfs.validate_name(part)
-            except ValueError as e:
-                raise FormatError(f"unsafe name in dataset: {rel!r}") from e
-        target = tmp / rel
-        if node.is_dir:
+    def write(self, cid: CID, node: unixfs.Node) -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="dstore-write") as writer:
+            if not node.is_dir:
+                self._file("", cid, node, self.tmp, writer)
+                return
+            self._dir(self.tmp, "")
+            for rel, child_cid, child in self.reader.walk_under(node):
+                for part in rel.split("/"):
+                    try:
+                        unixfs.validate_name(part)
+                    except ValueError as e:
+                        raise FormatError(f"unsafe name in dataset: {rel!r}") from e
+                if child.is_dir:
+                    self._dir(self.tmp / rel, rel)
+                else:
+                    self._file(rel, child_cid, child, self.tmp / rel, writer)
+
+    def _dir(self, target: Path, rel: str) -> None:
+        try:
             target.mkdir()
+        except FileExistsError:
+            if target.is_dir() and not target.is_symlink():
+                return  # made by an earlier run of this get
+            partial.remove_tree(target)
+            self._dir(target, rel)
+        except OSError as e:
+            raise write_error(self.shown / rel, e) from e
+
+    def _file(self, rel: str, cid: CID, node: unixfs.Node, target: Path, writer: ThreadPoolExecutor) -> None:
+        cid_text = cid_to_text(cid)
+        size = node.filesize
+        if size is not None and self.record.trusted(rel, cid_text, size, target):
+            self.resumed_files += 1
+            self.resumed_bytes += size
+            self.progress(size)
         else:
-            _write_file(reader, cid, node, target, rel, progress, writer)
-            files += 1
-    return files
+            if os.path.lexists(target):
+                partial.remove_tree(target)  # an earlier run's unfinished file
+            size = self._write_file(rel, cid, node, target, writer)
+            self.record.mark_done(rel, cid_text, size)
+            self.completed = True
+        self.files += 1
+        self.bytes += size
 
-
-def _write_file(
-    reader: DatasetReader,
-    cid: CID,
-    node: unixfs.Node,
-    target: Path,
-    name: str,
-    progress: Callable[[int], None] | None,
-    writer: ThreadPoolExecutor,
-) -> None:
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    # One write in flight on the writer thread while the next run is decoded;
-    # a run's view stays valid until the generator has moved on twice.
-    pending: Future[None] | None = None
-    try:
-        for piece in reader.iter_file_cid(cid, node):
+    def _write_file(self, rel: str, cid: CID, node: unixfs.Node, target: Path, writer: ThreadPoolExecutor) -> int:
+        """Write one file's verified bytes at ``target``; returns its size."""
+        where = self.shown / rel if rel else self.shown
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise write_error(where, e) from e
+        # One write in flight on the writer thread while the next run is decoded;
+        # a run's view stays valid until the generator has moved on twice.
+        pending: Future[None] | None = None
+        written = 0
+        try:
+            for piece in self.reader.iter_file_cid(cid, node):
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(_write_all, fd, piece, where)
+                written += len(piece)
+                self.progress(len(piece))
             if pending is not None:
                 pending.result()
-            pending = writer.submit(_write_all, fd, piece)
-            if progress:
-                progress(len(piece))
-        if pending is not None:
-            pending.result()
-            pending = None
-    except IntegrityError as e:
-        # Name what is lost: the file, not only the pack.
-        raise type(e)(f"{name}: {e}") from e
-    finally:
-        if pending is not None:
-            pending.exception()  # never close the fd under a running write
-        os.close(fd)
+                pending = None
+        except IntegrityError as e:
+            # Name what is lost: the file, not only the pack.
+            raise type(e)(f"{rel or self.shown}: {e}") from e
+        finally:
+            if pending is not None:
+                pending.exception()  # never close the fd under a running write
+            os.close(fd)
+        return written
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
+def _write_all(fd: int, data: memoryview, where: Path) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError as e:
+        raise write_error(where, e) from e

@@ -1,4 +1,8 @@
-"""Where the peers are and how to write to them: ``--peers`` / ``$DSTORE_PEERS``, ``--token`` / ``$DSTORE_TOKEN``."""
+"""Where the peers are and how to write to them: ``--peers`` / ``$DSTORE_PEERS``, ``--token`` / ``$DSTORE_TOKEN``.
+
+A token can also come from a file (``--token-file`` / ``$DSTORE_TOKEN_FILE``): unlike an argument, it is not
+visible to other users in ``ps``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from urllib.parse import urlsplit
 
 from dstore.errors import UsageError
 
-__all__ = ["normalize_url", "peers_from_env", "token_from_env"]
+__all__ = ["normalize_url", "peers_from_env", "read_token_file", "token_from_env"]
+
+MAX_TOKEN_FILE_BYTES = 4096  # a token is a line; anything longer is the wrong file
 
 
 def normalize_url(url: str) -> str:
@@ -40,8 +46,43 @@ def peers_from_env(cli_value: str | None) -> list[str]:
     return urls
 
 
-def token_from_env(cli_value: str | None) -> str | None:
-    """The write token from ``--token`` if given, else ``$DSTORE_TOKEN``, else None (reads need none)."""
+def token_from_env(cli_value: str | None, cli_file: str | None = None) -> str | None:
+    """The write token: ``--token``, else ``--token-file``, else ``$DSTORE_TOKEN``, else ``$DSTORE_TOKEN_FILE``.
+
+    None when none is given (reads need none). A token file holds the token on
+    one line (what ``dstore peer serve`` writes to its ``<home>/token``); a
+    missing, unreadable or empty one is a :class:`UsageError`.
+    """
+    if cli_value and cli_file:
+        raise UsageError("give --token or --token-file, not both")
     if cli_value:
         return cli_value
-    return os.environ.get("DSTORE_TOKEN") or None
+    if cli_file:
+        return read_token_file(cli_file, "--token-file")
+    env = os.environ.get("DSTORE_TOKEN")
+    if env:
+        return env
+    env_file = os.environ.get("DSTORE_TOKEN_FILE")
+    if env_file:
+        return read_token_file(env_file, "$DSTORE_TOKEN_FILE")
+    return None
+
+
+def read_token_file(path: str, source: str) -> str:
+    """The token in file ``path`` (named by ``source``, for the error message), surrounding whitespace removed."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{source}: token file {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"{source}: cannot read token file {path}: {e.strerror or e}") from None
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        token = None
+    if len(data) > MAX_TOKEN_FILE_BYTES or token is None or any(c.isspace() for c in token):
+        raise UsageError(f"{source}: token file {path} must hold one token on one line")
+    if not token:
+        raise UsageError(f"{source}: token file {path} is empty")
+    return token
