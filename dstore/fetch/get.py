@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dstore.errors import FormatError, IntegrityError, UsageError
+from dstore.errors import IntegrityError, UsageError
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID
@@ -62,23 +62,14 @@ def _write_tree(reader: DatasetReader, tmp: Path, name: str, progress: Callable[
 def _write_nodes(
     reader: DatasetReader, tmp: Path, name: str, progress: Callable[[int], None] | None, writer: ThreadPoolExecutor
 ) -> int:
-    root = reader.node(reader.root)
-    if not root.is_dir:
-        _write_file(reader, reader.root, root, tmp, name, progress, writer)
-        return 1
+    # The reader's walk refuses unsafe names and stops at what the manifest declares.
     files = 0
-    tmp.mkdir()
-    for rel, cid, node in reader.walk_under(root):
-        for part in rel.split("/"):
-            try:
-                unixfs.validate_name(part)
-            except ValueError as e:
-                raise FormatError(f"unsafe name in dataset: {rel!r}") from e
-        target = tmp / rel
+    for rel, cid, node in reader.walk():
+        target = tmp / rel if rel else tmp
         if node.is_dir:
             target.mkdir()
         else:
-            _write_file(reader, cid, node, target, rel, progress, writer)
+            _write_file(reader, cid, node, target, rel or name, progress, writer)
             files += 1
     return files
 

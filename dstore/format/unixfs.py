@@ -44,7 +44,9 @@ __all__ = [
     "EMPTY_FILE_DATA_BLOCK",
     "HAMT_FANOUT",
     "HAMT_HASH_MURMUR3",
+    "MAX_FILE_DEPTH",
     "MAX_LINKS_PER_NODE",
+    "MAX_TREE_DEPTH",
     "T_DIRECTORY",
     "T_FILE",
     "T_HAMT_SHARD",
@@ -90,6 +92,12 @@ HAMT_HASH_MURMUR3 = 0x22
 #: IPIP-0499 (unixfs-v1-2025, "block-bytes"): a directory whose plain node would
 #: encode to MORE than this many bytes is a HAMT; exactly this many stays plain.
 DEFAULT_HAMT_THRESHOLD_BYTES = 256 * 1024
+
+#: Folders nest at most this deep in a dataset (docs/format.md): add refuses
+#: deeper input, readers refuse deeper trees. Generous; it only stops the absurd.
+MAX_TREE_DEPTH = 4096
+#: File DAGs are at most this many File nodes deep (174 links per level: far past 2**64 bytes).
+MAX_FILE_DEPTH = 32
 
 #: Bound on the fanout a reader accepts (IPFS uses 256; go-unixfs caps at 1024).
 _MAX_FANOUT = 1024
