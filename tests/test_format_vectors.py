@@ -14,7 +14,8 @@ Trees are described in JSON: a file is ``{"utf8": text}``, ``{"hex": hex}``
 or ``{"pattern": {"mul": a, "add": b, "mod": m, "len": n}}`` (byte i is
 ``(a*i + b) % m``); a directory is ``{"dir": {name: node}}`` or
 ``{"generate": {"count": n, "name": fmt, "utf8": fmt, "pad": w}}`` (``{i}`` is
-replaced by i, zero-padded to w digits in names),
+replaced by i, zero-padded to w digits in names; an optional ``"rename"``
+maps generated names to others),
 either with an optional ``"hamt_threshold"``. ``chunk_size`` cuts files into
 fixed-size chunks (the chunker is not under test here).
 """
@@ -58,10 +59,13 @@ def realize(spec: dict[str, Any], path: str = "/", thresholds: dict[str, int] | 
         return {name: realize(sub, f"{path.rstrip('/')}/{name}", thresholds) for name, sub in spec["dir"].items()}
     if "generate" in spec:
         g = spec["generate"]
-        return {
+        out = {
             g["name"].replace("{i}", str(i).zfill(g.get("pad", 0))): g["utf8"].replace("{i}", str(i)).encode("utf-8")
             for i in range(g["count"])
         }
+        for old, new in g.get("rename", {}).items():
+            out[new] = out.pop(old)
+        return out
     raise AssertionError(f"bad tree spec {spec}")
 
 
