@@ -353,3 +353,24 @@ def test_pack_record_rejects(obj: dict[str, Any], why: str) -> None:
 def test_max_shards_constant() -> None:
     assert MAX_SHARDS == 256
     _record(200, 56).validate()
+
+
+@given(
+    claim=st.integers(1 << 10, (1 << 64) - 1),
+    body=st.binary(max_size=64),
+    major=st.sampled_from([0x40, 0x60, 0x80, 0xA0]),
+)
+def test_manifest_decode_allocates_a_bounded_multiple_of_its_input(claim: int, body: bytes, major: int) -> None:
+    """A CBOR length head claiming far more than the block holds is never allocated."""
+    import tracemalloc
+
+    block = bytes([major | 27]) + claim.to_bytes(8, "big") + body
+    tracemalloc.start()
+    try:
+        Manifest.decode(block)
+    except FormatError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 64 * 1024 + 64 * len(block)
