@@ -7,6 +7,9 @@
   gives the same root CID as dstore's builders: a known-answer test of
   dag-pb, UnixFS files, directories and HAMT sharding (ipfs-car shards a
   directory of more than 1000 entries).
+- ipfs-unixfs-importer with the IPIP-0499 ``unixfs-v1-2025`` profile
+  (``tests/interop/import-unixfs.mjs``) shards exactly where dstore does:
+  directories whose plain node encodes to 262144 and 262145 bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from test_format_tree import Tree, build_tree, getter, read_tree
 
 INTEROP = Path(__file__).parent / "interop"
 IPFS_CAR = INTEROP / "node_modules" / ".bin" / "ipfs-car"
+IMPORTER = INTEROP / "node_modules" / "ipfs-unixfs-importer"
 
 pytestmark = [
     pytest.mark.interop,
@@ -164,3 +168,40 @@ def test_ipfs_car_verification_catches_a_bad_block(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode != 0
+
+
+def _folder_of_block_size(block_bytes: int) -> Tree:
+    """Files ``0000000``… holding ``x``, one name padded so the plain directory node is ``block_bytes`` long.
+
+    Each link is 51 bytes (field header 2, Hash 2 + 36, Name 2 + 7, Tsize 2),
+    the Data field 4.
+    """
+    n, gap = divmod(block_bytes - 4, 51)
+    tree: Tree = {f"{i:07d}": b"x" for i in range(n)}
+    del tree["0000000"]
+    tree["0000000" + "p" * gap] = b"x"
+    return tree
+
+
+@pytest.mark.skipif(not IMPORTER.exists(), reason="ipfs-unixfs-importer not installed: cd tests/interop && npm ci")
+@pytest.mark.parametrize(("block_bytes", "kind"), [(262144, "dir"), (262145, "hamt")])
+def test_unixfs_importer_profile_shards_where_we_do(tmp_path: Path, block_bytes: int, kind: str) -> None:
+    """Known answer at the IPIP-0499 edge: a node of exactly 256 KiB stays plain, one byte more is a HAMT."""
+    tree = _folder_of_block_size(block_bytes)
+    plain, plain_store, _, _ = build_tree(tree, hash_name="sha2-256", shard=lambda p: 1 << 30)
+    assert len(plain_store[plain.to_bytes()]) == block_bytes
+    root, store, _, _ = build_tree(tree, hash_name="sha2-256")
+    from dstore.format.unixfs import parse_node
+
+    assert parse_node(root, store[root.to_bytes()]).kind == kind
+    src = tmp_path / "src"
+    write_tree(src, tree)
+    proc = subprocess.run(
+        ["node", str(INTEROP / "import-unixfs.mjs"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert parse_cid(proc.stdout.strip()) == root

@@ -20,12 +20,13 @@ PARENT = make_cid(DAG_CBOR, b"parent")
 
 
 def test_manifest_round_trip_and_layout() -> None:
-    m = Manifest(root=ROOT, size=123)
+    m = Manifest(root=ROOT, size=123, entries=7)
     block = m.encode()
     obj = cbor.decode(block)
     assert obj == {
         "type": "dstore/dataset",
-        "version": 1,
+        "version": 2,
+        "profile": "dstore",
         "root": ROOT,
         "hash": "blake3",
         "chunker": {
@@ -35,6 +36,7 @@ def test_manifest_round_trip_and_layout() -> None:
             "max": 262144,
         },
         "size": 123,
+        "entries": 7,
     }
     assert "meta" not in obj and "parent" not in obj  # optional keys omitted, never null
     assert Manifest.decode(block) == m
@@ -43,18 +45,20 @@ def test_manifest_round_trip_and_layout() -> None:
 
 
 def test_manifest_is_deterministic_and_sensitive() -> None:
-    a = Manifest(root=ROOT, size=1, meta={"name": "x", "license": "MIT"}, parent=PARENT)
-    b = Manifest(root=ROOT, size=1, meta={"license": "MIT", "name": "x"}, parent=PARENT)
+    a = Manifest(root=ROOT, size=1, entries=1, meta={"name": "x", "license": "MIT"}, parent=PARENT)
+    b = Manifest(root=ROOT, size=1, entries=1, meta={"license": "MIT", "name": "x"}, parent=PARENT)
     assert a.encode() == b.encode() and a.cid == b.cid
     assert Manifest.decode(a.encode()) == a
-    assert Manifest(root=ROOT, size=2).cid != Manifest(root=ROOT, size=1).cid
-    sha = Manifest(root=ROOT_SHA, size=1, hash_name="sha2-256")
+    assert Manifest(root=ROOT, size=2, entries=1).cid != Manifest(root=ROOT, size=1, entries=1).cid
+    assert Manifest(root=ROOT, size=1, entries=2).cid != Manifest(root=ROOT, size=1, entries=1).cid
+    sha = Manifest(root=ROOT_SHA, size=1, entries=1, hash_name="sha2-256")
     assert sha.cid.hash.code == 0x12
     assert Manifest.decode(sha.encode()) == sha
 
 
 @given(
     size=st.integers(0, 2**64 - 1),
+    entries=st.integers(1, 2**64 - 1),
     meta=st.dictionaries(st.sampled_from(["name", "license", "description"]), st.text(max_size=30)),
     avg_bits=st.integers(7, 20),
     parent=st.booleans(),
@@ -63,6 +67,7 @@ def test_manifest_is_deterministic_and_sensitive() -> None:
 )
 def test_manifest_random_round_trip(
     size: int,
+    entries: int,
     meta: dict[str, str],
     avg_bits: int,
     parent: bool,
@@ -73,6 +78,7 @@ def test_manifest_random_round_trip(
     m = Manifest(
         root=cid_from_digest(RAW if raw_root else DAG_PB, digest),
         size=size,
+        entries=entries,
         chunker=ChunkerParams(min=avg // 2, avg=avg, max=avg * 4),
         meta=meta,
         parent=PARENT if parent else None,
@@ -81,7 +87,7 @@ def test_manifest_random_round_trip(
 
 
 def _mutated(**changes: Any) -> bytes:
-    obj = Manifest(root=ROOT, size=5, meta={"name": "n"}, parent=PARENT).to_cbor()
+    obj = Manifest(root=ROOT, size=5, entries=3, meta={"name": "n"}, parent=PARENT).to_cbor()
     for k, v in changes.items():
         if v is _DROP:
             del obj[k]
@@ -97,10 +103,20 @@ _DROP = object()
     ("changes", "why"),
     [
         ({"type": "other"}, "not a dstore manifest"),
-        ({"version": 2}, "version"),
+        ({"version": 1}, "version 1 are not readable"),
+        ({"version": 3}, "version"),
         ({"version": True}, "version"),
         ({"root": _DROP}, "lacks 'root'"),
         ({"size": _DROP}, "lacks 'size'"),
+        ({"entries": _DROP}, "lacks 'entries'"),
+        ({"profile": _DROP}, "lacks 'profile'"),
+        ({"entries": 0}, "entries"),
+        ({"entries": -1}, "entries"),
+        ({"entries": True}, "entries"),
+        ({"profile": 1}, "profile must be text"),
+        ({"profile": "unixfs-v1-2025"}, "reserved for a later format version"),
+        ({"profile": "car-import"}, "reserved for a later format version"),
+        ({"profile": "kubo"}, "profile 'kubo' is not one of"),
         ({"extra": 1}, "unknown manifest keys"),
         ({"root": "bafy"}, "root must be a CID"),
         ({"root": PARENT}, "dag-pb or raw"),
@@ -168,9 +184,37 @@ def test_manifest_rejects_non_maps_and_garbage() -> None:
 
 def test_manifest_encode_validates() -> None:
     with pytest.raises(ValueError):
-        Manifest(root=ROOT, size=-1).encode()
+        Manifest(root=ROOT, size=-1, entries=1).encode()
     with pytest.raises(ValueError):
-        Manifest(root=ROOT, size=1, hash_name="sha2-256").encode()
+        Manifest(root=ROOT, size=1, entries=1, hash_name="sha2-256").encode()
+    with pytest.raises(ValueError, match="entries"):
+        Manifest(root=ROOT, size=1, entries=0).encode()
+
+
+@given(block=st.binary(max_size=512))
+def test_manifest_decode_of_any_bytes_raises_only_format_error(block: bytes) -> None:
+    try:
+        Manifest.decode(block)
+    except FormatError:
+        pass
+
+
+_VALID = Manifest(root=ROOT, size=5, entries=3, meta={"name": "n"}, parent=PARENT).encode()
+
+
+@given(
+    pos=st.integers(0, len(_VALID) - 1),
+    value=st.integers(0, 255),
+    cut=st.integers(0, len(_VALID)),
+)
+def test_manifest_decode_of_mutated_block_raises_only_format_error(pos: int, value: int, cut: int) -> None:
+    block = bytearray(_VALID)
+    block[pos] = value
+    try:
+        m = Manifest.decode(bytes(block[:cut]) if cut < len(block) else bytes(block))
+    except FormatError:
+        return
+    assert m.encode() == (bytes(block[:cut]) if cut < len(block) else bytes(block))
 
 
 # ----------------------------------------------------------------------- packs
@@ -309,3 +353,24 @@ def test_pack_record_rejects(obj: dict[str, Any], why: str) -> None:
 def test_max_shards_constant() -> None:
     assert MAX_SHARDS == 256
     _record(200, 56).validate()
+
+
+@given(
+    claim=st.integers(1 << 10, (1 << 64) - 1),
+    body=st.binary(max_size=64),
+    major=st.sampled_from([0x40, 0x60, 0x80, 0xA0]),
+)
+def test_manifest_decode_allocates_a_bounded_multiple_of_its_input(claim: int, body: bytes, major: int) -> None:
+    """A CBOR length head claiming far more than the block holds is never allocated."""
+    import tracemalloc
+
+    block = bytes([major | 27]) + claim.to_bytes(8, "big") + body
+    tracemalloc.start()
+    try:
+        Manifest.decode(block)
+    except FormatError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 64 * 1024 + 64 * len(block)

@@ -36,7 +36,7 @@ def build_tree(
     """Build ``tree``; return (root, {cid bytes: block}, root tsize, blocks in depth-first order).
 
     ``shard(path)`` gives the HAMT threshold for the directory at ``path``
-    (default: the format's 1 MiB).
+    (default: the format's 256 KiB).
     """
     store: dict[bytes, bytes] = {}
     order: list[tuple[CID, bytes]] = []
@@ -64,6 +64,8 @@ def build_tree(
                 leaves.append((cb, len(p)))
                 put(CID.from_bytes(cb), p)
             cid, blocks, tsize = build_file(leaves, hash_name)
+            if not pieces:  # an empty file is the empty raw block
+                put(cid, b"")
             for c, b in blocks:
                 put(c, b)
         entries.append((name, cid, tsize))

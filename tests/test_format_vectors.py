@@ -14,7 +14,8 @@ Trees are described in JSON: a file is ``{"utf8": text}``, ``{"hex": hex}``
 or ``{"pattern": {"mul": a, "add": b, "mod": m, "len": n}}`` (byte i is
 ``(a*i + b) % m``); a directory is ``{"dir": {name: node}}`` or
 ``{"generate": {"count": n, "name": fmt, "utf8": fmt, "pad": w}}`` (``{i}`` is
-replaced by i, zero-padded to w digits in names),
+replaced by i, zero-padded to w digits in names; an optional ``"rename"``
+maps generated names to others),
 either with an optional ``"hamt_threshold"``. ``chunk_size`` cuts files into
 fixed-size chunks (the chunker is not under test here).
 """
@@ -29,11 +30,11 @@ from typing import Any
 import pytest
 
 from dstore.format import cbor
-from dstore.format.cid import DAG_CBOR, RAW, hash_digest, make_cid, parse_cid
+from dstore.format.cid import DAG_CBOR, DAG_PB, RAW, hash_digest, make_cid, parse_cid
 from dstore.format.locator import Locator, build_locator
 from dstore.format.manifest import ChunkerParams, Manifest
 from dstore.format.pack import PackRecord, shard_size
-from dstore.format.unixfs import build_file, hamt_hash
+from dstore.format.unixfs import DEFAULT_HAMT_THRESHOLD_BYTES, build_file, hamt_hash
 
 from test_format_tree import build_tree, getter, read_tree
 
@@ -58,10 +59,13 @@ def realize(spec: dict[str, Any], path: str = "/", thresholds: dict[str, int] | 
         return {name: realize(sub, f"{path.rstrip('/')}/{name}", thresholds) for name, sub in spec["dir"].items()}
     if "generate" in spec:
         g = spec["generate"]
-        return {
+        out = {
             g["name"].replace("{i}", str(i).zfill(g.get("pad", 0))): g["utf8"].replace("{i}", str(i)).encode("utf-8")
             for i in range(g["count"])
         }
+        for old, new in g.get("rename", {}).items():
+            out[new] = out.pop(old)
+        return out
     raise AssertionError(f"bad tree spec {spec}")
 
 
@@ -76,12 +80,14 @@ def build_case(case: dict[str, Any]) -> tuple[Any, Any, dict[bytes, bytes]]:
         root, blocks, _ = build_file(leaves, h)
         store = {c.to_bytes(): b for c, b in blocks}
         store.update({c.to_bytes(): p for (c, _), p in zip(leaves, pieces, strict=True)})
+        if not pieces:  # the empty raw block
+            store[root.to_bytes()] = b""
         return tree, root, store
     root, store, _, _ = build_tree(
         tree,
         hash_name=h,
         chunk_size=case.get("chunk_size", 1 << 20),
-        shard=lambda p: thresholds.get(p, 1 << 20),
+        shard=lambda p: thresholds.get(p, DEFAULT_HAMT_THRESHOLD_BYTES),
     )
     return tree, root, store
 
@@ -96,6 +102,30 @@ def test_ipfs_known_answers(case: dict[str, Any]) -> None:
     if "block_hex" in case:
         assert store[root.to_bytes()].hex() == case["block_hex"]
     assert read_tree(getter(store), root) == tree
+
+
+@pytest.mark.parametrize("case", VECTORS["ipfs"]["read_only"], ids=lambda c: c["name"])
+def test_ipfs_blocks_we_read_but_no_longer_write(case: dict[str, Any]) -> None:
+    """Other writers' forms (the dag-pb empty file) stay readable though version 2 writes another."""
+    block = bytes.fromhex(case["block_hex"])
+    cid = make_cid(DAG_PB, block, case["hash"])
+    assert str(cid) == case["cid"] and parse_cid(case["cidv0"]) == cid
+    assert read_tree(getter({cid.to_bytes(): block}), cid) == realize(case["tree"])
+
+
+def test_manifest_vector_counts_its_tree() -> None:
+    """The manifest pin's size and entries are what its tree yields (files + folders, root included)."""
+    spec = VECTORS["dstore"]
+    m_in = spec["manifest"]["input"]
+    tree = realize(next(c for c in spec["unixfs"] if c["name"] == m_in["root_of"])["tree"])
+
+    def count(t: Any) -> tuple[int, int]:
+        if not isinstance(t, dict):
+            return 1, len(t)
+        sub = [count(v) for v in t.values()]
+        return 1 + sum(e for e, _ in sub), sum(b for _, b in sub)
+
+    assert count(tree) == (m_in["entries"], m_in["size"])
 
 
 def test_ipfs_raw_blocks() -> None:
@@ -118,6 +148,7 @@ def dstore_values() -> dict[str, Any]:
     m = Manifest(
         root=tree_root,
         size=m_in["size"],
+        entries=m_in["entries"],
         chunker=ChunkerParams(**m_in["chunker"]),
         meta=m_in["meta"],
         parent=parse_cid(m_in["parent"]),

@@ -2,21 +2,19 @@
 
 Roots: the UnixFS root, so stock IPFS tools (``ipfs-car unpack``, ``ipfs dag
 import``) read the tree. Blocks: the UnixFS DAG depth first (each block once,
-raw leaves read and verified from packs), then the manifest. Written under a
-temporary name and renamed when complete, never over a file that appeared
-meanwhile (dstore/fetch/output.py).
+however often the DAG reuses it; raw leaves read and verified from packs),
+then the manifest. Written under a temporary name and renamed when complete,
+never over a file that appeared meanwhile (dstore/fetch/output.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format.car import CarWriter
-from dstore.format.cid import CID, RAW
 from dstore.store import Store
 
 
@@ -40,7 +38,8 @@ def export_car(store: Store, dataset: str, output: Path, *, peers: Any | None = 
                         raise write_error(shown, e) from e
 
                 car = CarWriter(write, [reader.root])
-                for cid, block in _dag_blocks(reader, reader.root):
+                for cid, node in reader.dag_blocks():
+                    block = reader.read_chunk(cid.hash.digest) if node is None else reader.block(cid)
                     car.put(cid, block)
                 car.put(reader.cid, reader.block(reader.cid))
                 try:
@@ -52,13 +51,3 @@ def export_car(store: Store, dataset: str, output: Path, *, peers: Any | None = 
             tmp.unlink(missing_ok=True)
             raise
     return car.bytes_written
-
-
-def _dag_blocks(reader: DatasetReader, cid: CID) -> Iterator[tuple[CID, bytes]]:
-    if cid.codec == RAW:
-        yield cid, reader.read_chunk(cid.hash.digest)
-        return
-    block = reader.block(cid)
-    yield cid, block
-    for link in reader.node(cid).links:
-        yield from _dag_blocks(reader, link.cid)

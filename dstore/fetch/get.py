@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dstore.errors import FormatError, IntegrityError
+from dstore.errors import IntegrityError
 from dstore.fetch import partial
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
@@ -58,7 +58,7 @@ def get(
         record = partial.begin(store.home, header)
         tree = _TreeWriter(reader, Path(record.header.tmp), shown, record, progress)
         try:
-            tree.write(cid, node)
+            tree.write(path)
             publish(tree.tmp, output, shown, f"the data is kept: remove {shown} and run the same get to finish")
         except BaseException:
             if not tree.completed:
@@ -98,22 +98,15 @@ class _TreeWriter:
         self.files = self.bytes = self.resumed_files = self.resumed_bytes = 0
         self.completed = bool(record.done)  # some file of this tree is complete (in this run or an earlier one)
 
-    def write(self, cid: CID, node: unixfs.Node) -> None:
+    def write(self, path: str) -> None:
+        # The reader's walk refuses unsafe names and stops at what the manifest declares.
         with ThreadPoolExecutor(1, thread_name_prefix="dstore-write") as writer:
-            if not node.is_dir:
-                self._file("", cid, node, self.tmp, writer)
-                return
-            self._dir(self.tmp, "")
-            for rel, child_cid, child in self.reader.walk_under(node):
-                for part in rel.split("/"):
-                    try:
-                        unixfs.validate_name(part)
-                    except ValueError as e:
-                        raise FormatError(f"unsafe name in dataset: {rel!r}") from e
-                if child.is_dir:
-                    self._dir(self.tmp / rel, rel)
+            for rel, cid, node in self.reader.walk(path):
+                target = self.tmp / rel if rel else self.tmp
+                if node.is_dir:
+                    self._dir(target, rel)
                 else:
-                    self._file(rel, child_cid, child, self.tmp / rel, writer)
+                    self._file(rel, cid, node, target, writer)
 
     def _dir(self, target: Path, rel: str) -> None:
         try:

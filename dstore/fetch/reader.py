@@ -3,6 +3,13 @@
 Every metadata block is checked against its CID when it is read, and every
 chunk against its chunk ID (in Rust) after decompression, so a damaged store
 or a wrong locator can make a read fail but never return wrong bytes.
+
+Nodes may be reused many times in one DAG (that is legitimate), so work is
+bounded by what the manifest declares, not by the blocks: a walk fails with
+FormatError as soon as the tree yields more files and folders than
+``entries`` or more file bytes than ``size``, and a walk of the whole dataset
+fails unless it yields exactly those. Every walk is iterative and refuses
+trees deeper than MAX_TREE_DEPTH (file DAGs: MAX_FILE_DEPTH).
 """
 
 from __future__ import annotations
@@ -25,6 +32,38 @@ from dstore.store import Store
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
 RUN_BYTES = 16 << 20
 _BLOCK_CACHE = 256
+
+
+class TreeBudget:
+    """What a manifest says its tree yields; a walk that yields more is a FormatError."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.max_entries = manifest.entries
+        self.max_bytes = manifest.size
+        self.entries = 0
+        self.bytes = 0
+
+    def take(self, node: unixfs.Node) -> None:
+        """Count one yielded file or folder (a file with its declared size), before it is used."""
+        self.entries += 1
+        if self.entries > self.max_entries:
+            raise FormatError(
+                f"the dataset's tree yields more than the {self.max_entries} files and folders its manifest declares"
+            )
+        if not node.is_dir:
+            self.bytes += node.filesize or 0
+            if self.bytes > self.max_bytes:
+                raise FormatError(
+                    f"the dataset's files hold more than the {self.max_bytes} bytes its manifest declares"
+                )
+
+    def finish(self) -> None:
+        """After a walk of the whole tree: it must have yielded exactly what the manifest declares."""
+        if (self.entries, self.bytes) != (self.max_entries, self.max_bytes):
+            raise FormatError(
+                f"the dataset's tree yields {self.entries} files and folders and {self.bytes} bytes, "
+                f"its manifest declares {self.max_entries} and {self.max_bytes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -76,6 +115,7 @@ class DatasetReader:
         source: PackSource = local if peers is None else LocalThenPeers(local, PeerShards(peers, hints))
         self.packs = PackReader(source)
         self.root = self.manifest.root
+        self._empty_digest = hash_digest(b"", self.hash_name)
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
     def close(self) -> None:
@@ -110,22 +150,57 @@ class DatasetReader:
         return self.hints.get(pack_id) or self.store.index.placement(pack_id)
 
     def metadata_blocks(self) -> list[tuple[bytes, bytes]]:
-        """Every metadata block of the dataset: manifest, UnixFS nodes, locator root and pages."""
+        """Every metadata block of the dataset once: manifest, UnixFS nodes, locator root and pages."""
         out = [(self.cid.to_bytes(), self.block(self.cid))]
-        stack = [self.root]
-        while stack:
-            cid = stack.pop()
-            if cid.codec == RAW:
-                continue
-            out.append((cid.to_bytes(), self.block(cid)))
-            stack.extend(link.cid for link in self.node(cid).links)
+        for cid, node in self.dag_blocks():
+            if node is not None:
+                out.append((cid.to_bytes(), self.block(cid)))
         loc = self.locator
         for cid in [loc.root_cid, *loc.chunk_page_cids, *loc.pack_page_cids]:
             out.append((cid.to_bytes(), self.block(cid)))
         return out
 
+    def dag_blocks(self) -> Iterator[tuple[CID, unixfs.Node | None]]:
+        """Every block of the UnixFS DAG once, depth first, parents first: (CID, node; None for raw leaves).
+
+        Shared nodes are visited once, so the work is that of the distinct
+        blocks; the distinct files and folders (and their bytes) cannot
+        outnumber what the tree yields, so they are checked against the manifest.
+        """
+        seen: set[bytes] = set()
+        entries = 0
+        entry_bytes = 0
+        stack: list[tuple[CID, bool]] = [(self.root, True)]  # (block, is it a file or folder entry)
+        while stack:
+            cid, is_entry = stack.pop()
+            key = cid.to_bytes()
+            if key in seen:
+                continue
+            seen.add(key)
+            node = self.node(cid) if is_entry or cid.codec != RAW else None
+            if is_entry:
+                assert node is not None
+                entries += 1
+                entry_bytes += 0 if node.is_dir else node.filesize or 0
+                if entries > self.manifest.entries or entry_bytes > self.manifest.size:
+                    raise FormatError(
+                        f"the dataset's tree holds more than the {self.manifest.entries} files and folders "
+                        f"or {self.manifest.size} bytes its manifest declares"
+                    )
+            if cid.codec == RAW:
+                yield cid, None
+                continue
+            assert node is not None
+            yield cid, node
+            pad = len(f"{node.fanout - 1:X}") if node.kind == "hamt" and node.fanout else 0
+            for ln in reversed(node.links):
+                child_is_entry = node.kind == "dir" or (node.kind == "hamt" and len(ln.name) > pad)
+                stack.append((ln.cid, child_is_entry))
+
     def node(self, cid: CID) -> unixfs.Node:
         if cid.codec == RAW:
+            if cid.hash.digest == self._empty_digest:
+                return unixfs.Node(kind="raw", filesize=0)  # the empty file: no chunk, no pack
             # A one-chunk file: its size comes from the locator, its bytes from a pack.
             return unixfs.Node(kind="raw", filesize=self._ref(cid.hash.digest)[2].size)
         return unixfs.parse_node(cid, self.block(cid))
@@ -149,9 +224,17 @@ class DatasetReader:
         return cid, node
 
     def entries(self, node: unixfs.Node) -> list[tuple[str, CID]]:
-        """A folder's entries, sorted by name bytes (whatever the folder's layout)."""
-        links = unixfs.directory_entries(self.block, node)
-        return sorted(((ln.name, ln.cid) for ln in links), key=lambda e: e[0].encode("utf-8"))
+        """A folder's entries, sorted by name bytes (whatever the folder's layout).
+
+        A folder cannot hold more entries than the dataset minus its root.
+        """
+        limit = self.manifest.entries - 1
+        out = []
+        for ln in unixfs.directory_entries(self.block, node):
+            out.append((ln.name, ln.cid))
+            if len(out) > limit:
+                raise FormatError(f"a folder lists more than the {limit} entries the dataset's manifest allows")
+        return sorted(out, key=lambda e: e[0].encode("utf-8"))
 
     def ls(self, path: str = "") -> list[Entry]:
         cid, node = self.resolve(path)
@@ -166,43 +249,99 @@ class DatasetReader:
         return out
 
     def walk(self, path: str = "") -> Iterator[tuple[str, CID, unixfs.Node]]:
-        """Every file and folder under ``path``, depth first, as (relative path, CID, node)."""
+        """Every file and folder under ``path`` (itself first, as ""), depth first, as (relative path, CID, node).
+
+        Bounded by the manifest (see TreeBudget); a walk of the whole dataset
+        also checks, once done, that it yielded exactly what the manifest declares.
+        """
         cid, node = self.resolve(path)
+        budget = TreeBudget(self.manifest)
+        budget.take(node)
         yield "", cid, node
         if node.is_dir:
-            yield from self.walk_under(node)
+            yield from self._walk_under(node, budget)
+        if not any(path.split("/")):
+            budget.finish()
 
-    def walk_under(self, node: unixfs.Node, prefix: str = "") -> Iterator[tuple[str, CID, unixfs.Node]]:
-        """Everything below folder ``node``, depth first, paths prefixed with ``prefix``."""
-        for name, child_cid in self.entries(node):
+    def _walk_under(self, node: unixfs.Node, budget: TreeBudget) -> Iterator[tuple[str, CID, unixfs.Node]]:
+        # One frame per open folder: (its path prefix, its entries still to visit). No recursion.
+        stack = [("", iter(self.entries(node)))]
+        while stack:
+            prefix, pending = stack[-1]
+            item = next(pending, None)
+            if item is None:
+                stack.pop()
+                continue
+            name, child_cid = item
             child = self.node(child_cid)
+            budget.take(child)
             rel = f"{prefix}{name}"
             yield rel, child_cid, child
             if child.is_dir:
-                yield from self.walk_under(child, rel + "/")
+                if len(stack) >= unixfs.MAX_TREE_DEPTH:
+                    raise FormatError(f"the dataset's folders nest deeper than {unixfs.MAX_TREE_DEPTH} levels")
+                stack.append((rel + "/", iter(self.entries(child))))
 
     # -- file bytes ---------------------------------------------------------
 
     def leaves(self, cid: CID, node: unixfs.Node | None = None) -> Iterator[tuple[bytes, int]]:
-        """(digest, size) of every chunk of a file, in order."""
-        if cid.codec == RAW:
-            yield cid.hash.digest, self._ref(cid.hash.digest)[2].size
-            return
+        """(digest, size) of every chunk of a file, in order.
+
+        Checks as it goes that every child node holds exactly the bytes its
+        parent's blocksizes say, so the chunks add up to the file's declared
+        size, which cannot exceed the dataset's.
+        """
         node = node or self.node(cid)
-        if node.kind != "file":
+        if node.kind not in ("raw", "file"):
             raise FormatError(f"{cid_to_text(cid)} is a {node.kind}, not a file")
+        if (node.filesize or 0) > self.manifest.size:
+            raise FormatError(
+                f"a file of the dataset claims {node.filesize} bytes, more than the {self.manifest.size} of the dataset"
+            )
+        if cid.codec == RAW:
+            if node.filesize:
+                yield cid.hash.digest, node.filesize
+            return
         if node.data:
             raise FormatError("files with inline data are not written by dstore")
-        for link, size in zip(node.links, node.blocksizes, strict=True):
+        stack = [iter(zip(node.links, node.blocksizes, strict=True))]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            link, size = item
+            if size == 0:
+                raise FormatError("UnixFS file: a link to no bytes")
             if link.cid.codec == RAW:
                 yield link.cid.hash.digest, size
-            else:
-                yield from self.leaves(link.cid)
+                continue
+            child = self.node(link.cid)
+            if child.kind != "file" or child.filesize != size:
+                raise FormatError(
+                    f"UnixFS file: a link of {size} bytes leads to a {child.kind} of {child.filesize} bytes"
+                )
+            if child.data:
+                raise FormatError("files with inline data are not written by dstore")
+            if len(stack) >= unixfs.MAX_FILE_DEPTH:
+                raise FormatError(f"a file's DAG is deeper than {unixfs.MAX_FILE_DEPTH} levels")
+            stack.append(iter(zip(child.links, child.blocksizes, strict=True)))
 
     def _ref(self, digest: bytes) -> tuple[bytes, PackRecord, ChunkEntry]:
         entry = self.locator.find(digest)
         if entry is None:
             raise NotFound(f"chunk {digest.hex()[:16]}… is not in the dataset's locator")
+        # Sizes are claims: bound them before anything is allocated for them.
+        if not 0 < entry.size <= self.manifest.chunker.max:
+            raise FormatError(
+                f"the locator says chunk {digest.hex()[:16]}… holds {entry.size} bytes; "
+                f"chunks hold 1 to {self.manifest.chunker.max} (the chunker's max)"
+            )
+        if entry.stored_len > entry.size or (entry.codec == 0 and entry.stored_len != entry.size):
+            raise FormatError(
+                f"the locator says chunk {digest.hex()[:16]}… is stored in {entry.stored_len} bytes "
+                f"for {entry.size} (dstore stores a chunk compressed only when that makes it smaller)"
+            )
         pack_id, record = self.locator.pack(entry.pack_index)
         return pack_id.to_bytes(), record, entry
 
@@ -255,6 +394,8 @@ class DatasetReader:
 
     def read_chunk(self, digest: bytes) -> bytes:
         """One chunk's verified bytes, reading only the shard bytes that cover it."""
+        if digest == self._empty_digest:
+            return b""  # the empty file's raw block is in no pack
         pack_id, record, ref = self._ref(digest)
         return self.packs.read_one(pack_id, record, ref)
 

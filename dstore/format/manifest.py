@@ -2,9 +2,13 @@
 
 Layout (docs/format.md, "Manifest")::
 
-    {"type": "dstore/dataset", "version": 1, "root": CID, "hash": "blake3",
+    {"type": "dstore/dataset", "version": 2, "profile": "dstore", "root": CID,
+     "hash": "blake3",
      "chunker": {"name": "fastcdc-gear-v1", "min": int, "avg": int, "max": int},
-     "size": int, "meta": {text: text}?, "parent": CID?}
+     "size": int, "entries": int, "meta": {text: text}?, "parent": CID?}
+
+``size`` and ``entries`` (files + folders the tree yields, the root included)
+are what a reader may spend: it fails as soon as the tree yields more.
 
 Optional keys are omitted, never null. :meth:`Manifest.decode` validates every
 field of untrusted bytes and raises FormatError with the field at fault.
@@ -26,12 +30,20 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_META_VALUE_BYTES",
     "META_KEYS",
+    "PROFILES",
+    "PROFILE_DSTORE",
+    "RESERVED_PROFILES",
     "ChunkerParams",
     "Manifest",
 ]
 
 MANIFEST_TYPE = "dstore/dataset"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+#: How the tree was cut and laid out: FastCDC chunks + BLAKE3 (the only one readable so far).
+PROFILE_DSTORE = "dstore"
+PROFILES = frozenset({PROFILE_DSTORE})
+#: Named in docs/format.md for later versions; refused until they are implemented.
+RESERVED_PROFILES = frozenset({"unixfs-v1-2025", "car-import"})
 CHUNKER_NAME = "fastcdc-gear-v1"
 META_KEYS = frozenset({"name", "license", "description"})
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -72,13 +84,19 @@ class Manifest:
 
     root: CID
     size: int
+    entries: int
     hash_name: str = "blake3"
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     meta: dict[str, str] = field(default_factory=dict)
     parent: CID | None = None
+    profile: str = PROFILE_DSTORE
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that breaks docs/format.md."""
+        if self.profile not in PROFILES:
+            if self.profile in RESERVED_PROFILES:
+                raise ValueError(f"manifest profile {self.profile!r} is reserved for a later format version")
+            raise ValueError(f"manifest profile {self.profile!r} is not one of {sorted(PROFILES)}")
         if self.hash_name not in HASH_CODES:
             raise ValueError(f"manifest hash {self.hash_name!r} is not one of {sorted(HASH_CODES)}")
         code = HASH_CODES[self.hash_name]
@@ -91,6 +109,8 @@ class Manifest:
             raise ValueError(f"manifest root is hashed with {used}, not {self.hash_name}")
         if type(self.size) is not int or not 0 <= self.size <= _U64_MAX:
             raise ValueError("manifest size must be a non-negative 64-bit integer")
+        if type(self.entries) is not int or not 1 <= self.entries <= _U64_MAX:
+            raise ValueError("manifest entries must be a positive 64-bit integer (the root counts)")
         self.chunker.validate()
         if not isinstance(self.meta, dict):
             raise ValueError("manifest meta must be a map")  # noqa: TRY004 - callers catch ValueError
@@ -111,10 +131,12 @@ class Manifest:
         m: dict[str, Any] = {
             "type": MANIFEST_TYPE,
             "version": MANIFEST_VERSION,
+            "profile": self.profile,
             "root": self.root,
             "hash": self.hash_name,
             "chunker": self.chunker.to_cbor(),
             "size": self.size,
+            "entries": self.entries,
         }
         if self.meta:
             m["meta"] = dict(self.meta)
@@ -142,22 +164,26 @@ class Manifest:
             raise FormatError("manifest is not a map")
         if obj.get("type") != MANIFEST_TYPE:
             raise FormatError(f"not a dstore manifest (type {obj.get('type')!r})")
-        if obj.get("version") != MANIFEST_VERSION or type(obj.get("version")) is not int:
-            raise FormatError(f"unsupported manifest version {obj.get('version')!r}")
+        version = obj.get("version")
+        if version != MANIFEST_VERSION or type(version) is not int:
+            hint = " (datasets of format version 1 are not readable; add them again)" if version == 1 else ""
+            raise FormatError(f"unsupported manifest version {version!r}{hint}")
         allowed = {
             "type",
             "version",
+            "profile",
             "root",
             "hash",
             "chunker",
             "size",
+            "entries",
             "meta",
             "parent",
         }
         extra = set(obj) - allowed
         if extra:
             raise FormatError(f"unknown manifest keys {sorted(extra)}")
-        for k in ("root", "hash", "chunker", "size"):
+        for k in ("profile", "root", "hash", "chunker", "size", "entries"):
             if k not in obj:
                 raise FormatError(f"manifest lacks {k!r}")
         ch = obj["chunker"]
@@ -166,9 +192,11 @@ class Manifest:
         meta = obj.get("meta", {})
         if "meta" in obj and (not isinstance(meta, dict) or not meta):
             raise FormatError("manifest meta must be a non-empty map when present")
-        hash_name = obj["hash"]
+        hash_name, profile = obj["hash"], obj["profile"]
         if type(hash_name) is not str:
             raise FormatError("manifest hash must be text")
+        if type(profile) is not str:
+            raise FormatError("manifest profile must be text")
         root, parent = obj["root"], obj.get("parent")
         if not isinstance(root, CID):
             raise FormatError("manifest root must be a CID")
@@ -178,10 +206,12 @@ class Manifest:
             m = cls(
                 root=root,
                 size=obj["size"],
+                entries=obj["entries"],
                 hash_name=hash_name,
                 chunker=ChunkerParams(min=ch["min"], avg=ch["avg"], max=ch["max"], name=ch["name"]),
                 meta=dict(meta),
                 parent=parent,
+                profile=profile,
             )
             m.validate()
         except ValueError as e:

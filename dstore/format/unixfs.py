@@ -3,15 +3,18 @@
 Builders (pure; they return blocks, they store nothing):
 
 - :func:`build_file` — a balanced DAG of at most 174 links per node over raw
-  leaves (a single-chunk file is its raw leaf; an empty file is a dag-pb File
-  node with ``filesize = 0``).
+  leaves (a single-chunk file is its raw leaf; an empty file is the empty raw
+  block, as Kubo writes it with raw leaves).
 - :func:`build_directory` — a plain Directory node, or a UnixFS HAMT shard
-  (fanout 256, murmur3-x64-64) when the plain node would exceed
-  ``hamt_threshold_bytes``.
+  (fanout 256, murmur3-x64-64) when the plain node's encoded size exceeds
+  ``hamt_threshold_bytes`` (IPIP-0499 "block-bytes", 256 KiB).
 
 Readers: :func:`parse_node` turns a block into a :class:`Node` (kind, links,
-filesize, blocksizes, …); :func:`hamt_lookup`, :func:`hamt_entries` and
-:func:`directory_entries` walk directories through a ``get_block`` callable.
+filesize, blocksizes, …) and refuses entry names that could escape a folder
+(``/``, NUL, ``.``, ``..``, empty) or repeat; :func:`hamt_lookup`,
+:func:`hamt_entries` and :func:`directory_entries` walk directories through a
+``get_block`` callable, checking every HAMT entry against the slot its name
+hashes to.
 
 The exact byte layout is fixed in docs/format.md, "UnixFS DAG". With
 ``hash_name="sha2-256"`` these builders give the same CIDs as IPFS tools with
@@ -38,9 +41,12 @@ from dstore.format.dagpb import (
 
 __all__ = [
     "DEFAULT_HAMT_THRESHOLD_BYTES",
+    "EMPTY_FILE_DATA_BLOCK",
     "HAMT_FANOUT",
     "HAMT_HASH_MURMUR3",
+    "MAX_FILE_DEPTH",
     "MAX_LINKS_PER_NODE",
+    "MAX_TREE_DEPTH",
     "T_DIRECTORY",
     "T_FILE",
     "T_HAMT_SHARD",
@@ -83,7 +89,15 @@ MAX_LINKS_PER_NODE = 174
 HAMT_FANOUT = 256
 #: Multihash code of murmur3-x64-64 as UnixFS uses it (the table says murmur3-x64-64 for 0x22).
 HAMT_HASH_MURMUR3 = 0x22
-DEFAULT_HAMT_THRESHOLD_BYTES = 1024 * 1024
+#: IPIP-0499 (unixfs-v1-2025, "block-bytes"): a directory whose plain node would
+#: encode to MORE than this many bytes is a HAMT; exactly this many stays plain.
+DEFAULT_HAMT_THRESHOLD_BYTES = 256 * 1024
+
+#: Folders nest at most this deep in a dataset (docs/format.md): add refuses
+#: deeper input, readers refuse deeper trees. Generous; it only stops the absurd.
+MAX_TREE_DEPTH = 4096
+#: File DAGs are at most this many File nodes deep (174 links per level: far past 2**64 bytes).
+MAX_FILE_DEPTH = 32
 
 #: Bound on the fanout a reader accepts (IPFS uses 256; go-unixfs caps at 1024).
 _MAX_FANOUT = 1024
@@ -204,7 +218,8 @@ def _pb_block(block: bytes, hash_name: str, code: int) -> tuple[bytes, CID]:
     return cb, CID.from_bytes(cb)
 
 
-_EMPTY_FILE_DATA = encode_data(UnixFSData(type=T_FILE, filesize=0))
+#: The dag-pb empty file other writers (Kubo without raw leaves) produce; readers accept it.
+EMPTY_FILE_DATA_BLOCK = encode_node([], encode_data(UnixFSData(type=T_FILE, filesize=0)))
 
 
 def build_file(
@@ -217,12 +232,11 @@ def build_file(
     be a CID or its binary form (``b"\\x01\\x55\\x1e\\x20" + digest``, the fast path).
     Returns ``(root CID, [(cid, block), …] of the new dag-pb nodes, root tsize)``;
     the raw leaves themselves are not in the list. Linear in ``len(leaves)``.
+    An empty file is the empty raw block (raw codec CID of ``b""``), no node.
     """
     code = hash_code(hash_name)
     if not leaves:
-        block = encode_node([], _EMPTY_FILE_DATA)
-        _, cid = _pb_block(block, hash_name, code)
-        return cid, [(cid, block)], len(block)
+        return CID.from_bytes(bytes((1, RAW, code, 32)) + hash_digest(b"", hash_name)), [], 0
     if len(leaves) == 1:
         c, size = leaves[0]
         if size < 0:
@@ -271,6 +285,12 @@ def validate_name(name: str) -> bytes:
         return name.encode("utf-8")
     except UnicodeEncodeError as e:  # lone surrogates
         raise ValueError(f"entry name {name!r} is not valid Unicode") from e
+
+
+def _check_entry_name(name: str) -> None:
+    """FormatError unless ``name`` is a safe entry name (no path can be built from it)."""
+    if name in ("", ".", "..") or "/" in name or "\x00" in name:
+        raise FormatError(f"UnixFS directory entry with an unsafe name {name!r}")
 
 
 def hamt_hash(name: bytes) -> bytes:
@@ -428,10 +448,10 @@ def parse_node(cid: CID, block: bytes) -> Node:
             blocksizes=d.blocksizes,
         )
     if d.type == T_DIRECTORY:
+        # IPFS readers accept links in any order, so do we; a name twice is refused.
         seen = set()
         for ln in links:
-            if not ln.name:
-                raise FormatError("UnixFS directory link without a name")
+            _check_entry_name(ln.name)
             if ln.name in seen:
                 raise FormatError(f"UnixFS directory has {ln.name!r} twice")
             seen.add(ln.name)
@@ -452,6 +472,8 @@ def parse_node(cid: CID, block: bytes) -> Node:
         for ln, slot in zip(links, slot_iter, strict=True):
             if ln.name[:pad] != f"{slot:0{pad}X}":
                 raise FormatError(f"UnixFS HAMT: link {ln.name!r} is not in slot {slot:0{pad}X}")
+            if len(ln.name) > pad:
+                _check_entry_name(ln.name[pad:])
         return Node(kind="hamt", links=links, fanout=fanout, bitfield=bitfield)
     if d.type == T_SYMLINK:
         return Node(kind="symlink", data=d.data or b"")
@@ -500,20 +522,46 @@ def hamt_lookup(get_block: GetBlock, root: CID | Node, name: str) -> Link | None
         return None
 
 
-def hamt_entries(get_block: GetBlock, root: CID | Node, _depth: int = 0) -> Iterator[Link]:
-    """Every entry of a HAMT directory, as Links with the entry's own name (HAMT order)."""
+def hamt_entries(get_block: GetBlock, root: CID | Node) -> Iterator[Link]:
+    """Every entry of a HAMT directory, as Links with the entry's own name (HAMT order).
+
+    Iterative. Each entry must sit in the slot its name hashes to at every
+    level of its path (IPFS HAMT rules), so a crafted shard cannot list a name
+    twice or put one where lookups never find it; sub-shards must be
+    non-empty and use the root's fanout.
+    """
     node = root if isinstance(root, Node) else parse_node(root, get_block(root))
     if node.kind != "hamt":
         raise FormatError("not a HAMT directory")
     assert node.fanout is not None
-    if _depth * (node.fanout.bit_length() - 1) >= 64:
-        raise FormatError("UnixFS HAMT deeper than its 64-bit hash allows")
-    pad = len(f"{node.fanout - 1:X}")
-    for ln in node.links:
+    fanout = node.fanout
+    bits = fanout.bit_length() - 1
+    pad = len(f"{fanout - 1:X}")
+    # Stack of (links still to read, slot path from the root to this shard).
+    stack: list[tuple[Iterator[Link], tuple[int, ...]]] = [(iter(node.links), ())]
+    while stack:
+        links, path = stack[-1]
+        ln = next(links, None)
+        if ln is None:
+            stack.pop()
+            continue
+        slot = int(ln.name[:pad], 16)
         if len(ln.name) == pad:
-            yield from hamt_entries(get_block, ln.cid, _depth + 1)
-        else:
-            yield Link(ln.name[pad:], ln.cid, ln.tsize)
+            if (len(path) + 2) * bits > 64:
+                raise FormatError("UnixFS HAMT deeper than its 64-bit hash allows")
+            child = parse_node(ln.cid, get_block(ln.cid))
+            if child.kind != "hamt" or child.fanout != fanout:
+                raise FormatError("UnixFS HAMT: slot link to something other than a shard of the same fanout")
+            if not child.links:
+                raise FormatError("UnixFS HAMT: empty sub-shard")
+            stack.append((iter(child.links), (*path, slot)))
+            continue
+        name = ln.name[pad:]
+        key = hamt_hash(name.encode("utf-8"))
+        for depth, want in enumerate((*path, slot)):
+            if _hamt_index(key, depth, bits) != want:
+                raise FormatError(f"UnixFS HAMT: entry {name!r} is not in the slot its name hashes to")
+        yield Link(name, ln.cid, ln.tsize)
 
 
 def directory_entries(get_block: GetBlock, root: CID | Node) -> Iterator[Link]:

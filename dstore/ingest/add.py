@@ -11,7 +11,7 @@ shards run on other threads.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from dstore.format.pointer import Pointer, encode_placement, metadata_car
 from dstore.ingest.packer import Packer, encode_pack
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
-from dstore.ingest.walk import DirEntry, FileEntry, total_size, walk
+from dstore.ingest.walk import DirEntry, FileEntry, count_entries, total_size, walk
 from dstore.store import ChunkLoc, Store
 
 SEGMENT_BYTES = 16 << 20
@@ -234,12 +234,29 @@ class _Adder:
     # -- folders ------------------------------------------------------------
 
     def add_tree(self, node: FileEntry | DirEntry) -> tuple[CID, int]:
+        """Store a file or folder; returns its UnixFS root CID and Tsize.
+
+        Folders are built children first without recursion (deep trees cost
+        no stack): one frame per open folder holds its built entries.
+        """
         if isinstance(node, FileEntry):
             return self.add_file(node)
-        entries = [(child.name, *self.add_tree(child)) for child in node.children]
-        root, blocks, tsize = unixfs.build_directory(entries, self.hash_name)
-        self.blocks.extend(blocks)
-        return root, tsize
+        stack: list[tuple[DirEntry, Iterator[FileEntry | DirEntry], list[tuple[str, CID, int]]]]
+        stack = [(node, iter(node.children), [])]
+        while True:
+            folder, pending, built = stack[-1]
+            child = next(pending, None)
+            if isinstance(child, FileEntry):
+                built.append((child.name, *self.add_file(child)))
+            elif child is not None:
+                stack.append((child, iter(child.children), []))
+            else:
+                root, blocks, tsize = unixfs.build_directory(built, self.hash_name)
+                self.blocks.extend(blocks)
+                stack.pop()
+                if not stack:
+                    return root, tsize
+                stack[-1][2].append((folder.name, root, tsize))
 
     # -- locator ------------------------------------------------------------
 
@@ -305,7 +322,13 @@ def add(
         sys.setswitchinterval(interval)
         adder.close()
     manifest = Manifest(
-        root=root, hash_name=hash_name, chunker=adder.chunker, size=size, meta=meta or {}, parent=parent
+        root=root,
+        hash_name=hash_name,
+        chunker=adder.chunker,
+        size=size,
+        entries=count_entries(tree),
+        meta=meta or {},
+        parent=parent,
     )
     manifest_block = manifest.encode()
     dataset = manifest.cid
