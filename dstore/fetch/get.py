@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dstore.errors import IntegrityError
+from dstore.errors import FormatError, IntegrityError
 from dstore.fetch import partial
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
@@ -60,8 +60,10 @@ def get(
         try:
             tree.write(path)
             publish(tree.tmp, output, shown, f"the data is kept: remove {shown} and run the same get to finish")
-        except BaseException:
-            if not tree.completed:
+        except BaseException as e:
+            # A malformed dataset will not get better on a re-run: leave nothing behind.
+            # Anything else (interrupted, peers down, OUT appeared) keeps finished files to resume from.
+            if not tree.completed or isinstance(e, FormatError):
                 partial.remove_tree(tree.tmp)
                 record.finish()
             else:
