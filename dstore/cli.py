@@ -13,11 +13,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dstore.errors import DstoreError
+
+if TYPE_CHECKING:  # the network client is loaded only when peers are used
+    from dstore.net.protocol import PeerClient
 
 DEFAULT_SHARDS = "10+2"
 
@@ -108,7 +111,7 @@ def peers_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextmanager
-def _peers(peer_urls: str | None, token: str | None) -> Iterator[Any]:
+def _peers(peer_urls: str | None, token: str | None) -> Iterator[PeerClient | None]:
     """A connected SyncPeerSet, or None when no peers are configured."""
     if not (peer_urls or os.environ.get("DSTORE_PEERS")):
         yield None  # local only: don't pay for importing the network client

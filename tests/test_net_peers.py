@@ -119,7 +119,7 @@ def test_fetch_survives_four_killed_peers(net: SyncPeerSet, peers: list[PeerProc
     for p in peers:
         if not p.running:
             p.start()
-    net.peerset._revived_at = -1e9
+    net.peerset.health.revived_at = -1e9
     pack.check(net.fetch_pack(pack.record, pack.key, placed))
     deadline = time.monotonic() + 5
     while not all(p.alive for p in net.peers) and time.monotonic() < deadline:
@@ -159,7 +159,7 @@ def test_corrupted_shard_is_discarded_and_its_peer_scored_down(net: SyncPeerSet,
     other = Pack(6)
     where = net.put_pack(other.key, other.pairs)
     cands = [[net.peerset.peer_by_id(pid)] for pid in where]
-    order = net.peerset._shard_order(cands, K)  # type: ignore[arg-type]
+    order = net.peerset.fetcher.shard_order(cands, K)  # type: ignore[arg-type]
     assert order[-1] == where.index(liar.peer_id)
 
 

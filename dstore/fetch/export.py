@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from dstore.errors import UsageError
 from dstore.fetch.reader import DatasetReader
 from dstore.format.car import CarWriter
 from dstore.format.cid import CID, RAW
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 
-def export_car(store: Store, dataset: str, output: Path, *, peers: Any | None = None) -> int:
+def export_car(store: Store, dataset: str, output: Path, *, peers: PeerClient | None = None) -> int:
     """Write the CAR; returns its size in bytes."""
     with DatasetReader(store, dataset, peers=peers) as reader:
         output = Path(output)

@@ -12,12 +12,12 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from dstore.errors import FormatError, IntegrityError, UsageError
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 
@@ -28,7 +28,7 @@ def get(
     *,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
-    peers: Any | None = None,
+    peers: PeerClient | None = None,
 ) -> dict[str, object]:
     """Write dataset ``dataset`` to ``output`` (from peers where the local store lacks it); returns a summary."""
     output = Path(output)

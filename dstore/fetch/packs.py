@@ -18,13 +18,14 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
 from dstore.format.cid import cid_to_text, hash_digest
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 # Packs kept mapped (or rebuilt in memory) for sequential reads.
@@ -104,7 +105,7 @@ class LocalShards:
 class PeerShards:
     """Shards from storage peers: data shards first, hedged with parity, each verified on arrival."""
 
-    def __init__(self, peers: Any, hints: dict[bytes, list[str | None]] | None = None) -> None:
+    def __init__(self, peers: PeerClient, hints: dict[bytes, list[str | None]] | None = None) -> None:
         self.peers = peers  # a dstore.net SyncPeerSet
         self.hints = hints or {}
 

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dstore import _native
 from dstore.errors import DstoreError, InputError, StoreError, UsageError
@@ -26,6 +25,7 @@ from dstore.ingest.packer import Packer, encode_pack
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
 from dstore.ingest.walk import DirEntry, FileEntry, total_size, walk
+from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
 
 SEGMENT_BYTES = 16 << 20
@@ -246,7 +246,7 @@ def add(
     parent: CID | None = None,
     progress: Progress | None = None,
     on_start: Callable[[int], None] | None = None,
-    peers: Any | None = None,
+    peers: PeerClient | None = None,
 ) -> AddResult:
     """Add the file or folder at ``path`` to ``store``; returns the dataset ID and figures.
 
@@ -306,7 +306,7 @@ def add(
 
 
 def publish_metadata(
-    peers: Any,
+    peers: PeerClient,
     dataset: CID,
     locator: CID,
     blocks: list[tuple[bytes, bytes]],

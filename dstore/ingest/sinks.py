@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol
 
 from dstore.format.cid import CID
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 Shards = Sequence[tuple[CID, memoryview]]
@@ -53,7 +54,7 @@ class LocalSink:
 class PeerSink:
     """Shards uploaded to storage peers: shard i on the i-th peer of the pack's rendezvous ranking."""
 
-    def __init__(self, peers: Any) -> None:
+    def __init__(self, peers: PeerClient) -> None:
         self.peers = peers  # a dstore.net SyncPeerSet
 
     def submit(self, pack_id: bytes, shards: Shards) -> Future[list[str | None]]:
