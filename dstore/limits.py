@@ -25,7 +25,8 @@ __all__ = [
 KIB = 1024
 MIB = 1024 * KIB
 
-#: One metadata block (dag-pb UnixFS node, dag-cbor locator block): the IPFS/bitswap block limit.
+#: One metadata block (dag-pb UnixFS node, dag-cbor block, CAR entry): IPFS's own limit for a block on the
+#: wire. dstore writes none above 1 MiB.
 MAX_BLOCK_BYTES = 2 * MIB
 #: A pack is closed before the next chunk would take it past ``k × PACK_UNIT_BYTES``.
 PACK_UNIT_BYTES = 1 * MIB
@@ -39,11 +40,11 @@ MAX_SHARDS = 256
 MAX_POINTER_BYTES = 64 * KIB
 #: A dataset manifest block.
 MAX_MANIFEST_BYTES = 256 * KIB
-#: One value of a manifest's ``meta`` map (UTF-8).
+#: One value of a manifest's ``meta`` map, UTF-8 (a description is prose, not a payload).
 MAX_META_VALUE_BYTES = 64 * KIB
-#: A CAR v1 header.
+#: A CAR v1 header (a handful of root CIDs in practice).
 MAX_CAR_HEADER_BYTES = 64 * KIB
-#: A binary CID.
+#: A binary CID from outside: a CIDv1 with a 64-byte digest and multi-byte codec varints fits easily.
 MAX_CID_BYTES = 128
 #: A peer's ``/health`` answer.
 MAX_HEALTH_BYTES = 64 * KIB

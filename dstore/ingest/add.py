@@ -25,13 +25,13 @@ from dstore.ingest.packer import Packer, encode_pack
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
 from dstore.ingest.walk import DirEntry, FileEntry, total_size, walk
+from dstore.limits import MAX_SHARDS
 from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
 
 SEGMENT_BYTES = 16 << 20
 GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 1  # docs/cli.md: as small as per-chunk level 3 on CSV, and faster
-MAX_SHARDS = 256
 
 Progress = Callable[[int], None]
 
