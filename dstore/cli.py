@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -261,7 +261,7 @@ def stat(as_json: bool, home: str | None) -> None:
         if key == "datasets_list":
             continue
         click.echo(f"{key + ':':<16} {value}")
-    for ds in info.get("datasets_list", []):
+    for ds in cast("list[str]", info.get("datasets_list", [])):
         click.echo(f"  {ds}")
 
 

@@ -112,12 +112,12 @@ class PeerShards:
     def map(self, pack_id: bytes, record: PackRecord) -> Parts:
         shards = self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))
         if all(s is not None for s in shards[: record.k]):
-            return [memoryview(s) for s in shards[: record.k]]
+            return [memoryview(s) for s in shards[: record.k] if s is not None]
         return [data_region(shards, record)]
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         parts = self.map(pack_id, record)
-        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+        return memoryview(parts[0]) if len(parts) == 1 else memoryview(b"".join(parts))
 
     def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
         raise NotFound("peers serve whole shards here")  # the reader falls back to the whole pack

@@ -136,7 +136,7 @@ class DatasetReader:
         """CID and node at ``path`` (``a/b/c``; empty = the root)."""
         cid = self.root
         node = self.node(cid)
-        walked = []
+        walked: list[str] = []
         for part in (p for p in path.split("/") if p):
             if not node.is_dir:
                 raise NotFound(f"{'/'.join(walked)} is a file, not a folder")

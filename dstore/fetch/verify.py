@@ -146,7 +146,7 @@ def check_peers(peers: PeerClient, pack_id: CID, record: PackRecord, holders: li
     for i, cid in enumerate(record.shards):
         hint = holders[i] if holders and i < len(holders) else None
         peer = peers.peer_by_id(hint) if hint else (ranked[i % len(ranked)] if ranked else None)
-        where = hint or (peer.peer_id if peer is not None else "no live peer")
+        where = hint or ((peer.peer_id or peer.url) if peer is not None else "no live peer")
         if peer is None or not peer.alive:
             statuses.append(ShardStatus(i, cid, False, where, "peer down"))
             continue

@@ -109,7 +109,7 @@ class _Adder:
     seen: dict[bytes, None] = field(default_factory=dict)
     # Chunks found already stored before this add: chunk CID -> location.
     old_locations: dict[bytes, ChunkLoc] = field(default_factory=dict)
-    blocks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    blocks: list[tuple[CID | bytes, bytes]] = field(default_factory=list)
     # Packs found through dedup: whether each lives where this add stores
     # (on peers, or in local files), and the peers holding their shards.
     usable_packs: dict[bytes, bool] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, cast
 
 from dstore.format.cid import CID
 from dstore.net.protocol import PeerClient
@@ -58,7 +58,7 @@ class PeerSink:
         self.peers = peers  # a dstore.net SyncPeerSet
 
     def submit(self, pack_id: bytes, shards: Shards) -> Future[list[str | None]]:
-        return self.peers.submit_put_pack(pack_id, list(shards))
+        return cast("Future[list[str | None]]", self.peers.submit_put_pack(pack_id, list(shards)))
 
     def sync(self) -> None:
         """Peers fsync before they answer, so a finished upload is already durable."""
