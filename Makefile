@@ -32,8 +32,11 @@ test:
 test-quick:
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Style (ruff), the layers of docs/architecture.md (import-linter), types (mypy), then the Rust core.
 lint:
 	$(PYTHON) -m ruff check dstore tests bench && $(PYTHON) -m ruff format --check dstore tests
+	lint-imports --no-cache
+	$(PYTHON) -m mypy dstore
 	cd native && cargo fmt --check && cargo clippy --release -- -D warnings
 
 # Benchmarks are not tests: they write bench/results/ (JSON, markdown, PNG).

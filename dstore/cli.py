@@ -14,11 +14,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from dstore.errors import DstoreError
+
+if TYPE_CHECKING:  # the network client is loaded only when peers are used
+    from dstore.net.protocol import PeerClient
 
 DEFAULT_SHARDS = "10+2"
 
@@ -141,7 +144,7 @@ def peers_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextmanager
-def _peers(peer_urls: str | None, token: str | None) -> Iterator[Any]:
+def _peers(peer_urls: str | None, token: str | None) -> Iterator[PeerClient | None]:
     """A connected SyncPeerSet, or None when no peers are configured."""
     if not (peer_urls or os.environ.get("DSTORE_PEERS")):
         yield None  # local only: don't pay for importing the network client
@@ -314,7 +317,7 @@ def stat(as_json: bool, home: str | None) -> None:
         if key == "datasets_list":
             continue
         click.echo(f"{key + ':':<16} {value}")
-    for ds in info.get("datasets_list", []):
+    for ds in cast("list[str]", info.get("datasets_list", [])):
         click.echo(f"  {ds}")
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import blake3
@@ -108,12 +111,12 @@ def test_shard_order_puts_data_shards_first_unless_their_peer_is_bad() -> None:
     ps = peers(6)
     net = PeerSet(ps, None)
     cands = [[p] for p in ps]  # shard i on peer i; k = 4, m = 2
-    assert net._shard_order(cands, 4) == [0, 1, 2, 3, 4, 5]
+    assert net.fetcher.shard_order(cands, 4) == [0, 1, 2, 3, 4, 5]
     ps[1].record_bad_bytes()
     ps[2].observe_latency(5.0)
-    assert net._shard_order(cands, 4) == [0, 3, 4, 5, 2, 1]
+    assert net.fetcher.shard_order(cands, 4) == [0, 3, 4, 5, 2, 1]
     ps[0].record_unreachable()
-    assert net._shard_order([[p for p in c if p.alive] for c in cands], 4)[-1] == 0
+    assert net.fetcher.shard_order([[p for p in c if p.alive] for c in cands], 4)[-1] == 0
 
 
 def test_connect_keeps_unreachable_peers_not_alive() -> None:
@@ -142,3 +145,22 @@ def test_peers_and_token_from_cli_or_environment(monkeypatch: pytest.MonkeyPatch
     for bad in ["ftp://a:1", "http://", "http://a:99999", "http://a:1/?x=1"]:
         with pytest.raises(UsageError):
             normalize_url(bad)
+
+
+def test_the_peer_client_protocol_is_cheap_to_import_and_sync_peer_set_implements_it() -> None:
+    # ingest and fetch import the protocol for their type hints: that must not load the HTTP client.
+    code = "import sys, dstore.net.protocol; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    from dstore.net.protocol import PeerClient
+    from dstore.net.sync import SyncPeerSet
+
+    wanted = [n for n in vars(PeerClient) if not n.startswith("_")]
+    assert {"confirm_shards", "get_pointers", "fetch_pack", "put_pack"} <= set(wanted)
+    for name in wanted:
+        ours, theirs = getattr(SyncPeerSet, name), getattr(PeerClient, name)
+        if isinstance(theirs, property):
+            assert isinstance(ours, property), name
+        else:
+            shape = [(p.name, p.kind) for p in inspect.signature(ours).parameters.values()]
+            assert shape == [(p.name, p.kind) for p in inspect.signature(theirs).parameters.values()], name

@@ -10,15 +10,15 @@ never over a file that appeared meanwhile (dstore/fetch/output.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format.car import CarWriter
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 
-def export_car(store: Store, dataset: str, output: Path, *, peers: Any | None = None) -> int:
+def export_car(store: Store, dataset: str, output: Path, *, peers: PeerClient | None = None) -> int:
     """Write the CAR; returns its size in bytes."""
     shown = Path(output)
     with DatasetReader(store, dataset, peers=peers) as reader:

@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from dstore.errors import FormatError, IntegrityError
 from dstore.fetch import partial
@@ -25,6 +24,7 @@ from dstore.fetch.output import check_output, publish, temporary_name, write_err
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID, cid_to_text
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 
@@ -35,7 +35,7 @@ def get(
     *,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
-    peers: Any | None = None,
+    peers: PeerClient | None = None,
 ) -> dict[str, object]:
     """Write ``target`` (``CID`` or ``CID/path``) to ``output`` (from peers where the store lacks it); a summary."""
     dataset, _, path = target.partition("/")

@@ -18,13 +18,14 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
 from dstore.format.cid import cid_to_text, hash_digest
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 # Packs kept mapped (or rebuilt in memory) for sequential reads.
@@ -104,19 +105,19 @@ class LocalShards:
 class PeerShards:
     """Shards from storage peers: data shards first, hedged with parity, each verified on arrival."""
 
-    def __init__(self, peers: Any, hints: dict[bytes, list[str | None]] | None = None) -> None:
+    def __init__(self, peers: PeerClient, hints: dict[bytes, list[str | None]] | None = None) -> None:
         self.peers = peers  # a dstore.net SyncPeerSet
         self.hints = hints or {}
 
     def map(self, pack_id: bytes, record: PackRecord) -> Parts:
         shards = self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))
         if all(s is not None for s in shards[: record.k]):
-            return [memoryview(s) for s in shards[: record.k]]
+            return [memoryview(s) for s in shards[: record.k] if s is not None]
         return [data_region(shards, record)]
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         parts = self.map(pack_id, record)
-        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+        return memoryview(parts[0]) if len(parts) == 1 else memoryview(b"".join(parts))
 
     def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
         raise NotFound("peers serve whole shards here")  # the reader falls back to the whole pack

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards, data_region
@@ -27,6 +26,7 @@ from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer, decode_placement, read_metadata_car
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
@@ -83,7 +83,7 @@ class Entry:
 class DatasetReader:
     """A dataset of the local store, opened by dataset ID."""
 
-    def __init__(self, store: Store, dataset: str | CID, *, peers: Any | None = None) -> None:
+    def __init__(self, store: Store, dataset: str | CID, *, peers: PeerClient | None = None) -> None:
         """Open ``dataset`` from the local store, else (with ``peers``, a SyncPeerSet) from peers."""
         self.store = store
         self.cid = parse_cid(dataset)
@@ -211,7 +211,7 @@ class DatasetReader:
         """CID and node at ``path`` (``a/b/c``; empty = the root)."""
         cid = self.root
         node = self.node(cid)
-        walked = []
+        walked: list[str] = []
         for part in (p for p in path.split("/") if p):
             if not node.is_dir:
                 raise NotFound(f"{'/'.join(walked)} is a file, not a folder")
@@ -428,7 +428,7 @@ def store_stat(store: Store) -> dict[str, object]:
     }
 
 
-def load_from_peers(peers: Any, dataset: CID) -> tuple[CID, dict[bytes, bytes], dict[bytes, list[str | None]]]:
+def load_from_peers(peers: PeerClient, dataset: CID) -> tuple[CID, dict[bytes, bytes], dict[bytes, list[str | None]]]:
     """A dataset's locator root, metadata blocks (each verified) and placement hints, from peers."""
     found = peers.get_pointer(dataset, validate=Pointer.from_json)
     if found is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound, PeerError
 from dstore.fetch.packs import data_region
@@ -20,6 +19,7 @@ from dstore.format.cid import CID, cid_to_text, hash_digest
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer
 from dstore.ingest.packer import encode_pack
+from dstore.net.protocol import PeerClient
 
 
 @dataclass(frozen=True)
@@ -139,14 +139,14 @@ def regenerate(reader: DatasetReader, report: PackReport) -> list[memoryview]:
 # -- on storage peers ---------------------------------------------------------
 
 
-def check_peers(peers: Any, pack_id: CID, record: PackRecord, holders: list[str | None] | None) -> PackReport:
+def check_peers(peers: PeerClient, pack_id: CID, record: PackRecord, holders: list[str | None] | None) -> PackReport:
     """Each shard of the pack from the peer that should hold it, verified against its CID."""
     ranked = peers.rank(pack_id.to_bytes())
     statuses = []
     for i, cid in enumerate(record.shards):
         hint = holders[i] if holders and i < len(holders) else None
         peer = peers.peer_by_id(hint) if hint else (ranked[i % len(ranked)] if ranked else None)
-        where = hint or (peer.peer_id if peer is not None else "no live peer")
+        where = hint or ((peer.peer_id or peer.url) if peer is not None else "no live peer")
         if peer is None or not peer.alive:
             statuses.append(ShardStatus(i, cid, False, where, "peer down"))
             continue
@@ -159,7 +159,7 @@ def check_peers(peers: Any, pack_id: CID, record: PackRecord, holders: list[str 
     return PackReport(pack_id, record, statuses)
 
 
-def verify_peers(reader: DatasetReader, peers: Any) -> list[PackReport]:
+def verify_peers(reader: DatasetReader, peers: PeerClient) -> list[PackReport]:
     """Every data pack of the dataset, then its metadata pack, as found on peers."""
     reports = [
         check_peers(peers, pack_id, record, reader.placement(pack_id.to_bytes()))
@@ -170,7 +170,7 @@ def verify_peers(reader: DatasetReader, peers: Any) -> list[PackReport]:
     return reports
 
 
-def repair_peers(reader: DatasetReader, peers: Any, reports: list[PackReport]) -> int:
+def repair_peers(reader: DatasetReader, peers: PeerClient, reports: list[PackReport]) -> int:
     """Rebuild damaged packs onto live peers, then republish the metadata with the new placement.
 
     Returns the number of shards written. Every pack ends with k+m good shards
@@ -207,7 +207,7 @@ def repair_peers(reader: DatasetReader, peers: Any, reports: list[PackReport]) -
     return written
 
 
-def regenerate_from(peers: Any, hash_name: str, report: PackReport) -> list[memoryview]:
+def regenerate_from(peers: PeerClient, hash_name: str, report: PackReport) -> list[memoryview]:
     """All k + m shards of a pack from any k verified ones on peers, checked against their CIDs."""
     record = report.record
     shards = peers.fetch_pack(record, report.pack_id.to_bytes(), [s.where if s.ok else None for s in report.shards])
@@ -219,7 +219,7 @@ def regenerate_from(peers: Any, hash_name: str, report: PackReport) -> list[memo
 
 
 def _place_missing(
-    peers: Any, key: bytes, report: PackReport, shards: list[memoryview], holders: list[str | None]
+    peers: PeerClient, key: bytes, report: PackReport, shards: list[memoryview], holders: list[str | None]
 ) -> int:
     """Put each missing shard on the best-ranked live peer not already holding one of this pack's shards."""
     written = 0
@@ -242,7 +242,7 @@ def _place_missing(
     return written
 
 
-def _pointer(reader: DatasetReader, peers: Any) -> Pointer:
+def _pointer(reader: DatasetReader, peers: PeerClient) -> Pointer:
     found = peers.get_pointer(reader.cid, validate=Pointer.from_json)
     if found is None:
         raise NotFound(f"no storage peer has a pointer for dataset {cid_to_text(reader.cid)}")

@@ -19,10 +19,11 @@ from dstore.errors import FormatError, IntegrityError
 from dstore.format import cbor
 from dstore.format.cid import CID, HASH_NAMES, hash_digest
 from dstore.format.dagpb import MAX_BLOCK_BYTES, decode_varint, encode_varint
+from dstore.limits import MAX_CAR_HEADER_BYTES, MAX_CID_BYTES
 
 __all__ = [
     "MAX_CAR_BLOCK_BYTES",
-    "MAX_HEADER_BYTES",
+    "MAX_CAR_HEADER_BYTES",
     "CarReader",
     "CarWriter",
     "car_block",
@@ -32,11 +33,8 @@ __all__ = [
     "read_car",
 ]
 
-#: Bound on the CAR header (a handful of root CIDs in practice).
-MAX_HEADER_BYTES = 64 * 1024
 #: Bound on one block in a CAR we read (IPFS's 2 MiB block limit; dstore writes <= 1 MiB).
 MAX_CAR_BLOCK_BYTES = MAX_BLOCK_BYTES
-_MAX_CID_BYTES = 128
 
 
 def car_header(roots: Iterable[CID]) -> bytes:
@@ -133,8 +131,8 @@ class CarReader:
         self.verify = verify
         self.max_block_bytes = max_block_bytes
         n = self._read_varint(eof_ok=False)
-        if n is None or n == 0 or n > MAX_HEADER_BYTES:
-            raise FormatError(f"CAR header length {n} out of range 1..{MAX_HEADER_BYTES}")
+        if n is None or n == 0 or n > MAX_CAR_HEADER_BYTES:
+            raise FormatError(f"CAR header length {n} out of range 1..{MAX_CAR_HEADER_BYTES}")
         header = cbor.decode(self._read_exact(n, "header"))
         if not isinstance(header, dict):
             raise FormatError("CAR header is not a map")
@@ -168,7 +166,7 @@ class CarReader:
                 raise FormatError("CAR varint longer than 10 bytes")
 
     def __iter__(self) -> Iterator[tuple[CID, bytes]]:
-        limit = self.max_block_bytes + _MAX_CID_BYTES
+        limit = self.max_block_bytes + MAX_CID_BYTES
         while True:
             n = self._read_varint(eof_ok=True)
             if n is None:

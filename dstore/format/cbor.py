@@ -21,10 +21,10 @@ import cbor2
 
 from dstore.errors import BadCID, FormatError
 from dstore.format.cid import CID, DAG_CBOR, make_cid, parse_cid
+from dstore.limits import MAX_BLOCK_BYTES
 
 __all__ = ["MAX_BLOCK_BYTES", "MAX_DEPTH", "block_cid", "decode", "encode"]
 
-MAX_BLOCK_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 32
 
 _U64 = 1 << 64

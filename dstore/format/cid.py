@@ -20,6 +20,7 @@ from multiformats.cid import CID
 from multiformats.multihash import Multihash
 
 from dstore.errors import BadCID
+from dstore.limits import MAX_CID_BYTES
 
 __all__ = [
     "BLAKE3",
@@ -52,10 +53,6 @@ SHA2_256 = 0x12
 HASH_CODES: dict[str, int] = {"blake3": BLAKE3, "sha2-256": SHA2_256}
 HASH_NAMES: dict[int, str] = {v: k for k, v in HASH_CODES.items()}
 DIGEST_BYTES = 32
-
-#: Upper bound on the binary size of any CID dstore accepts from outside.
-#: A CIDv1 with a 64-byte digest and multi-byte codec varints fits easily.
-MAX_CID_BYTES = 128
 
 _PREFIX: dict[tuple[int, int], bytes] = {
     (codec, code): bytes([1, codec, code, DIGEST_BYTES])

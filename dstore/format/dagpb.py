@@ -22,6 +22,7 @@ from typing import NamedTuple
 from multiformats.cid import CID
 
 from dstore.errors import FormatError
+from dstore.limits import MAX_BLOCK_BYTES
 
 __all__ = [
     "MAX_BLOCK_BYTES",
@@ -32,10 +33,6 @@ __all__ = [
     "encode_node",
     "encode_varint",
 ]
-
-#: Largest block any decoder here accepts: IPFS's own limit for a block on
-#: the wire. dstore writes none above 1 MiB (docs/format.md).
-MAX_BLOCK_BYTES = 2 * 1024 * 1024
 
 _U64_MAX = (1 << 64) - 1
 

@@ -22,6 +22,7 @@ from typing import Any
 from dstore.errors import FormatError
 from dstore.format import cbor
 from dstore.format.cid import CID, DAG_CBOR, DAG_PB, HASH_CODES, HASH_NAMES, RAW
+from dstore.limits import MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, MAX_META_VALUE_BYTES
 
 __all__ = [
     "CHUNKER_NAME",
@@ -46,10 +47,6 @@ PROFILES = frozenset({PROFILE_DSTORE})
 RESERVED_PROFILES = frozenset({"unixfs-v1-2025", "car-import"})
 CHUNKER_NAME = "fastcdc-gear-v1"
 META_KEYS = frozenset({"name", "license", "description"})
-MAX_MANIFEST_BYTES = 256 * 1024
-#: Bound on one metadata value (a description is prose, not a payload).
-MAX_META_VALUE_BYTES = 64 * 1024
-_CHUNK_MAX_LIMIT = 16 * 1024 * 1024
 _U64_MAX = (1 << 64) - 1
 
 
@@ -69,7 +66,7 @@ class ChunkerParams:
         for k in ("min", "avg", "max"):
             if type(getattr(self, k)) is not int:
                 raise ValueError(f"chunker {k} must be an integer")
-        if not (64 <= self.min < self.avg < self.max <= _CHUNK_MAX_LIMIT):
+        if not (64 <= self.min < self.avg < self.max <= MAX_CHUNK_BYTES):
             raise ValueError(f"chunker needs 64 <= min < avg < max <= 16 MiB, got {self.min}/{self.avg}/{self.max}")
         if self.avg & (self.avg - 1):
             raise ValueError(f"chunker avg {self.avg} is not a power of two")

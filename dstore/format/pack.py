@@ -15,6 +15,7 @@ from typing import Any
 from dstore.errors import FormatError
 from dstore.format import cbor
 from dstore.format.cid import CID, RAW
+from dstore.limits import MAX_SHARD_BYTES, MAX_SHARDS, PACK_UNIT_BYTES
 
 __all__ = [
     "MAX_SHARDS",
@@ -25,13 +26,7 @@ __all__ = [
     "shard_size",
 ]
 
-MAX_SHARDS = 256
 SHARD_ALIGN_BYTES = 64
-#: A pack is closed before the next chunk would take it past ``k × PACK_UNIT_BYTES``.
-PACK_UNIT_BYTES = 1024 * 1024
-#: Bound a reader puts on a shard: a pack holds at most k MiB plus one maximal chunk
-#: (16 MiB, the chunker's limit) when a single chunk is larger than the pack target.
-MAX_SHARD_BYTES = PACK_UNIT_BYTES + 16 * 1024 * 1024
 
 
 def shard_size(pack_len: int, k: int) -> int:

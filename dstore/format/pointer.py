@@ -20,8 +20,7 @@ from dstore.format import cbor
 from dstore.format.car import encode_car, read_car
 from dstore.format.cid import CID, cid_to_text, parse_cid
 from dstore.format.pack import PackRecord
-
-MAX_POINTER_BYTES = 64 * 1024
+from dstore.limits import MAX_POINTER_BYTES
 
 
 def metadata_car(dataset: CID, blocks: list[tuple[CID | bytes, bytes]]) -> bytes:

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dstore import _native
 from dstore.errors import DstoreError, InputError, StoreError, UsageError
@@ -28,12 +27,13 @@ from dstore.ingest.packer import Packer, encode_pack
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
 from dstore.ingest.walk import DirEntry, FileEntry, count_entries, total_size, walk
+from dstore.limits import MAX_SHARDS
+from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
 
 SEGMENT_BYTES = 16 << 20
 GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 1  # docs/cli.md: as small as per-chunk level 3 on CSV, and faster
-MAX_SHARDS = 256
 
 Progress = Callable[[int], None]
 
@@ -111,7 +111,7 @@ class _Adder:
     seen: dict[bytes, None] = field(default_factory=dict)
     # Chunks found already stored before this add: chunk CID -> location.
     old_locations: dict[bytes, ChunkLoc] = field(default_factory=dict)
-    blocks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    blocks: list[tuple[CID | bytes, bytes]] = field(default_factory=list)
     # Packs found through dedup: whether this add may reuse each (still where
     # it stores, and strong enough), and the peers confirmed to hold their shards.
     usable_packs: dict[bytes, bool] = field(default_factory=dict)
@@ -292,7 +292,7 @@ def add(
     parent: CID | None = None,
     progress: Progress | None = None,
     on_start: Callable[[int], None] | None = None,
-    peers: Any | None = None,
+    peers: PeerClient | None = None,
 ) -> AddResult:
     """Add the file or folder at ``path`` to ``store``; returns the dataset ID and figures.
 
@@ -358,7 +358,7 @@ def add(
 
 
 def publish_metadata(
-    peers: Any,
+    peers: PeerClient,
     dataset: CID,
     locator: CID,
     blocks: list[tuple[bytes, bytes]],

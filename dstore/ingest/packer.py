@@ -61,7 +61,7 @@ def encode_pack(buf: bytearray, fill: int, k: int, m: int, hash_name: str) -> En
     view = memoryview(buf)[:total]
     parity, digests = _native.encode_pack(view, k, m)
     cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], hash_name) for i in range(k + m)]
-    record = PackRecord(k=k, m=m, size=fill, shard_size=ss, shards=cids)
+    record = PackRecord(k=k, m=m, size=fill, shard_size=ss, shards=tuple(cids))
     record_block = record.encode()
     pv = memoryview(parity)
     parts = [view[i * ss : (i + 1) * ss] for i in range(k)] + [pv[j * ss : (j + 1) * ss] for j in range(m)]

@@ -9,9 +9,9 @@ a large part of the work on this path.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
 
 from dstore.store.shards import read_full
 
@@ -25,7 +25,7 @@ class SegmentReader:
         self._views = [memoryview(bytearray(tail_bytes + segment_bytes)) for _ in range(2)]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-read")
 
-    def segments(self, f: BinaryIO) -> Generator[tuple[memoryview, bool], int, None]:
+    def segments(self, f: io.RawIOBase | io.BufferedIOBase) -> Generator[tuple[memoryview, bool], int, None]:
         """Yield ``(segment, final)``; send back how many bytes the chunker consumed."""
         keep, size = self.tail_bytes, self.segment_bytes
         cur, nxt = self._views

@@ -17,10 +17,11 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from dstore.format.cid import CID
 from dstore.format.pack import PackRecord
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 Shards = Sequence[tuple[CID, memoryview]]
@@ -123,11 +124,11 @@ class LocalSink:
 class PeerSink:
     """Shards uploaded to storage peers: shard i on the i-th peer of the pack's rendezvous ranking."""
 
-    def __init__(self, peers: Any) -> None:
+    def __init__(self, peers: PeerClient) -> None:
         self.peers = peers  # a dstore.net SyncPeerSet
 
     def submit(self, pack_id: bytes, shards: Shards) -> Future[list[str | None]]:
-        return self.peers.submit_put_pack(pack_id, list(shards))
+        return cast("Future[list[str | None]]", self.peers.submit_put_pack(pack_id, list(shards)))
 
     def sync(self) -> None:
         """Peers fsync before they answer, so a finished upload is already durable."""

@@ -7,18 +7,21 @@ highest first. The ranking needs no coordination, depends only on the key
 and the set of peer IDs (not on addresses or their order), and removing a
 peer moves only the keys that peer held: everybody else keeps their place
 relative to each other.
+
+:class:`PeerTable` is the client's list of peers: which are alive, which
+peer has an ID, and the ranking of the live (or of all known) peers for a key.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dstore._native import blake3
 
-__all__ = ["BAD_BYTES_PENALTY_S", "DEFAULT_LATENCY_S", "FULL_RETRY_S", "Peer", "hrw_rank", "hrw_weight"]
+__all__ = ["BAD_BYTES_PENALTY_S", "DEFAULT_LATENCY_S", "FULL_RETRY_S", "Peer", "PeerTable", "hrw_rank", "hrw_weight"]
 
 #: Latency assumed for a peer with no observation yet.
 DEFAULT_LATENCY_S = 0.02
@@ -148,3 +151,45 @@ class Peer:
     def record_bad_bytes(self) -> None:
         self.record_error()
         self.bad_bytes += 1
+
+
+class PeerTable:
+    """The peers a client knows, in the order given; ranking and lookup by peer ID."""
+
+    def __init__(self, peers: Sequence[Peer]) -> None:
+        self.peers: list[Peer] = list(peers)
+
+    @property
+    def alive(self) -> list[Peer]:
+        """Peers that answered lately and have an ID."""
+        return [p for p in self.peers if p.alive and p.peer_id]
+
+    def peer_by_id(self, peer_id: str | None) -> Peer | None:
+        """The peer with this ID, a live one first when it was reached under two addresses."""
+        if peer_id is None:
+            return None
+        for p in self.peers:
+            if p.peer_id == peer_id and p.alive:
+                return p
+        for p in self.peers:
+            if p.peer_id == peer_id:
+                return p
+        return None
+
+    def rank(self, key: bytes) -> list[Peer]:
+        """Live peers by rendezvous weight for ``key``, highest first (see :func:`hrw_weight`)."""
+        return rank_peers(key, self.alive)
+
+    def rank_known(self, key: bytes) -> list[Peer]:
+        """Every peer with a known ID, alive or not: where a pack went if all were alive when it was placed."""
+        seen: dict[str, Peer] = {}
+        for p in self.peers:
+            if p.peer_id and (p.peer_id not in seen or (p.alive and not seen[p.peer_id].alive)):
+                seen[p.peer_id] = p
+        return rank_peers(key, seen.values())
+
+
+def rank_peers(key: bytes, peers: Iterable[Peer]) -> list[Peer]:
+    """``peers`` by descending rendezvous weight for ``key`` (ties by peer ID)."""
+    key = bytes(key)
+    return sorted(peers, key=lambda p: (hrw_weight(key, p.peer_id or ""), p.peer_id or ""), reverse=True)

@@ -1,5 +1,8 @@
 """A blocking face on :class:`dstore.net.client.PeerSet` for the synchronous add and get pipelines.
 
+:class:`SyncPeerSet` implements :class:`dstore.net.protocol.PeerClient`, the
+face ingest, fetch and the CLI use.
+
 One event loop runs in a daemon thread; each call submits a coroutine to it
 with :func:`asyncio.run_coroutine_threadsafe` and waits for the result.
 Buffers handed to :meth:`SyncPeerSet.submit_put_pack` must not change until
@@ -17,8 +20,8 @@ from typing import Any, TypeVar
 from dstore.format.cid import CID
 from dstore.format.pack import PackRecord
 from dstore.net.client import PeerSet
-from dstore.net.confirm import confirm_shards
 from dstore.net.peers import Peer
+from dstore.net.pointers import POINTER_PEERS
 
 __all__ = ["SyncPeerSet"]
 
@@ -41,7 +44,10 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class SyncPeerSet:
-    """The :class:`PeerSet` API, blocking. Build with :meth:`connect`; :meth:`close` (or ``with``) when done."""
+    """The :class:`PeerSet` API, blocking: a :class:`dstore.net.protocol.PeerClient`.
+
+    Build with :meth:`connect`; :meth:`close` (or ``with``) when done.
+    """
 
     def __init__(self, peerset: PeerSet, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
         self._ps = peerset
@@ -140,6 +146,14 @@ class SyncPeerSet:
     def get_pointer(self, dataset: CID, *, validate: Callable[[dict], object] | None = None) -> dict | None:
         return self._call(self._ps.get_pointer(dataset, validate=validate))
 
+    def get_pointers(
+        self, dataset: CID, *, validate: Callable[[dict], object] | None = None, max_peers: int = POINTER_PEERS
+    ) -> list[dict]:
+        return self._call(self._ps.get_pointers(dataset, validate=validate, max_peers=max_peers))
+
+    def confirm_shards(self, items: Sequence[tuple[str, CID]]) -> list[bool]:
+        return self._call(self._ps.confirm_shards(items))
+
     def head(self, peer: Peer, cid: CID) -> bool:
         return self._call(self._ps.head(peer, cid))
 
@@ -171,7 +185,3 @@ class SyncPeerSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def confirm_shards(self, items: Sequence[tuple[str, CID]]) -> list[bool]:
-        """True where that peer ID is a live peer of the set and holds the shard (one batch of HEADs)."""
-        return self._call(confirm_shards(self._ps, items))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstore.errors import StoreError, UsageError
+from dstore.limits import MAX_POINTER_BYTES, MAX_SHARD_BYTES
 from dstore.peer.identity import write_private_file
 
 __all__ = [
@@ -21,10 +22,8 @@ __all__ = [
     "resolve_token",
 ]
 
-#: A shard is at most 16 MiB plus slack; the API promises 17 MiB.
-DEFAULT_MAX_BODY_BYTES = 17 * 1024 * 1024
-#: A dataset pointer is a small JSON object.
-MAX_POINTER_BYTES = 64 * 1024
+#: ``--max-body`` by default: the largest shard (docs/format.md, "Limits").
+DEFAULT_MAX_BODY_BYTES = MAX_SHARD_BYTES
 DEFAULT_SCRUB_RATE_BYTES_S = 50_000_000
 DEFAULT_SCRUB_INTERVAL_S = 3600.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0

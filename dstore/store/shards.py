@@ -8,11 +8,11 @@ bytes do not hash to that name.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from dstore.errors import NotFound, StoreError
 
@@ -123,7 +123,7 @@ def write_atomically(final: Path, tmp: Path, parts: Iterable[bytes | memoryview]
     return size
 
 
-def read_full(f: BinaryIO, view: memoryview) -> int:
+def read_full(f: io.RawIOBase | io.BufferedIOBase, view: memoryview) -> int:
     """Fill ``view`` from ``f``; returns the bytes read (fewer than asked means end of file)."""
     got = 0
     while got < len(view):

@@ -1,0 +1,1 @@
+"""Adding datasets: walk, chunk, pack, erasure-code and publish (docs/architecture.md)."""
