@@ -56,11 +56,7 @@ class ShardFiles:
         with self._lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
         for d in dirs:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(d)
 
     def read_into(self, cid_text: str, buf: memoryview, offset: int = 0) -> None:
         """Fill ``buf`` with the shard's bytes starting at ``offset``."""
@@ -90,7 +86,7 @@ class ShardFiles:
                 pid = int(p.name.split(".")[-3])
             except (ValueError, IndexError):
                 pid = -1
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 p.unlink(missing_ok=True)
 
     def __iter__(self) -> Iterator[Path]:
@@ -134,7 +130,16 @@ def read_full(f: BinaryIO, view: memoryview) -> int:
     return got
 
 
-def _alive(pid: int) -> bool:
+def fsync_dir(path: Path) -> None:
+    """Make renames and deletions in folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
