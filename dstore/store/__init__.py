@@ -12,6 +12,7 @@ from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest
 from dstore.store.index import FSCK_HINT, ChunkLoc, Index
 from dstore.store.locks import GcLock
 from dstore.store.metadata import (
+    METADATA_DIR,
     encode_metadata_pack,
     pointer_datasets,
     read_metadata_pack,
@@ -33,14 +34,17 @@ def default_home() -> Path:
 
 
 class Store:
-    """A local store: ``index-0/`` (LMDB), ``shards/``, ``pointers/`` and ``tmp/`` under one home folder."""
+    """A local store: ``index-0/`` (LMDB), ``shards/``, ``metadata/``, ``pointers/``, ``tmp/`` under one home folder."""
 
     def __init__(self, home: Path | str | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
         finish_swap(self.home)
         self.shards = ShardFiles(self.home)
+        self.metadata_shards = ShardFiles(self.home, METADATA_DIR)
         data_mdb = self.home / INDEX_DIR / "data.mdb"
-        if not _nonempty(data_mdb) and (_any_shard(self.shards) or pointer_datasets(self.home)):
+        if not _nonempty(data_mdb) and (
+            _any_shard(self.shards) or _any_shard(self.metadata_shards) or pointer_datasets(self.home)
+        ):
             raise StoreError(f"the store index {data_mdb} is missing but {self.home} holds shards; {FSCK_HINT}")
         self.index = Index(self.home / INDEX_DIR)
         self.shards.clean_tmp()
@@ -74,7 +78,7 @@ class Store:
             if pointer is None:
                 continue
             try:
-                blocks = read_metadata_pack(self.shards, dataset, pointer)
+                blocks = read_metadata_pack(self.metadata_shards, dataset, pointer)
             except DstoreError:
                 continue
             if cid in blocks:
@@ -95,8 +99,8 @@ class Store:
         """Store the dataset's metadata pack as shard files, then its pointer file (before the index entry)."""
         pointer, shards = encode_metadata_pack(dataset, locator, blocks, placement, k, m)
         for shard_cid, part in shards:
-            self.shards.write(shard_cid.encode("base32"), (part,))
-        self.shards.sync_dirs()
+            self.metadata_shards.write(shard_cid.encode("base32"), (part,))
+        self.metadata_shards.sync_dirs()
         try:
             write_pointer(self.home, dataset, pointer)
         except OSError as e:

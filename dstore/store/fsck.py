@@ -21,6 +21,7 @@ from dstore.format.pointer import decode_placement
 from dstore.store.index import ChunkLoc, Index
 from dstore.store.locks import GcLock
 from dstore.store.metadata import (
+    METADATA_DIR,
     DatasetMeta,
     collect_dataset,
     encode_metadata_pack,
@@ -71,6 +72,7 @@ def check(home: Path) -> FsckReport:
     finish_swap(home)
     report = FsckReport()
     shards = ShardFiles(home)
+    metadata = ShardFiles(home, METADATA_DIR)
     index, why = _open_index(home)
     pointers = {d.to_bytes(): d for d in pointer_datasets(home)}
     if index is None:
@@ -78,7 +80,7 @@ def check(home: Path) -> FsckReport:
         report.datasets = len(pointers)
         return report
     try:
-        _check_index(home, index, shards, pointers, report)
+        _check_index(home, index, shards, metadata, pointers, report)
     except StoreError as e:
         report.problems.append(str(e))
     finally:
@@ -86,7 +88,9 @@ def check(home: Path) -> FsckReport:
     return report
 
 
-def _check_index(home: Path, index: Index, shards: ShardFiles, pointers: dict[bytes, CID], report: FsckReport) -> None:
+def _check_index(
+    home: Path, index: Index, shards: ShardFiles, metadata: ShardFiles, pointers: dict[bytes, CID], report: FsckReport
+) -> None:
     entries = index.datasets_list()
     report.datasets = len(entries)
     placed = index.placements()
@@ -106,7 +110,7 @@ def _check_index(home: Path, index: Index, shards: ShardFiles, pointers: dict[by
             report.problems.append(f"dataset {name} has no readable pointer file (its metadata is only in the index)")
         else:
             try:
-                read_metadata_pack(shards, dataset, pointer)
+                read_metadata_pack(metadata, dataset, pointer)
             except DstoreError as e:
                 report.problems.append(f"dataset {name}: {e}")
     for ds, dataset in pointers.items():
@@ -136,6 +140,7 @@ def _rebuild(home: Path) -> RebuildReport:
     finish_swap(home)
     report = RebuildReport()
     shards = ShardFiles(home)
+    metadata = ShardFiles(home, METADATA_DIR)
     old, _ = _open_index(home)
     old_datasets: dict[bytes, bytes] = {}
     old_placed: dict[bytes, list[str | None]] = {}
@@ -158,7 +163,7 @@ def _rebuild(home: Path) -> RebuildReport:
         for key in sorted(candidates):
             dataset = candidates[key]
             try:
-                written = _rebuild_dataset(home, shards, old, old_datasets.get(key), old_placed, new, dataset)
+                written = _rebuild_dataset(home, shards, metadata, old, old_datasets.get(key), old_placed, new, dataset)
             except DstoreError as e:
                 report.lost.append(f"{cid_to_text(dataset)}: {e}")
                 continue
@@ -177,6 +182,7 @@ def _rebuild(home: Path) -> RebuildReport:
 def _rebuild_dataset(
     home: Path,
     shards: ShardFiles,
+    metadata: ShardFiles,
     old: Index | None,
     old_locator: bytes | None,
     old_placed: dict[bytes, list[str | None]],
@@ -188,7 +194,7 @@ def _rebuild_dataset(
     pack_blocks: dict[bytes, bytes] = {}
     if pointer is not None:
         try:
-            pack_blocks = read_metadata_pack(shards, dataset, pointer)
+            pack_blocks = read_metadata_pack(metadata, dataset, pointer)
         except DstoreError:
             pointer = None  # its pack is lost; the old index may still hold the blocks
 
@@ -230,8 +236,8 @@ def _rebuild_dataset(
             dataset, meta.locator.root_cid, blocks, {p: placement[p] for p, *_ in packs if p in placement}, k, m
         )
         for shard_cid, part in pack_shards:
-            shards.write(shard_cid.encode("base32"), (part,))
-        shards.sync_dirs()
+            metadata.write(shard_cid.encode("base32"), (part,))
+        metadata.sync_dirs()
         write_pointer(home, dataset, pointer_new)
         written = 1
     new.commit_dataset(meta.blocks.items(), dataset.to_bytes(), meta.locator.root_cid.to_bytes())

@@ -32,7 +32,7 @@ from dstore.store.metadata import (
     read_pointer,
     remove_pointer,
 )
-from dstore.store.shards import fsync_dir, pid_alive
+from dstore.store.shards import ShardFiles, fsync_dir, pid_alive
 from dstore.store.swap import COMPLETE, REBUILT_DIR
 
 
@@ -57,6 +57,7 @@ class GcReport:
     chunks_removed: int = 0
     shard_files_removed: int = 0  # of packs no dataset needs
     orphan_files_removed: int = 0  # shard files the index never knew (a crashed add)
+    metadata_files_removed: int = 0  # shards of removed datasets' metadata packs
     tmp_files_removed: int = 0
     bytes_freed: int = 0
     dry_run: bool = False
@@ -69,7 +70,8 @@ class GcReport:
 class _Marks:
     blocks: set[bytes]
     packs: set[bytes]
-    shard_names: set[str]  # base32 text, as the files are named
+    shard_names: set[str]  # data shards, base32 text as the files are named
+    metadata_names: set[str]  # metadata pack shards
 
 
 def live_datasets(store: Store) -> dict[bytes, tuple[CID, CID]]:
@@ -113,14 +115,14 @@ def dataset_meta(store: Store, dataset: CID, locator: CID) -> DatasetMeta:
 
 def _try_pack(store: Store, dataset: CID, pointer: Pointer) -> dict[bytes, bytes]:
     try:
-        return read_metadata_pack(store.shards, dataset, pointer)
+        return read_metadata_pack(store.metadata_shards, dataset, pointer)
     except DstoreError:
         return {}
 
 
 def mark(store: Store, live: dict[bytes, tuple[CID, CID]]) -> _Marks:
     """Everything the live datasets need. StoreError (and nothing swept) if any dataset cannot be read."""
-    marks = _Marks(set(), set(), set())
+    marks = _Marks(set(), set(), set(), set())
     for dataset, locator in live.values():
         try:
             meta = dataset_meta(store, dataset, locator)
@@ -134,7 +136,7 @@ def mark(store: Store, live: dict[bytes, tuple[CID, CID]]) -> _Marks:
             marks.shard_names.update(s.encode("base32") for s in record.shards)
         pointer = read_pointer(store.home, dataset)
         if pointer is not None:
-            marks.shard_names.update(s.encode("base32") for s in pointer.metadata.shards)
+            marks.metadata_names.update(s.encode("base32") for s in pointer.metadata.shards)
     return marks
 
 
@@ -179,10 +181,25 @@ def _collect(store: Store, dry_run: bool) -> GcReport:
     if not dry_run:
         index.sweep(dead_blocks, dead_chunks, dead_shards, dead_placed)  # entries before files
 
+    for path, size in _sweep_files(store.shards, marks.shard_names | young_names, started, dry_run):
+        if path.name in dead_names:
+            report.shard_files_removed += 1
+        else:
+            report.orphan_files_removed += 1
+        report.bytes_freed += size
+    for _path, size in _sweep_files(store.metadata_shards, marks.metadata_names, started, dry_run):
+        report.metadata_files_removed += 1
+        report.bytes_freed += size
+    report.tmp_files_removed = _clean_temporaries(store.home, started, dry_run)
+    return report
+
+
+def _sweep_files(folder: ShardFiles, keep: set[str], started: float, dry_run: bool) -> list[tuple[Path, int]]:
+    """Delete (unless ``dry_run``) the files of ``folder`` not in ``keep`` and older than ``started``."""
+    gone = []
     touched: set[Path] = set()
-    for path in list(store.shards):
-        name = path.name
-        if name in marks.shard_names or name in young_names:
+    for path in list(folder):
+        if path.name in keep:
             continue
         try:
             st = path.stat()
@@ -190,18 +207,13 @@ def _collect(store: Store, dry_run: bool) -> GcReport:
             continue
         if st.st_mtime >= started:
             continue
-        if name in dead_names:
-            report.shard_files_removed += 1
-        else:
-            report.orphan_files_removed += 1
-        report.bytes_freed += st.st_size
+        gone.append((path, st.st_size))
         if not dry_run:
             path.unlink(missing_ok=True)
             touched.add(path.parent)
     for d in touched:
         fsync_dir(d)
-    report.tmp_files_removed = _clean_temporaries(store.home, started, dry_run)
-    return report
+    return gone
 
 
 def _clean_temporaries(home: Path, started: float, dry_run: bool) -> int:

@@ -2,7 +2,7 @@
 
 Next to the index, every add keeps the dataset's **metadata pack** — the same
 erasure-coded CAR that goes to peers (docs/format.md, "Datasets on peers") —
-as shard files in ``shards/``, and its **pointer** (the JSON that lists the
+as shard files in ``metadata/``, and its **pointer** (the JSON that lists the
 pack's k, m, size and shard CIDs) as ``pointers/<dataset ID>.json``, written
 twice (``pointers/copy/``) and atomically. A damaged or lost index is rebuilt
 from these (``dstore fsck --rebuild``); a block that no longer matches its CID
@@ -27,6 +27,7 @@ from dstore.format.pack import PackRecord, shard_size
 from dstore.format.pointer import MAX_POINTER_BYTES, Pointer, encode_placement, metadata_car, read_metadata_car
 from dstore.store.shards import ShardFiles, fsync_dir, write_atomically
 
+METADATA_DIR = "metadata"  # the metadata packs' shard files, laid out like shards/
 POINTER_DIRS = ("pointers", "pointers/copy")
 _SUFFIX = ".json"
 

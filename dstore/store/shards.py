@@ -18,14 +18,17 @@ from dstore.errors import NotFound, StoreError
 
 
 class ShardFiles:
-    """The ``shards/`` folder of a store."""
+    """A folder of shard files: ``shards/`` (data packs) or ``metadata/`` (metadata packs) of a store."""
 
-    def __init__(self, home: Path) -> None:
-        self.root = home / "shards"
+    # One count per process, so two folders sharing tmp/ never pick the same temporary name.
+    _counter = 0
+    _count_lock = threading.Lock()
+
+    def __init__(self, home: Path, folder: str = "shards") -> None:
+        self.root = home / folder
         self.tmp = home / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self._counter = 0
         self._lock = threading.Lock()
         self._dirty_dirs: set[Path] = set()
 
@@ -39,9 +42,9 @@ class ShardFiles:
     def write(self, cid_text: str, parts: Iterable[bytes | memoryview]) -> int:
         """Write a shard durably under its final name; returns its size. Thread-safe."""
         final = self.path(cid_text)
-        with self._lock:
-            self._counter += 1
-            tmp = self.tmp / f"{cid_text}.{os.getpid()}.{self._counter}.tmp"
+        with ShardFiles._count_lock:
+            ShardFiles._counter += 1
+            tmp = self.tmp / f"{cid_text}.{os.getpid()}.{ShardFiles._counter}.tmp"
         try:
             final.parent.mkdir(exist_ok=True)
             size = write_atomically(final, tmp, parts, 0o644)
