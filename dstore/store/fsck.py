@@ -102,9 +102,13 @@ def _check_index(
             continue
         name = cid_to_text(dataset)
         try:
-            collect_dataset(index.get_block, dataset, parse_cid(loc))
+            meta = collect_dataset(index.get_block, dataset, parse_cid(loc))
         except DstoreError as e:
             report.problems.append(f"dataset {name}: {e}")
+        else:
+            for pack_id, record in meta.packs:
+                if index.get_block(pack_id.to_bytes()) != record.encode():
+                    report.problems.append(f"pack record {cid_to_text(pack_id)} of dataset {name} is missing or bad")
         pointer = read_pointer(home, dataset)
         if pointer is None:
             report.problems.append(f"dataset {name} has no readable pointer file (its metadata is only in the index)")
