@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstore import _native
-from dstore.errors import DstoreError, FormatError, NotFound
+from dstore.errors import DstoreError, FormatError, NotFound, StoreError
 from dstore.format import dagpb
 from dstore.format.cid import CID, DAG_CBOR, HASH_NAMES, RAW, cid_from_digest, cid_to_text, hash_digest, parse_cid
 from dstore.format.locator import Locator
 from dstore.format.manifest import Manifest
-from dstore.format.pack import PackRecord, shard_size
+from dstore.format.pack import MAX_SHARDS, PackRecord, shard_size
 from dstore.format.pointer import MAX_POINTER_BYTES, Pointer, encode_placement, metadata_car, read_metadata_car
 from dstore.store.shards import ShardFiles, fsync_dir, write_atomically
 
 METADATA_DIR = "metadata"  # the metadata packs' shard files, laid out like shards/
 POINTER_DIRS = ("pointers", "pointers/copy")
 _SUFFIX = ".json"
+MAX_METADATA_SHARD_BYTES = 16 << 20
 
 
 # -- the metadata pack --------------------------------------------------------
@@ -47,6 +48,10 @@ def encode_metadata_pack(
     hash_name = "blake3"  # the native erasure coder hashes shards with BLAKE3 only
     placement_cid, placement_block = encode_placement(placement, hash_name)
     car = metadata_car(dataset, [*blocks, (placement_cid, placement_block)])
+    # Shards are bounded (MAX_SHARD_BYTES); the metadata of a huge dataset at a small k gets more data shards.
+    k = max(k, -(-len(car) // MAX_METADATA_SHARD_BYTES))
+    if k + m > MAX_SHARDS:
+        raise StoreError(f"the metadata of {cid_to_text(dataset)} is too large to keep ({len(car)} bytes)")
     ss = shard_size(len(car), k)
     buf = bytearray(k * ss)
     buf[: len(car)] = car
