@@ -355,6 +355,18 @@ def rm(cid: str, home: str | None) -> None:
     click.echo(cid_to_text(dataset))
 
 
+def _clean_stale_gets(home: Path) -> int:
+    """Remove leftovers of interrupted gets (dstore.fetch.partial, where present); returns how many."""
+    import importlib
+
+    try:
+        partial = importlib.import_module("dstore.fetch.partial")
+    except ImportError:
+        return 0
+    clean = getattr(partial, "clean_stale_gets", None)
+    return len(clean(home)) if clean is not None else 0
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -365,13 +377,8 @@ def gc(dry_run: bool, as_json: bool, home: str | None) -> None:
 
     with _store(home) as store:
         report = collect_garbage(store, dry_run=dry_run)
-        try:
-            from dstore.fetch.partial import clean_stale_gets  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            pass
-        else:
-            if not dry_run:
-                clean_stale_gets(store.home)
+        if not dry_run:
+            report.tmp_files_removed += _clean_stale_gets(store.home)
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dstore.errors import DstoreError, StoreError
+from dstore.errors import DstoreError, FormatError, StoreError
 from dstore.format.cid import CID, cid_to_text, parse_cid, raw_cid_bytes
 from dstore.format.pointer import decode_placement
 from dstore.store.index import ChunkLoc, Index
@@ -226,9 +226,11 @@ def _rebuild_dataset(
             usable.add(key)
     chunks = []
     for entry in meta.locator.chunks():
-        pack_id = meta.packs[entry.pack_index][0].to_bytes()
-        if pack_id in usable:
-            loc = ChunkLoc(pack_id, entry.offset, entry.stored_len, entry.size, entry.codec)
+        if entry.pack_index >= len(meta.packs):
+            raise FormatError(f"the locator of {cid_to_text(dataset)} names pack {entry.pack_index} of {len(packs)}")
+        pack_key = packs[entry.pack_index][0]
+        if pack_key in usable:
+            loc = ChunkLoc(pack_key, entry.offset, entry.stored_len, entry.size, entry.codec)
             chunks.append((raw_cid_bytes(entry.digest, meta.hash_name), loc))
     new.commit_packs(packs, chunks)
     written = 0

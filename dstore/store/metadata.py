@@ -83,9 +83,8 @@ def read_metadata_pack(shards: ShardFiles, dataset: CID, pointer: Pointer) -> di
     good = sum(s is not None for s in found)
     if good < record.k:
         raise NotFound(f"metadata pack of {cid_to_text(dataset)} has {good} good shards of the {record.k} needed")
-    if all(s is not None for s in found[: record.k]):
-        data_shards = found[: record.k]
-    else:
+    data_shards: list[bytes | None] | list[bytes] = found[: record.k]
+    if any(s is None for s in data_shards):
         data_shards = _native.reconstruct(found, record.k, record.m)
     region = b"".join(s for s in data_shards if s is not None)[: record.size]
     return read_metadata_car(region, dataset)
