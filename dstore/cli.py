@@ -395,3 +395,89 @@ def _print_reports(reports: list[Any], as_json: bool) -> None:
         bad = ", ".join(f"{s.index} ({s.problem}, {s.where})" for s in r.shards if not s.ok) or "-"
         table.add_row(f"{r.good} / {r.needed}", str(len(r.shards)), bad, r.to_json()["pack"])
     Console(soft_wrap=True).print(table)
+
+
+# -- lifetime: rm, gc, fsck (docs/lifetime.md) -------------------------------------
+
+
+@main.command()
+@click.argument("cid")
+@home_option
+def rm(cid: str, home: str | None) -> None:
+    """Forget dataset CID (its shards stay until `dstore gc`)."""
+    from dstore.format.cid import cid_to_text, parse_cid
+    from dstore.store.gc import remove_dataset
+
+    dataset = parse_cid(cid)
+    with _store(home) as store:
+        remove_dataset(store, dataset)
+    click.echo(cid_to_text(dataset))
+
+
+def _clean_stale_gets(home: Path) -> int:
+    """Remove leftovers of interrupted gets (dstore.fetch.partial, where present); returns how many."""
+    import importlib
+
+    try:
+        partial = importlib.import_module("dstore.fetch.partial")
+    except ImportError:
+        return 0
+    clean = getattr(partial, "clean_stale_gets", None)
+    return len(clean(home)) if clean is not None else 0
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@home_option
+def gc(dry_run: bool, as_json: bool, home: str | None) -> None:
+    """Delete shards and index entries no remaining dataset needs, and leftovers of interrupted commands."""
+    from dstore.store.gc import collect_garbage
+
+    with _store(home) as store:
+        report = collect_garbage(store, dry_run=dry_run)
+        if not dry_run:
+            report.tmp_files_removed += _clean_stale_gets(store.home)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        return
+    verb = "would free" if dry_run else "freed"
+    click.echo(
+        f"{verb} {report.bytes_freed} bytes: {report.shard_files_removed} shard files of {report.packs_removed} "
+        f"packs, {report.orphan_files_removed} orphan files, {report.tmp_files_removed} temporary files, "
+        f"{report.blocks_removed} blocks; {report.datasets_kept} datasets kept"
+    )
+
+
+@main.command()
+@click.option("--rebuild", is_flag=True, help="Rebuild the index from the shard and pointer files.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@home_option
+def fsck(rebuild: bool, as_json: bool, home: str | None) -> None:
+    """Check the store index against the shard files (exit 8 on problems), or rebuild it from them."""
+    from dstore.errors import IntegrityError, StoreError
+    from dstore.store import default_home
+    from dstore.store import fsck as fsck_
+
+    root = Path(home) if home else default_home()
+    if rebuild:
+        rebuilt = fsck_.rebuild(root)
+        if as_json:
+            click.echo(json.dumps(rebuilt.to_json()))
+        else:
+            written = rebuilt.metadata_packs_written
+            click.echo(f"index rebuilt: {rebuilt.datasets} datasets, {written} metadata packs written")
+            for line in rebuilt.lost:
+                click.echo(f"lost: {line}")
+        if rebuilt.lost:
+            raise IntegrityError(f"{len(rebuilt.lost)} datasets could not be recovered from this store")
+        return
+    report = fsck_.check(root)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        for line in report.problems:
+            click.echo(line)
+        click.echo(f"{report.datasets} datasets, {len(report.problems)} problems")
+    if report.problems:
+        raise StoreError(f"{len(report.problems)} problems in the store; run `dstore fsck --rebuild`")

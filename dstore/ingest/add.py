@@ -304,6 +304,7 @@ def add(
     if hash_name != "blake3":
         # The native pipeline hashes chunks and shards with BLAKE3 only so far.
         raise UsageError(f"adding datasets hashed with {hash_name} is not supported yet; use blake3")
+    store.lock_for_add()  # no gc runs while this store is open (docs/lifetime.md)
     tree = walk(Path(path))
     size = total_size(tree)
     if on_start:
@@ -340,6 +341,7 @@ def add(
     if peers is not None:
         placement = {**adder.old_placement, **adder.packer.placement}
         publish_metadata(peers, dataset, locator_root, blocks, placement, spec, hash_name)
+    store.keep_metadata(dataset, locator_root, blocks, adder.old_placement | adder.packer.placement, spec.k, spec.m)
     new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
     return AddResult(
         dataset=dataset,

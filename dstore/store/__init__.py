@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dstore.store.index import ChunkLoc, Index
+from dstore.errors import DstoreError, StoreError
+from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest
+from dstore.store.index import FSCK_HINT, ChunkLoc, Index
+from dstore.store.locks import GcLock
+from dstore.store.metadata import (
+    METADATA_DIR,
+    encode_metadata_pack,
+    pointer_datasets,
+    read_metadata_pack,
+    read_pointer,
+    write_pointer,
+)
 from dstore.store.shards import ShardFiles
+from dstore.store.swap import INDEX_DIR, finish_swap
 
 __all__ = ["ChunkLoc", "Store", "default_home"]
 
@@ -20,18 +34,93 @@ def default_home() -> Path:
 
 
 class Store:
-    """A local store: ``index-0/`` (LMDB), ``shards/`` and ``tmp/`` under one home folder."""
+    """A local store: ``index-0/`` (LMDB), ``shards/``, ``metadata/``, ``pointers/``, ``tmp/`` under one home folder."""
 
     def __init__(self, home: Path | str | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
-        self.index = Index(self.home / "index-0")
+        finish_swap(self.home)
         self.shards = ShardFiles(self.home)
+        self.metadata_shards = ShardFiles(self.home, METADATA_DIR)
+        data_mdb = self.home / INDEX_DIR / "data.mdb"
+        if not _nonempty(data_mdb) and (
+            _any_shard(self.shards) or _any_shard(self.metadata_shards) or pointer_datasets(self.home)
+        ):
+            raise StoreError(f"the store index {data_mdb} is missing but {self.home} holds shards; {FSCK_HINT}")
+        self.index = Index(self.home / INDEX_DIR)
         self.shards.clean_tmp()
+        self.lock = GcLock(self.home)
+        self._recovered: set[bytes] = set()  # datasets whose metadata was taken back from their pack
 
     def get_block(self, cid: bytes) -> bytes | None:
-        return self.index.get_block(cid)
+        """A metadata block checked against its CID; a damaged one is taken back from its metadata pack.
+
+        StoreError naming fsck when a block is damaged and no metadata pack holds a good copy.
+        """
+        data = self.index.get_block(cid)
+        if data is None:
+            return None
+        parsed = CID.from_bytes(cid)
+        name = HASH_NAMES.get(parsed.hash.code)
+        if name is None or hash_digest(data, name) == parsed.hash.digest:
+            return data  # an unknown hash is the caller's to report
+        good = self._recover(cid)
+        if good is None:
+            raise StoreError(f"block {cid_to_text(parsed)} in the store index does not match its ID; {FSCK_HINT}")
+        return good
+
+    def _recover(self, cid: bytes) -> bytes | None:
+        """Rewrite, from their metadata packs, the blocks of every dataset that holds ``cid``."""
+        for dataset in pointer_datasets(self.home):
+            key = dataset.to_bytes()
+            if key in self._recovered:
+                continue
+            pointer = read_pointer(self.home, dataset)
+            if pointer is None:
+                continue
+            try:
+                blocks = read_metadata_pack(self.metadata_shards, dataset, pointer)
+            except DstoreError:
+                continue
+            if cid in blocks:
+                self._recovered.add(key)
+                self.index.heal_blocks(blocks.items())
+                return blocks[cid]
+        return None
+
+    def keep_metadata(
+        self,
+        dataset: CID,
+        locator: CID,
+        blocks: list[tuple[bytes, bytes]],
+        placement: dict[bytes, list[str | None]],
+        k: int,
+        m: int,
+    ) -> None:
+        """Store the dataset's metadata pack as shard files, then its pointer file (before the index entry)."""
+        pointer, shards = encode_metadata_pack(dataset, locator, blocks, placement, k, m)
+        for shard_cid, part in shards:
+            self.metadata_shards.write(shard_cid.encode("base32"), (part,))
+        self.metadata_shards.sync_dirs()
+        try:
+            write_pointer(self.home, dataset, pointer)
+        except OSError as e:
+            raise StoreError(f"cannot write the pointer of {cid_to_text(dataset)}: {e.strerror or e}") from e
+
+    def lock_for_add(self) -> None:
+        """Hold the gc lock shared until :meth:`close` (gc never runs in the middle of an add)."""
+        self.lock.shared()
+
+    @contextmanager
+    def adding(self) -> Iterator[None]:
+        """The gc lock held shared for a block of writes."""
+        self.lock.shared()
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
+        self.lock.release()
         self.index.close()
 
     def __enter__(self) -> Store:
@@ -39,3 +128,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _any_shard(shards: ShardFiles) -> bool:
+    return next(iter(shards), None) is not None

@@ -17,7 +17,8 @@ Tables carry a version in their name, so a change of layout is a migration:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +31,54 @@ from dstore.format import cbor
 MAP_SIZE_BYTES = 1 << 40
 _LOC = struct.Struct("<QIIB")
 _SHARD = struct.Struct("<H")
+FSCK_HINT = "run `dstore fsck --rebuild`"
+# LMDB 0.9 meta pages (pages 0 and 1): a 16-byte page header, then magic,
+# version, address, map size, two 48-byte database records (the first one's
+# pad holds the page size), the last used page number and the transaction ID.
+_LMDB_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<II8x8xI44x48xQQ")
+_META_OFFSET = 16
+
+
+def check_data_file(data_mdb: Path) -> None:
+    """StoreError unless ``data.mdb`` is as long as its newest meta page says.
+
+    LMDB maps the file; reading a page past a truncated end kills the process
+    with SIGBUS, so the length is checked before LMDB ever opens it.
+    """
+    try:
+        with open(data_mdb, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            head = f.read(2 * 65536)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot read the store index {data_mdb}: {e.strerror or e}") from e
+    if size == 0:
+        return  # LMDB starts an empty file afresh; Store refuses that when shards exist
+    metas = [_META.unpack_from(head, _META_OFFSET)] if len(head) >= _META_OFFSET + _META.size else []
+    if metas:
+        page_bytes = metas[0][2]
+        if 512 <= page_bytes <= 65536 and len(head) >= page_bytes + _META_OFFSET + _META.size:
+            metas.append(_META.unpack_from(head, page_bytes + _META_OFFSET))
+    best: tuple[int, int] | None = None  # (txn ID, bytes the file needs)
+    for magic, _version, psize, last_pg, txnid in metas:
+        if magic == _LMDB_MAGIC and 512 <= psize <= 65536 and (best is None or txnid > best[0]):
+            best = (txnid, (last_pg + 1) * psize)
+    if best is None:
+        raise StoreError(f"the store index {data_mdb} is not an LMDB file; {FSCK_HINT}")
+    if size < best[1]:
+        raise StoreError(f"the store index {data_mdb} is truncated ({size} of {best[1]} bytes); {FSCK_HINT}")
+
+
+@contextmanager
+def _reading() -> Iterator[None]:
+    """LMDB errors while reading mean a damaged index: one line naming fsck."""
+    try:
+        yield
+    except lmdb.Error as e:
+        raise StoreError(f"the store index is damaged ({e}); {FSCK_HINT}") from e
 
 
 class ChunkLoc(NamedTuple):
@@ -54,6 +103,8 @@ class Index:
     """LMDB environment with the four tables above."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        check_data_file(path / "data.mdb")
         try:
             path.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(str(path), max_dbs=8, map_size=MAP_SIZE_BYTES, readonly=readonly, lock=True)
@@ -63,7 +114,7 @@ class Index:
             self.datasets = self.env.open_db(b"datasets-0")
             self.placed = self.env.open_db(b"placed-0")
         except lmdb.Error as e:
-            raise StoreError(f"cannot open the store index at {path}: {e}") from e
+            raise StoreError(f"cannot open the store index at {path}: {e}; {FSCK_HINT}") from e
 
     def close(self) -> None:
         self.env.close()
@@ -71,13 +122,13 @@ class Index:
     # -- reads --------------------------------------------------------------
 
     def get_block(self, cid: bytes) -> bytes | None:
-        with self.env.begin(db=self.blocks, buffers=False) as txn:
+        with _reading(), self.env.begin(db=self.blocks, buffers=False) as txn:
             return txn.get(cid)
 
     def lookup_chunks(self, cids: Sequence[bytes]) -> list[ChunkLoc | None]:
         """Locations of many chunks in one read transaction (None = not stored)."""
         out: list[ChunkLoc | None] = []
-        with self.env.begin(db=self.chunks) as txn:
+        with _reading(), self.env.begin(db=self.chunks) as txn:
             for cid in cids:
                 raw = txn.get(cid)
                 out.append(ChunkLoc.decode(raw) if raw is not None else None)
@@ -85,27 +136,27 @@ class Index:
 
     def placement(self, pack_id: bytes) -> list[str | None] | None:
         """Peer ID holding each shard of a pack placed on peers; None for a pack of local shards."""
-        with self.env.begin(db=self.placed) as txn:
+        with _reading(), self.env.begin(db=self.placed) as txn:
             raw = txn.get(pack_id)
         return None if raw is None else cbor.decode(raw)
 
     def dataset_locator(self, dataset: bytes) -> bytes | None:
-        with self.env.begin(db=self.datasets) as txn:
+        with _reading(), self.env.begin(db=self.datasets) as txn:
             return txn.get(dataset)
 
     def shard_owner(self, shard: bytes) -> tuple[bytes, int] | None:
-        with self.env.begin(db=self.shards) as txn:
+        with _reading(), self.env.begin(db=self.shards) as txn:
             raw = txn.get(shard)
         if raw is None:
             return None
         return bytes(raw[_SHARD.size :]), _SHARD.unpack_from(raw)[0]
 
     def datasets_list(self) -> list[tuple[bytes, bytes]]:
-        with self.env.begin(db=self.datasets) as txn:
+        with _reading(), self.env.begin(db=self.datasets) as txn:
             return [(bytes(k), bytes(v)) for k, v in txn.cursor()]
 
     def counts(self) -> dict[str, int]:
-        with self.env.begin() as txn:
+        with _reading(), self.env.begin() as txn:
             return {
                 "blocks": txn.stat(self.blocks)["entries"],
                 "chunks": txn.stat(self.chunks)["entries"],
@@ -154,3 +205,59 @@ class Index:
         except lmdb.Error as e:
             raise StoreError(f"cannot write the store index: {e}") from e
         return new_bytes
+
+    def heal_blocks(self, blocks: Iterable[tuple[bytes, bytes]]) -> None:
+        """Overwrite blocks with copies already checked against their CIDs (from a metadata pack)."""
+        try:
+            with self.env.begin(write=True, db=self.blocks) as txn:
+                for cid, block in blocks:
+                    txn.put(cid, block)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot write the store index: {e}") from e
+
+    def forget_dataset(self, dataset: bytes) -> bool:
+        """Drop a dataset's entry (its blocks stay until gc); whether it was there."""
+        try:
+            with self.env.begin(write=True, db=self.datasets) as txn:
+                return bool(txn.delete(dataset))
+        except lmdb.Error as e:
+            raise StoreError(f"cannot write the store index: {e}") from e
+
+    # -- whole tables (gc and fsck) ------------------------------------------
+
+    def block_keys(self) -> list[bytes]:
+        with _reading(), self.env.begin(db=self.blocks) as txn:
+            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def chunk_packs(self) -> Iterator[tuple[bytes, bytes]]:
+        """(chunk CID, pack ID) of every chunk entry, in one read transaction."""
+        with _reading(), self.env.begin(db=self.chunks) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k), bytes(v[_LOC.size :])
+
+    def shard_packs(self) -> list[tuple[bytes, bytes]]:
+        """(shard CID, pack ID) of every shard entry."""
+        with _reading(), self.env.begin(db=self.shards) as txn:
+            return [(bytes(k), bytes(v[_SHARD.size :])) for k, v in txn.cursor()]
+
+    def placed_packs(self) -> list[bytes]:
+        with _reading(), self.env.begin(db=self.placed) as txn:
+            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def placements(self) -> dict[bytes, list[str | None]]:
+        with _reading(), self.env.begin(db=self.placed) as txn:
+            return {bytes(k): cbor.decode(v) for k, v in txn.cursor()}
+
+    def sweep(
+        self, blocks: Iterable[bytes], chunks: Iterable[bytes], shards: Iterable[bytes], placed: Iterable[bytes]
+    ) -> None:
+        """Delete entries no dataset needs, in one transaction (gc: before their files go)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                for db, keys in ((self.blocks, blocks), (self.chunks, chunks), (self.shards, shards)):
+                    for key in keys:
+                        txn.delete(key, db=db)
+                for key in placed:
+                    txn.delete(key, db=self.placed)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot write the store index: {e}") from e

@@ -18,14 +18,17 @@ from dstore.errors import NotFound, StoreError
 
 
 class ShardFiles:
-    """The ``shards/`` folder of a store."""
+    """A folder of shard files: ``shards/`` (data packs) or ``metadata/`` (metadata packs) of a store."""
 
-    def __init__(self, home: Path) -> None:
-        self.root = home / "shards"
+    # One count per process, so two folders sharing tmp/ never pick the same temporary name.
+    _counter = 0
+    _count_lock = threading.Lock()
+
+    def __init__(self, home: Path, folder: str = "shards") -> None:
+        self.root = home / folder
         self.tmp = home / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self._counter = 0
         self._lock = threading.Lock()
         self._dirty_dirs: set[Path] = set()
 
@@ -39,9 +42,9 @@ class ShardFiles:
     def write(self, cid_text: str, parts: Iterable[bytes | memoryview]) -> int:
         """Write a shard durably under its final name; returns its size. Thread-safe."""
         final = self.path(cid_text)
-        with self._lock:
-            self._counter += 1
-            tmp = self.tmp / f"{cid_text}.{os.getpid()}.{self._counter}.tmp"
+        with ShardFiles._count_lock:
+            ShardFiles._counter += 1
+            tmp = self.tmp / f"{cid_text}.{os.getpid()}.{ShardFiles._counter}.tmp"
         try:
             final.parent.mkdir(exist_ok=True)
             size = write_atomically(final, tmp, parts, 0o644)
@@ -56,11 +59,7 @@ class ShardFiles:
         with self._lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
         for d in dirs:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(d)
 
     def read_into(self, cid_text: str, buf: memoryview, offset: int = 0) -> None:
         """Fill ``buf`` with the shard's bytes starting at ``offset``."""
@@ -90,7 +89,7 @@ class ShardFiles:
                 pid = int(p.name.split(".")[-3])
             except (ValueError, IndexError):
                 pid = -1
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 p.unlink(missing_ok=True)
 
     def __iter__(self) -> Iterator[Path]:
@@ -134,7 +133,16 @@ def read_full(f: io.RawIOBase | io.BufferedIOBase, view: memoryview) -> int:
     return got
 
 
-def _alive(pid: int) -> bool:
+def fsync_dir(path: Path) -> None:
+    """Make renames and deletions in folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:

@@ -1,0 +1,210 @@
+"""Each dataset's metadata, recoverable from shard files alone (docs/lifetime.md).
+
+Next to the index, every add keeps the dataset's **metadata pack** — the same
+erasure-coded CAR that goes to peers (docs/format.md, "Datasets on peers") —
+as shard files in ``metadata/``, and its **pointer** (the JSON that lists the
+pack's k, m, size and shard CIDs) as ``pointers/<dataset ID>.json``, written
+twice (``pointers/copy/``) and atomically. A damaged or lost index is rebuilt
+from these (``dstore fsck --rebuild``); a block that no longer matches its CID
+is taken back from them while reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dstore import _native
+from dstore.errors import DstoreError, FormatError, NotFound, StoreError
+from dstore.format import dagpb
+from dstore.format.cid import CID, DAG_CBOR, HASH_NAMES, RAW, cid_from_digest, cid_to_text, hash_digest, parse_cid
+from dstore.format.locator import Locator
+from dstore.format.manifest import Manifest
+from dstore.format.pack import MAX_SHARDS, PackRecord, shard_size
+from dstore.format.pointer import MAX_POINTER_BYTES, Pointer, encode_placement, metadata_car, read_metadata_car
+from dstore.store.shards import ShardFiles, fsync_dir, write_atomically
+
+METADATA_DIR = "metadata"  # the metadata packs' shard files, laid out like shards/
+POINTER_DIRS = ("pointers", "pointers/copy")
+_SUFFIX = ".json"
+MAX_METADATA_SHARD_BYTES = 16 << 20
+
+
+# -- the metadata pack --------------------------------------------------------
+
+
+def encode_metadata_pack(
+    dataset: CID,
+    locator: CID,
+    blocks: list[tuple[bytes, bytes]],
+    placement: dict[bytes, list[str | None]],
+    k: int,
+    m: int,
+) -> tuple[Pointer, list[tuple[CID, memoryview]]]:
+    """The pointer and k + m shards of a dataset's metadata pack (same bytes as the one for peers)."""
+    hash_name = "blake3"  # the native erasure coder hashes shards with BLAKE3 only
+    placement_cid, placement_block = encode_placement(placement, hash_name)
+    car = metadata_car(dataset, [*blocks, (placement_cid, placement_block)])
+    # Shards are bounded (MAX_SHARD_BYTES); the metadata of a huge dataset at a small k gets more data shards.
+    k = max(k, -(-len(car) // MAX_METADATA_SHARD_BYTES))
+    if k + m > MAX_SHARDS:
+        raise StoreError(f"the metadata of {cid_to_text(dataset)} is too large to keep ({len(car)} bytes)")
+    ss = shard_size(len(car), k)
+    buf = bytearray(k * ss)
+    buf[: len(car)] = car
+    parity, digests = _native.encode_pack(buf, k, m)
+    cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], hash_name) for i in range(k + m)]
+    record = PackRecord(k=k, m=m, size=len(car), shard_size=ss, shards=tuple(cids))
+    record.validate()
+    data, par = memoryview(buf), memoryview(parity)
+    parts = [data[i * ss : (i + 1) * ss] for i in range(k)] + [par[j * ss : (j + 1) * ss] for j in range(m)]
+    return Pointer(locator, record, (), placement_cid), list(zip(cids, parts, strict=True))
+
+
+def read_metadata_pack(shards: ShardFiles, dataset: CID, pointer: Pointer) -> dict[bytes, bytes]:
+    """Blocks of a dataset's metadata pack from any k good local shards, each checked against its CID.
+
+    NotFound if fewer than k shards are intact; FormatError if the CAR is bad.
+    """
+    record = pointer.metadata
+    found: list[bytes | None] = []
+    for cid in record.shards:
+        try:
+            data = shards.read(cid.encode("base32"))
+        except (NotFound, OSError):
+            found.append(None)
+            continue
+        name = HASH_NAMES.get(cid.hash.code)
+        ok = name is not None and len(data) == record.shard_size and hash_digest(data, name) == cid.hash.digest
+        found.append(data if ok else None)
+    good = sum(s is not None for s in found)
+    if good < record.k:
+        raise NotFound(f"metadata pack of {cid_to_text(dataset)} has {good} good shards of the {record.k} needed")
+    data_shards: list[bytes | None] | list[bytes] = found[: record.k]
+    if any(s is None for s in data_shards):
+        data_shards = _native.reconstruct(found, record.k, record.m)
+    region = b"".join(s for s in data_shards if s is not None)[: record.size]
+    return read_metadata_car(region, dataset)
+
+
+# -- pointer files --------------------------------------------------------------
+
+
+def pointer_paths(home: Path, dataset: CID) -> list[Path]:
+    name = cid_to_text(dataset) + _SUFFIX
+    return [home / d / name for d in POINTER_DIRS]
+
+
+def write_pointer(home: Path, dataset: CID, pointer: Pointer) -> None:
+    """Write both copies of the pointer file atomically (tmp, fsync, rename, folder fsync)."""
+    body = json.dumps({"dataset": cid_to_text(dataset), "pointer": pointer.to_json()}, sort_keys=True).encode()
+    for path in pointer_paths(home, dataset):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, path.with_name(f".{path.name}.{os.getpid()}.tmp"), (body,), 0o644)
+        fsync_dir(path.parent)
+
+
+def read_pointer(home: Path, dataset: CID) -> Pointer | None:
+    """The first copy of the pointer file that parses and names this dataset; None if neither does."""
+    for path in pointer_paths(home, dataset):
+        try:
+            raw = path.read_bytes()
+            if len(raw) > MAX_POINTER_BYTES:
+                continue
+            obj = json.loads(raw)
+            if obj.get("dataset") != cid_to_text(dataset):
+                continue
+            return Pointer.from_json(obj["pointer"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, DstoreError):
+            continue
+    return None
+
+
+def pointer_datasets(home: Path) -> list[CID]:
+    """Every dataset that has a pointer file (either copy), sorted."""
+    out: dict[bytes, CID] = {}
+    for d in POINTER_DIRS:
+        folder = home / d
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.endswith(_SUFFIX) and not p.name.startswith("."):
+                try:
+                    cid = parse_cid(p.name[: -len(_SUFFIX)])
+                except DstoreError:
+                    continue
+                out[cid.to_bytes()] = cid
+    return [out[k] for k in sorted(out)]
+
+
+def remove_pointer(home: Path, dataset: CID) -> bool:
+    removed = False
+    for path in pointer_paths(home, dataset):
+        try:
+            path.unlink()
+            removed = True
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+# -- what a dataset needs ----------------------------------------------------
+
+
+@dataclass
+class DatasetMeta:
+    """Every metadata block a dataset needs (verified) and its packs."""
+
+    dataset: CID
+    locator: Locator
+    hash_name: str
+    blocks: dict[bytes, bytes] = field(default_factory=dict)  # CID bytes -> block, pack records included
+    packs: list[tuple[CID, PackRecord]] = field(default_factory=list)
+
+
+def collect_dataset(get_block: Callable[[bytes], bytes | None], dataset: CID, locator: CID) -> DatasetMeta:
+    """Walk a dataset's metadata through ``get_block``, checking every block against its CID.
+
+    Manifest → UnixFS nodes (every non-raw link of every dag-pb node) →
+    locator root, chunk pages, pack pages → pack records. NotFound or
+    FormatError (with the block's CID) on the first missing or bad block.
+    """
+    blocks: dict[bytes, bytes] = {}
+
+    def get(cid: CID) -> bytes:
+        key = cid.to_bytes()
+        hit = blocks.get(key)
+        if hit is not None:
+            return hit
+        name = HASH_NAMES.get(cid.hash.code)
+        data = get_block(key)
+        if data is None:
+            raise NotFound(f"block {cid_to_text(cid)} of dataset {cid_to_text(dataset)} is missing")
+        if name is None or hash_digest(data, name) != cid.hash.digest:
+            raise FormatError(f"block {cid_to_text(cid)} of dataset {cid_to_text(dataset)} does not match its ID")
+        blocks[key] = data
+        return data
+
+    manifest = Manifest.decode(get(dataset))
+    stack = [manifest.root]
+    while stack:
+        cid = stack.pop()
+        if cid.codec == RAW or cid.to_bytes() in blocks:
+            continue
+        node = dagpb.decode_node(get(cid))
+        stack.extend(CID.from_bytes(link.hash) for link in node.links)
+    loc = Locator(get, locator)
+    if loc.dataset != dataset:
+        raise FormatError(f"the locator of {cid_to_text(dataset)} belongs to another dataset")
+    for page in loc.chunk_page_cids:
+        get(page)
+    packs = [loc.pack(i) for i in range(loc.num_packs)]
+    for pack_id, record in packs:
+        if pack_id.codec != DAG_CBOR:
+            raise FormatError(f"pack ID {cid_to_text(pack_id)} is not dag-cbor")
+        blocks[pack_id.to_bytes()] = record.encode()
+    return DatasetMeta(dataset, loc, manifest.hash_name, blocks, packs)
