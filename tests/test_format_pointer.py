@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dstore.errors import FormatError
 from dstore.format.cbor import block_cid
@@ -11,6 +15,7 @@ from dstore.format.pack import PackRecord, shard_size
 from dstore.format.pointer import (
     Pointer,
     decode_placement,
+    next_seq,
     encode_placement,
     metadata_car,
     read_metadata_car,
@@ -52,6 +57,12 @@ def test_pointer_json_roundtrip() -> None:
         lambda o: o["metadata"]["shards"].pop(),
         lambda o: o.update(metadata=[]),
         lambda o: o.update(placement="bafy-nope"),
+        lambda o: o.pop("seq"),
+        lambda o: o.update(seq=-1),
+        lambda o: o.update(seq=True),
+        lambda o: o.update(seq=1.5),
+        lambda o: o.update(hints=["12D3KooWa"] * 6),  # more hints than k + m shards
+        lambda o: o.update(hints="12D3KooWa"),
     ],
 )
 def test_pointer_rejects_malformed(mangle) -> None:
@@ -69,3 +80,40 @@ def test_placement_roundtrip() -> None:
     assert decode_placement(block) == packs
     with pytest.raises(FormatError):
         decode_placement(b"\xa0")
+
+
+def test_pointer_seq_orders_publications() -> None:
+    first = Pointer(block_cid(b"\xa0"), record())
+    assert Pointer.from_json(first.to_json()).seq == first.seq > 0
+    assert next_seq(first.seq + 10_000_000) == first.seq + 10_000_001  # always past the one it replaces
+    assert next_seq(0) >= first.seq
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(_json)
+def test_pointer_from_json_of_anything_is_a_format_error_or_a_pointer(obj) -> None:
+    try:
+        Pointer.from_json(obj)
+    except FormatError:
+        pass
+
+
+@given(st.data())
+def test_pointer_from_mangled_json_is_a_format_error_or_a_pointer(data) -> None:
+    obj = Pointer(block_cid(b"\xa0"), record(), ("12D3KooWa",), block_cid(b"\x80")).to_json()
+    key = data.draw(st.sampled_from(sorted(obj)))
+    obj[key] = data.draw(_json)
+    sub = obj["metadata"]
+    if isinstance(sub, dict):
+        sub[data.draw(st.sampled_from(["k", "m", "size", "shard_size", "shards"]))] = data.draw(_json)
+    try:
+        p = Pointer.from_json(json.loads(json.dumps(obj)))
+    except FormatError:
+        return
+    p.metadata.validate()

@@ -4,15 +4,17 @@ A dataset's metadata blocks (UnixFS nodes, locator blocks, placement hints,
 manifest) travel as one CAR v1 whose root is the manifest. That CAR is
 erasure-coded like any pack, so metadata survives the same peer losses as
 data. The pointer — the only mutable record — says where that metadata pack
-is: ``{"locator": CID, "metadata": pack record, "hints": [peer ID or null …],
-"placement": CID or null}``; the placement block (inside the metadata pack)
+is: ``{"seq": int, "locator": CID, "metadata": pack record, "hints": [peer ID
+or null …], "placement": CID or null}``; ``seq`` orders the pointers of one
+dataset (repair publishes a higher one), so readers try the newest first; the placement block (inside the metadata pack)
 says which peer took each shard of each data pack.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from dstore.errors import FormatError
@@ -50,10 +52,13 @@ class Pointer:
     metadata: PackRecord
     hints: tuple[str | None, ...] = ()  # peer ID holding each metadata shard, if known
     placement: CID | None = None  # the placement block, inside the metadata pack
+    # Higher is newer: milliseconds since the epoch when published (repair: past the pointer it replaces).
+    seq: int = field(default_factory=lambda: next_seq())
 
     def to_json(self) -> dict[str, Any]:
         m = self.metadata
         return {
+            "seq": self.seq,
             "locator": cid_to_text(self.locator),
             "metadata": {
                 "k": m.k,
@@ -81,13 +86,25 @@ class Pointer:
                 shards=tuple(parse_cid(s) for s in meta["shards"]),
             )
             record.validate()
-            hints = tuple(h if isinstance(h, str) else None for h in obj.get("hints", []))
             placement = parse_cid(obj["placement"]) if obj.get("placement") else None
-            return cls(parse_cid(obj["locator"]), record, hints, placement)
+            seq = obj["seq"]
+            if type(seq) is not int or not 0 <= seq < 1 << 63:
+                raise FormatError("pointer seq must be a non-negative 63-bit integer")
+            hints_raw = obj.get("hints", [])
+            if not isinstance(hints_raw, list) or len(hints_raw) > record.k + record.m:
+                raise FormatError("pointer hints must be a list of at most k + m peer IDs")
+            hints = tuple(h if isinstance(h, str) and len(h) <= 128 else None for h in hints_raw)
+            return cls(parse_cid(obj["locator"]), record, hints, placement, seq)
         except FormatError:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"malformed dataset pointer: {e}") from e
+
+
+def next_seq(previous: int | None = None) -> int:
+    """A pointer sequence number for now: the clock in milliseconds, but always past ``previous``."""
+    now = time.time_ns() // 1_000_000
+    return now if previous is None else max(now, previous + 1)
 
 
 def encode_placement(packs: dict[bytes, list[str | None]], hash_name: str = "blake3") -> tuple[CID, bytes]:
