@@ -38,6 +38,9 @@ MAX_SHARD_BYTES = PACK_UNIT_BYTES + MAX_CHUNK_BYTES
 MAX_SHARDS = 256
 #: A dataset pointer (``/datasets/{id}`` JSON), as sent and as read back.
 MAX_POINTER_BYTES = 64 * KIB
+#: One dataset's metadata pack (manifest, UnixFS nodes, locator, placement as a CAR), as written and as
+#: read: a reader refuses a pointer claiming more before fetching anything (about 130 bytes per file).
+MAX_METADATA_PACK_BYTES = 256 * MIB
 #: A dataset manifest block.
 MAX_MANIFEST_BYTES = 256 * KIB
 #: One value of a manifest's ``meta`` map, UTF-8 (a description is prose, not a payload).

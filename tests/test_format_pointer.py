@@ -15,9 +15,9 @@ from dstore.format.pack import PackRecord, shard_size
 from dstore.format.pointer import (
     Pointer,
     decode_placement,
-    next_seq,
     encode_placement,
     metadata_car,
+    next_seq,
     read_metadata_car,
 )
 

@@ -19,13 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
-from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards, data_region
+from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
+from dstore.fetch.remote import load_from_peers
 from dstore.format import unixfs
 from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, hash_digest, parse_cid
 from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
-from dstore.format.pointer import Pointer, decode_placement, read_metadata_car
+from dstore.format.pointer import Pointer
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
@@ -94,12 +95,15 @@ class DatasetReader:
             )
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
         self._fetched: dict[bytes, bytes] = {}  # metadata blocks from peers
+        self.pointer: Pointer | None = None  # the peers' pointer that led to verified metadata, if read from peers
         hints: dict[bytes, list[str | None]] = {}
         locator = store.index.dataset_locator(self.cid.to_bytes())
         if locator is not None:
             locator_cid = CID.from_bytes(locator)
         elif peers is not None:
-            locator_cid, self._fetched, hints = load_from_peers(peers, self.cid)
+            remote = load_from_peers(peers, self.cid)
+            locator_cid, self._fetched, hints = remote.locator, remote.blocks, remote.hints
+            self.pointer = remote.pointer
         else:
             raise NotFound(
                 f"dataset {cid_to_text(self.cid)} is not in this store "
@@ -426,18 +430,3 @@ def store_stat(store: Store) -> dict[str, object]:
         "metadata_blocks": counts["blocks"],
         "datasets_list": [cid_to_text(k) for k, _ in store.index.datasets_list()],
     }
-
-
-def load_from_peers(peers: PeerClient, dataset: CID) -> tuple[CID, dict[bytes, bytes], dict[bytes, list[str | None]]]:
-    """A dataset's locator root, metadata blocks (each verified) and placement hints, from peers."""
-    found = peers.get_pointer(dataset, validate=Pointer.from_json)
-    if found is None:
-        raise NotFound(f"no storage peer knows dataset {cid_to_text(dataset)}")
-    pointer = Pointer.from_json(found)
-    shards = peers.fetch_pack(pointer.metadata, dataset.to_bytes(), list(pointer.hints) or None)
-    region = data_region(shards, pointer.metadata)[: pointer.metadata.size]
-    blocks = read_metadata_car(bytes(region), dataset)
-    hints: dict[bytes, list[str | None]] = {}
-    if pointer.placement is not None and pointer.placement.to_bytes() in blocks:
-        hints = decode_placement(blocks[pointer.placement.to_bytes()])
-    return pointer.locator, blocks, hints

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound, PeerError
 from dstore.fetch.packs import data_region
 from dstore.fetch.reader import DatasetReader
+from dstore.fetch.remote import load_from_peers
 from dstore.format.cid import CID, cid_to_text, hash_digest
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer
@@ -203,6 +204,7 @@ def repair_peers(reader: DatasetReader, peers: PeerClient, reports: list[PackRep
         placement,
         ShardSpec(meta.k, meta.m),
         reader.hash_name,
+        replaces_seq=_pointer(reader, peers).seq,
     )
     return written
 
@@ -243,7 +245,7 @@ def _place_missing(
 
 
 def _pointer(reader: DatasetReader, peers: PeerClient) -> Pointer:
-    found = peers.get_pointer(reader.cid, validate=Pointer.from_json)
-    if found is None:
-        raise NotFound(f"no storage peer has a pointer for dataset {cid_to_text(reader.cid)}")
-    return Pointer.from_json(found)
+    """The pointer whose metadata verifies (a newer one that leads nowhere is a lie, not damage to report)."""
+    if reader.pointer is not None:
+        return reader.pointer
+    return load_from_peers(peers, reader.cid).pointer

@@ -22,12 +22,12 @@ from dstore.format.cid import CID, raw_cid_bytes
 from dstore.format.locator import build_locator
 from dstore.format.manifest import ChunkerParams, Manifest
 from dstore.format.pack import PackRecord, shard_size
-from dstore.format.pointer import Pointer, encode_placement, metadata_car
+from dstore.format.pointer import Pointer, encode_placement, metadata_car, next_seq
 from dstore.ingest.packer import Packer, encode_pack
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
 from dstore.ingest.walk import DirEntry, FileEntry, count_entries, total_size, walk
-from dstore.limits import MAX_SHARDS
+from dstore.limits import MAX_CHUNK_BYTES, MAX_METADATA_PACK_BYTES, MAX_SHARDS
 from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
 
@@ -367,19 +367,31 @@ def publish_metadata(
     placement: dict[bytes, list[str | None]],
     spec: ShardSpec,
     hash_name: str,
+    *,
+    replaces_seq: int | None = None,
 ) -> None:
     """Put the dataset's metadata on peers with the data's redundancy, then the pointer to it.
 
     The metadata pack (a CAR of every metadata block plus the placement
     hints) is erasure-coded with the same k+m and placed by rendezvous on the
     dataset ID; the pointer goes to the first k+m peers of that ranking
-    (docs/format.md, "Datasets on peers").
+    (docs/format.md, "Datasets on peers"). The pointer's ``seq`` is past
+    ``replaces_seq`` (repair publishes over the pointer it read).
     """
     placement_cid, placement_block = encode_placement(placement, hash_name)
     car = metadata_car(dataset, [*blocks, (placement_cid, placement_block)])
-    buf = bytearray(spec.k * shard_size(len(car), spec.k))
+    if len(car) > MAX_METADATA_PACK_BYTES:
+        raise UsageError(
+            f"the dataset's metadata ({len(car)} bytes) is over the {MAX_METADATA_PACK_BYTES}-byte limit of one "
+            "metadata pack on peers; split the dataset into several"
+        )
+    # More data shards, not bigger ones, for big metadata: a shard stays within what a peer takes.
+    k = max(spec.k, -(-len(car) // MAX_CHUNK_BYTES))
+    if k + spec.m > MAX_SHARDS:
+        raise UsageError(f"--shards {spec}: the metadata pack needs {k} data shards, over {MAX_SHARDS} with parity")
+    buf = bytearray(k * shard_size(len(car), k))
     buf[: len(car)] = car
-    encoded = encode_pack(buf, len(car), spec.k, spec.m, hash_name)
+    encoded = encode_pack(buf, len(car), k, spec.m, hash_name)
     holders = peers.put_pack(dataset.to_bytes(), encoded.shards)
-    pointer = Pointer(locator, encoded.record, tuple(holders), placement_cid)
+    pointer = Pointer(locator, encoded.record, tuple(holders), placement_cid, next_seq(replaces_seq))
     peers.put_pointer(dataset, pointer.to_json(), spec.k + spec.m)

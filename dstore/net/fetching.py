@@ -100,6 +100,8 @@ class Fetcher:
         order: Sequence[int],
         limit: int,
         hedge_after_s: float,
+        *,
+        exact_len: int | None = None,
     ) -> tuple[dict[int, bytes], dict[int, list[Miss]]]:
         """Get ``need`` of the blocks ``cids`` (verified), hedged; return them by index, and the misses.
 
@@ -107,13 +109,21 @@ class Fetcher:
         the next of ``order``; a request running longer than ``hedge_after_s``
         is hedged once, with the next block of ``order`` or, when none is
         left, the same block from other peers. When ``need`` blocks are in,
-        everything still running is cancelled.
+        everything still running is cancelled. Indices that share a CID (a
+        pack's zero padding shards do) are fetched once and filled together,
+        so a record listing one CID many times costs one transfer. With
+        ``exact_len``, a verified block of another length is a miss (its
+        record is wrong about it) rather than a result.
         """
         results: dict[int, bytes] = {}
         misses: dict[int, list[Miss]] = {}
         pending = list(order)
         running: dict[asyncio.Future[bytes], _Attempt] = {}
         abandoned: list[asyncio.Future[bytes]] = []
+        keys = [c.to_bytes() for c in cids]
+        same: dict[bytes, list[int]] = {}
+        for i, key in enumerate(keys):
+            same.setdefault(key, []).append(i)
 
         def launch(i: int, exclude: set[Peer]) -> None:
             a = _Attempt(i, time.monotonic())
@@ -121,8 +131,13 @@ class Fetcher:
             running[task] = a
 
         def top_up() -> None:
-            while pending and len(results) + len({a.shard for a in running.values()} - results.keys()) < need:
-                launch(pending.pop(0), set())
+            covered = set(results) | {j for a in running.values() for j in same[keys[a.shard]]}
+            while pending and len(covered) < need:
+                i = pending.pop(0)
+                if i in covered:
+                    continue
+                launch(i, set())
+                covered.update(same[keys[i]])
 
         try:
             top_up()
@@ -139,9 +154,17 @@ class Fetcher:
                     except Unavailable as e:
                         misses.setdefault(a.shard, []).extend(e.misses)
                         continue
-                    results.setdefault(a.shard, data)
+                    if exact_len is not None and len(data) != exact_len:
+                        wrong = Miss(a.peer, f"{len(data)} bytes where its pack has {exact_len}-byte shards")
+                        for j in same[keys[a.shard]]:
+                            misses.setdefault(j, []).append(wrong)
+                            if j in pending:
+                                pending.remove(j)  # the same CID gives the same bytes anywhere
+                        continue
+                    for j in same[keys[a.shard]]:
+                        results.setdefault(j, data)
                     for other, b in list(running.items()):
-                        if b.shard == a.shard:  # a hedge for the same block: no longer needed
+                        if keys[b.shard] == keys[a.shard]:  # a hedge for the same block: no longer needed
                             other.cancel()
                             abandoned.append(other)
                             del running[other]
@@ -233,7 +256,9 @@ class Fetcher:
         candidates = [self.shard_candidates(i, hint_list[i], known, live) for i in range(n)]
         order = self.shard_order(candidates, record.k)
         hedge = hedge_after_s if hedge_after_s is not None else self.hedge_delay(record.shard_size)
-        results, misses = await self.gather(record.shards, record.k, candidates, order, record.shard_size, hedge)
+        results, misses = await self.gather(
+            record.shards, record.k, candidates, order, record.shard_size, hedge, exact_len=record.shard_size
+        )
         if len(results) < record.k:
             raise _not_enough(record, results, misses)
         return [results.get(i) for i in range(n)]
