@@ -66,7 +66,7 @@ def test_identity_and_start_line(peer: PeerProcess) -> None:
     assert status == 200
     health = json.loads(body)
     assert health["peer_id"] == peer.peer_id
-    assert set(health) == {"peer_id", "version", "bytes_stored", "shards", "capacity", "last_scrub"}
+    assert set(health) == {"peer_id", "version", "bytes_stored", "bytes_reserved", "shards", "capacity", "last_scrub"}
 
 
 def test_put_get_head_round_trip(peer: PeerProcess) -> None:

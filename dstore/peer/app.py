@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ import dstore
 from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, parse_cid
 from dstore.peer.config import MAX_POINTER_BYTES, PeerConfig
+from dstore.peer.connections import connection_middleware
 from dstore.peer.identity import Identity, load_or_create_identity
 from dstore.peer.metrics import CONTENT_TYPE_LATEST, PeerMetrics
 from dstore.peer.scrub import Scrubber
@@ -92,6 +94,11 @@ DRAIN = web.AppKey("drain", Drain)
 _THREAD_HASH_BYTES = 256 * 1024
 
 _START = "dstore_peer_start"
+#: loop.time() when the request's handler began (its request timeout counts from here).
+_START_LOOP = "dstore_peer_start_loop"
+_READ_CHUNK_BYTES = 1 << 20
+#: A timed-out request's connection is not reused (the rest of its body may still be coming).
+_CLOSE = {hdrs.CONNECTION: "close"}
 _SHARD_CID = "dstore_peer_shard_cid"
 
 
@@ -110,6 +117,7 @@ _HTTP_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     411: "length_required",
     413: "too_large",
     416: "range_not_satisfiable",
@@ -119,7 +127,33 @@ _HTTP_CODES = {
 
 
 def _error_response(status: int, code: str, message: str, headers: Any = None) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status, headers=headers)
+    response = web.json_response({"error": message, "code": code}, status=status, headers=headers)
+    if headers and headers.get(hdrs.CONNECTION) == "close":
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def timeout_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Bound a whole request (body in, answer out) by ``request_timeout_s``.
+
+    Bodies check the same deadline as they arrive (a precise 408); this catches the rest, e.g.
+    a client that never reads the block it asked for.
+    """
+    loop = asyncio.get_running_loop()
+    request[_START_LOOP] = loop.time()
+    timeout_s = request.app[CONFIG].request_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s) as scope:
+            return await handler(request)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        if request.transport is not None:
+            request.transport.abort()  # part of an answer may be out: only closing is left
+        raise ConnectionResetError(f"request not done within {timeout_s} s") from None
 
 
 @web.middleware
@@ -223,12 +257,34 @@ def _body_length(request: web.Request, limit: int) -> int:
 
 
 async def _read_body(request: web.Request, length: int) -> bytes:
-    try:
-        data = await request.content.readexactly(length)
-    except asyncio.IncompleteReadError as e:
-        raise ApiError(400, "incomplete_body", f"body ended after {len(e.partial)} of {length} bytes") from None
-    request.app[METRICS].bytes_in.inc(len(data))
-    return data
+    """The body of ``length`` bytes (already bounded by the caller), as it arrives.
+
+    408 ``body_timeout`` when no byte comes for ``body_idle_timeout_s``, 408 ``request_timeout``
+    when the whole body is not in by ``request_timeout_s`` after the headers. The buffer grows
+    with what arrives, never with what Content-Length claims.
+    """
+    config = request.app[CONFIG]
+    loop = asyncio.get_running_loop()
+    deadline = request[_START_LOOP] + config.request_timeout_s
+    buf = bytearray()
+    while len(buf) < length:
+        left_s = deadline - loop.time()
+        idle = config.body_idle_timeout_s <= left_s
+        try:
+            async with asyncio.timeout(min(config.body_idle_timeout_s, max(left_s, 0.0))):
+                chunk = await request.content.read(min(length - len(buf), _READ_CHUNK_BYTES))
+        except TimeoutError:
+            request.app[METRICS].bytes_in.inc(len(buf))
+            if idle:
+                message = f"no body byte for {config.body_idle_timeout_s} s ({len(buf)} of {length} bytes came)"
+                raise ApiError(408, "body_timeout", message, _CLOSE) from None
+            message = f"body not in within {config.request_timeout_s} s ({len(buf)} of {length} bytes came)"
+            raise ApiError(408, "request_timeout", message, _CLOSE) from None
+        if not chunk:
+            raise ApiError(400, "incomplete_body", f"body ended after {len(buf)} of {length} bytes")
+        buf += chunk
+    request.app[METRICS].bytes_in.inc(len(buf))
+    return bytes(buf)
 
 
 # -- shards --------------------------------------------------------------------------------------
@@ -244,67 +300,61 @@ async def put_shard(request: web.Request) -> web.Response:
     cid_text = cid_to_text(cid)
     store = request.app[STORE]
     length = _body_length(request, request.app[CONFIG].max_body_bytes)
-    reserved = 0
     if not store.has(cid_text):
-        store.reserve(length)  # 507 before reading a byte of a body we could not keep
-        reserved = length
-    try:
-        data = await _read_body(request, length)
-        if len(data) >= _THREAD_HASH_BYTES:
-            digest = await asyncio.to_thread(hash_digest, data, hash_name)
-        else:
-            digest = hash_digest(data, hash_name)
-        if digest != bytes(cid.hash.digest):
-            raise ApiError(400, "hash_mismatch", f"the body does not hash to {cid_text}: nothing stored")
+        store.check_room(length)  # 507 before reading a byte of a body we could not keep
+    # Capacity is booked only once the body is in: a client stalling mid-body holds none.
+    data = await _read_body(request, length)
+    if len(data) >= _THREAD_HASH_BYTES:
+        digest = await asyncio.to_thread(hash_digest, data, hash_name)
+    else:
+        digest = hash_digest(data, hash_name)
+    if digest != bytes(cid.hash.digest):
+        raise ApiError(400, "hash_mismatch", f"the body does not hash to {cid_text}: nothing stored")
 
-        # Two uploads of one block: the second waits for the first, then finds it held.
-        in_flight = request.app[IN_FLIGHT]
-        while (other := in_flight.get(cid_text)) is not None:
-            await asyncio.shield(other)
-        if store.has(cid_text):
-            if await asyncio.to_thread(store.intact, cid_text, hash_name, bytes(cid.hash.digest)):
-                return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
-            # A rotten copy the scrub has not reached yet: these verified bytes replace it (repair).
-            store.remove(cid_text)
-        if not reserved:  # it was held when we looked (rotten, or dropped by the scrub since)
-            store.reserve(length)
-            reserved = length
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        in_flight[cid_text] = done
-        try:
-            # The write now owns the reservation. Shielded: once begun, it completes even if the
-            # client goes away or the peer shuts down (it is atomic either way).
-            owned, reserved = reserved, 0
-            new = await asyncio.shield(asyncio.to_thread(store.write_reserved, cid_text, data, owned))
-        finally:
-            in_flight.pop(cid_text, None)
-            done.set_result(None)
+    # Two uploads of one block: the second waits for the first, then finds it held.
+    in_flight = request.app[IN_FLIGHT]
+    while (other := in_flight.get(cid_text)) is not None:
+        await asyncio.shield(other)
+    if store.has(cid_text):
+        if await asyncio.to_thread(store.intact, cid_text, hash_name, bytes(cid.hash.digest)):
+            return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
+        # A rotten copy the scrub has not reached yet: these verified bytes replace it (repair).
+        store.remove(cid_text)
+    store.reserve(length)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    in_flight[cid_text] = done
+    try:
+        # The write owns the reservation. Shielded: once begun, it completes even if the
+        # client goes away or the peer shuts down (it is atomic either way).
+        new = await asyncio.shield(asyncio.to_thread(store.write_reserved, cid_text, data, length))
     finally:
-        if reserved:
-            store.release(reserved)
+        in_flight.pop(cid_text, None)
+        done.set_result(None)
     return web.json_response({"cid": cid_text, "size": length, "stored": new}, status=201 if new else 200)
 
 
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
 def _check_range(request: web.Request, size: int) -> None:
-    """Answer 416 as JSON (FileResponse would send an empty body) for a bad or unsatisfiable range."""
-    if hdrs.RANGE not in request.headers:
+    """Answer 416 as JSON for a range that is malformed, multiple, or selects no byte.
+
+    Parsed here, not by aiohttp: ``request.http_range`` reads ``bytes=-0`` (no byte) as ``bytes=0-``
+    (every byte). A range that passes is served by FileResponse.
+    """
+    header = request.headers.get(hdrs.RANGE)
+    if header is None:
         return
-    unsatisfiable = ApiError(
-        416, "range_not_satisfiable", f"the block has {size} bytes", {hdrs.CONTENT_RANGE: f"bytes */{size}"}
-    )
-    try:
-        rng = request.http_range
-    except ValueError:
-        raise unsatisfiable from None
-    start, stop = rng.start, rng.stop
-    if start is None:
-        return
-    if start < 0 and stop is None:  # suffix range bytes=-n
-        if size == 0 or start == 0:
-            raise unsatisfiable
-        return
-    if start >= size or (stop is not None and stop <= start):
-        raise unsatisfiable
+    m = _RANGE_RE.match(header.strip())
+    first, last = (m.group(1), m.group(2)) if m else ("", "")
+    if not first:  # suffix range bytes=-n: the last n bytes
+        ok = last != "" and int(last) > 0 and size > 0
+    else:
+        ok = int(first) < size and (last == "" or int(last) >= int(first))
+    if not ok:
+        raise ApiError(
+            416, "range_not_satisfiable", f"the block has {size} bytes", {hdrs.CONTENT_RANGE: f"bytes */{size}"}
+        )
 
 
 async def get_shard(request: web.Request) -> web.StreamResponse:
@@ -382,6 +432,7 @@ async def get_health(request: web.Request) -> web.Response:
             "bytes_stored": store.bytes_stored,
             "shards": store.shards,
             "capacity": store.capacity_bytes,
+            "bytes_reserved": store.bytes_reserved,
             "last_scrub": None
             if last is None
             else {"started": last.started, "finished": last.finished, "checked": last.checked, "bad": last.bad},
@@ -462,13 +513,16 @@ def create_app(config: PeerConfig) -> web.Application:
     config.home.mkdir(parents=True, exist_ok=True)
     # Bodies are read by the handlers with their own bounds; this is only a backstop.
     app = web.Application(
-        middlewares=[drain_middleware, error_middleware], client_max_size=config.max_body_bytes + 1024
+        middlewares=[connection_middleware, timeout_middleware, drain_middleware, error_middleware],
+        client_max_size=config.max_body_bytes + 1024,
     )
     app[CONFIG] = config
     app[IDENTITY] = load_or_create_identity(config.home)
     store = PeerStore(config.home, config.capacity_bytes)
     app[STORE] = store
-    metrics = PeerMetrics(lambda: store.bytes_stored, lambda: store.shards, config.capacity_bytes)
+    metrics = PeerMetrics(
+        lambda: store.bytes_stored, lambda: store.shards, config.capacity_bytes, lambda: store.bytes_reserved
+    )
     app[METRICS] = metrics
     app[SCRUBBER] = Scrubber(store, metrics, config.scrub_rate_bytes_s, config.scrub_interval_s)
     app[PEERS] = dict.fromkeys(config.peers)

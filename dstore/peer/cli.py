@@ -11,7 +11,11 @@ import click
 
 from dstore.errors import DstoreError
 from dstore.peer.config import (
+    DEFAULT_BODY_IDLE_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_SCRUB_INTERVAL_S,
     DEFAULT_SCRUB_RATE_BYTES_S,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
@@ -64,6 +68,40 @@ def peer() -> None:
     help="Bytes per second re-hashed by scrub (0: no scrub).",
 )
 @click.option("--max-body", type=SIZE, default=DEFAULT_MAX_BODY_BYTES, show_default=True, help="Largest block body.")
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_HEADER_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a connection may take to send a request's headers.",
+)
+@click.option(
+    "--keepalive-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_KEEPALIVE_TIMEOUT_S,
+    show_default=True,
+    help="Seconds an idle connection is kept open between requests.",
+)
+@click.option(
+    "--body-idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BODY_IDLE_TIMEOUT_S,
+    show_default=True,
+    help="Longest pause, in seconds, within an upload's body.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_REQUEST_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a request may take from its headers to its answer, body included.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most open connections (default: the open-file limit less 64, at most 1024).",
+)
 @click.option("--scrub-interval", type=float, default=DEFAULT_SCRUB_INTERVAL_S, hidden=True)
 @click.option("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, hidden=True)
 @click.option("--peer-poll-interval", type=float, default=30.0, hidden=True)
@@ -76,6 +114,11 @@ def serve(
     peers: str | None,
     scrub_rate: int,
     max_body: int,
+    header_timeout: float,
+    keepalive_timeout: float,
+    body_idle_timeout: float,
+    request_timeout: float,
+    max_connections: int | None,
     scrub_interval: float,
     shutdown_timeout: float,
     peer_poll_interval: float,
@@ -98,6 +141,11 @@ def serve(
             scrub_rate_bytes_s=scrub_rate,
             scrub_interval_s=scrub_interval,
             peer_poll_interval_s=peer_poll_interval,
+            header_timeout_s=header_timeout,
+            keepalive_timeout_s=keepalive_timeout,
+            body_idle_timeout_s=body_idle_timeout,
+            request_timeout_s=request_timeout,
+            max_connections=max_connections,
         )
         run(config, host, port, token_source=token_source, shutdown_timeout_s=shutdown_timeout, access_log=verbose)
     except DstoreError as e:

@@ -28,6 +28,15 @@ MAX_POINTER_BYTES = 64 * 1024
 DEFAULT_SCRUB_RATE_BYTES_S = 50_000_000
 DEFAULT_SCRUB_INTERVAL_S = 3600.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
+#: From a connection opening (or the first byte of a later request on it) to the end of the headers.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+#: An idle kept-alive connection is closed after this (longer than clients keep theirs: 15 s).
+DEFAULT_KEEPALIVE_TIMEOUT_S = 60.0
+#: The longest pause between two pieces of a request body.
+DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
+#: The longest a request may take from its headers to its answer, body included
+#: (17 MiB in 300 s is about 58 kB/s).
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
 TOKEN_FILE = "token"
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -49,6 +58,12 @@ class PeerConfig:
     scrub_interval_s: float = DEFAULT_SCRUB_INTERVAL_S
     #: How often the peers of ``peers`` are asked for their peer ID.
     peer_poll_interval_s: float = 30.0
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    #: Most open connections; None: the open-file limit less a margin (connections.py).
+    max_connections: int | None = None
 
 
 def parse_size(text: str) -> int:

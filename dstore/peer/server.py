@@ -8,16 +8,20 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 
 from dstore.errors import UsageError
-from dstore.peer.app import DRAIN, IDENTITY, create_app
+from dstore.peer.app import DRAIN, IDENTITY, METRICS, create_app
 from dstore.peer.config import DEFAULT_SHUTDOWN_TIMEOUT_S, PeerConfig
+from dstore.peer.connections import ConnectionLimiter, JsonErrorRequestHandler, default_max_connections
 
 __all__ = ["serve", "serve_async", "start_line"]
 
 _GRACE_S = 0.1
+_BACKLOG = 1024
 
 
 class _DroppedClientFilter(logging.Filter):
@@ -55,7 +59,7 @@ def _bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything else so a taken port fails first and cleanly."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family, backlog=1024)
+        return socket.create_server((host, port), family=family, backlog=_BACKLOG)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
@@ -79,32 +83,48 @@ async def serve_async(
         sock.close()
         raise
     # The drain below waits for requests in flight; aiohttp's own wait is only for stragglers.
+    handler_options: dict[str, Any] = {
+        "access_log": logging.getLogger("aiohttp.access") if access_log else None,
+        # TrackedConnection enforces the keep-alive timeout; aiohttp's own is the backstop.
+        "keepalive_timeout": config.keepalive_timeout_s + 1.0,
+    }
     runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=min(shutdown_timeout_s, 1.0),
-        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        app, handle_signals=False, shutdown_timeout=min(shutdown_timeout_s, 1.0), **handler_options
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    listener: asyncio.Server | None = None
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock)
-        await site.start()
+        server = runner.server
+        assert server is not None
+
+        def make_protocol() -> asyncio.Protocol:
+            return JsonErrorRequestHandler(server, loop=loop, access_log_class=AccessLogger, **handler_options)
+
+        limiter = ConnectionLimiter(
+            make_protocol,
+            max_connections=config.max_connections or default_max_connections(),
+            header_timeout_s=config.header_timeout_s,
+            keepalive_timeout_s=config.keepalive_timeout_s,
+            metrics=app[METRICS],
+        )
+        listener = await loop.create_server(limiter, sock=sock, backlog=_BACKLOG)
         line = start_line(app[IDENTITY].peer_id, _url(host, sock.getsockname()[1]), token_source)
         (announce or _print_flush)(line)
         await stop.wait()
         # Stop listening, let requests in flight finish (connections still receive), then close.
-        for s in list(runner.sites):
-            await s.stop()
+        listener.close()
         # Requests whose bytes had already arrived get a moment to reach their handler.
         await asyncio.sleep(_GRACE_S)
         await app[DRAIN].wait_idle(shutdown_timeout_s)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         sock.close()
 

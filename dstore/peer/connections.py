@@ -1,0 +1,235 @@
+"""Connection-level limits of a peer: how many sockets it keeps, and how long they may idle.
+
+aiohttp has no timeout for a request's headers, and keeps any number of
+connections open: 300 sockets that send half a request line exhaust a peer
+with 256 file descriptors, and it stops answering anything (``/health``
+included). So every accepted socket goes through a :class:`TrackedConnection`
+(an ``asyncio.Protocol`` in front of aiohttp's own protocol) that
+
+- closes it when its request headers are not complete within
+  ``header_timeout_s`` of the connection opening (or of the first byte of a
+  later request on a kept-alive connection), however slowly they trickle in;
+- closes it when it stays idle between requests for ``keepalive_timeout_s``;
+- counts it against ``max_connections``: when a new connection would pass
+  the limit, the oldest connection that is *not* in the middle of a request
+  (waiting for headers, or idle) is closed to make room, and only if every
+  connection is serving a request is the newcomer closed instead. A fresh
+  ``/health`` probe therefore always gets in past idle or half-open sockets;
+  requests themselves are bounded by the body and request timeouts (app.py).
+
+Malformed requests (bad method, bad header) are answered by aiohttp's
+protocol before any middleware runs; :class:`JsonErrorRequestHandler` makes
+those answers JSON like every other error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from dstore.peer.metrics import PeerMetrics
+
+__all__ = [
+    "ConnectionLimiter",
+    "JsonErrorRequestHandler",
+    "TrackedConnection",
+    "connection_middleware",
+    "default_max_connections",
+]
+
+log = logging.getLogger("dstore.peer")
+
+#: Descriptors kept free for block files, the worker threads and the listener itself.
+FD_MARGIN = 64
+MAX_DEFAULT_CONNECTIONS = 1024
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 500: "internal", 504: "timeout"}
+
+
+def default_max_connections() -> int:
+    """The open-file limit less :data:`FD_MARGIN`, at most :data:`MAX_DEFAULT_CONNECTIONS`."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DEFAULT_CONNECTIONS
+    return max(8, min(soft - FD_MARGIN, MAX_DEFAULT_CONNECTIONS))
+
+
+class JsonErrorRequestHandler(web.RequestHandler):
+    """aiohttp's protocol, answering unparsable requests with ``{"error", "code"}`` JSON."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError) or request.writer.output_size > 0:
+            raise ConnectionError("connection gone or answer already started: only closing is left")
+        if status >= 500:
+            log.error("error answering %s %s", request.method, request.path, exc_info=exc)
+        first_line = (message or "").strip().splitlines()[:1]
+        text = first_line[0].rstrip(":") if first_line else f"HTTP {status}"
+        if status >= 500:
+            text = "internal error (logged by the peer)"
+        body = json.dumps({"error": text, "code": _HTTP_CODES.get(status, "bad_request")})
+        resp = web.Response(status=status, text=body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class TrackedConnection(asyncio.Protocol):
+    """One accepted socket: header/keep-alive timers and the limiter's bookkeeping, in front of
+    aiohttp's protocol (every transport event is passed on to it)."""
+
+    def __init__(self, limiter: ConnectionLimiter, inner: asyncio.Protocol) -> None:
+        self.limiter = limiter
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.busy = False  # a request's headers arrived and its answer is not finished
+        self.waiting_for_headers = True
+        self.admitted = False  # whether aiohttp's protocol was given the socket
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.limiter.admit(self):
+            transport.abort()
+            return
+        self.admitted = True
+        self._arm(self.limiter.header_timeout_s, "header")
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy and not self.waiting_for_headers:
+            # The first byte of the next request on a kept-alive connection: its headers are due.
+            self.waiting_for_headers = True
+            self._arm(self.limiter.header_timeout_s, "header")
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.limiter.forget(self)
+        if self.admitted:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # -- requests (called by connection_middleware) ------------------------------------------------
+
+    def request_started(self) -> None:
+        self.busy = True
+        self.waiting_for_headers = False
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self.busy = False
+        if self.transport is not None and not self.transport.is_closing():
+            self._arm(self.limiter.keepalive_timeout_s, "keepalive")
+
+    # -- closing -----------------------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """Close the socket (nothing of a request is pending on it)."""
+        self._disarm()
+        self.limiter.count_closed(reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _arm(self, delay_s: float, reason: str) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._expire, reason)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, reason: str) -> None:
+        self._timer = None
+        if not self.busy:
+            self.close(f"{reason}_timeout")
+
+
+class ConnectionLimiter:
+    """The protocol factory of the listening socket: wraps each aiohttp protocol in a
+    :class:`TrackedConnection` and keeps at most ``max_connections`` of them open."""
+
+    def __init__(
+        self,
+        make_protocol: Callable[[], asyncio.Protocol],
+        *,
+        max_connections: int,
+        header_timeout_s: float,
+        keepalive_timeout_s: float,
+        metrics: PeerMetrics | None = None,
+    ) -> None:
+        self.make_protocol = make_protocol
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.metrics = metrics
+        #: Open connections, oldest first (dicts keep insertion order).
+        self.open: dict[TrackedConnection, None] = {}
+
+    def __call__(self) -> TrackedConnection:
+        return TrackedConnection(self, self.make_protocol())
+
+    def admit(self, conn: TrackedConnection) -> bool:
+        """Make room for ``conn`` (closing the oldest connection not serving a request); False if none."""
+        if len(self.open) >= self.max_connections:
+            victim = next((c for c in self.open if not c.busy), None)
+            if victim is None:
+                self.count_closed("rejected")
+                return False
+            self.open.pop(victim, None)
+            victim.close("evicted")
+        self.open[conn] = None
+        self._gauge()
+        return True
+
+    def forget(self, conn: TrackedConnection) -> None:
+        """The socket is gone."""
+        self.open.pop(conn, None)
+        self._gauge()
+
+    def count_closed(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connections_closed.labels(reason).inc()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.connections_open.set(len(self.open))
+
+
+@web.middleware
+async def connection_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Mark the request's connection busy (not evictable, no header timer) while it is served."""
+    transport = request.transport
+    conn: Any = transport.get_protocol() if transport is not None else None
+    if not isinstance(conn, TrackedConnection):  # an app served some other way (tests, other runners)
+        return await handler(request)
+    conn.request_started()
+    try:
+        return await handler(request)
+    finally:
+        conn.request_finished()
