@@ -10,10 +10,11 @@ included). So every accepted socket goes through a :class:`TrackedConnection`
   ``header_timeout_s`` of the connection opening (or of the first byte of a
   later request on a kept-alive connection), however slowly they trickle in;
 - closes it when it stays idle between requests for ``keepalive_timeout_s``;
-- counts it against ``max_connections``: when a new connection would pass
-  the limit, the oldest connection that is *not* in the middle of a request
-  (waiting for headers, or idle) is closed to make room, and only if every
-  connection is serving a request is the newcomer closed instead. A fresh
+- counts it against ``max_connections`` (:class:`ConnectionLimiter`, the accept
+  loop): when a new connection would pass the limit, the oldest connection
+  that is *not* in the middle of a request (waiting for headers, or idle) is
+  closed to make room, and only if every connection is serving a request is
+  the newcomer closed instead. A fresh
   ``/health`` probe therefore always gets in past idle or half-open sockets;
   requests themselves are bounded by the body and request timeouts (app.py).
 
@@ -28,6 +29,7 @@ import asyncio
 import json
 import logging
 import resource
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,6 +51,9 @@ log = logging.getLogger("dstore.peer")
 #: Descriptors kept free for block files, the worker threads and the listener itself.
 FD_MARGIN = 64
 MAX_DEFAULT_CONNECTIONS = 1024
+#: Sockets accepted per wake-up of the listener, and the pause when the process is out of descriptors.
+_ACCEPT_BATCH = 32
+_ACCEPT_RETRY_S = 1.0
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 500: "internal", 504: "timeout"}
 
@@ -95,7 +100,7 @@ class TrackedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a request's headers arrived and its answer is not finished
         self.waiting_for_headers = True
-        self.admitted = False  # whether aiohttp's protocol was given the socket
+        self.closing = False
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -103,10 +108,6 @@ class TrackedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.limiter.admit(self):
-            transport.abort()
-            return
-        self.admitted = True
         self._arm(self.limiter.header_timeout_s, "header")
         self.inner.connection_made(transport)
 
@@ -123,8 +124,7 @@ class TrackedConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.limiter.forget(self)
-        if self.admitted:
-            self.inner.connection_lost(exc)
+        self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -146,9 +146,15 @@ class TrackedConnection(asyncio.Protocol):
 
     # -- closing -----------------------------------------------------------------------------------
 
+    @property
+    def evictable(self) -> bool:
+        """Connected, not closing, and not serving a request (waiting for headers, or idle)."""
+        return self.transport is not None and not self.closing and not self.busy
+
     def close(self, reason: str) -> None:
         """Close the socket (nothing of a request is pending on it)."""
         self._disarm()
+        self.closing = True
         self.limiter.count_closed(reason)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -169,8 +175,15 @@ class TrackedConnection(asyncio.Protocol):
 
 
 class ConnectionLimiter:
-    """The protocol factory of the listening socket: wraps each aiohttp protocol in a
-    :class:`TrackedConnection` and keeps at most ``max_connections`` of them open."""
+    """The accept loop of the listening socket: at most ``max_connections`` open sockets, each a
+    :class:`TrackedConnection` in front of a protocol from ``make_protocol``.
+
+    asyncio's own accept loop takes up to its backlog of sockets at once, before any protocol
+    sees them, so a burst exhausts descriptors before anything can be closed. This one makes
+    room *before* it accepts: it closes the oldest evictable connection and accepts once that
+    descriptor is free (the next turn of the loop); when every connection is serving a request,
+    it accepts the newcomer only to close it at once.
+    """
 
     def __init__(
         self,
@@ -186,24 +199,77 @@ class ConnectionLimiter:
         self.header_timeout_s = header_timeout_s
         self.keepalive_timeout_s = keepalive_timeout_s
         self.metrics = metrics
-        #: Open connections, oldest first (dicts keep insertion order).
+        #: Sockets whose descriptor is open (closing ones too), oldest first.
         self.open: dict[TrackedConnection, None] = {}
+        self._sock: socket.socket | None = None
+        self._paused: asyncio.TimerHandle | None = None
 
-    def __call__(self) -> TrackedConnection:
-        return TrackedConnection(self, self.make_protocol())
+    def start(self, sock: socket.socket) -> None:
+        """Accept connections on the listening ``sock`` (until :meth:`stop`)."""
+        sock.setblocking(False)
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
-    def admit(self, conn: TrackedConnection) -> bool:
-        """Make room for ``conn`` (closing the oldest connection not serving a request); False if none."""
-        if len(self.open) >= self.max_connections:
-            victim = next((c for c in self.open if not c.busy), None)
-            if victim is None:
-                self.count_closed("rejected")
-                return False
-            self.open.pop(victim, None)
-            victim.close("evicted")
-        self.open[conn] = None
-        self._gauge()
-        return True
+    def stop(self) -> None:
+        """Stop accepting; open connections are left alone."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock = None
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            if len(self.open) >= self.max_connections:
+                victim = next((c for c in self.open if c.evictable), None)
+                if victim is not None:
+                    victim.close("evicted")
+                    return  # accept once its descriptor is free: the listener stays readable
+                if any(c.closing or c.transport is None for c in self.open):
+                    return  # room is coming
+            try:
+                client, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._pause(e)
+                return
+            if len(self.open) >= self.max_connections:
+                self.count_closed("rejected")  # every connection is serving a request
+                client.close()
+                continue
+            client.setblocking(False)
+            conn = TrackedConnection(self, self.make_protocol())
+            self.open[conn] = None
+            self._gauge()
+            asyncio.get_running_loop().create_task(self._connect(conn, client))
+
+    async def _connect(self, conn: TrackedConnection, client: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, client)
+        except OSError as e:
+            log.debug("dropped a connection as it was accepted: %s", e)
+            client.close()
+            self.forget(conn)
+
+    def _pause(self, error: OSError) -> None:
+        """Out of descriptors or memory anyway (block files, threads): stop accepting for a moment."""
+        log.warning("cannot accept a connection (%s); retrying in %s s", error.strerror or error, _ACCEPT_RETRY_S)
+        loop = asyncio.get_running_loop()
+        if self._sock is None or self._paused is not None:
+            return
+        loop.remove_reader(self._sock.fileno())
+
+        def resume() -> None:
+            self._paused = None
+            if self._sock is not None:
+                loop.add_reader(self._sock.fileno(), self._on_readable)
+
+        self._paused = loop.call_later(_ACCEPT_RETRY_S, resume)
 
     def forget(self, conn: TrackedConnection) -> None:
         """The socket is gone."""

@@ -21,7 +21,6 @@ from dstore.peer.connections import ConnectionLimiter, JsonErrorRequestHandler, 
 __all__ = ["serve", "serve_async", "start_line"]
 
 _GRACE_S = 0.1
-_BACKLOG = 1024
 
 
 class _DroppedClientFilter(logging.Filter):
@@ -59,7 +58,7 @@ def _bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything else so a taken port fails first and cleanly."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family, backlog=_BACKLOG)
+        return socket.create_server((host, port), family=family, backlog=1024)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
@@ -88,14 +87,12 @@ async def serve_async(
         # TrackedConnection enforces the keep-alive timeout; aiohttp's own is the backstop.
         "keepalive_timeout": config.keepalive_timeout_s + 1.0,
     }
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=min(shutdown_timeout_s, 1.0), **handler_options
-    )
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=min(shutdown_timeout_s, 1.0), **handler_options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    listener: asyncio.Server | None = None
+    limiter: ConnectionLimiter | None = None
     try:
         await runner.setup()
         server = runner.server
@@ -111,20 +108,20 @@ async def serve_async(
             keepalive_timeout_s=config.keepalive_timeout_s,
             metrics=app[METRICS],
         )
-        listener = await loop.create_server(limiter, sock=sock, backlog=_BACKLOG)
+        limiter.start(sock)
         line = start_line(app[IDENTITY].peer_id, _url(host, sock.getsockname()[1]), token_source)
         (announce or _print_flush)(line)
         await stop.wait()
         # Stop listening, let requests in flight finish (connections still receive), then close.
-        listener.close()
+        limiter.stop()
         # Requests whose bytes had already arrived get a moment to reach their handler.
         await asyncio.sleep(_GRACE_S)
         await app[DRAIN].wait_idle(shutdown_timeout_s)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if listener is not None:
-            listener.close()
+        if limiter is not None:
+            limiter.stop()
         await runner.cleanup()
         sock.close()
 
