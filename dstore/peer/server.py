@@ -114,6 +114,7 @@ async def serve_async(
         await stop.wait()
         # Stop listening, let requests in flight finish (connections still receive), then close.
         limiter.stop()
+        sock.close()  # refuse new connections at once rather than queue them
         # Requests whose bytes had already arrived get a moment to reach their handler.
         await asyncio.sleep(_GRACE_S)
         await app[DRAIN].wait_idle(shutdown_timeout_s)
