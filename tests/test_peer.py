@@ -66,7 +66,16 @@ def test_identity_and_start_line(peer: PeerProcess) -> None:
     assert status == 200
     health = json.loads(body)
     assert health["peer_id"] == peer.peer_id
-    assert set(health) == {"peer_id", "version", "bytes_stored", "bytes_reserved", "shards", "capacity", "last_scrub"}
+    assert set(health) == {
+        "peer_id",
+        "version",
+        "bytes_stored",
+        "bytes_reserved",
+        "shards",
+        "capacity",
+        "last_scrub",
+        "pins",
+    }
 
 
 def test_put_get_head_round_trip(peer: PeerProcess) -> None:
@@ -113,6 +122,25 @@ def test_range(peer: PeerProcess) -> None:
         answer = request(url, headers={"Range": bad})
         assert error_of(answer) == (416, "range_not_satisfiable"), bad
         assert answer[1]["content-range"] == f"bytes */{len(data)}"
+
+
+def test_block_answers_keep_the_connection_alive(tmp_path: Path) -> None:
+    with running_peers(tmp_path, 1) as (p,):
+        data = os.urandom(50_000)
+        cid = block(data)
+        assert request(f"{p.url}/shards/{cid}", "PUT", data, p.auth)[0] == 201
+        parts = urlsplit(p.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            answers = []
+            for headers in ({}, {"Range": "bytes=10-19"}, {}, {"Range": "bytes=-5"}):
+                conn.request("GET", f"/shards/{cid}", headers=headers)
+                resp = conn.getresponse()
+                answers.append((resp.status, resp.read()))
+        finally:
+            conn.close()
+        assert answers == [(200, data), (206, data[10:20]), (200, data), (206, data[-5:])]
+        assert "Traceback" not in p.stderr_text()
 
 
 def test_unauthenticated_put(peer: PeerProcess) -> None:

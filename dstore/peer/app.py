@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 import aiohttp
@@ -25,8 +26,10 @@ from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, parse_cid
 from dstore.peer.config import MAX_POINTER_BYTES, PeerConfig
 from dstore.peer.connections import connection_middleware
+from dstore.peer.gc import Collector
 from dstore.peer.identity import Identity, load_or_create_identity
 from dstore.peer.metrics import CONTENT_TYPE_LATEST, PeerMetrics
+from dstore.peer.pins import Pin, Pins, resolve_shards
 from dstore.peer.scrub import Scrubber
 from dstore.peer.storage import Full, PeerStore
 
@@ -52,6 +55,8 @@ SCRUBBER = web.AppKey("scrubber", Scrubber)
 PEERS = web.AppKey("peers", dict[str, str | None])
 #: canonical CID text -> the upload of it in progress (so two uploads of one block write it once).
 IN_FLIGHT = web.AppKey("in_flight", dict[str, asyncio.Future[None]])
+PINS = web.AppKey("pins", Pins)
+COLLECTOR = web.AppKey("collector", Collector)
 
 
 class Drain:
@@ -308,6 +313,7 @@ async def put_shard(request: web.Request) -> web.Response:
         await asyncio.shield(other)
     if store.has(cid_text):
         if await asyncio.to_thread(store.intact, cid_text, hash_name, bytes(cid.hash.digest)):
+            await asyncio.to_thread(store.touch, cid_text)  # confirmed: gc's grace starts again
             return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
         # A rotten copy the scrub has not reached yet: these verified bytes replace it (repair).
         store.remove(cid_text)
@@ -322,6 +328,19 @@ async def put_shard(request: web.Request) -> web.Response:
         in_flight.pop(cid_text, None)
         done.set_result(None)
     return web.json_response({"cid": cid_text, "size": length, "stored": new}, status=201 if new else 200)
+
+
+class _BlockFileResponse(web.FileResponse):
+    """A block file, sent by drain_middleware (so that it counts as in flight).
+
+    aiohttp prepares every response a handler returns; FileResponse would then open and send
+    the file a second time onto a finished answer, fail, and close the kept-alive connection.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
 
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -356,12 +375,15 @@ async def get_shard(request: web.Request) -> web.StreamResponse:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"this peer does not hold {cid_text}") from None
+    if request.method == "HEAD" and not await asyncio.to_thread(request.app[STORE].touch, cid_text):
+        # A HEAD is a client's dedup check: confirming the block restarts gc's grace.
+        raise ApiError(404, "not_found", f"this peer does not hold {cid_text}")
     etag = f'"{cid_text}"'
     if request.headers.get(hdrs.IF_NONE_MATCH, "").strip() in (etag, f"W/{etag}", "*"):
         return web.Response(status=304, headers={hdrs.ETAG: etag})
     _check_range(request, size)
     request[_SHARD_CID] = cid_text
-    return web.FileResponse(
+    return _BlockFileResponse(
         path,
         headers={
             hdrs.CONTENT_TYPE: "application/octet-stream",
@@ -424,6 +446,7 @@ async def get_health(request: web.Request) -> web.Response:
             "shards": store.shards,
             "capacity": store.capacity_bytes,
             "bytes_reserved": store.bytes_reserved,
+            "pins": len(app[PINS].pins),
             "last_scrub": None
             if last is None
             else {"started": last.started, "finished": last.finished, "checked": last.checked, "bad": last.bad},
@@ -441,6 +464,70 @@ async def get_peers(request: web.Request) -> web.Response:
     return web.json_response({"peers": [{"url": url, "peer_id": pid} for url, pid in peers.items()]})
 
 
+# -- pins and gc -------------------------------------------------------------------------------------
+
+
+def _pin_answer(pin: Pin) -> dict[str, Any]:
+    return {
+        "dataset": pin.dataset,
+        "resolved": pin.shards is not None,
+        "shards": None if pin.shards is None else len(pin.shards),
+        "error": pin.error,
+    }
+
+
+async def _resolve(app: web.Application, dataset: CID) -> tuple[frozenset[str] | None, str | None]:
+    try:
+        return await resolve_shards(app[STORE], dataset, app[CONFIG].peers), None
+    except DstoreError as e:
+        log.warning("pin %s: cannot learn its shards yet: %s", cid_to_text(dataset), e)
+        return None, str(e)
+
+
+async def put_pin(request: web.Request) -> web.Response:
+    _require_token(request)
+    dataset = _path_cid(request, "dataset")
+    text = cid_to_text(dataset)
+    pins = request.app[PINS]
+    existing = pins.get(text)
+    shards, error = await _resolve(request.app, dataset)
+    if shards is None and existing is not None and existing.shards is not None:
+        shards, error = existing.shards, None  # keep what an earlier pin learned
+    pin = Pin(text, existing.pinned_at if existing else time.time(), shards, error)
+    await asyncio.shield(asyncio.to_thread(pins.save, pin))
+    status = 202 if shards is None else 200 if existing is not None else 201
+    return web.json_response(_pin_answer(pin), status=status)
+
+
+async def delete_pin(request: web.Request) -> web.Response:
+    _require_token(request)
+    text = cid_to_text(_path_cid(request, "dataset"))
+    if not await asyncio.to_thread(request.app[PINS].remove, text):
+        raise ApiError(404, "not_found", f"dataset {text} is not pinned here")
+    return web.json_response({"dataset": text, "pinned": False})
+
+
+async def get_pins(request: web.Request) -> web.Response:
+    pins = request.app[PINS].pins
+    return web.json_response({"pins": [_pin_answer(p) for _, p in sorted(pins.items())]})
+
+
+async def post_gc(request: web.Request) -> web.Response:
+    _require_token(request)
+    report = await request.app[COLLECTOR].run_pass()
+    return web.json_response(asdict(report))
+
+
+async def _resolve_pending(app: web.Application) -> None:
+    pins = app[PINS]
+    for pin in pins.unresolved():
+        shards, error = await _resolve(app, parse_cid(pin.dataset))
+        if shards is not None:
+            await asyncio.to_thread(pins.save, Pin(pin.dataset, pin.pinned_at, shards))
+        else:
+            pin.error = error
+
+
 # -- background work -------------------------------------------------------------------------------
 
 
@@ -449,6 +536,19 @@ async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
     task = None
     if scrubber.rate_bytes_s > 0:
         task = asyncio.create_task(scrubber.run_forever(), name="dstore-peer-scrub")
+    yield
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = None
+    if app[CONFIG].gc_enabled:
+        task = asyncio.create_task(app[COLLECTOR].run_forever(), name="dstore-peer-gc")
     yield
     if task is not None:
         task.cancel()
@@ -518,6 +618,8 @@ def create_app(config: PeerConfig) -> web.Application:
     app[SCRUBBER] = Scrubber(store, metrics, config.scrub_rate_bytes_s, config.scrub_interval_s)
     app[PEERS] = dict.fromkeys(config.peers)
     app[IN_FLIGHT] = {}
+    app[PINS] = Pins(config.home)
+    app[COLLECTOR] = Collector(store, app[PINS], config.gc_grace_s, config.gc_interval_s, lambda: _resolve_pending(app))
     app[DRAIN] = Drain()
 
     app.router.add_put("/shards/{cid}", put_shard)
@@ -527,8 +629,13 @@ def create_app(config: PeerConfig) -> web.Application:
     app.router.add_get("/health", get_health)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/peers", get_peers)
+    app.router.add_put("/pins/{dataset}", put_pin)
+    app.router.add_delete("/pins/{dataset}", delete_pin)
+    app.router.add_get("/pins", get_pins)
+    app.router.add_post("/gc", post_gc)
 
     app.on_response_prepare.append(_on_response_prepare)
     app.cleanup_ctx.append(_scrub_ctx)
     app.cleanup_ctx.append(_peers_ctx)
+    app.cleanup_ctx.append(_gc_ctx)
     return app

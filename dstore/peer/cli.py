@@ -12,6 +12,8 @@ import click
 from dstore.errors import DstoreError
 from dstore.peer.config import (
     DEFAULT_BODY_IDLE_TIMEOUT_S,
+    DEFAULT_GC_GRACE_S,
+    DEFAULT_GC_INTERVAL_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
@@ -20,6 +22,7 @@ from dstore.peer.config import (
     DEFAULT_SCRUB_RATE_BYTES_S,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     PeerConfig,
+    parse_duration,
     parse_listen,
     parse_peer_urls,
     parse_size,
@@ -42,6 +45,21 @@ class _Size(click.ParamType):
 
 
 SIZE = _Size()
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except DstoreError as e:
+            self.fail(str(e), param, ctx)
+
+
+DURATION = _Duration()
 
 
 @click.group()
@@ -102,6 +120,15 @@ def peer() -> None:
     default=None,
     help="Most open connections (default: the open-file limit less 64, at most 1024).",
 )
+@click.option("--gc", "gc_enabled", is_flag=True, help="Delete shards no pin keeps, once past --gc-grace.")
+@click.option(
+    "--gc-grace",
+    type=DURATION,
+    default=DEFAULT_GC_GRACE_S,
+    show_default="24h",
+    help="How long an unpinned shard is kept after its last upload or confirmation (24h, 30m, 90s).",
+)
+@click.option("--gc-interval", type=DURATION, default=DEFAULT_GC_INTERVAL_S, hidden=True)
 @click.option("--scrub-interval", type=float, default=DEFAULT_SCRUB_INTERVAL_S, hidden=True)
 @click.option("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, hidden=True)
 @click.option("--peer-poll-interval", type=float, default=30.0, hidden=True)
@@ -119,6 +146,9 @@ def serve(
     body_idle_timeout: float,
     request_timeout: float,
     max_connections: int | None,
+    gc_enabled: bool,
+    gc_grace: float,
+    gc_interval: float,
     scrub_interval: float,
     shutdown_timeout: float,
     peer_poll_interval: float,
@@ -146,6 +176,9 @@ def serve(
             body_idle_timeout_s=body_idle_timeout,
             request_timeout_s=request_timeout,
             max_connections=max_connections,
+            gc_enabled=gc_enabled,
+            gc_grace_s=gc_grace,
+            gc_interval_s=gc_interval,
         )
         run(config, host, port, token_source=token_source, shutdown_timeout_s=shutdown_timeout, access_log=verbose)
     except DstoreError as e:

@@ -114,6 +114,15 @@ class PeerStore:
             self.shards += 1
         return True
 
+    def touch(self, cid_text: str) -> bool:
+        """Mark a held block as just confirmed (its mtime: gc's grace counts from it); False if absent."""
+        with self._lock:  # against remove(expect=...) deciding on the old mtime
+            try:
+                os.utime(self.files.path(cid_text))
+            except FileNotFoundError:
+                return False
+        return True
+
     def intact(self, cid_text: str, hash_name: str, digest: bytes) -> bool:
         """Whether the held block still hashes to its CID (blocking: run it in a thread)."""
         try:
