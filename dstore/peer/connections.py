@@ -110,6 +110,7 @@ class TrackedConnection(asyncio.Protocol):
         self.transport = transport
         self._arm(self.limiter.header_timeout_s, "header")
         self.inner.connection_made(transport)
+        self.limiter.connected()
 
     def data_received(self, data: bytes) -> None:
         if not self.busy and not self.waiting_for_headers:
@@ -152,12 +153,13 @@ class TrackedConnection(asyncio.Protocol):
         return self.transport is not None and not self.closing and not self.busy
 
     def close(self, reason: str) -> None:
-        """Close the socket (nothing of a request is pending on it)."""
+        """Drop the socket now (no request is being served on it; unread output is let go, so a
+        client that reads nothing cannot keep its descriptor)."""
         self._disarm()
         self.closing = True
         self.limiter.count_closed(reason)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _arm(self, delay_s: float, reason: str) -> None:
         self._disarm()
@@ -203,21 +205,32 @@ class ConnectionLimiter:
         self.open: dict[TrackedConnection, None] = {}
         self._sock: socket.socket | None = None
         self._paused: asyncio.TimerHandle | None = None
+        self._reading = False  # whether the listener is watched for new connections
 
     def start(self, sock: socket.socket) -> None:
         """Accept connections on the listening ``sock`` (until :meth:`stop`)."""
         sock.setblocking(False)
         self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        self._watch(True)
+
+    def _watch(self, on: bool) -> None:
+        """Watch the listener for connections, or not (while waiting for room, so as not to spin)."""
+        if self._sock is None or on == self._reading:
+            return
+        loop = asyncio.get_running_loop()
+        if on:
+            loop.add_reader(self._sock.fileno(), self._on_readable)
+        else:
+            loop.remove_reader(self._sock.fileno())
+        self._reading = on
 
     def stop(self) -> None:
         """Stop accepting; open connections are left alone."""
         if self._paused is not None:
             self._paused.cancel()
             self._paused = None
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock = None
+        self._watch(False)
+        self._sock = None
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -228,9 +241,9 @@ class ConnectionLimiter:
                 victim = next((c for c in self.open if c.evictable), None)
                 if victim is not None:
                     victim.close("evicted")
-                    return  # accept once its descriptor is free: the listener stays readable
-                if any(c.closing or c.transport is None for c in self.open):
-                    return  # room is coming
+                if victim is not None or any(c.closing or c.transport is None for c in self.open):
+                    self._watch(False)  # room is coming: forget() watches again once it is here
+                    return
             try:
                 client, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -259,22 +272,27 @@ class ConnectionLimiter:
     def _pause(self, error: OSError) -> None:
         """Out of descriptors or memory anyway (block files, threads): stop accepting for a moment."""
         log.warning("cannot accept a connection (%s); retrying in %s s", error.strerror or error, _ACCEPT_RETRY_S)
-        loop = asyncio.get_running_loop()
         if self._sock is None or self._paused is not None:
             return
-        loop.remove_reader(self._sock.fileno())
+        self._watch(False)
 
         def resume() -> None:
             self._paused = None
-            if self._sock is not None:
-                loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._watch(True)
 
-        self._paused = loop.call_later(_ACCEPT_RETRY_S, resume)
+        self._paused = asyncio.get_running_loop().call_later(_ACCEPT_RETRY_S, resume)
+
+    def connected(self) -> None:
+        """A socket accepted earlier is ready (evictable now): the listener may make room again."""
+        if self._paused is None:
+            self._watch(True)
 
     def forget(self, conn: TrackedConnection) -> None:
-        """The socket is gone."""
+        """The socket is gone: its room is free."""
         self.open.pop(conn, None)
         self._gauge()
+        if self._paused is None and len(self.open) < self.max_connections:
+            self._watch(True)
 
     def count_closed(self, reason: str) -> None:
         if self.metrics is not None:

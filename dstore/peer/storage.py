@@ -8,6 +8,7 @@ Layout of a peer's home::
     tmp/                temporary files, renamed into shards/ once fsynced
     datasets/<cid>.json the pointer of each dataset ID (tmp + fsync + rename)
     scrub.json          the last scrub pass, so /health and the schedule survive restarts
+    pins/<cid>.json     pinned datasets and the shards they keep (pins.py)
 
 Accounting is in memory: bytes and blocks are counted once at start (a walk
 of ``shards/``) and updated on every write and delete. A write first reserves
