@@ -66,7 +66,16 @@ def test_identity_and_start_line(peer: PeerProcess) -> None:
     assert status == 200
     health = json.loads(body)
     assert health["peer_id"] == peer.peer_id
-    assert set(health) == {"peer_id", "version", "bytes_stored", "shards", "capacity", "last_scrub"}
+    assert set(health) == {
+        "peer_id",
+        "version",
+        "bytes_stored",
+        "bytes_reserved",
+        "shards",
+        "capacity",
+        "last_scrub",
+        "pins",
+    }
 
 
 def test_put_get_head_round_trip(peer: PeerProcess) -> None:
@@ -108,6 +117,30 @@ def test_range(peer: PeerProcess) -> None:
     assert error_of(answer) == (416, "range_not_satisfiable")
     assert answer[1]["content-range"] == f"bytes */{len(data)}"
     assert error_of(request(url, headers={"Range": "bytes=0-1,5-6"}))[0] == 416
+    # ranges that select no byte, or are not ranges at all
+    for bad in ("bytes=-0", "bytes=5-3", "bytes=-", "bytes=abc", "items=0-1"):
+        answer = request(url, headers={"Range": bad})
+        assert error_of(answer) == (416, "range_not_satisfiable"), bad
+        assert answer[1]["content-range"] == f"bytes */{len(data)}"
+
+
+def test_block_answers_keep_the_connection_alive(tmp_path: Path) -> None:
+    with running_peers(tmp_path, 1) as (p,):
+        data = os.urandom(50_000)
+        cid = block(data)
+        assert request(f"{p.url}/shards/{cid}", "PUT", data, p.auth)[0] == 201
+        parts = urlsplit(p.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            answers = []
+            for headers in ({}, {"Range": "bytes=10-19"}, {}, {"Range": "bytes=-5"}):
+                conn.request("GET", f"/shards/{cid}", headers=headers)
+                resp = conn.getresponse()
+                answers.append((resp.status, resp.read()))
+        finally:
+            conn.close()
+        assert answers == [(200, data), (206, data[10:20]), (200, data), (206, data[-5:])]
+        assert "Traceback" not in p.stderr_text()
 
 
 def test_unauthenticated_put(peer: PeerProcess) -> None:
@@ -152,6 +185,9 @@ def test_unsupported_hash_is_400(peer: PeerProcess) -> None:
 def test_unknown_route_and_method_are_json(peer: PeerProcess) -> None:
     assert error_of(request(peer.url + "/nope")) == (404, "not_found")
     assert error_of(request(peer.url + "/health", "POST", b"")) == (405, "method_not_allowed")
+    assert error_of(request(peer.url + "/shards/x", "PATCH", b"")) == (405, "method_not_allowed")
+    # a method aiohttp's parser does not know is refused before routing: JSON all the same
+    assert error_of(request(peer.url + "/health", "BREW")) == (400, "bad_request")
 
 
 def test_length_required_and_too_large(tmp_path: Path) -> None:
@@ -411,10 +447,9 @@ def test_sigterm_with_a_stalled_upload_leaves_nothing(tmp_path: Path) -> None:
             proc.terminate()
             exit_codes.append(proc.wait(10))
 
-        started = time.monotonic()
         answer = _slow_put(p, data, pieces=2, pause_s=0, after_first=terminate)
+        # The peer exited (0) while the client still held back the rest of the body.
         assert exit_codes == [0]
-        assert time.monotonic() - started < 5
         assert answer is None or answer[0] >= 400
         assert shard_files(p.home) == []
         assert [f for f in (p.home / "tmp").iterdir()] == []

@@ -121,9 +121,16 @@ def test_serve_port_taken(tmp_path: Path) -> None:
     ]
 
 
+def test_scrub_pause_keeps_under_the_rate() -> None:
+    from dstore.peer.scrub import pause_s
+
+    assert pause_s(50_000, 100_000, 0.0) == 0.5
+    assert pause_s(50_000, 100_000, 0.2) == pytest.approx(0.3)
+    assert pause_s(50_000, 100_000, 0.9) == 0.0  # behind the rate already: no pause
+
+
 def test_scrub_pass_rate_and_results(tmp_path: Path) -> None:
     import asyncio
-    import time
 
     from dstore.format.cid import RAW, cid_to_text, make_cid
     from dstore.peer.metrics import PeerMetrics
@@ -141,11 +148,21 @@ def test_scrub_pass_rate_and_results(tmp_path: Path) -> None:
     (store.files.root / "zz" / "not-a-cid").write_bytes(b"ignored")
     metrics = PeerMetrics(lambda: store.bytes_stored, lambda: store.shards, None)
     scrubber = Scrubber(store, metrics, rate_bytes_s=100_000, interval_s=3600)
-    t0 = time.monotonic()
+    # A clock that only the pacing's sleeps move: the pass must sleep exactly bytes / rate in all.
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    scrubber.clock = lambda: now[0]  # type: ignore[method-assign]
+    scrubber.sleep = sleep  # type: ignore[method-assign]
     report = asyncio.run(scrubber.run_pass())
-    elapsed = time.monotonic() - t0
     assert (report.checked, report.bad) == (4, 1)
-    assert elapsed >= 0.7  # 75 006 bytes at 100 kB/s
+    assert len(slept) == 4  # after each block checked
+    assert sum(slept) == pytest.approx(75_006 / 100_000)  # 3 x 25 000 + b"rotten" at 100 kB/s
+    assert metrics.registry.get_sample_value("dstore_peer_scrub_checked_bytes_total") == 75_006
     assert not store.path(bad).exists()
     # Accounting subtracts the size found on disk: a block that rotted to another size leaves the
     # count off by the difference until the next start (which walks shards/ again).

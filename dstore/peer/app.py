@@ -12,8 +12,10 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 import aiohttp
@@ -23,8 +25,11 @@ import dstore
 from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, parse_cid
 from dstore.peer.config import MAX_POINTER_BYTES, PeerConfig
+from dstore.peer.connections import connection_middleware
+from dstore.peer.gc import Collector
 from dstore.peer.identity import Identity, load_or_create_identity
 from dstore.peer.metrics import CONTENT_TYPE_LATEST, PeerMetrics
+from dstore.peer.pins import Pin, Pins, resolve_shards
 from dstore.peer.scrub import Scrubber
 from dstore.peer.storage import Full, PeerStore
 
@@ -50,6 +55,8 @@ SCRUBBER = web.AppKey("scrubber", Scrubber)
 PEERS = web.AppKey("peers", dict[str, str | None])
 #: canonical CID text -> the upload of it in progress (so two uploads of one block write it once).
 IN_FLIGHT = web.AppKey("in_flight", dict[str, asyncio.Future[None]])
+PINS = web.AppKey("pins", Pins)
+COLLECTOR = web.AppKey("collector", Collector)
 
 
 class Drain:
@@ -92,6 +99,9 @@ DRAIN = web.AppKey("drain", Drain)
 _THREAD_HASH_BYTES = 256 * 1024
 
 _START = "dstore_peer_start"
+_READ_CHUNK_BYTES = 1 << 20
+#: A timed-out request's connection is not reused (the rest of its body may still be coming).
+_CLOSE = {hdrs.CONNECTION: "close"}
 _SHARD_CID = "dstore_peer_shard_cid"
 
 
@@ -110,6 +120,7 @@ _HTTP_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     411: "length_required",
     413: "too_large",
     416: "range_not_satisfiable",
@@ -119,7 +130,34 @@ _HTTP_CODES = {
 
 
 def _error_response(status: int, code: str, message: str, headers: Any = None) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status, headers=headers)
+    response = web.json_response({"error": message, "code": code}, status=status, headers=headers)
+    if headers and headers.get(hdrs.CONNECTION) == "close":
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def timeout_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Bound a whole request, from its headers to its last answer byte, by ``request_timeout_s``:
+    a body dribbled in, or a client that never reads the block it asked for, lets go in time.
+
+    Cancelling the handler is safe: writes are shielded and own their reservation.
+    """
+    timeout_s = request.app[CONFIG].request_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s) as scope:
+            return await handler(request)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        if request.writer.output_size == 0:
+            message = f"request not done within {timeout_s} s"
+            return _error_response(408, "request_timeout", message, _CLOSE)
+        if request.transport is not None:
+            request.transport.abort()  # part of an answer is out: only closing is left
+        raise ConnectionResetError(f"request not done within {timeout_s} s") from None
 
 
 @web.middleware
@@ -223,12 +261,26 @@ def _body_length(request: web.Request, limit: int) -> int:
 
 
 async def _read_body(request: web.Request, length: int) -> bytes:
-    try:
-        data = await request.content.readexactly(length)
-    except asyncio.IncompleteReadError as e:
-        raise ApiError(400, "incomplete_body", f"body ended after {len(e.partial)} of {length} bytes") from None
-    request.app[METRICS].bytes_in.inc(len(data))
-    return data
+    """The body of ``length`` bytes (already bounded by the caller), as it arrives.
+
+    408 ``body_timeout`` when no byte comes for ``body_idle_timeout_s`` (the whole request is
+    bounded by timeout_middleware). The buffer grows with what arrives, never with what
+    Content-Length claims.
+    """
+    idle_s = request.app[CONFIG].body_idle_timeout_s
+    buf = bytearray()
+    while len(buf) < length:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await request.content.read(min(length - len(buf), _READ_CHUNK_BYTES))
+        except TimeoutError:
+            message = f"no body byte for {idle_s} s ({len(buf)} of {length} bytes came)"
+            raise ApiError(408, "body_timeout", message, _CLOSE) from None
+        if not chunk:
+            raise ApiError(400, "incomplete_body", f"body ended after {len(buf)} of {length} bytes")
+        buf += chunk
+    request.app[METRICS].bytes_in.inc(len(buf))
+    return bytes(buf)
 
 
 # -- shards --------------------------------------------------------------------------------------
@@ -244,67 +296,75 @@ async def put_shard(request: web.Request) -> web.Response:
     cid_text = cid_to_text(cid)
     store = request.app[STORE]
     length = _body_length(request, request.app[CONFIG].max_body_bytes)
-    reserved = 0
     if not store.has(cid_text):
-        store.reserve(length)  # 507 before reading a byte of a body we could not keep
-        reserved = length
-    try:
-        data = await _read_body(request, length)
-        if len(data) >= _THREAD_HASH_BYTES:
-            digest = await asyncio.to_thread(hash_digest, data, hash_name)
-        else:
-            digest = hash_digest(data, hash_name)
-        if digest != bytes(cid.hash.digest):
-            raise ApiError(400, "hash_mismatch", f"the body does not hash to {cid_text}: nothing stored")
+        store.check_room(length)  # 507 before reading a byte of a body we could not keep
+    # Capacity is booked only once the body is in: a client stalling mid-body holds none.
+    data = await _read_body(request, length)
+    if len(data) >= _THREAD_HASH_BYTES:
+        digest = await asyncio.to_thread(hash_digest, data, hash_name)
+    else:
+        digest = hash_digest(data, hash_name)
+    if digest != bytes(cid.hash.digest):
+        raise ApiError(400, "hash_mismatch", f"the body does not hash to {cid_text}: nothing stored")
 
-        # Two uploads of one block: the second waits for the first, then finds it held.
-        in_flight = request.app[IN_FLIGHT]
-        while (other := in_flight.get(cid_text)) is not None:
-            await asyncio.shield(other)
-        if store.has(cid_text):
-            if await asyncio.to_thread(store.intact, cid_text, hash_name, bytes(cid.hash.digest)):
-                return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
-            # A rotten copy the scrub has not reached yet: these verified bytes replace it (repair).
-            store.remove(cid_text)
-        if not reserved:  # it was held when we looked (rotten, or dropped by the scrub since)
-            store.reserve(length)
-            reserved = length
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        in_flight[cid_text] = done
-        try:
-            # The write now owns the reservation. Shielded: once begun, it completes even if the
-            # client goes away or the peer shuts down (it is atomic either way).
-            owned, reserved = reserved, 0
-            new = await asyncio.shield(asyncio.to_thread(store.write_reserved, cid_text, data, owned))
-        finally:
-            in_flight.pop(cid_text, None)
-            done.set_result(None)
+    # Two uploads of one block: the second waits for the first, then finds it held.
+    in_flight = request.app[IN_FLIGHT]
+    while (other := in_flight.get(cid_text)) is not None:
+        await asyncio.shield(other)
+    if store.has(cid_text):
+        if await asyncio.to_thread(store.intact, cid_text, hash_name, bytes(cid.hash.digest)):
+            await asyncio.to_thread(store.touch, cid_text)  # confirmed: gc's grace starts again
+            return web.json_response({"cid": cid_text, "size": length, "stored": False}, status=200)
+        # A rotten copy the scrub has not reached yet: these verified bytes replace it (repair).
+        store.remove(cid_text)
+    store.reserve(length)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    in_flight[cid_text] = done
+    try:
+        # The write owns the reservation. Shielded: once begun, it completes even if the
+        # client goes away or the peer shuts down (it is atomic either way).
+        new = await asyncio.shield(asyncio.to_thread(store.write_reserved, cid_text, data, length))
     finally:
-        if reserved:
-            store.release(reserved)
+        in_flight.pop(cid_text, None)
+        done.set_result(None)
     return web.json_response({"cid": cid_text, "size": length, "stored": new}, status=201 if new else 200)
 
 
+class _BlockFileResponse(web.FileResponse):
+    """A block file, sent by drain_middleware (so that it counts as in flight).
+
+    aiohttp prepares every response a handler returns; FileResponse would then open and send
+    the file a second time onto a finished answer, fail, and close the kept-alive connection.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
 def _check_range(request: web.Request, size: int) -> None:
-    """Answer 416 as JSON (FileResponse would send an empty body) for a bad or unsatisfiable range."""
-    if hdrs.RANGE not in request.headers:
+    """Answer 416 as JSON for a range that is malformed, multiple, or selects no byte.
+
+    Parsed here, not by aiohttp: ``request.http_range`` reads ``bytes=-0`` (no byte) as ``bytes=0-``
+    (every byte). A range that passes is served by FileResponse.
+    """
+    header = request.headers.get(hdrs.RANGE)
+    if header is None:
         return
-    unsatisfiable = ApiError(
-        416, "range_not_satisfiable", f"the block has {size} bytes", {hdrs.CONTENT_RANGE: f"bytes */{size}"}
-    )
-    try:
-        rng = request.http_range
-    except ValueError:
-        raise unsatisfiable from None
-    start, stop = rng.start, rng.stop
-    if start is None:
-        return
-    if start < 0 and stop is None:  # suffix range bytes=-n
-        if size == 0 or start == 0:
-            raise unsatisfiable
-        return
-    if start >= size or (stop is not None and stop <= start):
-        raise unsatisfiable
+    m = _RANGE_RE.match(header.strip())
+    first, last = (m.group(1), m.group(2)) if m else ("", "")
+    if not first:  # suffix range bytes=-n: the last n bytes
+        ok = last != "" and int(last) > 0 and size > 0
+    else:
+        ok = int(first) < size and (last == "" or int(last) >= int(first))
+    if not ok:
+        raise ApiError(
+            416, "range_not_satisfiable", f"the block has {size} bytes", {hdrs.CONTENT_RANGE: f"bytes */{size}"}
+        )
 
 
 async def get_shard(request: web.Request) -> web.StreamResponse:
@@ -315,12 +375,15 @@ async def get_shard(request: web.Request) -> web.StreamResponse:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"this peer does not hold {cid_text}") from None
+    if request.method == "HEAD" and not await asyncio.to_thread(request.app[STORE].touch, cid_text):
+        # A HEAD is a client's dedup check: confirming the block restarts gc's grace.
+        raise ApiError(404, "not_found", f"this peer does not hold {cid_text}")
     etag = f'"{cid_text}"'
     if request.headers.get(hdrs.IF_NONE_MATCH, "").strip() in (etag, f"W/{etag}", "*"):
         return web.Response(status=304, headers={hdrs.ETAG: etag})
     _check_range(request, size)
     request[_SHARD_CID] = cid_text
-    return web.FileResponse(
+    return _BlockFileResponse(
         path,
         headers={
             hdrs.CONTENT_TYPE: "application/octet-stream",
@@ -382,6 +445,8 @@ async def get_health(request: web.Request) -> web.Response:
             "bytes_stored": store.bytes_stored,
             "shards": store.shards,
             "capacity": store.capacity_bytes,
+            "bytes_reserved": store.bytes_reserved,
+            "pins": len(app[PINS].pins),
             "last_scrub": None
             if last is None
             else {"started": last.started, "finished": last.finished, "checked": last.checked, "bad": last.bad},
@@ -399,6 +464,70 @@ async def get_peers(request: web.Request) -> web.Response:
     return web.json_response({"peers": [{"url": url, "peer_id": pid} for url, pid in peers.items()]})
 
 
+# -- pins and gc -------------------------------------------------------------------------------------
+
+
+def _pin_answer(pin: Pin) -> dict[str, Any]:
+    return {
+        "dataset": pin.dataset,
+        "resolved": pin.shards is not None,
+        "shards": None if pin.shards is None else len(pin.shards),
+        "error": pin.error,
+    }
+
+
+async def _resolve(app: web.Application, dataset: CID) -> tuple[frozenset[str] | None, str | None]:
+    try:
+        return await resolve_shards(app[STORE], dataset, app[CONFIG].peers), None
+    except DstoreError as e:
+        log.warning("pin %s: cannot learn its shards yet: %s", cid_to_text(dataset), e)
+        return None, str(e)
+
+
+async def put_pin(request: web.Request) -> web.Response:
+    _require_token(request)
+    dataset = _path_cid(request, "dataset")
+    text = cid_to_text(dataset)
+    pins = request.app[PINS]
+    existing = pins.get(text)
+    shards, error = await _resolve(request.app, dataset)
+    if shards is None and existing is not None and existing.shards is not None:
+        shards, error = existing.shards, None  # keep what an earlier pin learned
+    pin = Pin(text, existing.pinned_at if existing else time.time(), shards, error)
+    await asyncio.shield(asyncio.to_thread(pins.save, pin))
+    status = 202 if shards is None else 200 if existing is not None else 201
+    return web.json_response(_pin_answer(pin), status=status)
+
+
+async def delete_pin(request: web.Request) -> web.Response:
+    _require_token(request)
+    text = cid_to_text(_path_cid(request, "dataset"))
+    if not await asyncio.to_thread(request.app[PINS].remove, text):
+        raise ApiError(404, "not_found", f"dataset {text} is not pinned here")
+    return web.json_response({"dataset": text, "pinned": False})
+
+
+async def get_pins(request: web.Request) -> web.Response:
+    pins = request.app[PINS].pins
+    return web.json_response({"pins": [_pin_answer(p) for _, p in sorted(pins.items())]})
+
+
+async def post_gc(request: web.Request) -> web.Response:
+    _require_token(request)
+    report = await request.app[COLLECTOR].run_pass()
+    return web.json_response(asdict(report))
+
+
+async def _resolve_pending(app: web.Application) -> None:
+    pins = app[PINS]
+    for pin in pins.unresolved():
+        shards, error = await _resolve(app, parse_cid(pin.dataset))
+        if shards is not None:
+            await asyncio.to_thread(pins.save, Pin(pin.dataset, pin.pinned_at, shards))
+        else:
+            pin.error = error
+
+
 # -- background work -------------------------------------------------------------------------------
 
 
@@ -407,6 +536,19 @@ async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
     task = None
     if scrubber.rate_bytes_s > 0:
         task = asyncio.create_task(scrubber.run_forever(), name="dstore-peer-scrub")
+    yield
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = None
+    if app[CONFIG].gc_enabled:
+        task = asyncio.create_task(app[COLLECTOR].run_forever(), name="dstore-peer-gc")
     yield
     if task is not None:
         task.cancel()
@@ -462,17 +604,22 @@ def create_app(config: PeerConfig) -> web.Application:
     config.home.mkdir(parents=True, exist_ok=True)
     # Bodies are read by the handlers with their own bounds; this is only a backstop.
     app = web.Application(
-        middlewares=[drain_middleware, error_middleware], client_max_size=config.max_body_bytes + 1024
+        middlewares=[connection_middleware, timeout_middleware, drain_middleware, error_middleware],
+        client_max_size=config.max_body_bytes + 1024,
     )
     app[CONFIG] = config
     app[IDENTITY] = load_or_create_identity(config.home)
     store = PeerStore(config.home, config.capacity_bytes)
     app[STORE] = store
-    metrics = PeerMetrics(lambda: store.bytes_stored, lambda: store.shards, config.capacity_bytes)
+    metrics = PeerMetrics(
+        lambda: store.bytes_stored, lambda: store.shards, config.capacity_bytes, lambda: store.bytes_reserved
+    )
     app[METRICS] = metrics
     app[SCRUBBER] = Scrubber(store, metrics, config.scrub_rate_bytes_s, config.scrub_interval_s)
     app[PEERS] = dict.fromkeys(config.peers)
     app[IN_FLIGHT] = {}
+    app[PINS] = Pins(config.home)
+    app[COLLECTOR] = Collector(store, app[PINS], config.gc_grace_s, config.gc_interval_s, lambda: _resolve_pending(app))
     app[DRAIN] = Drain()
 
     app.router.add_put("/shards/{cid}", put_shard)
@@ -482,8 +629,13 @@ def create_app(config: PeerConfig) -> web.Application:
     app.router.add_get("/health", get_health)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/peers", get_peers)
+    app.router.add_put("/pins/{dataset}", put_pin)
+    app.router.add_delete("/pins/{dataset}", delete_pin)
+    app.router.add_get("/pins", get_pins)
+    app.router.add_post("/gc", post_gc)
 
     app.on_response_prepare.append(_on_response_prepare)
     app.cleanup_ctx.append(_scrub_ctx)
     app.cleanup_ctx.append(_peers_ctx)
+    app.cleanup_ctx.append(_gc_ctx)
     return app

@@ -11,11 +11,18 @@ import click
 
 from dstore.errors import DstoreError
 from dstore.peer.config import (
+    DEFAULT_BODY_IDLE_TIMEOUT_S,
+    DEFAULT_GC_GRACE_S,
+    DEFAULT_GC_INTERVAL_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_SCRUB_INTERVAL_S,
     DEFAULT_SCRUB_RATE_BYTES_S,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     PeerConfig,
+    parse_duration,
     parse_listen,
     parse_peer_urls,
     parse_size,
@@ -38,6 +45,21 @@ class _Size(click.ParamType):
 
 
 SIZE = _Size()
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except DstoreError as e:
+            self.fail(str(e), param, ctx)
+
+
+DURATION = _Duration()
 
 
 @click.group()
@@ -64,6 +86,49 @@ def peer() -> None:
     help="Bytes per second re-hashed by scrub (0: no scrub).",
 )
 @click.option("--max-body", type=SIZE, default=DEFAULT_MAX_BODY_BYTES, show_default=True, help="Largest block body.")
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_HEADER_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a connection may take to send a request's headers.",
+)
+@click.option(
+    "--keepalive-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_KEEPALIVE_TIMEOUT_S,
+    show_default=True,
+    help="Seconds an idle connection is kept open between requests.",
+)
+@click.option(
+    "--body-idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BODY_IDLE_TIMEOUT_S,
+    show_default=True,
+    help="Longest pause, in seconds, within an upload's body.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_REQUEST_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a request may take from its headers to its answer, body included.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most open connections (default: the open-file limit less 64, at most 1024).",
+)
+@click.option("--gc", "gc_enabled", is_flag=True, help="Delete shards no pin keeps, once past --gc-grace.")
+@click.option(
+    "--gc-grace",
+    type=DURATION,
+    default=DEFAULT_GC_GRACE_S,
+    show_default="24h",
+    help="How long an unpinned shard is kept after its last upload or confirmation (24h, 30m, 90s).",
+)
+@click.option("--gc-interval", type=DURATION, default=DEFAULT_GC_INTERVAL_S, hidden=True)
 @click.option("--scrub-interval", type=float, default=DEFAULT_SCRUB_INTERVAL_S, hidden=True)
 @click.option("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, hidden=True)
 @click.option("--peer-poll-interval", type=float, default=30.0, hidden=True)
@@ -76,6 +141,14 @@ def serve(
     peers: str | None,
     scrub_rate: int,
     max_body: int,
+    header_timeout: float,
+    keepalive_timeout: float,
+    body_idle_timeout: float,
+    request_timeout: float,
+    max_connections: int | None,
+    gc_enabled: bool,
+    gc_grace: float,
+    gc_interval: float,
     scrub_interval: float,
     shutdown_timeout: float,
     peer_poll_interval: float,
@@ -98,6 +171,14 @@ def serve(
             scrub_rate_bytes_s=scrub_rate,
             scrub_interval_s=scrub_interval,
             peer_poll_interval_s=peer_poll_interval,
+            header_timeout_s=header_timeout,
+            keepalive_timeout_s=keepalive_timeout,
+            body_idle_timeout_s=body_idle_timeout,
+            request_timeout_s=request_timeout,
+            max_connections=max_connections,
+            gc_enabled=gc_enabled,
+            gc_grace_s=gc_grace,
+            gc_interval_s=gc_interval,
         )
         run(config, host, port, token_source=token_source, shutdown_timeout_s=shutdown_timeout, access_log=verbose)
     except DstoreError as e:

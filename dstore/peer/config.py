@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "MAX_POINTER_BYTES",
     "PeerConfig",
+    "parse_duration",
     "parse_listen",
     "parse_peer_urls",
     "parse_size",
@@ -27,6 +28,18 @@ DEFAULT_MAX_BODY_BYTES = MAX_SHARD_BYTES
 DEFAULT_SCRUB_RATE_BYTES_S = 50_000_000
 DEFAULT_SCRUB_INTERVAL_S = 3600.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
+#: From a connection opening (or the first byte of a later request on it) to the end of the headers.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+#: An idle kept-alive connection is closed after this (longer than clients keep theirs: 15 s).
+DEFAULT_KEEPALIVE_TIMEOUT_S = 60.0
+#: The longest pause between two pieces of a request body.
+DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
+#: The longest a request may take from its headers to its answer, body included
+#: (17 MiB in 300 s is about 58 kB/s).
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+#: An unpinned shard is collected this long after its last upload or confirmation.
+DEFAULT_GC_GRACE_S = 24 * 3600.0
+DEFAULT_GC_INTERVAL_S = 3600.0
 TOKEN_FILE = "token"
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -48,6 +61,16 @@ class PeerConfig:
     scrub_interval_s: float = DEFAULT_SCRUB_INTERVAL_S
     #: How often the peers of ``peers`` are asked for their peer ID.
     peer_poll_interval_s: float = 30.0
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    #: Most open connections; None: the open-file limit less a margin (connections.py).
+    max_connections: int | None = None
+    #: Collect unpinned shards in the background (POST /gc works either way).
+    gc_enabled: bool = False
+    gc_grace_s: float = DEFAULT_GC_GRACE_S
+    gc_interval_s: float = DEFAULT_GC_INTERVAL_S
 
 
 def parse_size(text: str) -> int:
@@ -57,6 +80,18 @@ def parse_size(text: str) -> int:
         raise UsageError(f"not a size: {text!r} (expected e.g. 10G, 512M or a number of bytes)")
     number, unit = m.groups()
     return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """``24h``, ``30m``, ``90s``, ``2d``, ``1.5`` (seconds) → seconds."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise UsageError(f"not a duration: {text!r} (expected e.g. 24h, 30m, 90s or a number of seconds)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -19,6 +19,7 @@ class PeerMetrics:
         bytes_stored: Callable[[], float],
         shards: Callable[[], float],
         capacity_bytes: int | None,
+        bytes_reserved: Callable[[], float] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -39,6 +40,16 @@ class PeerMetrics:
         self.bytes_out = Counter("dstore_peer_sent_bytes", "Response body bytes sent", registry=r)
         Gauge("dstore_peer_stored_bytes", "Bytes of blocks held", registry=r).set_function(bytes_stored)
         Gauge("dstore_peer_shards", "Blocks held", registry=r).set_function(shards)
+        Gauge("dstore_peer_reserved_bytes", "Capacity booked by uploads being written", registry=r).set_function(
+            bytes_reserved
+        )
+        self.connections_open = Gauge("dstore_peer_connections", "Open client connections", registry=r)
+        self.connections_closed = Counter(
+            "dstore_peer_connections_closed",
+            "Connections the peer closed: header_timeout, keepalive_timeout, evicted (to make room), rejected",
+            ["reason"],
+            registry=r,
+        )
         if capacity_bytes is not None:
             Gauge("dstore_peer_capacity_bytes", "Configured capacity (absent when unlimited)", registry=r).set(
                 capacity_bytes

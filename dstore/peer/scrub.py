@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from dstore.format.cid import HASH_NAMES, hash_digest, parse_cid
 from dstore.peer.metrics import PeerMetrics
 from dstore.peer.storage import PeerStore
 
-__all__ = ["ScrubReport", "Scrubber"]
+__all__ = ["ScrubReport", "Scrubber", "pause_s"]
 
 log = logging.getLogger("dstore.peer.scrub")
 
@@ -58,7 +59,16 @@ def _check_file(path: Path, cid_text: str) -> tuple[bool | None, int, os.stat_re
     return hash_digest(data, hash_name) == bytes(cid.hash.digest), len(data), st
 
 
+def pause_s(hashed_bytes: int, rate_bytes_s: int, elapsed_s: float) -> float:
+    """How long to sleep so that ``hashed_bytes`` took at least ``hashed_bytes / rate_bytes_s``."""
+    return max(hashed_bytes / rate_bytes_s - elapsed_s, 0.0)
+
+
 class Scrubber:
+    #: The clock and sleep of the pacing (tests give their own to check it without waiting).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+    sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
+
     def __init__(self, store: PeerStore, metrics: PeerMetrics, rate_bytes_s: int, interval_s: float) -> None:
         self.store = store
         self.metrics = metrics
@@ -99,7 +109,7 @@ class Scrubber:
     async def run_pass(self) -> ScrubReport:
         report = ScrubReport(started=time.time())
         self.current = report
-        t0 = time.monotonic()
+        t0 = self.clock()
         hashed = 0
         try:
             for path in await asyncio.to_thread(lambda: list(self.store.files)):
@@ -116,8 +126,7 @@ class Scrubber:
                     self.metrics.scrub_bad.inc()
                     log.error("scrub: block %s does not match its CID; deleted it", cid_text)
                 # Stay under the rate: by now, ``hashed`` bytes may have taken hashed/rate seconds.
-                ahead = hashed / self.rate_bytes_s - (time.monotonic() - t0)
-                await asyncio.sleep(max(ahead, 0.0))
+                await self.sleep(pause_s(hashed, self.rate_bytes_s, self.clock() - t0))
         finally:
             self.current = None
         report.finished = time.time()

@@ -8,12 +8,15 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 
 from dstore.errors import UsageError
-from dstore.peer.app import DRAIN, IDENTITY, create_app
+from dstore.peer.app import DRAIN, IDENTITY, METRICS, create_app
 from dstore.peer.config import DEFAULT_SHUTDOWN_TIMEOUT_S, PeerConfig
+from dstore.peer.connections import ConnectionLimiter, JsonErrorRequestHandler, default_max_connections
 
 __all__ = ["serve", "serve_async", "start_line"]
 
@@ -21,22 +24,15 @@ _GRACE_S = 0.1
 
 
 class _DroppedClientFilter(logging.Filter):
-    """Hide aiohttp's traceback when a client hangs up just as a file response starts.
+    """Hide aiohttp's traceback when a client hangs up mid-answer.
 
-    Clients cancel hedged shard requests on purpose (the first k verified
-    shards win); aiohttp then trips an assertion in its sendfile path
-    (``assert writer is not None``) and logs it as an unhandled exception. The
-    request is simply over; nothing is wrong with the peer.
+    Clients cancel hedged shard requests on purpose (the first k verified shards win); the
+    request is simply over, nothing is wrong with the peer.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ConnectionResetError):
-            return False
-        tb = exc.__traceback__ if isinstance(exc, AssertionError) else None
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        return not (tb is not None and tb.tb_frame.f_code.co_name == "_sendfile")
+        return not isinstance(exc, ConnectionResetError)
 
 
 logging.getLogger("aiohttp.server").addFilter(_DroppedClientFilter())
@@ -79,32 +75,47 @@ async def serve_async(
         sock.close()
         raise
     # The drain below waits for requests in flight; aiohttp's own wait is only for stragglers.
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=min(shutdown_timeout_s, 1.0),
-        access_log=logging.getLogger("aiohttp.access") if access_log else None,
-    )
+    handler_options: dict[str, Any] = {
+        "access_log": logging.getLogger("aiohttp.access") if access_log else None,
+        # TrackedConnection enforces the keep-alive timeout; aiohttp's own is the backstop.
+        "keepalive_timeout": config.keepalive_timeout_s + 1.0,
+    }
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=min(shutdown_timeout_s, 1.0), **handler_options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    limiter: ConnectionLimiter | None = None
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock)
-        await site.start()
+        server = runner.server
+        assert server is not None
+
+        def make_protocol() -> asyncio.Protocol:
+            return JsonErrorRequestHandler(server, loop=loop, access_log_class=AccessLogger, **handler_options)
+
+        limiter = ConnectionLimiter(
+            make_protocol,
+            max_connections=config.max_connections or default_max_connections(),
+            header_timeout_s=config.header_timeout_s,
+            keepalive_timeout_s=config.keepalive_timeout_s,
+            metrics=app[METRICS],
+        )
+        limiter.start(sock)
         line = start_line(app[IDENTITY].peer_id, _url(host, sock.getsockname()[1]), token_source)
         (announce or _print_flush)(line)
         await stop.wait()
         # Stop listening, let requests in flight finish (connections still receive), then close.
-        for s in list(runner.sites):
-            await s.stop()
+        limiter.stop()
+        sock.close()  # refuse new connections at once rather than queue them
         # Requests whose bytes had already arrived get a moment to reach their handler.
         await asyncio.sleep(_GRACE_S)
         await app[DRAIN].wait_idle(shutdown_timeout_s)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if limiter is not None:
+            limiter.stop()
         await runner.cleanup()
         sock.close()
 

@@ -8,11 +8,13 @@ Layout of a peer's home::
     tmp/                temporary files, renamed into shards/ once fsynced
     datasets/<cid>.json the pointer of each dataset ID (tmp + fsync + rename)
     scrub.json          the last scrub pass, so /health and the schedule survive restarts
+    pins/<cid>.json     pinned datasets and the shards they keep (pins.py)
 
 Accounting is in memory: bytes and blocks are counted once at start (a walk
 of ``shards/``) and updated on every write and delete. A write first reserves
 its size under a lock, so concurrent uploads can never together overshoot the
-capacity.
+capacity; an upload books its size only once its whole body has arrived, so a
+client that stalls mid-body holds no capacity.
 """
 
 from __future__ import annotations
@@ -65,14 +67,27 @@ class PeerStore:
     def has(self, cid_text: str) -> bool:
         return self.files.has(cid_text)
 
+    @property
+    def bytes_reserved(self) -> int:
+        """Capacity booked by writes under way."""
+        return self._reserved
+
+    def _check_room(self, size: int) -> None:
+        if self.capacity_bytes is not None and self.bytes_stored + self._reserved + size > self.capacity_bytes:
+            raise Full(
+                f"storing {size} bytes would exceed this peer's capacity "
+                f"({self.bytes_stored} of {self.capacity_bytes} bytes used)"
+            )
+
+    def check_room(self, size: int) -> None:
+        """Raise :class:`Full` if ``size`` more bytes would not fit now (books nothing)."""
+        with self._lock:
+            self._check_room(size)
+
     def reserve(self, size: int) -> None:
         """Claim ``size`` bytes of capacity for a write about to happen; raises :class:`Full`."""
         with self._lock:
-            if self.capacity_bytes is not None and self.bytes_stored + self._reserved + size > self.capacity_bytes:
-                raise Full(
-                    f"storing {size} bytes would exceed this peer's capacity "
-                    f"({self.bytes_stored} of {self.capacity_bytes} bytes used)"
-                )
+            self._check_room(size)
             self._reserved += size
 
     def release(self, size: int) -> None:
@@ -98,6 +113,15 @@ class PeerStore:
             self._reserved -= reserved
             self.bytes_stored += size
             self.shards += 1
+        return True
+
+    def touch(self, cid_text: str) -> bool:
+        """Mark a held block as just confirmed (its mtime: gc's grace counts from it); False if absent."""
+        with self._lock:  # against remove(expect=...) deciding on the old mtime
+            try:
+                os.utime(self.files.path(cid_text))
+            except FileNotFoundError:
+                return False
         return True
 
     def intact(self, cid_text: str, hash_name: str, digest: bytes) -> bool:
