@@ -101,7 +101,7 @@ _THREAD_HASH_BYTES = 256 * 1024
 _START = "dstore_peer_start"
 _READ_CHUNK_BYTES = 1 << 20
 #: A timed-out request's connection is not reused (the rest of its body may still be coming).
-_CLOSE = {hdrs.CONNECTION: "close"}
+_CLOSE = {"Connection": "close"}
 _SHARD_CID = "dstore_peer_shard_cid"
 
 
