@@ -13,9 +13,9 @@ pub mod compress;
 pub mod erasure;
 pub mod pack;
 pub mod pipeline;
-pub mod write;
 #[cfg(test)]
 mod testutil;
+pub mod write;
 
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
@@ -620,7 +620,11 @@ fn os_error(path: &std::path::Path, error: &std::io::Error) -> PyErr {
     let errno = error.raw_os_error().unwrap_or(5); // EIO when the OS gave no code
     let message = std::io::Error::from_raw_os_error(errno).to_string();
     // Drop Rust's " (os error N)" suffix: Python prints the errno itself.
-    let message = message.split(" (os error").next().unwrap_or_default().to_owned();
+    let message = message
+        .split(" (os error")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     PyOSError::new_err((errno, message, path.as_os_str().to_os_string()))
 }
 
@@ -648,7 +652,14 @@ fn write_files(
 ) -> PyResult<Vec<usize>> {
     let hash = write::ChunkHash::from_code(hash_code).map_err(value_error)?;
     let n = chunk_packs.len();
-    let columns = [offsets.len(), stored_lengths.len(), lengths.len(), codecs.len(), chunk_files.len(), file_offsets.len()];
+    let columns = [
+        offsets.len(),
+        stored_lengths.len(),
+        lengths.len(),
+        codecs.len(),
+        chunk_files.len(),
+        file_offsets.len(),
+    ];
     if columns.iter().any(|&len| len != n) {
         return Err(value_error(format!(
             "chunk_packs, offsets, stored_lengths, lengths, codecs, chunk_files and file_offsets differ in length ({n}, {columns:?})"
@@ -667,7 +678,8 @@ fn write_files(
         .zip(sizes)
         .zip(create)
         .map(|((path, size), create)| {
-            let size = u64::try_from(size).map_err(|_| value_error(format!("file size must be >= 0, got {size}")))?;
+            let size = u64::try_from(size)
+                .map_err(|_| value_error(format!("file size must be >= 0, got {size}")))?;
             Ok(write::OutFile { path, size, create })
         })
         .collect::<PyResult<Vec<_>>>()?;

@@ -84,8 +84,19 @@ mod tests {
         let data = random(4 * 1000, 1);
         let pack = PackParts::new(data.chunks(1000).collect()).unwrap();
         assert_eq!(PackSource::len(&pack), 4000);
-        for (start, end) in [(0, 0), (0, 1000), (999, 1001), (10, 3990), (3999, 4000), (4000, 4000)] {
-            assert_eq!(&*pack.range(start, end), &data[start..end], "{start}..{end}");
+        for (start, end) in [
+            (0, 0),
+            (0, 1000),
+            (999, 1001),
+            (10, 3990),
+            (3999, 4000),
+            (4000, 4000),
+        ] {
+            assert_eq!(
+                &*pack.range(start, end),
+                &data[start..end],
+                "{start}..{end}"
+            );
         }
     }
 

@@ -138,7 +138,9 @@ pub fn validate<P: PackSource + ?Sized>(
     }
     for (i, f) in files.iter().enumerate() {
         let plain = f.path.components().count() > 0
-            && f.path.components().all(|c| matches!(c, Component::Normal(_)));
+            && f.path
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
         if !plain {
             return Err(invalid(format!(
                 "file {i}: {:?} is not a relative path of plain names",
@@ -155,7 +157,10 @@ pub fn validate<P: PackSource + ?Sized>(
             ))
         })?;
         let pack_len = pack.len();
-        if c.offset.checked_add(c.stored_len).is_none_or(|e| e > pack_len) {
+        if c.offset
+            .checked_add(c.stored_len)
+            .is_none_or(|e| e > pack_len)
+        {
             return Err(invalid(format!(
                 "chunk {i}: bytes {}+{} lie outside the {pack_len}-byte pack",
                 c.offset, c.stored_len
@@ -214,7 +219,8 @@ fn plan_groups(chunks: &[ChunkPlace]) -> (Vec<usize>, Vec<Group>) {
         let c = &chunks[i];
         if let Some(g) = groups.last_mut() {
             let prev = &chunks[order[pos - 1]];
-            let follows = prev.file == c.file && prev.file_offset + prev.size as u64 == c.file_offset;
+            let follows =
+                prev.file == c.file && prev.file_offset + prev.size as u64 == c.file_offset;
             if follows && g.bytes + c.size <= GROUP_MAX_BYTES {
                 g.end = pos + 1;
                 g.bytes += c.size;
@@ -454,8 +460,15 @@ mod tests {
         padded.resize(b.pack.len().div_ceil(4) * 4, 0);
         let pack = PackParts::new(padded.chunks(padded.len() / 4).collect()).unwrap();
         let dir = folder("parts");
-        let failed = write_files(&dir, &[&pack], &b.files, &b.chunks, &b.digests, ChunkHash::Blake3)
-            .unwrap();
+        let failed = write_files(
+            &dir,
+            &[&pack],
+            &b.files,
+            &b.chunks,
+            &b.digests,
+            ChunkHash::Blake3,
+        )
+        .unwrap();
         assert!(failed.is_empty());
         assert_eq!(read(&dir, &b), b.want);
         std::fs::remove_dir_all(dir).unwrap();
@@ -467,8 +480,15 @@ mod tests {
         let mut bad = b.pack.clone();
         bad[b.chunks[1].offset] ^= 1;
         let dir = folder("corrupt");
-        let failed = write_files(&dir, &[&bad[..]], &b.files, &b.chunks, &b.digests, ChunkHash::Blake3)
-            .unwrap();
+        let failed = write_files(
+            &dir,
+            &[&bad[..]],
+            &b.files,
+            &b.chunks,
+            &b.digests,
+            ChunkHash::Blake3,
+        )
+        .unwrap();
         assert_eq!(failed, vec![1]);
         let got = read(&dir, &b);
         assert_eq!(got[1], b.want[1]);
@@ -476,10 +496,25 @@ mod tests {
         let (lo, hi) = (4000, 8000);
         assert_eq!(got[0][..lo], b.want[0][..lo]);
         assert_eq!(got[0][hi..], b.want[0][hi..]);
-        let files: Vec<OutFile> = b.files.iter().map(|f| OutFile { create: false, ..f.clone() }).collect();
+        let files: Vec<OutFile> = b
+            .files
+            .iter()
+            .map(|f| OutFile {
+                create: false,
+                ..f.clone()
+            })
+            .collect();
         let retry = [b.chunks[1]];
         let digest = &b.digests[32..64];
-        let failed = write_files(&dir, &[&b.pack[..]], &files, &retry, digest, ChunkHash::Blake3).unwrap();
+        let failed = write_files(
+            &dir,
+            &[&b.pack[..]],
+            &files,
+            &retry,
+            digest,
+            ChunkHash::Blake3,
+        )
+        .unwrap();
         assert!(failed.is_empty());
         assert_eq!(read(&dir, &b), b.want);
         std::fs::remove_dir_all(dir).unwrap();
@@ -490,20 +525,48 @@ mod tests {
         let b = batch(&[&[100]], 3);
         let dir = folder("bad");
         let check = |chunks: &[ChunkPlace], files: &[OutFile]| {
-            let r = write_files(&dir, &[&b.pack[..]], files, chunks, &b.digests, ChunkHash::Blake3);
+            let r = write_files(
+                &dir,
+                &[&b.pack[..]],
+                files,
+                chunks,
+                &b.digests,
+                ChunkHash::Blake3,
+            );
             assert!(matches!(r, Err(WriteError::Invalid(_))), "{r:?}");
             assert!(!dir.join("d/f0").exists());
         };
         let c = b.chunks[0];
-        check(&[ChunkPlace { offset: usize::MAX, ..c }], &b.files);
-        check(&[ChunkPlace { stored_len: b.pack.len() + 1, ..c }], &b.files);
+        check(
+            &[ChunkPlace {
+                offset: usize::MAX,
+                ..c
+            }],
+            &b.files,
+        );
+        check(
+            &[ChunkPlace {
+                stored_len: b.pack.len() + 1,
+                ..c
+            }],
+            &b.files,
+        );
         check(&[ChunkPlace { pack: 1, ..c }], &b.files);
         check(&[ChunkPlace { file: 1, ..c }], &b.files);
-        check(&[ChunkPlace { file_offset: u64::MAX, ..c }], &b.files);
+        check(
+            &[ChunkPlace {
+                file_offset: u64::MAX,
+                ..c
+            }],
+            &b.files,
+        );
         check(&[ChunkPlace { codec: 7, ..c }], &b.files);
         check(&[ChunkPlace { size: 99, ..c }], &b.files);
         for path in ["../x", "/etc/x", "", "./x"] {
-            let files = [OutFile { path: PathBuf::from(path), ..b.files[0].clone() }];
+            let files = [OutFile {
+                path: PathBuf::from(path),
+                ..b.files[0].clone()
+            }];
             check(&b.chunks, &files);
         }
         assert!(ChunkHash::from_code(0x12).is_err());
@@ -515,7 +578,14 @@ mod tests {
         let b = batch(&[&[100]], 4);
         let dir = folder("exists");
         std::fs::write(dir.join("d/f0"), b"old").unwrap();
-        let r = write_files(&dir, &[&b.pack[..]], &b.files, &b.chunks, &b.digests, ChunkHash::Blake3);
+        let r = write_files(
+            &dir,
+            &[&b.pack[..]],
+            &b.files,
+            &b.chunks,
+            &b.digests,
+            ChunkHash::Blake3,
+        );
         match r {
             Err(WriteError::Os { path, error }) => {
                 assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
