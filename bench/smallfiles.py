@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-
 TREES = {
     # name: (files, folders, size sampler)
     "images": (20_000, 100, lambda rng: min(max(int(rng.lognormvariate(math.log(48 << 10), 0.5)), 20_000), 200_000)),

@@ -12,7 +12,7 @@ written again into the files already created.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from dstore.errors import FormatError, IntegrityError
 from dstore.fetch.packs import Parts
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
-from dstore.format.cid import HASH_CODES, CID, cid_to_text
+from dstore.format.cid import CID, HASH_CODES, RAW, cid_to_text
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 
@@ -44,7 +44,7 @@ class _Batch:
     chunk_packs: list[int] = field(default_factory=list)
     chunk_files: list[int] = field(default_factory=list)
     file_offsets: list[int] = field(default_factory=list)
-    bytes: int = 0
+    chunk_bytes: int = 0
 
     def pack(self, pack_id: bytes, record: PackRecord) -> int:
         found = self.packs.get(pack_id)
@@ -60,7 +60,24 @@ class _Batch:
         return len(self.paths) - 1
 
     def full(self) -> bool:
-        return self.bytes >= BATCH_BYTES or len(self.paths) >= BATCH_FILES
+        return self.chunk_bytes >= BATCH_BYTES or len(self.paths) >= BATCH_FILES
+
+
+def walk(reader: DatasetReader, node: unixfs.Node, prefix: str = "") -> Iterator[tuple[str, CID, unixfs.Node | None]]:
+    """Like ``reader.walk_under``, but one-chunk files (raw CIDs) come without a node.
+
+    Their node would cost a locator look-up of its own just for the size,
+    which :meth:`BatchWriter.add` reads from the chunk's entry anyway.
+    """
+    for name, child_cid in reader.entries(node):
+        rel = f"{prefix}{name}"
+        if child_cid.codec == RAW:
+            yield rel, child_cid, None
+            continue
+        child = reader.node(child_cid)
+        yield rel, child_cid, child
+        if child.is_dir:
+            yield from walk(reader, child, rel + "/")
 
 
 class BatchWriter:
@@ -96,34 +113,52 @@ class BatchWriter:
             self._pool.shutdown(wait=True)
             self._release()
 
-    def add(self, path: str, cid: CID, node: unixfs.Node, name: str | None = None) -> None:
-        """Queue the file ``cid`` to be written at ``path`` (relative to the folder); ``name`` is for errors."""
+    def add(self, path: str, cid: CID, node: unixfs.Node | None, name: str | None = None) -> None:
+        """Queue the file ``cid`` to be written at ``path`` (relative to the folder); ``name`` is for errors.
+
+        ``node`` may be None for a one-chunk file (a raw CID).
+        """
+        name = name or path
+        chunks: Iterable[tuple[bytes, PackRecord, ChunkEntry]]
+        if cid.codec == RAW:
+            # A one-chunk file (most small files): its size is its chunk's.
+            chunks = [self.reader._ref(cid.hash.digest)]
+            size = chunks[0][2].size
+        else:
+            node = node or self.reader.node(cid)
+            chunks = self._chunks(cid, node, name)
+            size = node.filesize or 0
         batch = self._batch
-        file = batch.file(name or path, path, node.filesize or 0, True)
+        file = batch.file(name, path, size, True)
         at = 0
-        for digest, size in self.reader.leaves(cid, node):
-            pack_id, record, ref = self.reader._ref(digest)
-            if ref.size != size:
-                raise IntegrityError(
-                    f"{name or path}: chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file"
-                )
+        for pack_id, record, ref in chunks:
             if ref.offset + ref.stored_len > record.size:
-                raise IntegrityError(f"{name or path}: the locator points past the end of a pack (corrupt locator)")
+                raise IntegrityError(f"{name}: the locator points past the end of a pack (corrupt locator)")
             if batch.full():
                 # The rest of this file goes into the next batch, into the file created by this one.
                 self._flush()
                 batch = self._batch
-                file = batch.file(name or path, path, node.filesize or 0, False)
+                file = batch.file(name, path, size, False)
             batch.refs.append(ref)
             batch.chunk_packs.append(batch.pack(pack_id, record))
             batch.chunk_files.append(file)
             batch.file_offsets.append(at)
-            batch.bytes += size
-            at += size
-        if at != (node.filesize or 0):
-            raise FormatError(f"{name or path}: chunks add up to {at} bytes, the file says {node.filesize}")
+            batch.chunk_bytes += ref.size
+            at += ref.size
+        if at != size:
+            raise FormatError(f"{name}: chunks add up to {at} bytes, the file says {size}")
         if batch.full():
             self._flush()
+
+    def _chunks(self, cid: CID, node: unixfs.Node, name: str) -> Iterator[tuple[bytes, PackRecord, ChunkEntry]]:
+        """Where each chunk of a file of several chunks lies, in order."""
+        for digest, size in self.reader.leaves(cid, node):
+            found = self.reader._ref(digest)
+            if found[2].size != size:
+                raise IntegrityError(
+                    f"{name}: chunk {digest.hex()[:16]}… has size {found[2].size} in the locator, {size} in the file"
+                )
+            yield found
 
     # -- batches ------------------------------------------------------------
 
@@ -132,7 +167,12 @@ class BatchWriter:
         batch, self._batch = self._batch, _Batch()
         if not batch.paths:
             return
-        parts = [self._parts(pack_id, record) for pack_id, (_, record) in batch.packs.items()]
+        parts = []
+        for pack_id, (index, record) in batch.packs.items():
+            try:
+                parts.append(self._parts(pack_id, record))
+            except IntegrityError as e:
+                raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
         job = self._pool.submit(self._call, batch, parts, batch.refs, None)
         previous, self._pending = self._pending, (batch, parts, job)
         self._settle(previous)
@@ -147,7 +187,7 @@ class BatchWriter:
         if failed:
             self._retry(batch, failed)
         if self.progress:
-            self.progress(batch.bytes)
+            self.progress(batch.chunk_bytes)
 
     def _call(self, batch: _Batch, parts: list[Parts], refs: list[ChunkEntry], create: list[bool] | None) -> list[int]:
         return _native.write_files(
@@ -174,7 +214,10 @@ class BatchWriter:
         for i in failed:
             pack_id, record = records[batch.chunk_packs[i]]
             if pack_id not in retry.packs:
-                self._rebuild(pack_id, record)
+                try:
+                    self._rebuild(pack_id, record)
+                except IntegrityError as e:
+                    raise _named(batch.names[batch.chunk_files[i]], e) from e
             retry.refs.append(batch.refs[i])
             retry.chunk_packs.append(retry.pack(pack_id, record))
             retry.chunk_files.append(batch.chunk_files[i])
@@ -183,7 +226,7 @@ class BatchWriter:
         still = self._call(retry, parts, retry.refs, [False] * len(retry.paths))
         if still:
             i = still[0]
-            ref, pack_id = retry.refs[i], next(iter(p for p, (n, _) in retry.packs.items() if n == retry.chunk_packs[i]))
+            ref, pack_id = retry.refs[i], list(retry.packs)[retry.chunk_packs[i]]
             raise IntegrityError(
                 f"{retry.names[retry.chunk_files[i]]}: chunk {ref.digest.hex()[:16]}… in pack {cid_to_text(pack_id)} "
                 "does not match its ID even after rebuilding the pack from verified shards (the locator is wrong)"
@@ -217,6 +260,11 @@ class BatchWriter:
         for old in [p for p in self._replaced if id(p) not in in_use]:
             self._replaced.remove(old)
             _release(old)
+
+
+def _named(name: str, e: IntegrityError) -> IntegrityError:
+    """The same error, naming the file that is lost (not only the pack)."""
+    return type(e)(f"{name}: {e}")
 
 
 def _release(parts: Parts) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dstore.errors import FormatError, UsageError
-from dstore.fetch.batch import BatchWriter
+from dstore.fetch.batch import BatchWriter, walk
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.store import Store
@@ -63,13 +63,13 @@ def _write_tree(reader: DatasetReader, tmp: Path, name: str, progress: Callable[
     tmp.mkdir()
     # Folders are made here as the walk reaches them, before any batch holding their files is written.
     with BatchWriter(reader, tmp, progress) as out:
-        for rel, cid, node in reader.walk_under(root):
-            for part in rel.split("/"):
-                try:
-                    unixfs.validate_name(part)
-                except ValueError as e:
-                    raise FormatError(f"unsafe name in dataset: {rel!r}") from e
-            if node.is_dir:
+        for rel, cid, node in walk(reader, root):
+            try:
+                # Each folder of the path was checked when the walk reached it.
+                unixfs.validate_name(rel.rpartition("/")[2])
+            except ValueError as e:
+                raise FormatError(f"unsafe name in dataset: {rel!r}") from e
+            if node is not None and node.is_dir:
                 (tmp / rel).mkdir()
             else:
                 out.add(rel, cid, node)

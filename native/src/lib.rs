@@ -631,7 +631,7 @@ fn os_error(path: &std::path::Path, error: &std::io::Error) -> PyErr {
 /// Decode, verify and write the chunks of many files under `folder` in one
 /// call; returns the indices of the chunks that failed to decode or verify.
 #[pyfunction]
-#[pyo3(signature = (folder, paths, sizes, create, packs, chunk_packs, offsets, stored_lengths, lengths, codecs, chunk_files, file_offsets, digests, hash_code = write::HASH_BLAKE3))]
+#[pyo3(signature = (folder, paths, sizes, create, packs, chunk_packs, offsets, stored_lengths, lengths, codecs, chunk_files, file_offsets, digests, hash_code = 0x1e))]
 #[allow(clippy::too_many_arguments)]
 fn write_files(
     py: Python<'_>,
