@@ -259,3 +259,30 @@ def test_get_rebuilds_packs_whose_data_shards_are_damaged(dstore, home, tmp_path
     assert damaged >= 2
     dstore("get", cid, "-o", tmp_path / "out", "-q")
     assert snapshot(tmp_path / "out") == snapshot(src)
+
+
+@pytest.mark.slow
+def test_files_spanning_many_small_batches(dstore, home, tmp_path, monkeypatch):
+    """Tiny batches: big files go out over many calls, into the file the first one created."""
+    from dstore.fetch import batch
+    from dstore.fetch.get import get
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for i in range(40):
+        (src / "a" / f"{i}.bin").write_bytes(random_bytes(i * 997, i))
+    (src / "big.bin").write_bytes(random_bytes(6 << 20, 1))
+    (src / "z.csv").write_bytes(b"x,y\n" * 300_000)
+    cid = dstore("add", src, "-q").out.strip().splitlines()[-1]
+    monkeypatch.setattr(batch, "BATCH_BYTES", 100_000)
+    monkeypatch.setattr(batch, "BATCH_FILES", 7)
+    seen: list[int] = []
+    store = Store(home)
+    try:
+        summary = get(store, cid, tmp_path / "out", progress=seen.append)
+    finally:
+        store.close()
+    assert snapshot(tmp_path / "out") == snapshot(src)
+    assert summary["files"] == 42
+    assert sum(seen) == summary["bytes"]
+    assert len(seen) > 20
