@@ -12,7 +12,7 @@ written again into the files already created.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,15 +119,12 @@ class BatchWriter:
         ``node`` may be None for a one-chunk file (a raw CID).
         """
         name = name or path
-        chunks: Iterable[tuple[bytes, PackRecord, ChunkEntry]]
         if cid.codec == RAW:
-            # A one-chunk file (most small files): its size is its chunk's.
-            chunks = [self.reader._ref(cid.hash.digest)]
-            size = chunks[0][2].size
-        else:
-            node = node or self.reader.node(cid)
-            chunks = self._chunks(cid, node, name)
-            size = node.filesize or 0
+            self._add_one_chunk(path, cid, name)
+            return
+        node = node or self.reader.node(cid)
+        size = node.filesize or 0
+        chunks = self._chunks(cid, node, name)
         batch = self._batch
         file = batch.file(name, path, size, True)
         at = 0
@@ -147,6 +144,20 @@ class BatchWriter:
             at += ref.size
         if at != size:
             raise FormatError(f"{name}: chunks add up to {at} bytes, the file says {size}")
+        if batch.full():
+            self._flush()
+
+    def _add_one_chunk(self, path: str, cid: CID, name: str) -> None:
+        """``add`` for a one-chunk file (most small files; its size is its chunk's), kept lean."""
+        pack_id, record, ref = self.reader._ref(cid.hash.digest)
+        if ref.offset + ref.stored_len > record.size:
+            raise IntegrityError(f"{name}: the locator points past the end of a pack (corrupt locator)")
+        batch = self._batch
+        batch.refs.append(ref)
+        batch.chunk_packs.append(batch.pack(pack_id, record))
+        batch.chunk_files.append(batch.file(name, path, ref.size, True))
+        batch.file_offsets.append(0)
+        batch.chunk_bytes += ref.size
         if batch.full():
             self._flush()
 
