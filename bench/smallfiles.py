@@ -1,6 +1,6 @@
 """Small-file trees: time ``dstore get`` against ``cp -r`` (medians).
 
-    python bench/smallfiles.py [--root /dev/shm/dstore-small] [--runs 3] [--only images|tiny]
+    python bench/smallfiles.py [--root /dev/shm/dstore-small] [--runs 3] [--only images|tiny] [--checkout DIR]
 
 Builds (once, deterministically) two trees like an image-classification set:
 
@@ -10,6 +10,8 @@ Builds (once, deterministically) two trees like an image-classification set:
 
 then ``dstore add``s each into a store under the root (DSTORE_HOME) and times
 ``dstore get`` and ``cp -r`` of the same tree, printing one JSON line per tree.
+``--checkout`` runs ``python -m dstore`` from another checkout (e.g. an older
+commit, ``git archive REV | tar -x -C DIR``) to compare before and after.
 """
 
 from __future__ import annotations
@@ -55,23 +57,23 @@ def make_tree(path: Path, name: str, seed: int = 7) -> None:
     (path / ".complete").write_bytes(b"")
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> str:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+def _run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd} failed: {proc.stderr.strip()}")
     return proc.stdout
 
 
-def timed(cmd: list[str], env: dict[str, str], out: Path) -> float:
+def timed(cmd: list[str], env: dict[str, str], out: Path, cwd: Path | None = None) -> float:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    _run(cmd, env)
+    _run(cmd, env, cwd)
     took = time.perf_counter() - start
     shutil.rmtree(out, ignore_errors=True)
     return took
 
 
-def bench_tree(root: Path, name: str, runs: int) -> dict[str, object]:
+def bench_tree(root: Path, name: str, runs: int, checkout: Path | None = None) -> dict[str, object]:
     src = root / f"src-{name}"
     make_tree(src, name)
     (src / ".complete").unlink()  # not part of the dataset
@@ -81,11 +83,13 @@ def bench_tree(root: Path, name: str, runs: int) -> dict[str, object]:
     finally:
         (src / ".complete").write_bytes(b"")
     out = root / f"out-{name}"
-    get = [timed([sys.executable, "-m", "dstore", "get", cid, "-o", str(out), "-q"], env, out) for _ in range(runs)]
+    get_cmd = [sys.executable, "-m", "dstore", "get", cid, "-o", str(out), "-q"]
+    get = [timed(get_cmd, env, out, checkout) for _ in range(runs)]
     cp = [timed(["cp", "-r", str(src), str(out)], env, out) for _ in range(runs)]
     get_s, cp_s = statistics.median(get), statistics.median(cp)
     return {
         "tree": name,
+        "checkout": str(checkout or Path.cwd()),
         "files": TREES[name][0],
         "get_s": round(get_s, 3),
         "cp_s": round(cp_s, 3),
@@ -100,10 +104,11 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/dev/shm/dstore-small"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", choices=sorted(TREES))
+    ap.add_argument("--checkout", type=Path, help="run `python -m dstore get` from this checkout")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     for name in [args.only] if args.only else list(TREES):
-        print(json.dumps(bench_tree(args.root, name, args.runs)), flush=True)
+        print(json.dumps(bench_tree(args.root, name, args.runs, args.checkout)), flush=True)
 
 
 if __name__ == "__main__":
