@@ -279,50 +279,102 @@ fn write_group<P: PackSource + ?Sized>(
         path: folder.join(&files[file_index].path),
         error,
     };
+    if let Some(stored) = raw_run(chunks, members) {
+        // Raw chunks stored back to back: verify and write straight from the pack.
+        let stored = packs[chunks[members[0]].pack].range(stored.0, stored.1);
+        return write_verified(file, chunks, members, &stored, digests, hash, |_| true)
+            .map_err(os_error);
+    }
     BUFFER.with(|cell| {
         let mut buffer = cell.borrow_mut();
         if buffer.len() < bytes {
             buffer.resize(bytes, 0);
         }
-        let mut failed = Vec::new();
+        let mut undecodable = Vec::new(); // members whose frames are bad
         let mut at = 0;
-        for &i in members {
+        for (n, &i) in members.iter().enumerate() {
             let c = &chunks[i];
             let piece = &mut buffer[at..at + c.size];
             at += c.size;
             let stored = packs[c.pack].range(c.offset, c.offset + c.stored_len);
-            let decoded = if c.codec == compress::CODEC_ZSTD {
+            let ok = if c.codec == compress::CODEC_ZSTD {
                 compress::decompress_exact(&stored, piece).is_ok()
             } else {
                 piece.copy_from_slice(&stored);
                 true
             };
-            let len = hash.digest_len();
-            if !decoded || !hash.matches(piece, &digests[len * i..len * (i + 1)]) {
-                failed.push(i);
+            if !ok {
+                undecodable.push(n);
             }
         }
-        let start = chunks[members[0]].file_offset;
-        if failed.is_empty() {
-            file.write_all_at(&buffer[..bytes], start)
-                .map_err(os_error)?;
-        } else {
-            // Write only the chunks that verified, each at its own place.
-            let mut at = 0;
-            for &i in members {
-                let c = &chunks[i];
-                if !failed.contains(&i) {
-                    file.write_all_at(&buffer[at..at + c.size], c.file_offset)
-                        .map_err(os_error)?;
-                }
-                at += c.size;
-            }
-        }
+        let result = write_verified(
+            file,
+            chunks,
+            members,
+            &buffer[..bytes],
+            digests,
+            hash,
+            |n| !undecodable.contains(&n),
+        )
+        .map_err(os_error);
         if buffer.len() > KEPT_BUFFER_BYTES {
             *buffer = Vec::new();
         }
-        Ok(failed)
+        result
     })
+}
+
+/// `(start, end)` in their pack of a group's stored bytes when every chunk
+/// is raw and stored right after the one before, in one pack.
+fn raw_run(chunks: &[ChunkPlace], members: &[usize]) -> Option<(usize, usize)> {
+    let first = &chunks[members[0]];
+    let mut end = first.offset;
+    for &i in members {
+        let c = &chunks[i];
+        if c.codec != compress::CODEC_RAW || c.pack != first.pack || c.offset != end {
+            return None;
+        }
+        end += c.stored_len;
+    }
+    Some((first.offset, end))
+}
+
+/// Verifies each chunk of `data` (the group's bytes, back to back) and
+/// writes it to `file`: all at once when every chunk is good, else only the
+/// good ones, each at its place. Returns the chunks that failed.
+/// `decoded(n)` says whether member `n` decoded at all.
+fn write_verified(
+    file: &File,
+    chunks: &[ChunkPlace],
+    members: &[usize],
+    data: &[u8],
+    digests: &[u8],
+    hash: ChunkHash,
+    decoded: impl Fn(usize) -> bool,
+) -> io::Result<Vec<usize>> {
+    let len = hash.digest_len();
+    let mut failed = Vec::new();
+    let mut at = 0;
+    for (n, &i) in members.iter().enumerate() {
+        let size = chunks[i].size;
+        if !decoded(n) || !hash.matches(&data[at..at + size], &digests[len * i..len * (i + 1)]) {
+            failed.push(i);
+        }
+        at += size;
+    }
+    if failed.is_empty() {
+        file.write_all_at(data, chunks[members[0]].file_offset)?;
+        return Ok(failed);
+    }
+    let mut at = 0;
+    for &i in members {
+        let c = &chunks[i];
+        if !failed.contains(&i) {
+            file.write_all_at(&data[at..at + c.size], c.file_offset)?;
+        }
+        at += c.size;
+    }
+    Ok(failed)
 }
 
 /// Writes a batch under `folder`; returns the indices (ascending) of the
