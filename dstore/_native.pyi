@@ -6,6 +6,7 @@ releases the GIL while it works and uses both cores where the work splits.
 Bad values (sizes, k/m, offsets, levels) raise ValueError, never crash.
 """
 
+import os
 from collections.abc import Sequence
 from typing import final
 
@@ -22,6 +23,7 @@ __all__ = [
     "encode_pack",
     "process_segment",
     "reconstruct",
+    "write_files",
 ]
 
 class IntegrityError(ValueError):
@@ -128,4 +130,39 @@ def decode_chunks_into(
     buffer), writing into the start of the writable buffer ``out`` (reused
     across calls) and returning the number of bytes written. Chunks may
     straddle parts. ValueError if ``out`` is too small or parts differ in length.
+    """
+
+def write_files(
+    folder: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
+    sizes: Sequence[int],
+    create: Sequence[bool],
+    packs: Sequence[Sequence[Buffer]],
+    chunk_packs: Sequence[int],
+    offsets: Sequence[int],
+    stored_lengths: Sequence[int],
+    lengths: Sequence[int],
+    codecs: Sequence[int],
+    chunk_files: Sequence[int],
+    file_offsets: Sequence[int],
+    digests: Buffer,
+    hash_code: int = 0x1E,
+) -> list[int]:
+    """Decode, verify and write the chunks of many files under ``folder`` in
+    one call, on all cores; returns the indices (ascending) of the chunks
+    that failed to decode or verify, which were not written.
+
+    ``packs[p]`` is pack p as equal-length parts end to end (like
+    ``decode_chunks_into``'s ``pack_parts``). File i is ``folder/paths[i]``
+    (plain relative names), ``sizes[i]`` bytes long, created with
+    O_CREAT|O_EXCL mode 0644 when ``create[i]``, else opened as it is.
+    Chunk j lies at ``offsets[j]`` (``stored_lengths[j]`` bytes, codec
+    ``codecs[j]``) in pack ``chunk_packs[j]``, decodes to ``lengths[j]``
+    bytes hashing to digest j of ``digests`` (32 bytes each, multihash
+    ``hash_code``: 0x1e BLAKE3), and goes at ``file_offsets[j]`` of file
+    ``chunk_files[j]``. Every file is created even when all its chunks fail.
+
+    ValueError for a batch that does not describe its packs and files
+    (checked before any file is opened); OSError (errno and filename set,
+    e.g. FileExistsError) when the OS refuses to create, open or write a file.
     """

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from dstore.errors import FormatError, IntegrityError
+from dstore.errors import DstoreError, FormatError
 from dstore.fetch import partial
+from dstore.fetch.batch import BatchWriter
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
@@ -101,14 +101,20 @@ class _TreeWriter:
         self.completed = bool(record.done)  # some file of this tree is complete (in this run or an earlier one)
 
     def write(self, path: str) -> None:
-        # The reader's walk refuses unsafe names and stops at what the manifest declares.
-        with ThreadPoolExecutor(1, thread_name_prefix="dstore-write") as writer:
-            for rel, cid, node in self.reader.walk(path):
-                target = self.tmp / rel if rel else self.tmp
-                if node.is_dir:
-                    self._dir(target, rel)
-                else:
-                    self._file(rel, cid, node, target, writer)
+        # The reader's walk refuses unsafe names and stops at what the manifest declares; folders are
+        # made as the walk reaches them, before the batch that holds their files is written.
+        try:
+            with BatchWriter(self.reader, self.tmp.parent, self.progress, on_done=self._written) as out:
+                for rel, cid, node in self.reader.walk(path):
+                    target = self.tmp / rel if rel else self.tmp
+                    if node.is_dir:
+                        self._dir(target, rel)
+                    else:
+                        self._file(rel, cid, node, target, out)
+        except OSError as e:
+            if isinstance(e, DstoreError):
+                raise
+            raise write_error(self.shown, e) from e
 
     def _dir(self, target: Path, rel: str) -> None:
         try:
@@ -121,56 +127,25 @@ class _TreeWriter:
         except OSError as e:
             raise write_error(self.shown / rel, e) from e
 
-    def _file(self, rel: str, cid: CID, node: unixfs.Node, target: Path, writer: ThreadPoolExecutor) -> None:
+    def _file(self, rel: str, cid: CID, node: unixfs.Node, target: Path, out: BatchWriter) -> None:
         cid_text = cid_to_text(cid)
-        size = node.filesize
-        if size is not None and self.record.trusted(rel, cid_text, size, target):
+        size = node.filesize or 0
+        if self.record.trusted(rel, cid_text, size, target):
             self.resumed_files += 1
             self.resumed_bytes += size
             self.progress(size)
-        else:
-            if os.path.lexists(target):
-                partial.remove_tree(target)  # an earlier run's unfinished file
-            size = self._write_file(rel, cid, node, target, writer)
-            self.record.mark_done(rel, cid_text, size)
-            self.completed = True
+            self.files += 1
+            self.bytes += size
+            return
+        if os.path.lexists(target):
+            partial.remove_tree(target)  # an earlier run's unfinished file
+        where = str(target.relative_to(self.tmp.parent))
+        out.add(where, cid, node, name=rel or str(self.shown), done=(rel, cid_text, size))
+
+    def _written(self, done: tuple[str, str, int]) -> None:
+        """Every chunk of a file is written and verified: record it, so a re-run after an interruption keeps it."""
+        rel, cid_text, size = done
+        self.record.mark_done(rel, cid_text, size)
+        self.completed = True
         self.files += 1
         self.bytes += size
-
-    def _write_file(self, rel: str, cid: CID, node: unixfs.Node, target: Path, writer: ThreadPoolExecutor) -> int:
-        """Write one file's verified bytes at ``target``; returns its size."""
-        where = self.shown / rel if rel else self.shown
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise write_error(where, e) from e
-        # One write in flight on the writer thread while the next run is decoded;
-        # a run's view stays valid until the generator has moved on twice.
-        pending: Future[None] | None = None
-        written = 0
-        try:
-            for piece in self.reader.iter_file_cid(cid, node):
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(_write_all, fd, piece, where)
-                written += len(piece)
-                self.progress(len(piece))
-            if pending is not None:
-                pending.result()
-                pending = None
-        except IntegrityError as e:
-            # Name what is lost: the file, not only the pack.
-            raise type(e)(f"{rel or self.shown}: {e}") from e
-        finally:
-            if pending is not None:
-                pending.exception()  # never close the fd under a running write
-            os.close(fd)
-        return written
-
-
-def _write_all(fd: int, data: memoryview, where: Path) -> None:
-    try:
-        while data:
-            data = data[os.write(fd, data) :]
-    except OSError as e:
-        raise write_error(where, e) from e

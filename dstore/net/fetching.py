@@ -175,6 +175,9 @@ class Fetcher:
                         break
                     if not a.hedged and now - a.started >= hedge_after_s:
                         a.hedged = True
+                        covered = set(results) | {j for b in running.values() for j in same[keys[b.shard]]}
+                        while pending and pending[0] in covered:
+                            pending.pop(0)  # its CID is in hand or on its way: hedging with it fetches nothing new
                         if pending:
                             launch(pending.pop(0), set())
                         elif a.peer is not None:

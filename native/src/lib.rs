@@ -11,20 +11,24 @@
 pub mod chunk;
 pub mod compress;
 pub mod erasure;
+pub mod pack;
 pub mod pipeline;
 #[cfg(test)]
 mod testutil;
+pub mod write;
 
-use std::borrow::Cow;
 use std::mem::MaybeUninit;
+use std::path::PathBuf;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyOSError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyType};
 use rayon::prelude::*;
+
+use pack::{PackParts, PackSource};
 
 /// Below this many bytes `blake3` keeps the GIL (releasing costs more than hashing).
 const GIL_RELEASE_MIN_BYTES: usize = 2048;
@@ -548,12 +552,8 @@ fn decode_chunks_into(
         .iter()
         .map(ByteBuf::get)
         .collect::<PyResult<Vec<_>>>()?;
-    let parts: Vec<&[u8]> = part_bufs.iter().map(ByteBuf::as_slice).collect();
-    let part_len = parts.first().map_or(0, |p| p.len());
-    if parts.iter().any(|p| p.len() != part_len) {
-        return Err(value_error("pack parts differ in length"));
-    }
-    let pack = PackParts { parts, part_len };
+    let pack = PackParts::new(part_bufs.iter().map(ByteBuf::as_slice).collect())
+        .ok_or_else(|| value_error("pack parts differ in length"))?;
     let digest_buf = ByteBuf::get(digests)?;
     let digest_bytes = digest_buf.as_slice();
     let (jobs, total) = plan_decode(
@@ -577,51 +577,6 @@ fn decode_chunks_into(
     let failure = py.detach(|| decode_into(&pack, &jobs, digest_bytes, buf));
     integrity_result(py, failure)?;
     Ok(total)
-}
-
-/// A pack given as equal-length parts end to end (its data shards, mapped
-/// from their files), so it never has to be copied into one buffer.
-struct PackParts<'a> {
-    parts: Vec<&'a [u8]>,
-    part_len: usize,
-}
-
-impl PackParts<'_> {
-    fn len(&self) -> usize {
-        self.parts.len() * self.part_len
-    }
-}
-
-/// Where a decoder reads stored chunk bytes from.
-trait PackSource: Sync {
-    /// Bytes `[start, end)` of the pack: borrowed when contiguous, else gathered.
-    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]>;
-}
-
-impl PackSource for [u8] {
-    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self[start..end])
-    }
-}
-
-impl PackSource for PackParts<'_> {
-    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]> {
-        let first = start / self.part_len;
-        let within = start % self.part_len;
-        if within + (end - start) <= self.part_len {
-            return Cow::Borrowed(&self.parts[first][within..within + (end - start)]);
-        }
-        // A chunk that straddles parts (about one in sixteen with 1 MiB shards).
-        let mut gathered = Vec::with_capacity(end - start);
-        let mut pos = start;
-        while pos < end {
-            let (part, at) = (pos / self.part_len, pos % self.part_len);
-            let take = (self.part_len - at).min(end - pos);
-            gathered.extend_from_slice(&self.parts[part][at..at + take]);
-            pos += take;
-        }
-        Cow::Owned(gathered)
-    }
 }
 
 /// Fills `out` with the decoded chunks in parallel; returns the lowest failing index.
@@ -660,6 +615,110 @@ fn decode_into<P: PackSource + ?Sized>(
         .map(ChunkFailure::Integrity)
 }
 
+/// The `OSError` (subclass by errno, e.g. `FileExistsError`) for a failed file operation.
+fn os_error(path: &std::path::Path, error: &std::io::Error) -> PyErr {
+    let errno = error.raw_os_error().unwrap_or(5); // EIO when the OS gave no code
+    let message = std::io::Error::from_raw_os_error(errno).to_string();
+    // Drop Rust's " (os error N)" suffix: Python prints the errno itself.
+    let message = message
+        .split(" (os error")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    PyOSError::new_err((errno, message, path.as_os_str().to_os_string()))
+}
+
+/// Decode, verify and write the chunks of many files under `folder` in one
+/// call; returns the indices of the chunks that failed to decode or verify.
+#[pyfunction]
+#[pyo3(signature = (folder, paths, sizes, create, packs, chunk_packs, offsets, stored_lengths, lengths, codecs, chunk_files, file_offsets, digests, hash_code = 0x1e))]
+#[allow(clippy::too_many_arguments)]
+fn write_files(
+    py: Python<'_>,
+    folder: PathBuf,
+    paths: Vec<PathBuf>,
+    sizes: Vec<i64>,
+    create: Vec<bool>,
+    packs: Vec<Vec<Bound<'_, PyAny>>>,
+    chunk_packs: Vec<i64>,
+    offsets: Vec<i64>,
+    stored_lengths: Vec<i64>,
+    lengths: Vec<i64>,
+    codecs: Vec<i64>,
+    chunk_files: Vec<i64>,
+    file_offsets: Vec<i64>,
+    digests: &Bound<'_, PyAny>,
+    hash_code: u64,
+) -> PyResult<Vec<usize>> {
+    let hash = write::ChunkHash::from_code(hash_code).map_err(value_error)?;
+    let n = chunk_packs.len();
+    let columns = [
+        offsets.len(),
+        stored_lengths.len(),
+        lengths.len(),
+        codecs.len(),
+        chunk_files.len(),
+        file_offsets.len(),
+    ];
+    if columns.iter().any(|&len| len != n) {
+        return Err(value_error(format!(
+            "chunk_packs, offsets, stored_lengths, lengths, codecs, chunk_files and file_offsets differ in length ({n}, {columns:?})"
+        )));
+    }
+    if sizes.len() != paths.len() || create.len() != paths.len() {
+        return Err(value_error(format!(
+            "paths, sizes and create differ in length ({}, {}, {})",
+            paths.len(),
+            sizes.len(),
+            create.len()
+        )));
+    }
+    let files = paths
+        .into_iter()
+        .zip(sizes)
+        .zip(create)
+        .map(|((path, size), create)| {
+            let size = u64::try_from(size)
+                .map_err(|_| value_error(format!("file size must be >= 0, got {size}")))?;
+            Ok(write::OutFile { path, size, create })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let codec = |c: i64| u8::try_from(c).map_err(|_| value_error(format!("unknown codec {c}")));
+    let chunks = (0..n)
+        .map(|i| {
+            Ok(write::ChunkPlace {
+                pack: nonneg(chunk_packs[i], "pack index")?,
+                offset: nonneg(offsets[i], "offset")?,
+                stored_len: nonneg(stored_lengths[i], "stored length")?,
+                size: nonneg(lengths[i], "length")?,
+                codec: codec(codecs[i])?,
+                file: nonneg(chunk_files[i], "file index")?,
+                file_offset: nonneg(file_offsets[i], "file offset")? as u64,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let part_bufs = packs
+        .iter()
+        .map(|parts| parts.iter().map(ByteBuf::get).collect::<PyResult<Vec<_>>>())
+        .collect::<PyResult<Vec<_>>>()?;
+    let pack_list = part_bufs
+        .iter()
+        .enumerate()
+        .map(|(i, bufs)| {
+            PackParts::new(bufs.iter().map(ByteBuf::as_slice).collect())
+                .ok_or_else(|| value_error(format!("pack {i}: parts differ in length")))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let pack_refs: Vec<&PackParts<'_>> = pack_list.iter().collect();
+    let digest_buf = ByteBuf::get(digests)?;
+    let digest_bytes = digest_buf.as_slice();
+    py.detach(|| write::write_files(&folder, &pack_refs, &files, &chunks, digest_bytes, hash))
+        .map_err(|e| match e {
+            write::WriteError::Invalid(msg) => value_error(msg),
+            write::WriteError::Os { path, error } => os_error(&path, &error),
+        })
+}
+
 /// dstore's native core: chunking, hashing, compression and erasure coding.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -673,6 +732,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reconstruct, m)?)?;
     m.add_function(wrap_pyfunction!(decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(decode_chunks_into, m)?)?;
+    m.add_function(wrap_pyfunction!(write_files, m)?)?;
     m.add_class::<Segment>()?;
     Ok(())
 }
