@@ -7,6 +7,7 @@ declares honestly must stay cheap (export writes each block once).
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -167,12 +168,20 @@ def _chain(depth: int, chunk: bytes) -> tuple[object, list[tuple[object, bytes]]
     return node[0], blocks
 
 
+def _remove_deep(*paths: Path) -> None:
+    """Remove trees deeper than Python's recursion limit (pytest's own cleanup of tmp_path recurses)."""
+    subprocess.run(["rm", "-rf", *map(str, paths)], check=True)
+
+
 def test_a_1200_deep_dataset_is_read(home: Path, dstore, tmp_path: Path, chunk: bytes):  # noqa: ANN001
     root, blocks = _chain(1200, chunk)
     ds = forge_dataset(home, root, blocks, size=10_000, entries=1202)
     out = tmp_path / "o"
-    dstore("get", ds, "-o", out, "-q")
-    assert (out / ("d/" * 1200) / "f.bin").read_bytes() == b"a" * 10_000
+    try:
+        dstore("get", ds, "-o", out, "-q")
+        assert (out / ("d/" * 1200) / "f.bin").read_bytes() == b"a" * 10_000
+    finally:
+        _remove_deep(out)
 
 
 def test_a_dataset_deeper_than_the_limit_is_a_format_error(home: Path, dstore, tmp_path: Path, chunk: bytes):  # noqa: ANN001
@@ -189,10 +198,13 @@ def test_add_and_get_of_a_700_deep_folder(home: Path, dstore, tmp_path: Path) ->
     deep = src.joinpath(*["d"] * 700)
     deep.mkdir(parents=True)
     (deep / "f.txt").write_bytes(b"bottom\n")
-    ds = dstore("add", src, "-q").out.strip().split()[-1]
     out = tmp_path / "out"
-    dstore("get", ds, "-o", out, "-q")
-    assert snapshot(out) == snapshot(src)
+    try:
+        ds = dstore("add", src, "-q").out.strip().split()[-1]
+        dstore("get", ds, "-o", out, "-q")
+        assert snapshot(out) == snapshot(src)
+    finally:
+        _remove_deep(src, out)
 
 
 def test_empty_file_is_the_empty_raw_block_end_to_end(home: Path, dstore, tmp_path: Path) -> None:  # noqa: ANN001
@@ -200,10 +212,13 @@ def test_empty_file_is_the_empty_raw_block_end_to_end(home: Path, dstore, tmp_pa
     src.mkdir()
     (src / "empty").write_bytes(b"")
     (src / "x").write_bytes(b"x")
-    ds = dstore("add", src, "-q").out.strip().split()[-1]
     out = tmp_path / "out"
-    dstore("get", ds, "-o", out, "-q")
-    assert snapshot(out) == snapshot(src)
+    try:
+        ds = dstore("add", src, "-q").out.strip().split()[-1]
+        dstore("get", ds, "-o", out, "-q")
+        assert snapshot(out) == snapshot(src)
+    finally:
+        _remove_deep(src, out)
     assert dstore("cat", f"{ds}/empty").out == ""
     car = tmp_path / "x.car"
     dstore("export", ds, "-o", car)
