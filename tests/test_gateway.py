@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import Message
+from pathlib import Path
 
 import pytest
 from peerutil import PeerProcess, running_peers
@@ -26,6 +27,7 @@ from dstore.format.cid import CID, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_di
 from treeutil import csv_like, random_bytes
 
 TOKEN = "gateway-token"
+IPFS_CAR = Path(__file__).parent / "interop" / "node_modules" / ".bin" / "ipfs-car"
 CAR_TYPE = "application/vnd.ipld.car; version=1; order=dfs; dups=n"
 
 Answer = tuple[int, Message, bytes]  # headers: case-insensitive
@@ -324,3 +326,39 @@ def test_providers_json_and_ndjson(cluster) -> None:
     status, _, body = fetch(f"{p.url}/routing/v1/providers/{unknown}")
     assert status == 404 and json.loads(body)["Providers"] == []
     assert fetch(f"{p.url}/routing/v1/providers/not-a-cid")[0] == 400
+
+
+def test_raw_of_a_path_is_its_terminal_block(cluster) -> None:
+    base, dataset = cluster["holders"][0].url, cluster["dataset"]
+    status, headers, body = fetch(f"{base}/ipfs/{dataset}/sub/c.txt?format=raw")
+    assert status == 200
+    terminal = parse_cid(headers["X-Ipfs-Roots"].split(",")[-1])
+    check_block(terminal, body)
+    assert len(headers["X-Ipfs-Roots"].split(",")) == 4  # dataset, root folder, sub, c.txt
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(not IPFS_CAR.exists(), reason="ipfs-car not installed: run `cd tests/interop && npm ci`")
+def test_ipfs_car_unpacks_a_car_fetched_from_a_peer(cluster, tmp_path: Path) -> None:
+    """ipfs-car (js UnixFS exporter) rebuilds the tree from a peer's CAR of the dataset's root folder.
+
+    dstore datasets are BLAKE3, which ipfs-car's block validator cannot hash, so it runs with
+    --no-verify; the same bytes are verified block by block by CarReader here.
+    """
+    base, dataset = cluster["bare"].url, cluster["dataset"]
+    root = _listing(f"{base}/ipfs/{dataset}")["cid"]
+    status, _, body = fetch(f"{base}/ipfs/{root}?format=car")
+    assert status == 200
+    car_blocks(body)  # every block verified
+    car = tmp_path / "root.car"
+    car.write_bytes(body)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(IPFS_CAR), "unpack", str(car), "--output", str(out), "--no-verify"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert got == cluster["files"]

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import hdrs, web
+from multiformats import multibase
 from multiformats.cid import CID as _MFCID
 
 from dstore.errors import BadCID, DstoreError, NotFound
@@ -113,10 +114,11 @@ def gateway_cid(text: str) -> CID:
         return parse_cid(text)
     except BadCID:
         try:
-            cid = _MFCID.decode(text)
+            raw = multibase.decode(text)[1]
+            cid = _MFCID.from_bytes(raw)
         except Exception:
             raise BadCID(f"not a CID: {text[:80]!r}") from None
-        if cid.hash.code != IDENTITY_HASH or len(cid.hash.digest) > MAX_IDENTITY_BYTES:
+        if cid.to_bytes() != raw or cid.hash.code != IDENTITY_HASH or len(cid.hash.digest) > MAX_IDENTITY_BYTES:
             raise
         return cid if cid.version == 1 else cid.to_v1()
 
@@ -528,8 +530,6 @@ async def get_ipfs(request: web.Request) -> web.StreamResponse:
     cid = gateway_cid(cid_text)
     want = parse_want(request)
     segments = _segments(request)
-    if want.kind == "raw" and segments:
-        raise GatewayError(400, "bad_request", "a raw block is named by its CID alone: no path")
     if cid.codec not in (RAW, DAG_PB, DAG_CBOR) and cid.hash.code != IDENTITY_HASH:
         raise GatewayError(501, "not_implemented", f"codec 0x{cid.codec:x} is not served here")
     path = _ipfs_path(cid_text, segments)
