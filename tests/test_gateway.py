@@ -81,6 +81,13 @@ def car_blocks(data: bytes) -> tuple[list[CID], dict[bytes, bytes], list[CID]]:
     return reader.roots, blocks, order
 
 
+HAMT_FILES = 2000
+
+
+def _long_name(i: int) -> str:
+    return f"{i:05d}-" + "n" * 120 + ".txt"
+
+
 def _start_all(peers: list[PeerProcess], peer_urls: Callable[[PeerProcess], list[str]]) -> None:
     for p in peers:
         p.stop()
@@ -102,6 +109,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "sub/c.txt": b"hello from a sub folder\n",
         "sub/empty.dat": b"",
     }
+    # Long names: the folder's estimated block passes 256 KiB, so it is a HAMT (IPIP-0499).
+    (src / "many").mkdir()
+    for i in range(HAMT_FILES):
+        files[f"many/{_long_name(i)}"] = f"file {i}\n".encode()
     for name, data in files.items():
         (src / name).write_bytes(data)
     with running_peers(tmp, 4, token=TOKEN) as peers:
@@ -257,6 +268,7 @@ def test_folder_listing_json_and_html(cluster) -> None:
     assert [(e["name"], e["type"], e["size"]) for e in listing["entries"]] == [
         ("a.bin", "file", len(files["a.bin"])),
         ("b.csv", "file", len(files["b.csv"])),
+        ("many", "dir", None),
         ("notes", "file", len(files["notes"])),
         ("sub", "dir", None),
     ]
@@ -362,3 +374,29 @@ def test_ipfs_car_unpacks_a_car_fetched_from_a_peer(cluster, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     got = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert got == cluster["files"]
+
+
+def test_hamt_folder_paths_and_proofs(cluster) -> None:
+    base, dataset, files = cluster["holders"][1].url, cluster["dataset"], cluster["files"]
+    many = next(e["cid"] for e in _listing(f"{base}/ipfs/{dataset}")["entries"] if e["name"] == "many")
+    many_cid = parse_cid(many)
+    node = unixfs.parse_node(many_cid, check_block(many_cid, _raw(f"{base}/ipfs/{many}")))
+    assert node.kind == "hamt"
+    name = _long_name(1234)
+    status, _, body = fetch(f"{base}/ipfs/{dataset}/many/{name}")
+    assert status == 200 and body == files[f"many/{name}"]
+    assert fetch(f"{base}/ipfs/{dataset}/many/{_long_name(HAMT_FILES)}")[0] == 404
+    listing = _listing(f"{base}/ipfs/{many}")
+    assert len(listing["entries"]) == HAMT_FILES
+    # The CAR of a path through the HAMT carries the shards the lookup read: a client can follow it.
+    status, _, car = fetch(f"{base}/ipfs/{many}/{name}?format=car")
+    assert status == 200
+    roots, blocks, _ = car_blocks(car)
+    assert roots == [many_cid]
+    link = unixfs.lookup(lambda c: blocks[c.to_bytes()], many_cid, name)
+    assert link is not None and blocks[link.cid.to_bytes()] == files[f"many/{name}"]
+    # dag-scope=entity of the folder: the HAMT's own shards, none of its entries.
+    _, _, shards = fetch(f"{base}/ipfs/{many}?format=car&dag-scope=entity")
+    _, shard_blocks, order = car_blocks(shards)
+    assert all(c.codec == DAG_PB for c in order)
+    assert sum(1 for _ in unixfs.directory_entries(lambda c: shard_blocks[c.to_bytes()], many_cid)) == HAMT_FILES
