@@ -36,10 +36,13 @@ def verified(cid: CID, data: bytes) -> bytes:
     return data
 
 
-def block_bytes(reader: DatasetReader, cid: CID) -> bytes:
-    """One block of the dataset (metadata from memory, a chunk out of its pack), verified."""
+def block_bytes(reader: DatasetReader, cid: CID, *, sequential: bool = False) -> bytes:
+    """One block of the dataset (metadata from memory, a chunk out of its pack), verified.
+
+    ``sequential``: more chunks of the same pack are coming (a CAR stream of a file).
+    """
     if cid.codec == RAW and cid.hash.code == reader.manifest.root.hash.code:
-        return verified(cid, reader.read_chunk(bytes(cid.hash.digest)))
+        return verified(cid, reader.read_chunk(bytes(cid.hash.digest), sequential=sequential))
     return verified(cid, reader.block(cid))
 
 
@@ -114,7 +117,7 @@ def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int,
         if start > last or start + size - 1 < first:
             continue  # outside the range: neither it nor its children are needed
         if link.cid.codec == RAW:
-            data = block_bytes(reader, link.cid)
+            data = block_bytes(reader, link.cid, sequential=True)
             if len(data) != size:
                 raise FormatError(f"UnixFS file: a leaf of {len(data)} bytes where its parent says {size}")
             yield link.cid, data
