@@ -22,7 +22,7 @@ from peerutil import PeerProcess, running_peers
 
 from dstore.format import cbor, unixfs
 from dstore.format.car import CarReader
-from dstore.format.cid import CID, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest, make_cid, parse_cid
+from dstore.format.cid import CID, DAG_CBOR, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest, make_cid, parse_cid
 
 from treeutil import csv_like, random_bytes
 
@@ -306,7 +306,11 @@ def test_chunk_from_a_peer_that_holds_no_shard(cluster) -> None:
     held = lambda: [f for f in (bare.home / "shards").rglob("*") if f.is_file()]  # noqa: E731
     assert held() == [], "the bare peer must hold no shard"
     chunk = _first_chunk(bare.url, dataset)
+    # A HEAD learns the size from the metadata: nothing is fetched for it.
+    status, headers, _ = fetch(f"{bare.url}/ipfs/{cid_to_text(chunk)}?format=raw", "HEAD")
+    assert status == 200 and int(headers["Content-Length"]) > 0
     data = check_block(chunk, _raw(f"{bare.url}/ipfs/{cid_to_text(chunk)}"))
+    assert int(headers["Content-Length"]) == len(data)
     assert cluster["files"]["a.bin"].startswith(data)
     status, _, body = fetch(f"{bare.url}/ipfs/{dataset}/a.bin", headers={"Range": "bytes=5-20"})
     assert status == 206 and body == cluster["files"]["a.bin"][5:21]
@@ -400,3 +404,18 @@ def test_hamt_folder_paths_and_proofs(cluster) -> None:
     _, shard_blocks, order = car_blocks(shards)
     assert all(c.codec == DAG_PB for c in order)
     assert sum(1 for _ in unixfs.directory_entries(lambda c: shard_blocks[c.to_bytes()], many_cid)) == HAMT_FILES
+
+
+def test_a_pointer_whose_metadata_does_not_verify_serves_nothing(cluster) -> None:
+    """A pointer stored under another dataset's ID leads to metadata rooted elsewhere: that ID stays 404."""
+    p, dataset = cluster["holders"][2], cluster["dataset"]
+    _, _, pointer = fetch(f"{p.url}/datasets/{dataset}")
+    fake = cid_to_text(make_cid(DAG_CBOR, b"a manifest nobody wrote"))
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    assert fetch(f"{p.url}/datasets/{fake}", "PUT", auth, pointer)[0] == 200
+    for fmt in ("raw", "car"):
+        status, _, body = fetch(f"{p.url}/ipfs/{fake}?format={fmt}")
+        assert status == 404, body
+    assert fetch(f"{p.url}/ipfs/{fake}/b.csv")[0] == 404
+    status, _, body = fetch(f"{p.url}/ipfs/{dataset}/b.csv")
+    assert status == 200 and body == cluster["files"]["b.csv"]

@@ -44,6 +44,8 @@ log = logging.getLogger("dstore.peer.gateway")
 
 #: A dataset whose metadata could not be had is tried again at most this often (on a lookup miss).
 RETRY_S = 5.0
+#: Pointer files are looked at again at most this often when lookups hit (always on a miss).
+REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class BlockIndex:
         self._loaded: dict[str, tuple[tuple[int, int], DatasetMeta | None]] = {}
         self._owners: dict[bytes, list[str]] = {}  # metadata block CID bytes -> datasets holding it
         self._last_retry = 0.0
+        self._last_refresh = -REFRESH_S
 
     @property
     def peers(self) -> SyncPeerSet | None:
@@ -153,6 +156,7 @@ class BlockIndex:
 
     def refresh(self) -> None:
         """Load the metadata of every pointer file that is new or changed since it was loaded."""
+        self._last_refresh = time.monotonic()
         seen: dict[str, tuple[int, int]] = {}
         for path in self.store.datasets.glob("*.json"):
             try:
@@ -211,8 +215,12 @@ class BlockIndex:
             return [meta for _, meta in self._loaded.values() if meta is not None]
 
     def find(self, cid: CID) -> list[DatasetMeta]:
-        """The datasets holding block ``cid`` (a metadata block, or a chunk in their locator)."""
-        self.refresh()
+        """The datasets holding block ``cid`` (a metadata block, or a chunk in their locator).
+
+        The pointer files are looked at again at most every REFRESH_S, and on every miss.
+        """
+        if time.monotonic() - self._last_refresh >= REFRESH_S:
+            self.refresh()
         found = self._find(cid)
         if not found:
             self._retry_failed()

@@ -313,11 +313,6 @@ async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str)
     cached = _not_modified(request, etag, headers)
     if cached is not None:
         return cached
-    if target.loose is not None:
-        data = target.loose
-    else:
-        assert target.reader is not None
-        data = await asyncio.to_thread(block_bytes, target.reader, terminal)
     headers.update(
         {
             hdrs.CONTENT_TYPE: RAW_TYPE,
@@ -326,7 +321,25 @@ async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str)
             "X-Content-Type-Options": "nosniff",
         }
     )
-    return web.Response(body=data, headers=headers)  # aiohttp sends no body for a HEAD
+    if target.loose is not None:
+        return web.Response(body=target.loose, headers=headers)  # aiohttp sends no body for a HEAD
+    reader = target.reader
+    assert reader is not None
+    if request.method == "HEAD":
+        # A HEAD (a routing probe, a dedup check) learns the size from verified metadata: no chunk is read.
+        response = web.StreamResponse(headers=headers)
+        response.content_length = await asyncio.to_thread(_block_size, reader, target.resolved)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    return web.Response(body=await asyncio.to_thread(block_bytes, reader, terminal), headers=headers)
+
+
+def _block_size(reader: DatasetReader, resolved: Resolved) -> int:
+    cid, node = resolved.cid, resolved.node
+    if cid.codec == RAW and node is not None:
+        return node.filesize or 0  # a chunk: its size in the locator (the empty file: 0)
+    return len(verified(cid, reader.block(cid)))
 
 
 def _resolve_range(want: Want, target: Target) -> tuple[int, int] | None:
