@@ -419,3 +419,21 @@ def test_a_pointer_whose_metadata_does_not_verify_serves_nothing(cluster) -> Non
     assert fetch(f"{p.url}/ipfs/{fake}/b.csv")[0] == 404
     status, _, body = fetch(f"{p.url}/ipfs/{dataset}/b.csv")
     assert status == 200 and body == cluster["files"]["b.csv"]
+
+
+def test_fsspec_and_pandas_read_from_a_peer(cluster) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    pd = pytest.importorskip("pandas")
+    import io
+
+    base, dataset, files = cluster["bare"].url, cluster["dataset"], cluster["files"]
+    fs = fsspec.filesystem("http")
+    url = f"{base}/ipfs/{dataset}/a.bin"
+    assert fs.size(url) == len(files["a.bin"])
+    with fs.open(url, "rb", block_size=64 * 1024) as f:  # ranged reads
+        f.seek(777_777)
+        assert f.read(100_000) == files["a.bin"][777_777:877_777]
+    listed = {u.rstrip("/").rsplit("/", 1)[-1] for u in fs.ls(f"{base}/ipfs/{dataset}/sub/", detail=False)}
+    assert {"c.txt", "empty.dat"} <= listed
+    got = pd.read_csv(f"{base}/ipfs/{dataset}/b.csv")
+    assert got.equals(pd.read_csv(io.BytesIO(files["b.csv"])))
