@@ -218,16 +218,13 @@ class Target:
 
 
 def _loose_block(store: PeerStore, cid: CID) -> bytes | None:
-    if cid.hash.code == IDENTITY_HASH:
-        return bytes(cid.hash.digest)
+    """A raw block this peer holds as a shard file (a shard is a raw block), if it still matches its CID."""
     if cid.codec != RAW:
         return None
     try:
-        data = store.files.read(cid_to_text(cid))
-    except (NotFound, DstoreError):
+        return verified(cid, store.files.read(cid_to_text(cid)))
+    except NotFound:
         return None
-    try:
-        return verified(cid, data)
     except DstoreError:
         log.warning("gateway: held shard %s does not match its CID", cid_to_text(cid))
         return None
@@ -246,14 +243,17 @@ def _open_target(index: BlockIndex, cid: CID, segments: list[str], want: Want) -
         return Target(None, Resolved(cid, None, roots=[cid]), loose)
     errors: list[str] = []
     for meta in metas:  # a CID in several datasets: the first whose blocks can be read
-        reader = index.reader(meta)
+        reader: DatasetReader | None = None
         try:
+            reader = index.reader(meta)
             return Target(reader, resolve(reader, cid, segments, through_manifest=want.kind == ""))
         except NotFound:
-            reader.close()
+            if reader is not None:
+                reader.close()
             raise
         except DstoreError as e:
-            reader.close()
+            if reader is not None:
+                reader.close()
             errors.append(str(e))
     raise DstoreError("; ".join(errors))
 
