@@ -108,7 +108,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "notes": b"plain words, no extension\n" * 50,
         "sub/c.txt": b"hello from a sub folder\n",
         "sub/empty.dat": b"",
+        "site/index.html": b"<!DOCTYPE html><title>a dataset's page</title><a href='data.txt'>data</a>\n",
+        "site/data.txt": b"linked from the page\n",
     }
+    (src / "site").mkdir()
     # Long names: the folder's estimated block passes 256 KiB, so it is a HAMT (IPIP-0499).
     (src / "many").mkdir()
     for i in range(HAMT_FILES):
@@ -270,6 +273,7 @@ def test_folder_listing_json_and_html(cluster) -> None:
         ("b.csv", "file", len(files["b.csv"])),
         ("many", "dir", None),
         ("notes", "file", len(files["notes"])),
+        ("site", "dir", None),
         ("sub", "dir", None),
     ]
     sub = _listing(f"{base}/ipfs/{dataset}", "/sub")
@@ -318,14 +322,17 @@ def test_chunk_from_a_peer_that_holds_no_shard(cluster) -> None:
 
 
 def test_providers_json_and_ndjson(cluster) -> None:
-    p, dataset = cluster["holders"][0], cluster["dataset"]
+    dataset = cluster["dataset"]
+    # The peers that can serve the dataset are those holding its pointer (add put it on some of them).
+    serving = [q for q in cluster["holders"] if fetch(f"{q.url}/datasets/{dataset}")[0] == 200]
+    p = serving[0]
     chunk = cid_to_text(_first_chunk(p.url, dataset))
     status, headers, body = fetch(f"{p.url}/routing/v1/providers/{chunk}")
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     assert headers["Access-Control-Allow-Origin"] == "*" and "max-age" in headers["Cache-Control"]
     providers = json.loads(body)["Providers"]
     ids = {x["ID"] for x in providers}
-    assert {q.peer_id for q in cluster["holders"]} <= ids
+    assert ids == {q.peer_id for q in serving}  # the holders know each other, not the bare peer
     mine = next(x for x in providers if x["ID"] == p.peer_id)
     port = p.url.rsplit(":", 1)[1]
     assert mine == {
@@ -437,3 +444,16 @@ def test_fsspec_and_pandas_read_from_a_peer(cluster) -> None:
     assert {"c.txt", "empty.dat"} <= listed
     got = pd.read_csv(f"{base}/ipfs/{dataset}/b.csv")
     assert got.equals(pd.read_csv(io.BytesIO(files["b.csv"])))
+
+
+def test_a_folder_with_index_html_is_served_as_its_page(cluster) -> None:
+    base, dataset, files = cluster["holders"][0].url, cluster["dataset"], cluster["files"]
+    status, headers, body = fetch(f"{base}/ipfs/{dataset}/site/")
+    assert status == 200 and body == files["site/index.html"]
+    assert headers["Content-Type"].startswith("text/html")
+    # Without the slash, a redirect to it (the page's relative links need it); urllib follows it.
+    req = urllib.request.Request(f"{base}/ipfs/{dataset}/site")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.url.endswith("/site/") and resp.read() == files["site/index.html"]
+    # JSON still lists the folder.
+    assert [e["name"] for e in _listing(f"{base}/ipfs/{dataset}/site/")["entries"]] == ["data.txt", "index.html"]

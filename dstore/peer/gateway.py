@@ -36,6 +36,7 @@ from multiformats.cid import CID as _MFCID
 
 from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.fetch.reader import DatasetReader
+from dstore.format import unixfs
 from dstore.format.car import car_block, car_header
 from dstore.format.cid import CID, DAG_CBOR, DAG_PB, RAW, cid_to_text, parse_cid
 from dstore.peer import gateway_files as files
@@ -438,9 +439,16 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str) 
     reader = target.reader
     assert reader is not None
     node = resolved.node
+    wants_json = any(m == "application/json" for m, _ in _media_types(request.headers.get(hdrs.ACCEPT, "")))
+    if node.is_dir and not wants_json:
+        index_page = await asyncio.to_thread(_index_html, reader, target)
+        if index_page is not None:
+            if not request.path.endswith("/"):  # relative links of the page need the folder's slash
+                location = request.path + "/" + (f"?{request.query_string}" if request.query_string else "")
+                return web.Response(status=301, headers={**headers, hdrs.LOCATION: location})
+            return await _answer_file(request, reader, index_page, headers)
     if node.is_dir:
         entries = await asyncio.to_thread(_listing, reader, target)
-        wants_json = any(m == "application/json" for m, _ in _media_types(request.headers.get(hdrs.ACCEPT, "")))
         etag = f'"DirIndex-{text}{".json" if wants_json else ""}"'
         cached = _not_modified(request, etag, headers)
         if cached is not None:
@@ -454,6 +462,20 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str) 
         headers.update({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.ETAG: f'"{text}"'})
         return _whole_or_range(request, node.data, headers)
     return await _answer_file(request, reader, target, headers)
+
+
+def _index_html(reader: DatasetReader, target: Target) -> Target | None:
+    """The folder's ``index.html`` as a target of its own (served instead of a listing, as gateways do)."""
+    node = target.resolved.node
+    assert node is not None
+    link = unixfs.lookup(reader.block, node, "index.html")
+    if link is None:
+        return None
+    child = reader.node(link.cid)
+    if child.is_dir or child.kind == "symlink":
+        return None
+    resolved = target.resolved
+    return Target(reader, Resolved(link.cid, child, resolved.path_blocks, [*resolved.roots, link.cid], "index.html"))
 
 
 def _whole_or_range(request: web.Request, data: bytes, headers: dict[str, str]) -> web.Response:
@@ -601,15 +623,21 @@ async def _others_serving(app: web.Application, cid_text: str) -> list[dict[str,
     async with aiohttp.ClientSession(timeout=timeout) as session:
 
         async def ask(url: str, peer_id: str | None) -> None:
-            if peer_id is None:
-                return
             try:
                 async with session.head(f"{url}/ipfs/{cid_text}?format=raw") as resp:
-                    if resp.status == 200:
-                        addr = _url_multiaddr(url)
-                        out.append(_provider(peer_id, [addr] if addr else []))
-            except (TimeoutError, aiohttp.ClientError) as e:
-                log.debug("peer %s did not answer a HEAD of %s: %s", url, cid_text, e)
+                    if resp.status != 200:
+                        return
+                if peer_id is None:  # not learnt yet by the peer's poll: ask now
+                    async with session.get(f"{url}/health") as resp:
+                        body = await resp.json() if resp.status == 200 else None
+                    found = body.get("peer_id") if isinstance(body, dict) else None
+                    if not isinstance(found, str) or not found.startswith("12D3KooW"):
+                        return
+                    peers[url] = peer_id = found
+                addr = _url_multiaddr(url)
+                out.append(_provider(peer_id, [addr] if addr else []))
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+                log.debug("peer %s did not answer about %s: %s", url, cid_text, e)
 
         await asyncio.gather(*(ask(u, p) for u, p in list(peers.items())))
     return out
