@@ -396,11 +396,14 @@ class DatasetReader:
             raise NotFound(f"{path or '/'} is a folder, not a file")
         return self.iter_file_cid(cid, node)
 
-    def read_chunk(self, digest: bytes) -> bytes:
-        """One chunk's verified bytes, reading only the shard bytes that cover it."""
+    def read_chunk(self, digest: bytes, *, sequential: bool = False) -> bytes:
+        """One chunk's verified bytes, reading only the shard bytes that cover it; ``sequential``
+        (the next chunks are likely in the same pack) maps the whole pack, as file reads do."""
         if digest == self._empty_digest:
             return b""  # the empty file's raw block is in no pack
         pack_id, record, ref = self._ref(digest)
+        if sequential:
+            return bytes(self.packs.read_run(pack_id, record, [ref], bytearray(ref.size)))
         return self.packs.read_one(pack_id, record, ref)
 
 

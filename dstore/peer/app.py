@@ -26,6 +26,7 @@ from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, parse_cid
 from dstore.peer.config import MAX_POINTER_BYTES, PeerConfig
 from dstore.peer.connections import connection_middleware
+from dstore.peer.gateway import GatewayState, setup_gateway
 from dstore.peer.gc import Collector
 from dstore.peer.identity import Identity, load_or_create_identity
 from dstore.peer.metrics import CONTENT_TYPE_LATEST, PeerMetrics
@@ -633,6 +634,8 @@ def create_app(config: PeerConfig) -> web.Application:
     app.router.add_delete("/pins/{dataset}", delete_pin)
     app.router.add_get("/pins", get_pins)
     app.router.add_post("/gc", post_gc)
+    # The IPFS gateway (/ipfs/…) and delegated routing (/routing/v1/…): docs/ipfs.md.
+    setup_gateway(app, GatewayState(store, app[IDENTITY].peer_id, config.peers, app[PEERS]))
 
     app.on_response_prepare.append(_on_response_prepare)
     app.cleanup_ctx.append(_scrub_ctx)

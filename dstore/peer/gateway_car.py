@@ -1,0 +1,204 @@
+"""The blocks of a gateway request, in the order a CAR stream sends them (depth first, parents first).
+
+``resolve`` walks ``/ipfs/{cid}/path`` through a dataset (a dataset ID resolves
+through its manifest's ``root``) and keeps every block the walk read, so a
+client can verify the path itself. ``entity_blocks`` then yields the blocks of
+what the path names for ``dag-scope`` ``block``, ``entity`` or ``all``, and for
+``entity-bytes`` only the file blocks that cover that byte range.
+
+Every block is checked against its CID right before it is yielded. The work
+is bounded by what verified nodes declare: a file's children must hold
+exactly the bytes of its blocksizes (so a file yields no more than its
+filesize, itself no more than the manifest's size), and a walk of folders
+counts files and folders against the manifest's ``entries`` and ``size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from dstore.errors import FormatError, IntegrityError, NotFound
+from dstore.fetch.reader import DatasetReader, TreeBudget
+from dstore.format import unixfs
+from dstore.format.cid import CID, DAG_CBOR, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest
+
+__all__ = ["Resolved", "block_bytes", "entity_blocks", "resolve", "verified"]
+
+Block = tuple[CID, bytes]
+
+
+def verified(cid: CID, data: bytes) -> bytes:
+    """``data`` if it hashes to ``cid``; IntegrityError otherwise (nothing unverified is sent)."""
+    hash_name = HASH_NAMES.get(cid.hash.code)
+    if hash_name is None or hash_digest(data, hash_name) != bytes(cid.hash.digest):
+        raise IntegrityError(f"block {cid_to_text(cid)} read here does not match its CID")
+    return data
+
+
+def block_bytes(reader: DatasetReader, cid: CID, *, sequential: bool = False) -> bytes:
+    """One block of the dataset (metadata from memory, a chunk out of its pack), verified.
+
+    ``sequential``: more chunks of the same pack are coming (a CAR stream of a file).
+    """
+    if cid.codec == RAW and cid.hash.code == reader.manifest.root.hash.code:
+        return verified(cid, reader.read_chunk(bytes(cid.hash.digest), sequential=sequential))
+    return verified(cid, reader.block(cid))
+
+
+@dataclass
+class Resolved:
+    """Where a path led: the terminal CID and node (None: not UnixFS), and the blocks walked to get there."""
+
+    cid: CID
+    node: unixfs.Node | None
+    path_blocks: list[Block] = field(default_factory=list)
+    roots: list[CID] = field(default_factory=list)  # every CID along the path, for X-Ipfs-Roots
+    name: str = ""  # the last path segment (file name), "" when the path is only a CID
+
+
+def _node(reader: DatasetReader, cid: CID) -> unixfs.Node | None:
+    return reader.node(cid) if cid.codec in (RAW, DAG_PB) else None
+
+
+def resolve(reader: DatasetReader, cid: CID, segments: list[str], *, through_manifest: bool) -> Resolved:
+    """Walk ``segments`` from ``cid``; ``through_manifest``: a bare dataset ID names its root folder."""
+    out = Resolved(cid, None, roots=[cid])
+    if cid == reader.cid and (segments or through_manifest):
+        out.path_blocks.append((cid, verified(cid, reader.block(cid))))
+        cid = reader.manifest.root
+        out.roots.append(cid)
+    elif cid.codec == DAG_CBOR and segments:
+        raise NotFound(f"{cid_to_text(cid)} is not a UnixFS folder: no path inside it")
+    node = _node(reader, cid)
+
+    def recording(c: CID) -> bytes:  # HAMT shards read by a lookup are part of the path's proof
+        data = verified(c, reader.block(c))
+        if c != cid:
+            out.path_blocks.append((c, data))
+        return data
+
+    for i, seg in enumerate(segments):
+        if node is None or not node.is_dir:
+            raise NotFound(f"/{'/'.join(segments[:i])} is not a folder")
+        out.path_blocks.append((cid, verified(cid, reader.block(cid))))
+        link = unixfs.lookup(recording, node, seg)
+        if link is None:
+            raise NotFound(f"no such file or folder: /{'/'.join(segments[: i + 1])}")
+        cid = link.cid
+        node = _node(reader, cid)
+        out.roots.append(cid)
+        out.name = seg
+    out.cid, out.node = cid, node
+    return out
+
+
+def _hamt_pad(node: unixfs.Node) -> int:
+    return len(f"{node.fanout - 1:X}") if node.kind == "hamt" and node.fanout else 0
+
+
+def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[Block]:
+    """A file's blocks depth first, only those whose bytes meet ``[first, last]`` (inclusive)."""
+    if node.data and node.links:
+        raise FormatError("UnixFS file: inline data and links together are not written by dstore")
+    if (node.filesize or 0) > reader.manifest.size:
+        raise FormatError(f"a file claims {node.filesize} bytes, more than its dataset's {reader.manifest.size}")
+    yield cid, block_bytes(reader, cid)
+    if cid.codec == RAW:
+        return
+    # (iterator over (link, its size, its first byte)) per open node: no recursion.
+    stack = [_children(node, 0)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        link, size, start = item
+        if start > last or start + size - 1 < first:
+            continue  # outside the range: neither it nor its children are needed
+        if link.cid.codec == RAW:
+            data = block_bytes(reader, link.cid, sequential=True)
+            if len(data) != size:
+                raise FormatError(f"UnixFS file: a leaf of {len(data)} bytes where its parent says {size}")
+            yield link.cid, data
+            continue
+        child = reader.node(link.cid)
+        if child.kind != "file" or child.filesize != size:
+            raise FormatError(f"UnixFS file: a link of {size} bytes leads to a {child.kind} of {child.filesize}")
+        if len(stack) >= unixfs.MAX_FILE_DEPTH:
+            raise FormatError(f"a file's DAG is deeper than {unixfs.MAX_FILE_DEPTH} levels")
+        yield link.cid, block_bytes(reader, link.cid)
+        stack.append(_children(child, start))
+
+
+def _children(node: unixfs.Node, start: int) -> Iterator[tuple[unixfs.Link, int, int]]:
+    pos = start
+    for link, size in zip(node.links, node.blocksizes, strict=True):
+        if size == 0:
+            raise FormatError("UnixFS file: a link to no bytes")
+        yield link, size, pos
+        pos += size
+
+
+def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: bool) -> Iterator[Block]:
+    """A folder's own blocks (HAMT shards included); with ``recurse``, everything under it too."""
+    budget = TreeBudget(reader.manifest)
+    budget.take(node)
+    stack: list[tuple[CID, unixfs.Node | None, bool]] = [(cid, node, True)]  # (block, node, is it an entry)
+    depth_of: dict[bytes, int] = {cid.to_bytes(): 0}
+    while stack:
+        c, n, _ = stack.pop()
+        depth = depth_of.pop(c.to_bytes(), 0)
+        if n is None:
+            n = _node(reader, c)
+        if n is None or not n.is_dir:
+            if n is not None and not n.is_dir and n.kind != "symlink":
+                yield from _file_blocks(reader, c, n, 0, (n.filesize or 0) - 1)
+            else:
+                yield c, block_bytes(reader, c)
+            continue
+        yield c, block_bytes(reader, c)
+        pad = _hamt_pad(n)
+        children: list[tuple[CID, unixfs.Node | None, bool]] = []
+        for ln in n.links:
+            entry = n.kind == "dir" or len(ln.name) > pad
+            if entry and not recurse:
+                continue
+            child = _node(reader, ln.cid) if entry else None
+            if entry:
+                if child is None:
+                    raise FormatError(f"folder entry {ln.name!r} is not UnixFS")
+                budget.take(child)
+            if depth + 1 > unixfs.MAX_TREE_DEPTH:
+                raise FormatError(f"folders nest deeper than {unixfs.MAX_TREE_DEPTH} levels")
+            depth_of[ln.cid.to_bytes()] = depth + 1
+            children.append((ln.cid, child, entry))
+        stack.extend(reversed(children))
+
+
+def entity_blocks(
+    reader: DatasetReader, target: Resolved, scope: str, byte_range: tuple[int, int] | None
+) -> Iterator[Block]:
+    """The blocks ``scope`` (``block``, ``entity``, ``all``) asks of the terminal of ``target``.
+
+    ``byte_range`` (inclusive, already resolved against the file's size) narrows a file to the
+    blocks covering those bytes.
+    """
+    cid, node = target.cid, target.node
+    if scope == "block" or node is None:
+        if scope == "all" and cid == reader.cid:  # a manifest: it and its root's DAG
+            yield cid, verified(cid, reader.block(cid))
+            root = reader.manifest.root
+            yield from entity_blocks(reader, Resolved(root, reader.node(root)), "all", None)
+            return
+        yield cid, block_bytes(reader, cid)
+        return
+    if node.is_dir:
+        yield from _folder_blocks(reader, cid, node, recurse=scope == "all")
+        return
+    if node.kind == "symlink":
+        yield cid, block_bytes(reader, cid)
+        return
+    size = node.filesize or 0
+    first, last = byte_range if byte_range is not None else (0, size - 1)
+    yield from _file_blocks(reader, cid, node, first, last)
