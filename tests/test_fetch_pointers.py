@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -66,20 +67,30 @@ def _upload(peer, data: bytes) -> str:
     return text
 
 
-def _get(args: list[str], env: dict[str, str]) -> tuple[int, str, int]:
-    """Run ``dstore get``; returns (exit code, stderr, peak RSS in KiB of that process alone)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dstore", "get", *args],
+# The get's own peak RSS, read from /proc at exit: rusage would count the forked test process too
+# (ru_maxrss survives execve).
+_PEAK_RSS = (
+    "import atexit, sys\n"
+    "out = sys.argv.pop(1)\n"
+    "atexit.register(lambda: open(out, 'w').write(open('/proc/self/status').read()))\n"
+    "from dstore.cli import main\n"
+    "sys.argv[0] = 'dstore'\n"
+    "main()\n"
+)
+
+
+def _get(args: list[str], env: dict[str, str], tmp_path) -> tuple[int, str, int]:
+    """Run ``dstore get``; returns (exit code, stderr, peak RSS in KiB of that process)."""
+    status_file = tmp_path / "get.status"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(status_file), "get", *args],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
-    assert proc.stderr is not None
-    with proc.stderr:
-        err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err, usage.ru_maxrss
+    peak = next(int(line.split()[1]) for line in status_file.read_text().splitlines() if line.startswith("VmHWM:"))
+    return proc.returncode, proc.stderr, peak
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +130,7 @@ def test_a_poisoned_newer_pointer_on_one_peer_does_not_fail_gets(six, dataset, t
     _plant(six[holder], cid, poisoned)
     try:
         for n in range(8):
-            code, err, _ = _get([cid, "-o", str(tmp_path / f"out{n}")], _env(six, tmp_path / f"reader{n}"))
+            code, err, _ = _get([cid, "-o", str(tmp_path / f"out{n}")], _env(six, tmp_path / f"reader{n}"), tmp_path)
             assert code == 0, err
             assert snapshot(tmp_path / f"out{n}") == snapshot(src)
     finally:
@@ -142,7 +153,7 @@ def test_a_pointer_to_another_datasets_metadata_is_skipped(six, dataset, tmp_pat
     holder = next(iter(honest))
     _plant(six[holder], cid, foreign)
     try:
-        code, err, _ = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"))
+        code, err, _ = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"), tmp_path)
         assert code == 0, err
         assert snapshot(tmp_path / "out") == snapshot(src)
     finally:
@@ -159,7 +170,7 @@ def test_shards_of_the_wrong_length_give_one_line_not_a_crash(six, dataset, tmp_
     for i in honest:
         _plant(six[i], cid, lying)  # no honest pointer left
     try:
-        code, err, _ = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"))
+        code, err, _ = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"), tmp_path)
         assert code in (5, 6, 7), err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "out").exists()
@@ -181,7 +192,7 @@ def test_a_memory_bomb_pointer_is_bounded_and_the_honest_pointer_wins(six, datas
     holders = list(honest)
     _plant(six[holders[0]], cid, bomb)
     try:
-        code, err, rss_kib = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"))
+        code, err, rss_kib = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"), tmp_path)
         assert code == 0, err
         assert snapshot(tmp_path / "out") == snapshot(src)
         # Holding the claim would take k x 17 MiB = 170 MiB on top of the interpreter.
@@ -190,7 +201,7 @@ def test_a_memory_bomb_pointer_is_bounded_and_the_honest_pointer_wins(six, datas
         # With no honest pointer left the get fails in one line, still bounded.
         for i in holders:
             _plant(six[i], cid, bomb)
-        code, err, rss_kib = _get([cid, "-o", str(tmp_path / "out2")], _env(six, tmp_path / "reader2"))
+        code, err, rss_kib = _get([cid, "-o", str(tmp_path / "out2")], _env(six, tmp_path / "reader2"), tmp_path)
         assert code in (5, 6), err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert rss_kib < 150 * 1024, f"peak RSS {rss_kib // 1024} MiB"
@@ -210,7 +221,7 @@ def test_a_claim_past_the_metadata_limit_is_refused_before_fetching(six, dataset
     for i in honest:
         _plant(six[i], cid, bomb)
     try:
-        code, err, rss_kib = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"))
+        code, err, rss_kib = _get([cid, "-o", str(tmp_path / "out")], _env(six, tmp_path / "reader"), tmp_path)
         assert code == 5, err
         assert "limit" in err and len(err.strip().splitlines()) == 1, err
         assert rss_kib < 150 * 1024
