@@ -37,7 +37,7 @@ from dstore.store import ChunkLoc, Store
 
 SEGMENT_BYTES = 16 << 20
 # A batch of whole files read by one native call: bounds the file bytes held at once.
-BATCH_BYTES = 64 << 20
+BATCH_BYTES = 32 << 20
 BATCH_MAX_FILES = 8192
 GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 1  # docs/cli.md: as small as per-chunk level 3 on CSV, and faster
@@ -112,7 +112,7 @@ class _Adder:
     hash_name: str
     progress: Progress | None
     packer: Packer = field(init=False)
-    reader: SegmentReader = field(init=False)
+    reader: SegmentReader | None = field(init=False, default=None)  # made for the first big file
     # Every distinct chunk of this dataset, by chunk CID, in first-use order
     # (a dict, not a set: the locator's pack order must not depend on hashing).
     seen: dict[bytes, None] = field(default_factory=dict)
@@ -130,11 +130,11 @@ class _Adder:
 
     def __post_init__(self) -> None:
         self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name)
-        self.reader = SegmentReader(SEGMENT_BYTES, self.chunker.max)
 
     def close(self) -> None:
         self.packer.close()
-        self.reader.close()
+        if self.reader is not None:
+            self.reader.close()
 
     # -- files --------------------------------------------------------------
 
@@ -186,6 +186,8 @@ class _Adder:
         leaves: list[tuple[bytes, int]] = []
         p = self.chunker
         total = 0
+        if self.reader is None:  # two 16 MiB buffers: only for trees that have big files
+            self.reader = SegmentReader(SEGMENT_BYTES, self.chunker.max)
         try:
             with open(entry.path, "rb", buffering=0) as f:
                 segments = self.reader.segments(f)

@@ -1,5 +1,5 @@
 //! Whole batches of files in one call: read, chunk, hash and compress each
-//! file on the rayon pool, and lay every chunk's stored bytes out in one buffer.
+//! file on the rayon pool; each file's buffer ends up holding its chunks' stored bytes.
 //!
 //! Each file is read whole (the caller keeps big files on the streaming
 //! segment path), so its chunks are cut with `final = true` over all its
@@ -54,8 +54,8 @@ impl std::fmt::Display for FileError {
     }
 }
 
-/// The chunks of every file of a batch, in file order, with their stored
-/// bytes back to back in `stored`.
+/// The chunks of every file of a batch, in file order. Each file's stored
+/// bytes (zstd frames or raw bytes, chunk after chunk) reuse its read buffer.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Per file: how many chunks it has (0 for a failed or empty file).
@@ -70,10 +70,10 @@ pub struct Batch {
     pub codecs: Vec<u8>,
     /// Stored length of each chunk.
     pub stored_lengths: Vec<usize>,
-    /// Where each chunk's stored bytes start in `stored`.
-    pub stored_offsets: Vec<usize>,
-    /// Every chunk's stored bytes (zstd frame or raw bytes), in order.
-    pub stored: Vec<u8>,
+    /// Per chunk: the index of its file's buffer in `stored`, and where its bytes start there.
+    pub stored_at: Vec<(usize, usize)>,
+    /// Per file that has chunks: its chunks' stored bytes, back to back.
+    pub stored: Vec<Vec<u8>>,
     /// File bytes read (of the files that did not fail).
     pub bytes_in: u64,
 }
@@ -102,52 +102,88 @@ pub fn read_exact_size(job: &FileJob) -> Result<Vec<u8>, FileError> {
     Ok(data)
 }
 
-fn process_file(job: &FileJob, params: &Params, zstd_level: i32) -> Result<(Vec<u8>, Segment), FileError> {
-    let data = read_exact_size(job)?;
-    let seg = pipeline::process_segment(&data, true, params, zstd_level);
-    Ok((data, seg))
+/// Rewrites `data` (the bytes `seg` was cut from) in place into the stored
+/// bytes of its chunks, back to back; returns where each chunk's bytes start.
+///
+/// In place is safe: the write position (stored bytes of the chunks before
+/// chunk `c`) never passes chunk `c`'s start, and a frame is shorter than its
+/// chunk, so only bytes already hashed and compressed are overwritten.
+pub fn compact_stored(data: &mut Vec<u8>, seg: &Segment) -> Vec<usize> {
+    let mut starts = Vec::with_capacity(seg.lengths.len());
+    let mut w = 0;
+    for c in 0..seg.lengths.len() {
+        let (off, len) = (seg.stored_offsets[c], seg.stored_lengths[c]);
+        if seg.codecs[c] == CODEC_ZSTD {
+            data[w..w + len].copy_from_slice(&seg.compressed[off..off + len]);
+        } else {
+            debug_assert!(w <= off);
+            data.copy_within(off..off + len, w);
+        }
+        starts.push(w);
+        w += len;
+    }
+    data.truncate(w);
+    starts
+}
+
+struct FileDone {
+    bytes_in: u64,
+    seg: Segment,
+    stored: Vec<u8>,
+    starts: Vec<usize>,
+}
+
+fn process_file(job: &FileJob, params: &Params, zstd_level: i32) -> Result<FileDone, FileError> {
+    let mut data = read_exact_size(job)?;
+    let bytes_in = data.len() as u64;
+    let mut seg = pipeline::process_segment(&data, true, params, zstd_level);
+    let starts = compact_stored(&mut data, &seg);
+    seg.compressed = Vec::new();
+    Ok(FileDone {
+        bytes_in,
+        seg,
+        stored: data,
+        starts,
+    })
 }
 
 /// Reads and processes every file of `jobs` in parallel (one file per task),
 /// then gathers the results in file order.
 pub fn process_files(jobs: &[FileJob], params: &Params, zstd_level: i32) -> Batch {
-    let done: Vec<Result<(Vec<u8>, Segment), FileError>> = jobs
+    let done: Vec<Result<FileDone, FileError>> = jobs
         .par_iter()
         .with_max_len(1)
         .map(|job| process_file(job, params, zstd_level))
         .collect();
+    let chunks: usize = done.iter().flatten().map(|d| d.seg.lengths.len()).sum();
     let mut batch = Batch::default();
-    let (mut chunks, mut stored_total) = (0, 0);
-    for (_, seg) in done.iter().flatten() {
-        chunks += seg.lengths.len();
-        stored_total += seg.stored_lengths.iter().sum::<usize>();
-    }
     batch.chunk_counts.reserve(jobs.len());
     batch.lengths.reserve(chunks);
     batch.digests.reserve(32 * chunks);
     batch.codecs.reserve(chunks);
     batch.stored_lengths.reserve(chunks);
-    batch.stored_offsets.reserve(chunks);
-    batch.stored.reserve(stored_total);
+    batch.stored_at.reserve(chunks);
     for (i, result) in done.into_iter().enumerate() {
-        let (data, seg) = match result {
-            Ok(ok) => ok,
+        let d = match result {
+            Ok(d) => d,
             Err(e) => {
                 batch.chunk_counts.push(0);
                 batch.errors.push((i, e));
                 continue;
             }
         };
-        batch.bytes_in += data.len() as u64;
-        batch.chunk_counts.push(seg.lengths.len());
-        for c in 0..seg.lengths.len() {
-            batch.stored_offsets.push(batch.stored.len());
-            batch.stored.extend_from_slice(seg.stored(&data, c));
+        batch.bytes_in += d.bytes_in;
+        batch.chunk_counts.push(d.seg.lengths.len());
+        if d.starts.is_empty() {
+            continue;
         }
-        batch.lengths.extend_from_slice(&seg.lengths);
-        batch.digests.extend_from_slice(&seg.digests);
-        batch.codecs.extend_from_slice(&seg.codecs);
-        batch.stored_lengths.extend_from_slice(&seg.stored_lengths);
+        let file = batch.stored.len();
+        batch.stored_at.extend(d.starts.iter().map(|&s| (file, s)));
+        batch.stored.push(d.stored);
+        batch.lengths.extend_from_slice(&d.seg.lengths);
+        batch.digests.extend_from_slice(&d.seg.digests);
+        batch.codecs.extend_from_slice(&d.seg.codecs);
+        batch.stored_lengths.extend_from_slice(&d.seg.stored_lengths);
     }
     batch
 }
@@ -155,8 +191,8 @@ pub fn process_files(jobs: &[FileJob], params: &Params, zstd_level: i32) -> Batc
 impl Batch {
     /// Stored bytes of chunk `i`.
     pub fn stored(&self, i: usize) -> &[u8] {
-        let off = self.stored_offsets[i];
-        &self.stored[off..off + self.stored_lengths[i]]
+        let (file, off) = self.stored_at[i];
+        &self.stored[file][off..off + self.stored_lengths[i]]
     }
 
     /// Whether chunk `i` is stored as a zstd frame.
