@@ -287,6 +287,12 @@ class _Adder:
             record = PackRecord.decode(block)
         return record
 
+    def forget_chunks(self) -> None:
+        """Drop the per-chunk maps once the locator's inputs are made (peak memory of big trees)."""
+        self.seen.clear()
+        self.old_locations.clear()
+        self.packer.locations.clear()
+
     # -- folders ------------------------------------------------------------
 
     def add_tree(self, node: FileEntry | DirEntry) -> tuple[CID, int]:
@@ -316,6 +322,7 @@ class _Adder:
             else:
                 root, blocks, tsize = unixfs.build_directory(built, self.hash_name)
                 self.blocks.extend(blocks)
+                folder.children = []  # built: let the walk's entries go (memory grows less per file)
                 stack.pop()
                 if not stack:
                     return root, tsize
@@ -383,6 +390,7 @@ def add(
     store.lock_for_add()  # no gc runs while this store is open (docs/lifetime.md)
     tree = walk(Path(path))
     size = total_size(tree)
+    entries_count = count_entries(tree)  # before add_tree, which empties the folders it has built
     if on_start:
         on_start(size)
     sink = PeerSink(peers) if peers is not None else LocalSink(store)
@@ -403,15 +411,19 @@ def add(
         hash_name=hash_name,
         chunker=adder.chunker,
         size=size,
-        entries=count_entries(tree),
+        entries=entries_count,
         meta=meta or {},
         parent=parent,
     )
     manifest_block = manifest.encode()
     dataset = manifest.cid
     entries, packs = adder.locator_inputs()
+    unique_chunks, new_chunks = len(adder.seen), len(adder.packer.locations)
+    adder.forget_chunks()  # the locator's entries hold what is needed from here on
     locator_root, locator_blocks = build_locator(dataset, entries, packs, hash_name)
+    del entries
     blocks = [(c if isinstance(c, bytes) else c.to_bytes(), b) for c, b in adder.blocks]
+    adder.blocks.clear()
     blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
     blocks.append((dataset.to_bytes(), manifest_block))
     if peers is not None:
@@ -425,8 +437,8 @@ def add(
         bytes_in=size,
         files=adder.files,
         chunks=adder.chunks_total,
-        unique_chunks=len(adder.seen),
-        new_chunks=len(adder.packer.locations),
+        unique_chunks=unique_chunks,
+        new_chunks=new_chunks,
         new_chunk_bytes=adder.new_chunk_bytes,
         new_stored_bytes=adder.packer.bytes_stored,
         compressed_bytes=adder.compressed_bytes,

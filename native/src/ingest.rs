@@ -183,7 +183,9 @@ pub fn process_files(jobs: &[FileJob], params: &Params, zstd_level: i32) -> Batc
         batch.lengths.extend_from_slice(&d.seg.lengths);
         batch.digests.extend_from_slice(&d.seg.digests);
         batch.codecs.extend_from_slice(&d.seg.codecs);
-        batch.stored_lengths.extend_from_slice(&d.seg.stored_lengths);
+        batch
+            .stored_lengths
+            .extend_from_slice(&d.seg.stored_lengths);
     }
     batch
 }
@@ -268,7 +270,10 @@ mod tests {
             }
         }
         assert_eq!(chunk, batch.lengths.len());
-        assert_eq!(batch.bytes_in, files.iter().map(|f| f.len() as u64).sum::<u64>());
+        assert_eq!(
+            batch.bytes_in,
+            files.iter().map(|f| f.len() as u64).sum::<u64>()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
