@@ -131,7 +131,6 @@ def decode_chunks_into(
     across calls) and returning the number of bytes written. Chunks may
     straddle parts. ValueError if ``out`` is too small or parts differ in length.
     """
-
 @final
 class FileBatch:
     """The chunks of a batch of whole files (:func:`process_files`), all files end to end.

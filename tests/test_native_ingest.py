@@ -16,14 +16,15 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
-from treeutil import csv_like, random_bytes
 
 import dstore.ingest.add as add_module
-import reference_chunker as ref
 from dstore import _native
 from dstore.errors import InputError
 from dstore.ingest.add import ShardSpec, add
 from dstore.store import Store
+
+import reference_chunker as ref
+from treeutil import csv_like, random_bytes
 
 SMALL_FILES = 300
 FOLDERS = 7
@@ -142,7 +143,10 @@ def test_batches_cut_the_chunks_of_one_segment_per_file(tmp_path_factory, case, 
         start = end
     for data, chunks in zip(files, got, strict=True):
         seg = _native.process_segment(data, True, *SMALL, level)
-        want = [(seg.lengths[i], seg.digests[32 * i : 32 * i + 32], seg.codecs[i], bytes(seg.stored(i))) for i in range(len(seg))]
+        want = [
+            (seg.lengths[i], seg.digests[32 * i : 32 * i + 32], seg.codecs[i], bytes(seg.stored(i)))
+            for i in range(len(seg))
+        ]
         assert chunks == want
         assert [n for n, *_ in chunks] == ref.chunk_lengths(data, True, *SMALL)
         pos = 0

@@ -13,8 +13,8 @@ hashes) and writing shards run on other threads.
 
 from __future__ import annotations
 
-import sys
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
