@@ -3,7 +3,8 @@
 Files are taken in batches: up to BATCH_BYTES of files below SEGMENT_BYTES
 go to one Rust call that reads, chunks, hashes and compresses them on all
 cores (GIL released) and hands back every chunk of the batch at once. A
-bigger file streams through the same kernel one 16 MiB segment at a time.
+bigger file streams through ``process_segment``, one 16 MiB segment a call.
+Either way a file that no longer has the size the walk saw is an InputError.
 Python then looks the batch's chunks up in the index in one read
 transaction, reuses those whose pack is still there and strong enough
 (docs/format.md, "When dedup reuses a pack"), and copies the others into the
