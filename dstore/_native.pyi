@@ -14,6 +14,7 @@ from typing_extensions import Buffer  # collections.abc.Buffer needs Python 3.12
 
 __all__ = [
     "GEAR_DIGEST",
+    "FileBatch",
     "IntegrityError",
     "Segment",
     "blake3",
@@ -21,6 +22,7 @@ __all__ = [
     "decode_chunks",
     "decode_chunks_into",
     "encode_pack",
+    "process_files",
     "process_segment",
     "reconstruct",
     "write_files",
@@ -165,4 +167,50 @@ def write_files(
     ValueError for a batch that does not describe its packs and files
     (checked before any file is opened); OSError (errno and filename set,
     e.g. FileExistsError) when the OS refuses to create, open or write a file.
+    """
+@final
+class FileBatch:
+    """The chunks of a batch of whole files (:func:`process_files`), all files end to end.
+
+    The stored bytes of every chunk live in one buffer owned by the batch.
+    """
+
+    chunk_counts: list[int]
+    """Per file, in order: how many chunks it has (0 for an empty or failed file)."""
+    errors: list[tuple[int, int, str]]
+    """Per failed file, in order: ``(index in the batch, errno or 0, message)``."""
+    lengths: list[int]
+    """Uncompressed length of each chunk."""
+    digests: bytes
+    """32-byte BLAKE3 digests, concatenated (``32 * len(lengths)`` bytes)."""
+    codecs: list[int]
+    """0 = stored raw, 1 = stored zstd-compressed."""
+    stored_lengths: list[int]
+    """Stored length of each chunk (== length when raw)."""
+    bytes_in: int
+    """File bytes read, of the files that did not fail."""
+    def copy_into(self, indices: Sequence[int], dest: Buffer, offset: int) -> int:
+        """Copy the stored bytes of the chunks at ``indices``, back to back, into
+        the writable buffer ``dest`` from ``offset``; returns the offset after the
+        last. IndexError for a bad index, ValueError if ``dest`` is too small.
+        """
+    def stored(self, index: int) -> bytes:
+        """Stored bytes of chunk ``index`` (a copy). IndexError unless ``0 <= index < len(lengths)``."""
+    def __len__(self) -> int:
+        """Number of chunks."""
+
+def process_files(
+    paths: Sequence[str],
+    sizes: Sequence[int],
+    min_size: int,
+    avg_size: int,
+    max_size: int,
+    zstd_level: int,
+) -> FileBatch:
+    """Read, chunk, hash and compress whole files on all cores in one call (zstd_level 0 = never compress).
+
+    ``paths[i]`` must still hold ``sizes[i]`` bytes: a file that grew or
+    shrank fails like an unreadable one (in ``errors``; reading stops one byte
+    past the expected size). Each file is cut as one final buffer, so its
+    chunks are those of :func:`process_segment` over all its bytes.
     """

@@ -1,15 +1,20 @@
 """``dstore add``: walk → native pipeline → packs → shards → index → manifest.
 
-The hot path per 16 MiB segment is one Rust call (chunk, hash, compress, both
-cores, GIL released); Python then looks the segment's chunks up in the index in
-one read transaction, reuses those whose pack is still there and strong
-enough (docs/format.md, "When dedup reuses a pack"), and copies the others
-into the open pack. Sealing a pack (erasure coding, shard hashes) and writing
-shards run on other threads.
+Files are taken in batches: up to BATCH_BYTES of files below SEGMENT_BYTES
+go to one Rust call that reads, chunks, hashes and compresses them on all
+cores (GIL released) and hands back every chunk of the batch at once. A
+bigger file streams through ``process_segment``, one 16 MiB segment a call.
+Either way a file that no longer has the size the walk saw is an InputError.
+Python then looks the batch's chunks up in the index in one read
+transaction, reuses those whose pack is still there and strong enough
+(docs/format.md, "When dedup reuses a pack"), and copies the others into the
+open pack (one native copy per pack). Sealing a pack (erasure coding, shard
+hashes) and writing shards run on other threads.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +37,9 @@ from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
 
 SEGMENT_BYTES = 16 << 20
+# A batch of whole files read by one native call: bounds the file bytes held at once.
+BATCH_BYTES = 32 << 20
+BATCH_MAX_FILES = 8192
 GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 1  # docs/cli.md: as small as per-chunk level 3 on CSV, and faster
 
@@ -105,7 +113,7 @@ class _Adder:
     hash_name: str
     progress: Progress | None
     packer: Packer = field(init=False)
-    reader: SegmentReader = field(init=False)
+    reader: SegmentReader | None = field(init=False, default=None)  # made for the first big file
     # Every distinct chunk of this dataset, by chunk CID, in first-use order
     # (a dict, not a set: the locator's pack order must not depend on hashing).
     seen: dict[bytes, None] = field(default_factory=dict)
@@ -123,28 +131,76 @@ class _Adder:
 
     def __post_init__(self) -> None:
         self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name)
-        self.reader = SegmentReader(SEGMENT_BYTES, self.chunker.max)
 
     def close(self) -> None:
         self.packer.close()
-        self.reader.close()
+        if self.reader is not None:
+            self.reader.close()
 
     # -- files --------------------------------------------------------------
 
-    def add_file(self, entry: FileEntry) -> tuple[CID, int]:
-        """Store one file's chunks; returns its UnixFS root CID and Tsize."""
+    def file_results(self, files: Iterator[FileEntry]) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
+        """Store the files' chunks in order; yields each file's UnixFS root CID, new dag-pb blocks and Tsize.
+
+        Consecutive files below SEGMENT_BYTES are read together, up to
+        BATCH_BYTES (or BATCH_MAX_FILES) per native call; a bigger file streams.
+        """
+        batch: list[FileEntry] = []
+        batch_bytes = 0
+        for entry in files:
+            if entry.size >= SEGMENT_BYTES:
+                yield from self._add_batch(batch)
+                batch, batch_bytes = [], 0
+                yield self.add_big_file(entry)
+                continue
+            if batch and (batch_bytes + entry.size > BATCH_BYTES or len(batch) >= BATCH_MAX_FILES):
+                yield from self._add_batch(batch)
+                batch, batch_bytes = [], 0
+            batch.append(entry)
+            batch_bytes += entry.size
+        yield from self._add_batch(batch)
+
+    def _add_batch(self, entries: list[FileEntry]) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
+        if not entries:
+            return
+        p = self.chunker
+        paths = [os.fspath(e.path) for e in entries]
+        batch = _native.process_files(paths, [e.size for e in entries], p.min, p.avg, p.max, ZSTD_LEVEL)
+        if batch.errors:
+            index, errno, message = batch.errors[0]
+            reason = os.strerror(errno) if errno else message
+            raise InputError(f"cannot read {entries[index].path}: {reason}")
+        cids = self._take_chunks(batch)
+        if self.progress:
+            self.progress(batch.bytes_in)
+        sizes = batch.lengths
+        start = 0
+        hash_name = self.hash_name
+        for count in batch.chunk_counts:
+            end = start + count
+            self.files += 1
+            yield unixfs.build_file(list(zip(cids[start:end], sizes[start:end], strict=True)), hash_name)
+            start = end
+
+    def add_big_file(self, entry: FileEntry) -> tuple[CID, list[tuple[CID, bytes]], int]:
+        """Store one file segment by segment; returns its UnixFS root CID, new blocks and Tsize."""
         leaves: list[tuple[bytes, int]] = []
         p = self.chunker
+        total = 0
+        if self.reader is None:  # two 16 MiB buffers: only for trees that have big files
+            self.reader = SegmentReader(SEGMENT_BYTES, self.chunker.max)
         try:
             with open(entry.path, "rb", buffering=0) as f:
                 segments = self.reader.segments(f)
                 view, final = next(segments)
                 while True:
                     seg = _native.process_segment(view, final, p.min, p.avg, p.max, ZSTD_LEVEL)
-                    self._take_segment(seg, leaves)
+                    cids = self._take_chunks(seg)
+                    leaves.extend(zip(cids, seg.lengths, strict=True))
                     if self.progress:
                         self.progress(seg.consumed)
                     consumed = seg.consumed
+                    total += consumed
                     del seg, view  # the buffer is reused for a later segment
                     try:
                         view, final = segments.send(consumed)
@@ -154,20 +210,20 @@ class _Adder:
             raise  # store errors (an OSError too) are not about the input
         except OSError as e:
             raise InputError(f"cannot read {entry.path}: {e.strerror or e}") from e
+        if total != entry.size:
+            raise InputError(f"cannot read {entry.path}: file changed size while being added (was {entry.size} bytes)")
         self.files += 1
-        root, blocks, tsize = unixfs.build_file(leaves, self.hash_name)
-        self.blocks.extend(blocks)
-        return root, tsize
+        return unixfs.build_file(leaves, self.hash_name)
 
-    def _take_segment(self, seg: _native.Segment, leaves: list[tuple[bytes, int]]) -> None:
+    def _take_chunks(self, seg: _native.Segment | _native.FileBatch) -> list[bytes]:
+        """Look the chunks up (one index transaction) and pack the new ones; returns their chunk CIDs."""
         digests = seg.digests
         hash_name = self.hash_name
         sizes = seg.lengths
         cids = [raw_cid_bytes(digests[32 * i : 32 * i + 32], hash_name) for i in range(len(sizes))]
-        leaves.extend(zip(cids, sizes, strict=True))
         self.chunks_total += len(cids)
         seen = self.seen
-        unseen = [c for c in cids if c not in seen]
+        unseen = list(dict.fromkeys(c for c in cids if c not in seen))
         stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen), strict=True))
         self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
@@ -184,6 +240,7 @@ class _Adder:
         self.new_chunk_bytes += sum(sizes[i] for i in picks)
         self.compressed_bytes += sum(stored_lengths[i] for i in picks)
         self.packer.add_chunks(seg, picks, cids)
+        return cids
 
     def _judge_packs(self, pack_ids: dict[bytes, None]) -> None:
         """Decide, for the packs not judged yet, whether this add may reuse their chunks.
@@ -231,28 +288,42 @@ class _Adder:
             record = PackRecord.decode(block)
         return record
 
+    def forget_chunks(self) -> None:
+        """Drop the per-chunk maps once the locator's inputs are made (peak memory of big trees)."""
+        self.seen.clear()
+        self.old_locations.clear()
+        self.packer.locations.clear()
+
     # -- folders ------------------------------------------------------------
 
     def add_tree(self, node: FileEntry | DirEntry) -> tuple[CID, int]:
         """Store a file or folder; returns its UnixFS root CID and Tsize.
 
         Folders are built children first without recursion (deep trees cost
-        no stack): one frame per open folder holds its built entries.
+        no stack): one frame per open folder holds its built entries. Files
+        are stored ahead in batches (``file_results``), in the order this
+        walk meets them, so chunks, packs and blocks keep one order.
         """
+        results = self.file_results(_files_in_order(node))
         if isinstance(node, FileEntry):
-            return self.add_file(node)
+            root, blocks, tsize = next(results)
+            self.blocks.extend(blocks)
+            return root, tsize
         stack: list[tuple[DirEntry, Iterator[FileEntry | DirEntry], list[tuple[str, CID, int]]]]
         stack = [(node, iter(node.children), [])]
         while True:
             folder, pending, built = stack[-1]
             child = next(pending, None)
             if isinstance(child, FileEntry):
-                built.append((child.name, *self.add_file(child)))
+                root, blocks, tsize = next(results)
+                self.blocks.extend(blocks)
+                built.append((child.name, root, tsize))
             elif child is not None:
                 stack.append((child, iter(child.children), []))
             else:
                 root, blocks, tsize = unixfs.build_directory(built, self.hash_name)
                 self.blocks.extend(blocks)
+                folder.children = []  # built: let the walk's entries go (memory grows less per file)
                 stack.pop()
                 if not stack:
                     return root, tsize
@@ -281,6 +352,19 @@ class _Adder:
         return entries, packs
 
 
+def _files_in_order(node: FileEntry | DirEntry) -> Iterator[FileEntry]:
+    """The files under ``node`` in the order ``_Adder.add_tree`` meets them (children in name order, depth first)."""
+    stack: list[Iterator[FileEntry | DirEntry]] = [iter((node,))]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif isinstance(child, FileEntry):
+            yield child
+        else:
+            stack.append(iter(child.children))
+
+
 def add(
     path: Path,
     store: Store,
@@ -307,6 +391,7 @@ def add(
     store.lock_for_add()  # no gc runs while this store is open (docs/lifetime.md)
     tree = walk(Path(path))
     size = total_size(tree)
+    entries_count = count_entries(tree)  # before add_tree, which empties the folders it has built
     if on_start:
         on_start(size)
     sink = PeerSink(peers) if peers is not None else LocalSink(store)
@@ -327,15 +412,19 @@ def add(
         hash_name=hash_name,
         chunker=adder.chunker,
         size=size,
-        entries=count_entries(tree),
+        entries=entries_count,
         meta=meta or {},
         parent=parent,
     )
     manifest_block = manifest.encode()
     dataset = manifest.cid
     entries, packs = adder.locator_inputs()
+    unique_chunks, new_chunks = len(adder.seen), len(adder.packer.locations)
+    adder.forget_chunks()  # the locator's entries hold what is needed from here on
     locator_root, locator_blocks = build_locator(dataset, entries, packs, hash_name)
+    del entries
     blocks = [(c if isinstance(c, bytes) else c.to_bytes(), b) for c, b in adder.blocks]
+    adder.blocks.clear()
     blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
     blocks.append((dataset.to_bytes(), manifest_block))
     if peers is not None:
@@ -349,8 +438,8 @@ def add(
         bytes_in=size,
         files=adder.files,
         chunks=adder.chunks_total,
-        unique_chunks=len(adder.seen),
-        new_chunks=len(adder.packer.locations),
+        unique_chunks=unique_chunks,
+        new_chunks=new_chunks,
         new_chunk_bytes=adder.new_chunk_bytes,
         new_stored_bytes=adder.packer.bytes_stored,
         compressed_bytes=adder.compressed_bytes,

@@ -92,7 +92,7 @@ class Packer:
         # Pack buffers whose shards are written, for reuse (fresh memory costs page faults).
         self._free: list[bytearray] = []
 
-    def add_chunks(self, seg: _native.Segment, picks: list[int], cids: list[bytes]) -> None:
+    def add_chunks(self, seg: _native.Segment | _native.FileBatch, picks: list[int], cids: list[bytes]) -> None:
         """Append chunks ``picks`` (indices into ``seg``, in order) to the open pack(s).
 
         Python only decides where each chunk goes; the bytes are copied by one

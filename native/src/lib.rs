@@ -11,6 +11,7 @@
 pub mod chunk;
 pub mod compress;
 pub mod erasure;
+pub mod ingest;
 pub mod pack;
 pub mod pipeline;
 #[cfg(test)]
@@ -719,6 +720,164 @@ fn write_files(
         })
 }
 
+/// Checks a zstd level: 0 (never compress) or one zstd accepts.
+fn zstd_level_arg(zstd_level: i64) -> PyResult<i32> {
+    let min_level = i64::from(zstd::zstd_safe::min_c_level());
+    let max_level = i64::from(zstd::zstd_safe::max_c_level());
+    if zstd_level != 0 && !(min_level..=max_level).contains(&zstd_level) {
+        return Err(value_error(format!(
+            "zstd_level must be 0 (never compress) or in {min_level}..={max_level}, got {zstd_level}"
+        )));
+    }
+    Ok(zstd_level as i32)
+}
+
+/// The chunks of a batch of whole files, hashed and (maybe) compressed.
+#[pyclass(frozen, module = "dstore._native")]
+struct FileBatch {
+    /// Per file, in order: how many chunks it has (0 if it failed).
+    #[pyo3(get)]
+    chunk_counts: Py<PyList>,
+    /// Per failed file: (index in the batch, errno or 0, message).
+    #[pyo3(get)]
+    errors: Py<PyList>,
+    /// Uncompressed length of each chunk, all files end to end.
+    #[pyo3(get)]
+    lengths: Py<PyList>,
+    /// 32-byte BLAKE3 digests, concatenated.
+    #[pyo3(get)]
+    digests: Py<PyBytes>,
+    /// 0 = stored raw, 1 = stored zstd-compressed.
+    #[pyo3(get)]
+    codecs: Py<PyList>,
+    /// Stored length of each chunk.
+    #[pyo3(get)]
+    stored_lengths: Py<PyList>,
+    /// File bytes read (of the files that did not fail).
+    #[pyo3(get)]
+    bytes_in: u64,
+    batch: ingest::Batch,
+}
+
+#[pymethods]
+impl FileBatch {
+    /// Copy the stored bytes of the chunks at `indices`, back to back, into
+    /// the writable buffer `dest` from `offset`; returns the offset after the last.
+    fn copy_into(
+        &self,
+        py: Python<'_>,
+        indices: Vec<i64>,
+        dest: &Bound<'_, PyAny>,
+        offset: i64,
+    ) -> PyResult<usize> {
+        let b = &self.batch;
+        let n = b.lengths.len();
+        let start = nonneg(offset, "offset")?;
+        let mut spans = Vec::with_capacity(indices.len());
+        let mut end = start;
+        for &index in &indices {
+            let i = usize::try_from(index)
+                .ok()
+                .filter(|&i| i < n)
+                .ok_or_else(|| {
+                    PyIndexError::new_err(format!("chunk index {index} out of range 0..{n}"))
+                })?;
+            spans.push(i);
+            end += b.stored_lengths[i];
+        }
+        let out = writable_buffer(dest, "dest", end)?;
+        if end == start {
+            return Ok(end);
+        }
+        // SAFETY: the export held by `out` keeps `len_bytes() >= end` writable,
+        // contiguous bytes alive for this call; the caller does not touch them
+        // concurrently (as for any buffer consumer).
+        let dest = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr().cast::<u8>(), end) };
+        py.detach(|| {
+            let mut pos = start;
+            for i in spans {
+                let src = b.stored(i);
+                dest[pos..pos + src.len()].copy_from_slice(src);
+                pos += src.len();
+            }
+        });
+        Ok(end)
+    }
+
+    /// Stored bytes of chunk `index` (a copy).
+    fn stored<'py>(&self, py: Python<'py>, index: i64) -> PyResult<Bound<'py, PyBytes>> {
+        let n = self.batch.lengths.len();
+        let i = usize::try_from(index)
+            .ok()
+            .filter(|&i| i < n)
+            .ok_or_else(|| {
+                PyIndexError::new_err(format!("chunk index {index} out of range 0..{n}"))
+            })?;
+        Ok(PyBytes::new(py, self.batch.stored(i)))
+    }
+
+    fn __len__(&self) -> usize {
+        self.batch.lengths.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<FileBatch files={} chunks={} errors={}>",
+            self.batch.chunk_counts.len(),
+            self.batch.lengths.len(),
+            self.batch.errors.len()
+        )
+    }
+}
+
+/// Read, chunk, hash and compress whole files (`paths[i]` must have `sizes[i]`
+/// bytes) on all cores in one call; zstd_level 0 = never compress.
+#[pyfunction]
+#[pyo3(signature = (paths, sizes, min_size, avg_size, max_size, zstd_level))]
+fn process_files(
+    py: Python<'_>,
+    paths: Vec<std::path::PathBuf>,
+    sizes: Vec<u64>,
+    min_size: i64,
+    avg_size: i64,
+    max_size: i64,
+    zstd_level: i64,
+) -> PyResult<FileBatch> {
+    let p = params(min_size, avg_size, max_size)?;
+    let level = zstd_level_arg(zstd_level)?;
+    if paths.len() != sizes.len() {
+        return Err(value_error(format!(
+            "paths and sizes differ in length ({}, {})",
+            paths.len(),
+            sizes.len()
+        )));
+    }
+    let jobs: Vec<ingest::FileJob> = paths
+        .into_iter()
+        .zip(sizes)
+        .map(|(path, size)| ingest::FileJob { path, size })
+        .collect();
+    let batch = py.detach(|| ingest::process_files(&jobs, &p, level));
+    let errors = PyList::empty(py);
+    for (i, e) in &batch.errors {
+        let errno = match e {
+            ingest::FileError::Io(io) => io.raw_os_error().unwrap_or(0),
+            ingest::FileError::ChangedSize { .. } => 0,
+        };
+        errors.append((*i, errno, e.to_string()))?;
+    }
+    Ok(FileBatch {
+        chunk_counts: PyList::new(py, &batch.chunk_counts)?.unbind(),
+        errors: errors.unbind(),
+        lengths: PyList::new(py, &batch.lengths)?.unbind(),
+        digests: PyBytes::new(py, &batch.digests).unbind(),
+        codecs: PyList::new(py, &batch.codecs)?.unbind(),
+        stored_lengths: PyList::new(py, &batch.stored_lengths)?.unbind(),
+        bytes_in: batch.bytes_in,
+        batch,
+    })
+}
+
 /// dstore's native core: chunking, hashing, compression and erasure coding.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -734,5 +893,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_chunks_into, m)?)?;
     m.add_function(wrap_pyfunction!(write_files, m)?)?;
     m.add_class::<Segment>()?;
+    m.add_function(wrap_pyfunction!(process_files, m)?)?;
+    m.add_class::<FileBatch>()?;
     Ok(())
 }
