@@ -468,7 +468,7 @@ async def put_dataset(request: web.Request) -> web.Response:
         held_seq = _held_seq(held)
         why = "a newer one" if held_seq > pointer["seq"] else "another one of the same seq"
         message = f"this peer keeps {why} (seq {held_seq}) for dataset {dataset}"
-        return web.json_response({"error": message, "code": "stale_pointer", "seq": held_seq}, status=409)
+        return _error_response(409, "stale_pointer", message)
     return web.json_response(pointer, status=200)
 
 
