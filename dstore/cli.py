@@ -403,15 +403,38 @@ def _print_reports(reports: list[Any], as_json: bool) -> None:
 @main.command()
 @click.argument("cid")
 @home_option
-def rm(cid: str, home: str | None) -> None:
-    """Forget dataset CID (its shards stay until `dstore gc`)."""
+@peers_options
+def rm(cid: str, home: str | None, peer_urls: str | None, token: str | None) -> None:
+    """Forget dataset CID (its shards stay until `dstore gc`); with peers, also unpin it on every peer."""
+    from dstore.errors import NotFound, PeerError
     from dstore.format.cid import cid_to_text, parse_cid
     from dstore.store.gc import remove_dataset
 
     dataset = parse_cid(cid)
-    with _store(home) as store:
-        remove_dataset(store, dataset)
-    click.echo(cid_to_text(dataset))
+    text = cid_to_text(dataset)
+    with _peers(peer_urls, token) as peers:  # connected first: a bad --token-file changes nothing
+        with _store(home) as store:
+            try:
+                remove_dataset(store, dataset)
+                forgotten = True
+            except NotFound:
+                if peers is None:
+                    raise
+                forgotten = False  # perhaps added elsewhere, or a second run after a peer failed
+        if peers is None:
+            click.echo(text)
+            return
+        report = peers.unpin(dataset)
+    if not forgotten and not report.done and not report.failed:
+        raise NotFound(f"dataset {text} is not in this store and no peer has it pinned")
+    click.echo(text)
+    asked = len(report.done) + len(report.absent) + len(report.failed)
+    click.echo(f"unpinned on {len(report.done)} of {asked} peers ({len(report.absent)} had no pin)")
+    if report.failed:
+        raise PeerError(
+            f"{len(report.failed)} of {asked} peers did not unpin {text} ({report.failures()}); they keep its shards: "
+            f"run `dstore rm {text}` with the peers again"
+        )
 
 
 def _clean_stale_gets(home: Path) -> int:

@@ -3,7 +3,8 @@
 It answers ``GET /health`` like a real peer (``{"peer_id": "12D3KooW…", "version", "bytes_stored",
 "bytes_reserved", "shards", "capacity", "last_scrub"}``), so clients rank it like any other, and
 accepts the writes of the real API (``PUT /shards/{cid}``, ``PUT /datasets/{id}``: kept in memory,
-answered 201/200 without any check). What it answers to reads depends on its ``mode``:
+answered 201/200 without any check; ``PUT``/``DELETE /pins/{id}``: answered yes, nothing kept).
+What it answers to reads depends on its ``mode``:
 
 =============  ====================================================================================
 ``honest``     serves what it holds: the ``shards`` it was given and what was uploaded (404 else)
@@ -194,6 +195,22 @@ def make_app(config: dict[str, Any], shards: dict[str, bytes]) -> Any:
         uploaded_pointers[dataset] = pointer
         return web.json_response(pointer)
 
+    pins: set[str] = set()
+
+    async def put_pin(request: web.Request) -> web.Response:
+        # Says yes, as a real peer does, and keeps nothing for it.
+        dataset = request.match_info["dataset"]
+        status = 200 if dataset in pins else 201
+        pins.add(dataset)
+        return web.json_response({"dataset": dataset, "resolved": True, "shards": 0, "error": None}, status=status)
+
+    async def delete_pin(request: web.Request) -> web.Response:
+        dataset = request.match_info["dataset"]
+        if dataset not in pins:
+            return not_found(f"pin of {dataset}")
+        pins.discard(dataset)
+        return web.json_response({"dataset": dataset, "pinned": False})
+
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({"requests": dict(requests), "lies": lies[0]})
 
@@ -210,6 +227,8 @@ def make_app(config: dict[str, Any], shards: dict[str, bytes]) -> Any:
     app.router.add_put("/shards/{cid}", put_shard)
     app.router.add_get("/datasets/{dataset}", get_dataset)
     app.router.add_put("/datasets/{dataset}", put_dataset)
+    app.router.add_put("/pins/{dataset}", put_pin)
+    app.router.add_delete("/pins/{dataset}", delete_pin)
     app.router.add_get("/_hostile/stats", stats)
     app.router.add_put("/_hostile/config", configure)
     app["state"] = state

@@ -114,8 +114,9 @@ def dataset(six, tmp_path_factory):
 
 
 def _restore(six, cid: str, honest: dict[int, dict]) -> None:
+    # On disk: a peer refuses (409) a PUT of a pointer older than the one it holds.
     for i, pointer in honest.items():
-        _plant(six[i], cid, pointer)
+        (six[i].home / "datasets" / f"{cid}.json").write_text(json.dumps(pointer))
 
 
 def test_a_poisoned_newer_pointer_on_one_peer_does_not_fail_gets(six, dataset, tmp_path):

@@ -329,7 +329,7 @@ def test_blocks_and_pointers(net: SyncPeerSet, peers: list[PeerProcess]) -> None
     assert net.peerset.peer_by_id(liar.peer_id).bad_bytes == 1  # type: ignore[union-attr]
 
     dataset = make_cid(RAW, b"dataset id")
-    pointer = {"locator": cid_to_text(make_cid(RAW, b"locator")), "metadata": {"k": 1}}
+    pointer = {"seq": 1, "locator": cid_to_text(make_cid(RAW, b"locator")), "metadata": {"k": 1}}
     assert net.get_pointer(dataset) is None
     took = net.put_pointer(dataset, pointer, 3)
     assert took == [p.peer_id for p in net.rank(dataset.to_bytes())[:3]]

@@ -65,16 +65,18 @@ def test_every_distinct_valid_pointer_newest_first(net: SyncPeerSet) -> None:
     text = cid_to_text(dataset)
     ranked = [p.peer_id for p in net.rank(dataset.to_bytes())]
     assert len(ranked) == 5 and all(ranked)
-    old, new, bare = pointer("v1"), pointer("v2", seq=2), {"locator": cid_to_text(make_cid(RAW, b"x"))}
-    assert net.put_pointer(dataset, old, 3) == ranked[:3]  # no seq: counts as 0
+    old, new = pointer("v1", seq=1), pointer("v2", seq=2)
+    bare = {"seq": 3, "locator": cid_to_text(make_cid(RAW, b"x"))}
+    assert net.put_pointer(dataset, old, 3) == ranked[:3]
     put_on(net, ranked[1], text, new)  # a newer version on one peer
     put_on(net, ranked[2], text, bare)  # one the caller's check refuses
-    put_on(net, ranked[3], text, pointer("v0", seq=-1))
+    put_on(net, ranked[3], text, pointer("v0", seq=0))
+    put_on(net, ranked[4], text, pointer("v0b", seq=0))
 
     got = net.get_pointers(dataset, validate=has_metadata)
-    assert got == [new, old, pointer("v0", seq=-1)]  # the copies of ``old`` count once
+    assert got == [new, old, pointer("v0", seq=0), pointer("v0b", seq=0)]  # ``old`` counts once; ties: ranking
     assert net.get_pointer(dataset, validate=has_metadata) == new  # the newest
-    assert net.get_pointers(dataset) == [new, old, bare, pointer("v0", seq=-1)]  # ties keep ranking order
+    assert net.get_pointers(dataset) == [bare, new, old, pointer("v0", seq=0), pointer("v0b", seq=0)]
     assert net.get_pointers(dataset, validate=has_metadata, max_peers=1) == [old]  # only the first peer asked
 
 

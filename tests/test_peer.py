@@ -216,7 +216,7 @@ def test_dataset_pointer(peer: PeerProcess) -> None:
     locator = block(b"locator", codec=DAG_CBOR)
     url = f"{peer.url}/datasets/{dataset}"
     assert error_of(request(url)) == (404, "not_found")
-    pointer = {"locator": locator, "metadata": {"k": 10, "m": 2}}
+    pointer = {"seq": 1, "locator": locator, "metadata": {"k": 10, "m": 2}}
     body = json.dumps(pointer).encode()
     assert error_of(request(url, "PUT", body)) == (401, "unauthorized")
     status, _, answer = request(url, "PUT", body, peer.auth)
@@ -225,7 +225,7 @@ def test_dataset_pointer(peer: PeerProcess) -> None:
     assert (status, json.loads(answer)) == (200, pointer)
     assert headers["content-type"].startswith("application/json")
     # replace
-    pointer2 = {"locator": block(b"locator v2", codec=DAG_CBOR), "metadata": {}}
+    pointer2 = {"seq": 2, "locator": block(b"locator v2", codec=DAG_CBOR), "metadata": {}}
     assert request(url, "PUT", json.dumps(pointer2).encode(), peer.auth)[0] == 200
     assert json.loads(request(url)[2]) == pointer2
 

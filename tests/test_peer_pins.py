@@ -53,6 +53,7 @@ def test_gc_keeps_pinned_and_recently_confirmed_shards(dataset_on_peers) -> None
     p = peers[0]
     pin_url = f"{p.url}/pins/{cid}"
     assert error_of(request(pin_url, "PUT", b"")) == (401, "unauthorized")
+    assert request(pin_url, "DELETE", None, p.auth)[0] == 200  # `dstore add` pinned it: start over
     status, _, body = request(pin_url, "PUT", b"", p.auth)
     pin = json.loads(body)
     assert status == 201 and pin["resolved"] and pin["shards"] > 0, pin
@@ -109,12 +110,12 @@ def test_an_unresolved_pin_stops_gc(dataset_on_peers) -> None:
     assert error_of(request(f"{p.url}/gc", "POST", b"")) == (401, "unauthorized")
 
 
-def test_background_gc_runs_only_with_the_flag(tmp_path) -> None:
+def test_background_gc_runs_unless_turned_off(tmp_path) -> None:
     old, new = os.urandom(2000), os.urandom(2000)
     with running_peers(tmp_path, 2, token=TOKEN, gc_interval=0.2) as (on, off):
-        on.stop()
-        on.options["gc"] = True
-        on.start()
+        off.stop()
+        off.options["no_gc"] = True  # gc is on by default
+        off.start()
         for p in (on, off):
             for data in (old, new):
                 assert request(f"{p.url}/shards/{block(data)}", "PUT", data, p.auth)[0] == 201
@@ -124,5 +125,5 @@ def test_background_gc_runs_only_with_the_flag(tmp_path) -> None:
         while request(f"{on.url}/shards/{block(old)}")[0] != 404 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [f.name for f in shard_files(on.home)] == [block(new)]
-        # without --gc, nothing was collected in the background meanwhile
+        # with --no-gc, nothing was collected in the background meanwhile
         assert sorted(f.name for f in shard_files(off.home)) == sorted([block(old), block(new)])

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstore import _native
-from dstore.errors import DstoreError, InputError, StoreError, UsageError
+from dstore.errors import DstoreError, InputError, PeerError, StoreError, UsageError
 from dstore.format import unixfs
-from dstore.format.cid import CID, raw_cid_bytes
+from dstore.format.cid import CID, cid_to_text, raw_cid_bytes
 from dstore.format.locator import build_locator
 from dstore.format.manifest import ChunkerParams, Manifest
 from dstore.format.pack import PackRecord, shard_size
@@ -483,4 +483,27 @@ def publish_metadata(
     encoded = encode_pack(buf, len(car), k, spec.m, hash_name)
     holders = peers.put_pack(dataset.to_bytes(), encoded.shards)
     pointer = Pointer(locator, encoded.record, tuple(holders), placement_cid, next_seq(replaces_seq))
-    peers.put_pointer(dataset, pointer.to_json(), spec.k + spec.m)
+    try:
+        peers.put_pointer(dataset, pointer.to_json(), spec.k + spec.m)
+    except PeerError as e:  # 409: every peer asked keeps a newer pointer (dstore.net.pointers.StalePointer)
+        if e.status != 409 or replaces_seq is not None:
+            raise  # repair: its new placement went nowhere; run it again over the newest pointer
+        # add: the peers already publish this very dataset ID under a newer pointer; that one stays.
+    pin_holders(peers, dataset, [*holders, *(h for row in placement.values() for h in row if h)])
+
+
+def pin_holders(peers: PeerClient, dataset: CID, holders: list[str]) -> None:
+    """Pin the dataset on every live peer that holds some shard of it (docs/lifetime.md, "On storage peers").
+
+    Only holders: a peer holding nothing keeps nothing, and a pin would cost it
+    a metadata fetch. A holder that cannot pin would collect its shards after
+    its gc grace period, so that fails the publish (PeerError, exit 9): the
+    add or repair run again places and pins anew.
+    """
+    report = peers.pin(dataset, holders)
+    if not report.ok:
+        raise PeerError(
+            f"dataset {cid_to_text(dataset)}: pinned on {len(report.done)} of "
+            f"{len(report.done) + len(report.failed)} peers holding its shards, not on {report.failures()}; "
+            "unpinned shards are deleted after the peer's gc grace period: run the command again"
+        )

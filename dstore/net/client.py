@@ -27,6 +27,7 @@ from dstore.net.config import normalize_url
 from dstore.net.fetching import Fetcher
 from dstore.net.health import HealthChecker
 from dstore.net.peers import Peer, PeerTable
+from dstore.net.pins import PinReport, pin_on, unpin_on
 from dstore.net.placement import Placement
 from dstore.net.pointers import POINTER_PEERS, Pointers
 from dstore.net.reads import ShardConfirmer, get_verified, head
@@ -54,7 +55,7 @@ class PeerSet:
         self.health = HealthChecker(self.transport, self.table, timeout_s=timeout_s)
         self.placement = Placement(self.transport, self.table, self.health, max_concurrency=max_concurrency)
         self.fetcher = Fetcher(self.transport, self.table, self.health)
-        self.pointers = Pointers(self.transport, self.table, self.placement)
+        self.pointers = Pointers(self.transport, self.table)
         self.confirmer = ShardConfirmer(self.transport, self.table)
 
     @classmethod
@@ -195,3 +196,30 @@ class PeerSet:
     ) -> list[dict]:
         """See :meth:`dstore.net.pointers.Pointers.get_pointers`."""
         return await self.pointers.get_pointers(dataset, validate=validate, max_peers=max_peers)
+
+    # -- pins ----------------------------------------------------------------------------
+
+    async def pin(self, dataset: CID, peers: Iterable[str] | None = None) -> PinReport:
+        """``PUT /pins/{dataset}`` on the peers with these IDs (default: every live peer).
+
+        An ID this set does not know is skipped (nothing of the dataset can be
+        there that this client could name); a known peer that is down is a failure.
+        """
+        if peers is None:
+            targets = self.table.alive
+        else:
+            targets = [p for pid in dict.fromkeys(peers) if (p := self.table.peer_by_id(pid)) is not None]
+        return await pin_on(self.transport, targets, dataset)
+
+    async def unpin(self, dataset: CID) -> PinReport:
+        """``DELETE /pins/{dataset}`` on every peer of the set, each once; one down is a failure."""
+        seen: set[str] = set()
+        targets: list[Peer] = []
+        for p in self.table.peers:
+            key = p.peer_id or p.url
+            if key in seen:
+                continue
+            best = self.table.peer_by_id(p.peer_id) if p.peer_id else p
+            seen.add(key)
+            targets.append(best or p)
+        return await unpin_on(self.transport, targets, dataset)

@@ -16,16 +16,19 @@ from dstore.errors import PeerError
 from dstore.format.cid import CID, cid_to_text
 from dstore.limits import MAX_POINTER_BYTES
 from dstore.net.peers import Peer, PeerTable
-from dstore.net.placement import Placement
 from dstore.net.tasks import run_all
 from dstore.net.transport import Miss, Transport
 
-__all__ = ["POINTER_PEERS", "POINTER_TIMEOUT_S", "Pointers"]
+__all__ = ["POINTER_PEERS", "POINTER_TIMEOUT_S", "Pointers", "StalePointer"]
 
 #: Peers asked at once for a dataset's pointers (pointers live on the first k + m of the ranking).
 POINTER_PEERS = 8
 #: Bound on one pointer request, so one hung peer does not hold a read up for the whole read timeout.
 POINTER_TIMEOUT_S = 10.0
+
+
+class StalePointer(PeerError):
+    """Every peer asked already holds a newer pointer for the dataset (409 ``stale_pointer``): this one went nowhere."""
 
 
 def canonical_json(obj: object) -> bytes:
@@ -42,20 +45,54 @@ def pointer_seq(obj: dict) -> int:
 class Pointers:
     """Writes and reads dataset pointers on the peers of a :class:`PeerTable`."""
 
-    def __init__(self, transport: Transport, table: PeerTable, placement: Placement) -> None:
+    def __init__(self, transport: Transport, table: PeerTable) -> None:
         self.transport = transport
         self.table = table
-        self.placement = placement
 
     async def put_pointer(self, dataset: CID, pointer: dict, copies: int) -> list[str]:
-        """``PUT /datasets/{dataset}`` on the first ``copies`` peers of ``rank(dataset)`` that take it."""
+        """``PUT /datasets/{dataset}`` on the first ``copies`` peers of ``rank(dataset)`` that take it.
+
+        Returns the IDs of the peers that took it, in ranking order. A peer that
+        answers 409 already holds a newer pointer (or another one of the same
+        ``seq``) and keeps it: that is no failure, and the copy is not moved
+        further down the ranking (a stale pointer is no use there). Raises
+        :class:`StalePointer` when every peer asked answered 409, PeerError when
+        no peer took it for other reasons.
+        """
         body = canonical_json(pointer)
         if len(body) > MAX_POINTER_BYTES:
             raise ValueError(f"dataset pointer of {len(body)} bytes is over {MAX_POINTER_BYTES}")
         text = cid_to_text(dataset)
-        return await self.placement.replicate(
-            dataset.to_bytes(), copies, f"dataset pointer {text}", f"/datasets/{text}", body, "application/json"
-        )
+        what = f"dataset pointer {text}"
+        ranking = self.table.rank(dataset.to_bytes())
+        if not ranking:
+            raise PeerError(f"{what}: no live peer (check --peers / DSTORE_PEERS)")
+        queue = iter(sorted(ranking, key=lambda p: p.full))  # stable: ranking order, known-full peers last
+        took: list[Peer] = []
+        newer: list[str] = []
+        misses: list[str] = []
+
+        async def worker() -> None:
+            for peer in queue:
+                try:
+                    await self.transport.put(peer, f"/datasets/{text}", body, "application/json")
+                except Miss as e:
+                    if e.status == 409:
+                        newer.append(str(e))
+                        return
+                    if e.fatal:
+                        raise PeerError(f"{what}: {e}", status=e.status, url=peer.url) from e
+                    misses.append(str(e))
+                else:
+                    took.append(peer)
+                    return
+
+        await run_all(worker() for _ in range(max(1, copies)))
+        if not took and newer and not misses:
+            raise StalePointer(f"{what}: every peer asked keeps a newer one: " + "; ".join(newer), status=409)
+        if not took:
+            raise PeerError(f"{what}: no peer took it: " + "; ".join(newer + misses))
+        return [p.peer_id for p in ranking if p in took and p.peer_id]
 
     async def get_pointers(
         self, dataset: CID, *, validate: Callable[[dict], object] | None = None, max_peers: int = POINTER_PEERS

@@ -8,12 +8,15 @@ network's internals, and lets a test or a future transport stand in.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from dstore.format.cid import CID
 from dstore.format.pack import PackRecord
 from dstore.net.peers import Peer
+
+if TYPE_CHECKING:  # dstore.net.pins loads aiohttp; importing the protocol must not
+    from dstore.net.pins import PinReport
 
 __all__ = ["PeerClient"]
 
@@ -96,6 +99,14 @@ class PeerClient(Protocol):
         self, dataset: CID, *, validate: Callable[[dict], object] | None = None, max_peers: int = ...
     ) -> list[dict]:
         """Every distinct valid pointer, highest ``seq`` first; PeerError only if no peer could answer."""
+        ...
+
+    def pin(self, dataset: CID, peers: Iterable[str] | None = None) -> PinReport:
+        """``PUT /pins/{dataset}`` on the peers with these IDs (default: every live peer); each one's answer."""
+        ...
+
+    def unpin(self, dataset: CID) -> PinReport:
+        """``DELETE /pins/{dataset}`` on every peer of the set; each one's answer (no pin there is no failure)."""
         ...
 
     def head(self, peer: Peer, cid: CID) -> bool:

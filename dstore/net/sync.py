@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 from dstore.format.cid import CID
 from dstore.format.pack import PackRecord
 from dstore.net.client import PeerSet
 from dstore.net.peers import Peer
+from dstore.net.pins import PinReport
 from dstore.net.pointers import POINTER_PEERS
 
 __all__ = ["SyncPeerSet"]
@@ -150,6 +151,12 @@ class SyncPeerSet:
         self, dataset: CID, *, validate: Callable[[dict], object] | None = None, max_peers: int = POINTER_PEERS
     ) -> list[dict]:
         return self._call(self._ps.get_pointers(dataset, validate=validate, max_peers=max_peers))
+
+    def pin(self, dataset: CID, peers: Iterable[str] | None = None) -> PinReport:
+        return self._call(self._ps.pin(dataset, peers))
+
+    def unpin(self, dataset: CID) -> PinReport:
+        return self._call(self._ps.unpin(dataset))
 
     def confirm_shards(self, items: Sequence[tuple[str, CID]]) -> list[bool]:
         return self._call(self._ps.confirm_shards(items))

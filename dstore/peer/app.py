@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
@@ -58,6 +59,8 @@ PEERS = web.AppKey("peers", dict[str, str | None])
 IN_FLIGHT = web.AppKey("in_flight", dict[str, asyncio.Future[None]])
 PINS = web.AppKey("pins", Pins)
 COLLECTOR = web.AppKey("collector", Collector)
+#: Held while a pointer PUT compares the pointer on disk with its own and writes.
+POINTER_LOCK = web.AppKey("pointer_lock", threading.Lock)
 
 
 class Drain:
@@ -396,6 +399,10 @@ async def get_shard(request: web.Request) -> web.StreamResponse:
 # -- dataset pointers ------------------------------------------------------------------------------
 
 
+#: Largest pointer ``seq`` (docs/format.md, "Datasets on peers": a non-negative 63-bit integer).
+_MAX_SEQ = (1 << 63) - 1
+
+
 def _validate_pointer(raw: bytes) -> dict[str, Any]:
     try:
         pointer = json.loads(raw)
@@ -412,7 +419,41 @@ def _validate_pointer(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "bad_pointer", f"locator: {e}") from None
     if "metadata" in pointer and not isinstance(pointer["metadata"], dict):
         raise ApiError(400, "bad_pointer", '"metadata" must be a JSON object')
+    seq = pointer.get("seq")
+    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
+        raise ApiError(400, "bad_pointer", 'a dataset pointer needs "seq": a non-negative 63-bit integer')
     return pointer
+
+
+def _held_seq(pointer: dict[str, Any]) -> int:
+    """The ``seq`` of a pointer already on disk; -1 for one written before pointers had it (any new one wins)."""
+    seq = pointer.get("seq")
+    return seq if type(seq) is int else -1
+
+
+def _keep_newest(
+    store: PeerStore, lock: threading.Lock, dataset: str, pointer: dict[str, Any]
+) -> tuple[bool, dict[str, Any] | None]:
+    """Write ``pointer`` unless the held one is newer, or as new and different: (written, the held one).
+
+    Under ``lock`` (in the worker thread, so a cancelled request cannot let go of it early):
+    two publishers cannot both compare against the same old pointer.
+    """
+    with lock:
+        try:
+            held = store.read_pointer(dataset)
+        except ValueError:  # a damaged pointer file: the new pointer replaces it
+            held = None
+        if not isinstance(held, dict):
+            held = None
+        if held is not None:
+            held_seq, seq = _held_seq(held), pointer["seq"]
+            if held_seq > seq or (held_seq == seq and held != pointer):
+                return False, held
+            if held == pointer:
+                return True, held  # the same pointer again: nothing to write
+        store.write_pointer(dataset, pointer)
+        return True, held
 
 
 async def put_dataset(request: web.Request) -> web.Response:
@@ -420,7 +461,15 @@ async def put_dataset(request: web.Request) -> web.Response:
     dataset = cid_to_text(_path_cid(request, "dataset"))
     length = _body_length(request, MAX_POINTER_BYTES)
     pointer = _validate_pointer(await _read_body(request, length))
-    await asyncio.shield(asyncio.to_thread(request.app[STORE].write_pointer, dataset, pointer))
+    app = request.app
+    keep = asyncio.to_thread(_keep_newest, app[STORE], app[POINTER_LOCK], dataset, pointer)
+    written, held = await asyncio.shield(keep)
+    if not written:
+        assert held is not None
+        held_seq = _held_seq(held)
+        why = "a newer one" if held_seq > pointer["seq"] else "another one of the same seq"
+        message = f"this peer keeps {why} (seq {held_seq}) for dataset {dataset}"
+        return _error_response(409, "stale_pointer", message)
     return web.json_response(pointer, status=200)
 
 
@@ -622,6 +671,7 @@ def create_app(config: PeerConfig) -> web.Application:
     app[PINS] = Pins(config.home)
     app[COLLECTOR] = Collector(store, app[PINS], config.gc_grace_s, config.gc_interval_s, lambda: _resolve_pending(app))
     app[DRAIN] = Drain()
+    app[POINTER_LOCK] = threading.Lock()
 
     app.router.add_put("/shards/{cid}", put_shard)
     app.router.add_get("/shards/{cid}", get_shard)  # also HEAD

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from dstore.errors import DstoreError
+from dstore.errors import DstoreError, UsageError
+from dstore.net.config import read_token_file
 from dstore.peer.config import (
     DEFAULT_BODY_IDLE_TIMEOUT_S,
     DEFAULT_GC_GRACE_S,
@@ -62,6 +64,20 @@ class _Duration(click.ParamType):
 DURATION = _Duration()
 
 
+def _token(home: Path, token: str | None, token_file: str | None) -> tuple[str, str]:
+    """(token, where it came from): ``--token``, ``--token-file``, ``$DSTORE_TOKEN``, ``$DSTORE_TOKEN_FILE``, else
+    ``<home>/token`` (made on first start). A token file named but missing or unreadable is an error, never a
+    reason to fall back to another token."""
+    if token and token_file:
+        raise UsageError("give --token or --token-file, not both")
+    if token_file:
+        return read_token_file(token_file, "--token-file"), token_file
+    env_file = os.environ.get("DSTORE_TOKEN_FILE")
+    if not token and not os.environ.get("DSTORE_TOKEN") and env_file:
+        return read_token_file(env_file, "$DSTORE_TOKEN_FILE"), env_file
+    return resolve_token(home, token)
+
+
 @click.group()
 def peer() -> None:
     """Run a storage peer."""
@@ -76,8 +92,22 @@ def peer() -> None:
 )
 @click.option("--listen", default="127.0.0.1:8081", show_default=True, help="HOST:PORT to serve on (port 0: any).")
 @click.option("--capacity", type=SIZE, default=None, help="Most bytes of blocks to keep (10G, 512M, bytes).")
-@click.option("--token", default=None, help="Write token (else $DSTORE_TOKEN, else <home>/token, made on first start).")
-@click.option("--peers", default=None, help="Comma-separated URLs of other peers, listed on /peers.")
+@click.option(
+    "--token",
+    default=None,
+    help="Write token (else --token-file, $DSTORE_TOKEN, $DSTORE_TOKEN_FILE, <home>/token made on first start).",
+)
+@click.option(
+    "--token-file",
+    metavar="PATH",
+    default=None,
+    help="Read the write token from PATH (else $DSTORE_TOKEN_FILE); unlike --token, not visible in ps.",
+)
+@click.option(
+    "--peers",
+    default=None,
+    help="Comma-separated URLs of other peers: listed on /peers, asked for a pinned dataset's metadata.",
+)
 @click.option(
     "--scrub-rate",
     type=SIZE,
@@ -120,7 +150,13 @@ def peer() -> None:
     default=None,
     help="Most open connections (default: the open-file limit less 64, at most 1024).",
 )
-@click.option("--gc", "gc_enabled", is_flag=True, help="Delete shards no pin keeps, once past --gc-grace.")
+@click.option(
+    "--gc/--no-gc",
+    "gc_enabled",
+    default=True,
+    show_default=True,
+    help="Delete, every hour, the shards no pin keeps once past --gc-grace (--no-gc: keep every block).",
+)
 @click.option(
     "--gc-grace",
     type=DURATION,
@@ -138,6 +174,7 @@ def serve(
     listen: str,
     capacity: int | None,
     token: str | None,
+    token_file: str | None,
     peers: str | None,
     scrub_rate: int,
     max_body: int,
@@ -161,7 +198,7 @@ def serve(
     try:
         host, port = parse_listen(listen)
         home.mkdir(parents=True, exist_ok=True)
-        secret, token_source = resolve_token(home, token)
+        secret, token_source = _token(home, token, token_file)
         config = PeerConfig(
             home=home,
             token=secret,

@@ -67,8 +67,8 @@ class PeerConfig:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     #: Most open connections; None: the open-file limit less a margin (connections.py).
     max_connections: int | None = None
-    #: Collect unpinned shards in the background (POST /gc works either way).
-    gc_enabled: bool = False
+    #: Collect unpinned shards in the background (POST /gc works either way); ``--no-gc`` turns it off.
+    gc_enabled: bool = True
     gc_grace_s: float = DEFAULT_GC_GRACE_S
     gc_interval_s: float = DEFAULT_GC_INTERVAL_S
 
