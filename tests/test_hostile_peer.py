@@ -11,7 +11,10 @@ from hostile_peer import hostile_peer
 from peerutil import running_peers
 from test_peer import block, request
 
+from dstore.fetch.reader import DatasetReader
+from dstore.fetch.verify import packs_of
 from dstore.format.cid import DAG_CBOR
+from dstore.store import Store
 
 from treeutil import csv_like, random_bytes, snapshot
 
@@ -57,15 +60,31 @@ def test_hostile_peer_modes(tmp_path) -> None:
         assert hp.stats()["requests"]["GET /shards"] == 4
 
 
-def test_get_survives_a_peer_serving_wrong_shard_bytes(dstore, tmp_path) -> None:
+def _holds_a_data_shard(home, cid: str, peer_id: str) -> bool:
+    """Whether the add placed a data shard (one a healthy get asks for) of some pack on ``peer_id``."""
+    with Store(home) as store, DatasetReader(store, cid) as reader:
+        for pack_id, record in packs_of(reader):
+            holders = store.index.placement(pack_id.to_bytes()) or []
+            if peer_id in holders[: record.k]:
+                return True
+    return False
+
+
+def test_get_survives_a_peer_serving_wrong_shard_bytes(dstore, home, tmp_path) -> None:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    (src / "big.bin").write_bytes(random_bytes(3 << 20, 7))
     (src / "sub" / "table.csv").write_bytes(csv_like(1 << 20))
     with running_peers(tmp_path, 3, token=TOKEN) as peers, hostile_peer(tmp_path, mode="wrong-bytes") as hp:
         env = {"DSTORE_PEERS": ",".join([p.url for p in peers] + [hp.url]), "DSTORE_TOKEN": TOKEN}
-        # The hostile peer takes its shards (and pointer) like any peer, then serves them altered.
-        cid = json.loads(dstore("add", src, "--shards", "2+1", "--json", env=env).out)["cid"]
+        # The hostile peer takes its shards (and pointer) like any peer, then serves them altered. Placement
+        # depends on the peers' random IDs: add new data until it holds a data shard, which the get must ask for.
+        for seed in range(7, 47):
+            (src / "big.bin").write_bytes(random_bytes(3 << 20, seed))
+            cid = json.loads(dstore("add", src, "--shards", "2+1", "--json", env=env).out)["cid"]
+            if _holds_a_data_shard(home, cid, hp.peer_id):
+                break
+        else:
+            pytest.fail("the hostile peer never got a data shard")
         assert hp.stats()["requests"].get("PUT /shards", 0) >= 1
         fresh = {**env, "DSTORE_HOME": str(tmp_path / "fresh")}
         dstore("get", cid, "-o", tmp_path / "out", env=fresh)
