@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -343,7 +344,10 @@ class _BlockFileResponse(web.FileResponse):
         return await super().prepare(request)
 
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits only (``\d`` also takes "١"), unit in any case: what aiohttp's own parser, which serves
+# the range, accepts. A number longer than this is no byte position of any block: refused (int()
+# of more than 4300 digits raises, and once answered 500).
+_RANGE_RE = re.compile(r"^bytes=(\d{0,64})-(\d{0,64})$", re.ASCII | re.IGNORECASE)
 
 
 def _check_range(request: web.Request, size: int) -> None:
@@ -395,11 +399,25 @@ async def get_shard(request: web.Request) -> web.StreamResponse:
 # -- dataset pointers ------------------------------------------------------------------------------
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
 def _validate_pointer(raw: bytes) -> dict[str, Any]:
     try:
-        pointer = json.loads(raw)
+        # NaN and Infinity are Python's extension, not JSON: stored, they were served to every reader.
+        pointer = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "bad_pointer", f"body is not JSON: {e}") from None
+    except RecursionError:  # 64 KiB of "[" (answered 500 before)
+        raise ApiError(400, "bad_pointer", "body is nested too deeply") from None
     if not isinstance(pointer, dict):
         raise ApiError(400, "bad_pointer", "a dataset pointer is a JSON object")
     locator = pointer.get("locator")
