@@ -154,6 +154,11 @@ class _Adder:
             raise  # store errors (an OSError too) are not about the input
         except OSError as e:
             raise InputError(f"cannot read {entry.path}: {e.strerror or e}") from e
+        read = sum(size for _, size in leaves)
+        if read != entry.size:
+            # The manifest declares the sizes listed before reading: a dataset built from other
+            # bytes would be refused by every reader (a file written to meanwhile, or /proc, /sys).
+            raise InputError(f"{entry.path} changed while being added ({entry.size} bytes listed, {read} read)")
         self.files += 1
         root, blocks, tsize = unixfs.build_file(leaves, self.hash_name)
         self.blocks.extend(blocks)
