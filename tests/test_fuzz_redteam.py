@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,13 +23,19 @@ TOKEN = "redteam-token"
 
 
 @contextmanager
-def odd_peer(health_body: bytes) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 that answers ``/health`` with ``health_body`` and 404 to the rest."""
+def odd_peer(health_body: bytes, other_body: bytes | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server on 127.0.0.1 that answers ``/health`` with ``health_body``, and every other
+    request 404, or 200 with ``other_body`` if given (a peer claiming to hold everything).
+    Yields its URL and the list of "METHOD path" it was asked."""
+    asked: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _answer(self) -> None:
-            ok = self.path == "/health"
-            body = health_body if ok else b'{"error": "no", "code": "not_found"}'
+            asked.append(f"{self.command} {self.path}")
+            ok = self.path == "/health" or other_body is not None
+            body = health_body if self.path == "/health" else other_body
+            if body is None:
+                body = b'{"error": "no", "code": "not_found"}'
             self.send_response(200 if ok else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -43,7 +52,7 @@ def odd_peer(health_body: bytes) -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
     finally:
         server.shutdown()
         server.server_close()
@@ -70,12 +79,13 @@ def test_one_peer_with_an_odd_health_answer_is_skipped(dstore, tmp_path: Path, h
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"hello " * 1000)
-    with running_peers(tmp_path, 2, token=TOKEN) as peers, odd_peer(health) as odd:
+    with running_peers(tmp_path, 2, token=TOKEN) as peers, odd_peer(health) as (odd, asked):
         env = {"DSTORE_PEERS": ",".join([odd] + [p.url for p in peers]), "DSTORE_TOKEN": TOKEN}
         cid = dstore("add", src, "--shards", "1+1", "-q", env=env).out.strip().splitlines()[-1]
         fresh = {**env, "DSTORE_HOME": str(tmp_path / "fresh")}
         dstore("get", cid, "-o", tmp_path / "out", "-q", env=fresh)
         assert snapshot(tmp_path / "out") == snapshot(src)
+        assert "GET /health" in asked
 
 
 # Files whose size as listed is not what reading them gives: the kernel's own, deterministic
@@ -103,3 +113,60 @@ def test_add_of_a_folder_holding_a_changing_file_stores_no_dataset(dstore, tmp_p
     (src / "status").symlink_to(GROWS)  # symlinks are followed: the kernel file is read as a file
     assert_one_line_error(dstore("add", src, check=False), 4)
     assert json.loads(dstore("stat", "--json").out)["datasets"] == 0
+
+
+@pytest.mark.parametrize("body", [b"", b"x", b"{}"], ids=["empty", "one-byte", "json"])
+def test_one_peer_answering_200_with_junk_for_every_read_does_not_fail_a_get(
+    dstore,  # noqa: ANN001
+    tmp_path: Path,
+    body: bytes,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(bytes([i]) * 300_000 + b"%d" % i)
+    with running_peers(tmp_path, 3, token=TOKEN) as peers:
+        env = {"DSTORE_PEERS": ",".join(p.url for p in peers), "DSTORE_TOKEN": TOKEN}
+        cid = dstore("add", src, "--shards", "2+1", "-q", env=env).out.strip().splitlines()[-1]
+        liar = peers[0]
+        liar.stop()
+        # Under the stopped peer's ID (so the pointer's hints send readers to it), it answers 200
+        # with junk to every shard, pointer and HEAD: a reader must verify and go on.
+        with odd_peer(json.dumps({"peer_id": liar.peer_id}).encode(), other_body=body) as (odd, asked):
+            others = [p.url for p in peers[1:]]
+            fresh = {"DSTORE_PEERS": ",".join([odd, *others]), "DSTORE_HOME": str(tmp_path / "fresh")}
+            dstore("get", cid, "-o", tmp_path / "out", "-q", env=fresh)
+            assert snapshot(tmp_path / "out") == snapshot(src)
+            assert any(a.startswith("GET /shards/") for a in asked), asked  # the lie was met
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 20 MiB tmpfs (needs root: skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_add_onto_a_full_disk_fails_cleanly_and_gc_frees_the_rest(dstore, tmp_path: Path, small_disk: Path) -> None:  # noqa: ANN001
+    env = {"DSTORE_HOME": str(small_disk / "store")}
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"fits")
+    kept = dstore("add", small, "-q", env=env).out.strip().splitlines()[-1]
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(30 << 20))
+    assert_one_line_error(dstore("add", big, "-q", check=False, env=env), 8)  # StoreError: disk full
+    assert json.loads(dstore("stat", "--json", env=env).out)["datasets"] == 1
+    assert dstore("fsck", env=env).code == 0  # no index entry without its shard
+    dstore("gc", env=env)
+    used = shutil.disk_usage(small_disk).used
+    assert used < 2 << 20, used  # what the failed add wrote is gone
+    assert dstore("cat", kept, env=env).out == "fits"
+    out = tmp_path / "again"
+    dstore("get", dstore("add", small, "-q", env=env).out.strip().splitlines()[-1], "-o", out, env=env)
+    assert out.read_bytes() == b"fits"
