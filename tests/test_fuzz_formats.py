@@ -20,7 +20,7 @@ from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
 from dstore.format import cbor
 from dstore.format.car import CarReader, encode_car
 from dstore.format.cid import CID, DAG_PB, RAW, make_cid, parse_cid
-from dstore.format.dagpb import PBLink, encode_node, encode_varint
+from dstore.format.dagpb import PBLink, decode_node, encode_node, encode_varint
 from dstore.format.locator import Locator, build_locator
 from dstore.format.pack import PackRecord, shard_size
 
@@ -313,6 +313,30 @@ def test_locator_chunk_page_tags_are_refused_before_cbor2_builds_them(tagged: by
     finally:
         tracemalloc.stop()
     assert peak < 4 * len(tagged) + (1 << 20), peak
+
+
+# -- dag-pb ----------------------------------------------------------------------------------------
+
+PB_BIG = encode_node(
+    [PBLink(RAW_CID.to_bytes(), f"f{i}", 10**i) for i in range(5)] + [PBLink(PB_CID.to_bytes())], b"\x08\x02\x18\x05"
+)
+
+
+@given(st.sampled_from([PB_BLOCK, PB_BIG]).flatmap(mutated))
+def test_mutated_dag_pb_decodes_canonically_or_raises_format_error(data: bytes) -> None:
+    result = decode_bounded(decode_node, data, (FormatError,))
+    if not isinstance(result, BaseException):
+        assert encode_node(result.links, result.data) == data
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_as_dag_pb(data: bytes) -> None:
+    decode_bounded(decode_node, data, (FormatError,))
+
+
+def test_dag_pb_claiming_huge_lengths_fails_without_allocating() -> None:
+    for claim in (b"\x0a" + encode_varint(2**40), b"\x12" + encode_varint(2**63) + b"\x0a\x00", b"\x0a" + b"\xff" * 10):
+        assert isinstance(decode_bounded(decode_node, claim, (FormatError,)), FormatError)
 
 
 # -- pack records ----------------------------------------------------------------------------------
