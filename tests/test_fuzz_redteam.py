@@ -7,8 +7,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import pty
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 from peerutil import running_peers
 
-from treeutil import snapshot
+from treeutil import dir_node, forge_dataset, snapshot
 
 TOKEN = "redteam-token"
 
@@ -170,3 +172,58 @@ def test_add_onto_a_full_disk_fails_cleanly_and_gc_frees_the_rest(dstore, tmp_pa
     out = tmp_path / "again"
     dstore("get", dstore("add", small, "-q", env=env).out.strip().splitlines()[-1], "-o", out, env=env)
     assert out.read_bytes() == b"fits"
+
+
+def _dataset_with_names(home: Path, names: list[str]) -> str:
+    from dstore.format.cid import RAW, make_cid
+
+    empty = make_cid(RAW, b"").to_bytes()  # the empty file: no chunk needed
+    root = dir_node([(n, empty) for n in names])
+    return forge_dataset(home, root[0], [root], size=0, entries=1 + len(names))
+
+
+def test_an_error_naming_a_hostile_file_name_stays_one_line(dstore, home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    # 300 bytes is too long a name for Linux: the error names the file, newline and escape included.
+    ds = _dataset_with_names(home, ["a" * 300 + "\nfake: second line\x1b]0;title\x07"])
+    out = tmp_path / "out"
+    result = dstore("get", ds, "-o", out, check=False)
+    assert_one_line_error(result, 4)
+    assert "\x1b" not in result.err and "\\n" in result.err
+    assert not out.exists()
+
+
+def test_ls_on_a_terminal_shows_control_characters_escaped(home: Path) -> None:
+    ds = _dataset_with_names(home, ["evil\x1b]52;c;cHduZWQ=\x07", "plain.txt", "rtl\u202etxt.exe"])
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dstore", "ls", ds],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "DSTORE_HOME": str(home)},
+            timeout=60,
+        )
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                piece = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not piece:
+                break
+            shown += piece
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\x1b" not in shown and b"\xe2\x80\xae" not in shown, shown  # no escape, no bidi override
+    assert b"evil\\x1b]52;c;cHduZWQ=\\x07" in shown and b"plain.txt" in shown and b"rtl\\u202etxt.exe" in shown
+
+
+def test_ls_into_a_pipe_keeps_names_as_they_are(dstore, home: Path) -> None:  # noqa: ANN001
+    names = ["tab\there", "plain.txt"]
+    ds = _dataset_with_names(home, names)
+    assert dstore("ls", ds).out.splitlines() == sorted(names, key=str.encode)
