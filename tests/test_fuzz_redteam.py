@@ -4,6 +4,7 @@ went wrong (a traceback, a dataset that add reported stored but no reader could 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -12,11 +13,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 from peerutil import running_peers
 
 from treeutil import dir_node, forge_dataset, snapshot
@@ -227,3 +230,27 @@ def test_ls_into_a_pipe_keeps_names_as_they_are(dstore, home: Path) -> None:  # 
     names = ["tab\there", "plain.txt"]
     ds = _dataset_with_names(home, names)
     assert dstore("ls", ds).out.splitlines() == sorted(names, key=str.encode)
+
+
+def test_a_peer_polls_listed_peers_health_bounded(tmp_path: Path) -> None:
+    good_id = "12D3KooWGoodPeerAnsweringItsHealthLikeAnyOther1"
+    answers = {
+        "good": json.dumps({"peer_id": good_id}).encode(),
+        # resp.json() read any size: here 1 MiB of padding before a valid ID (it was learned).
+        "padded": json.dumps({"pad": "x" * (1 << 20), "peer_id": "12D3KooWPadded"}).encode(),
+        "huge-id": json.dumps({"peer_id": "12D3KooW" + "y" * 100_000}).encode(),  # served on /peers as given
+        "nested": b"[" * 60_000,
+    }
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(odd_peer(body))[0] for name, body in answers.items()}
+        (peer,) = stack.enter_context(
+            running_peers(tmp_path, 1, token=TOKEN, peers=",".join(urls.values()), peer_poll_interval=0.2)
+        )
+        for _ in range(200):
+            listed = {p["url"]: p["peer_id"] for p in requests.get(f"{peer.url}/peers", timeout=10).json()["peers"]}
+            if listed[urls["good"]] is not None:
+                break
+            time.sleep(0.05)
+        assert listed[urls["good"]] == good_id
+        assert [listed[urls[name]] for name in ("padded", "huge-id", "nested")] == [None, None, None]
+        assert requests.get(f"{peer.url}/health", timeout=10).status_code == 200

@@ -25,6 +25,9 @@ from aiohttp import hdrs, web
 import dstore
 from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, parse_cid
+from dstore.limits import MAX_HEALTH_BYTES
+from dstore.net.health import MAX_PEER_ID_CHARS
+from dstore.net.transport import read_bounded
 from dstore.peer.config import MAX_POINTER_BYTES, PeerConfig
 from dstore.peer.connections import connection_middleware
 from dstore.peer.gc import Collector
@@ -585,11 +588,15 @@ async def _poll_peers(app: web.Application, session: aiohttp.ClientSession) -> N
         try:
             async with session.get(f"{url}/health") as resp:
                 if resp.status == 200:
-                    body = await resp.json()
+                    # Bounded: resp.json() read whatever a listed peer sent, gigabytes included.
+                    raw = await read_bounded(resp, MAX_HEALTH_BYTES)
+                    if raw is None:
+                        raise ValueError(f"/health answer over {MAX_HEALTH_BYTES} bytes")
+                    body = json.loads(raw)
                     pid = body.get("peer_id") if isinstance(body, dict) else None
-                    if isinstance(pid, str):
+                    if isinstance(pid, str) and 1 <= len(pid) <= MAX_PEER_ID_CHARS and pid.isprintable():
                         peers[url] = pid
-        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as e:
             log.debug("peer %s did not answer /health: %s", url, e)
 
     while True:
