@@ -26,8 +26,19 @@ if TYPE_CHECKING:  # the network client is loaded only when peers are used
 DEFAULT_SHARDS = "10+2"
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and bidi characters escaped (``\\n``, ``\\x1b``, ``\\u202e``).
+
+    Names come from datasets, hence from anyone: printed raw, a newline splits an error line in
+    two and an escape sequence reaches the user's terminal (title, colours, clipboard).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"dstore: error: {message}", err=True)
+    click.echo(f"dstore: error: {_printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -255,17 +266,20 @@ def ls_(target: str, long: bool, as_json: bool, home: str | None, peer_urls: str
     from dstore.fetch.reader import DatasetReader
 
     cid, _, path = target.partition("/")
+    tty = sys.stdout.isatty()
     with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
         for entry in reader.ls(path):
             if as_json:
                 click.echo(
                     json.dumps({"name": entry.name, "type": entry.kind, "size": entry.size, "cid": entry.cid_text})
                 )
-            elif long:
+                continue
+            name = _printable(entry.name) if tty else entry.name  # piped: the names as they are
+            if long:
                 kind, size = ("d", "-") if entry.kind == "dir" else ("-", entry.size)
-                click.echo(f"{kind} {size:>14} {entry.cid_text} {entry.name}")
+                click.echo(f"{kind} {size:>14} {entry.cid_text} {name}")
             else:
-                click.echo(entry.name + ("/" if entry.kind == "dir" else ""))
+                click.echo(name + ("/" if entry.kind == "dir" else ""))
 
 
 @main.command()

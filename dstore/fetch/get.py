@@ -114,7 +114,15 @@ class _TreeWriter:
         except OSError as e:
             if isinstance(e, DstoreError):
                 raise
-            raise write_error(self.shown, e) from e
+            raise write_error(self._shown_path(e.filename), e) from e
+
+    def _shown_path(self, filename: object) -> Path:
+        """The output path a failed write names: ``OUT/…`` for a file under the temporary tree."""
+        if isinstance(filename, (str, bytes)):
+            path = Path(os.fsdecode(filename))
+            if path == self.tmp or self.tmp in path.parents:
+                return self.shown / path.relative_to(self.tmp)
+        return self.shown
 
     def _dir(self, target: Path, rel: str) -> None:
         try:

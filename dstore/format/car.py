@@ -15,9 +15,9 @@ import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
-from dstore.errors import FormatError, IntegrityError
+from dstore.errors import BadCID, FormatError, IntegrityError
 from dstore.format import cbor
-from dstore.format.cid import CID, HASH_NAMES, hash_digest
+from dstore.format.cid import CID, HASH_NAMES, hash_digest, parse_cid
 from dstore.format.dagpb import MAX_BLOCK_BYTES, decode_varint, encode_varint
 from dstore.limits import MAX_CAR_HEADER_BYTES, MAX_CID_BYTES
 
@@ -35,6 +35,8 @@ __all__ = [
 
 #: Bound on one block in a CAR we read (IPFS's 2 MiB block limit; dstore writes <= 1 MiB).
 MAX_CAR_BLOCK_BYTES = MAX_BLOCK_BYTES
+# A section longer than this is read in pieces of it (see CarReader._read_exact).
+_READ_STEP_BYTES = 64 * 1024
 
 
 def car_header(roots: Iterable[CID]) -> bytes:
@@ -146,7 +148,20 @@ class CarReader:
         self.roots: list[CID] = roots
 
     def _read_exact(self, n: int, what: str) -> bytes:
-        b = self._fp.read(n)
+        # In steps: ``read(n)`` of a file allocates n bytes up front, so a truncated CAR claiming a
+        # 2 MiB section would cost 2 MiB however little of it is there.
+        if n <= _READ_STEP_BYTES:
+            b = self._fp.read(n)
+        else:
+            parts = []
+            left = n
+            while left:
+                part = self._fp.read(min(left, _READ_STEP_BYTES))
+                if not part:
+                    break
+                parts.append(part)
+                left -= len(part)
+            b = b"".join(parts)
         if b is None or len(b) != n:
             raise FormatError(f"truncated CAR {what}")
         return b
@@ -178,14 +193,12 @@ class CarReader:
             if clen > n:
                 raise FormatError("truncated CAR block CID")
             try:
-                cid = CID.from_bytes(section[:clen])
-            except Exception as e:
+                cid = parse_cid(section[:clen])
+            except BadCID as e:
                 raise FormatError(f"CAR block has a bad CID ({e})") from e
             block = section[clen:]
             if len(block) > self.max_block_bytes:
                 raise FormatError(f"CAR block of {len(block)} bytes exceeds {self.max_block_bytes}")
-            if cid.version == 0:
-                cid = cid.to_v1()
             if self.verify:
                 hash_name = HASH_NAMES.get(cid.hash.code)
                 if hash_name is None:

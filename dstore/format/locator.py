@@ -23,8 +23,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import cbor2
-
 from dstore.errors import FormatError
 from dstore.format import cbor
 from dstore.format.cid import CID, DAG_CBOR, DIGEST_BYTES, HASH_NAMES
@@ -269,8 +267,8 @@ class Locator:
         if len(block) > cbor.MAX_BLOCK_BYTES:
             raise FormatError("locator chunk page too large")
         try:
-            raw = cbor2.loads(block, max_depth=3, allow_indefinite=False)
-        except Exception as e:
+            raw = cbor.parse(block, max_depth=2)
+        except FormatError as e:
             raise FormatError(f"malformed locator chunk page: {e}") from e
         if not isinstance(raw, list) or not 1 <= len(raw) <= CHUNKS_PER_PAGE:
             raise FormatError(f"locator chunk page must list 1..{CHUNKS_PER_PAGE} entries")

@@ -168,8 +168,9 @@ class _Adder:
         batch = _native.process_files(paths, [e.size for e in entries], p.min, p.avg, p.max, ZSTD_LEVEL)
         if batch.errors:
             index, errno, message = batch.errors[0]
-            reason = os.strerror(errno) if errno else message
-            raise InputError(f"cannot read {entries[index].path}: {reason}")
+            if not errno:  # the file grew or shrank since the walk listed it
+                raise InputError(f"{entries[index].path} changed while being added ({message})")
+            raise InputError(f"cannot read {entries[index].path}: {os.strerror(errno)}")
         cids = self._take_chunks(batch)
         if self.progress:
             self.progress(batch.bytes_in)
@@ -211,7 +212,7 @@ class _Adder:
         except OSError as e:
             raise InputError(f"cannot read {entry.path}: {e.strerror or e}") from e
         if total != entry.size:
-            raise InputError(f"cannot read {entry.path}: file changed size while being added (was {entry.size} bytes)")
+            raise InputError(f"{entry.path} changed while being added ({entry.size} bytes listed, {total} read)")
         self.files += 1
         return unixfs.build_file(leaves, self.hash_name)
 

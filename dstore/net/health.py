@@ -59,7 +59,7 @@ class HealthChecker:
             peer_id = info.get("peer_id") if isinstance(info, dict) else None
             if not isinstance(peer_id, str) or not 1 <= len(peer_id) <= MAX_PEER_ID_CHARS or not peer_id.isprintable():
                 raise Miss(peer, f"bad /health answer (HTTP {ans.status})")
-        except (Miss, ValueError):
+        except (Miss, ValueError, RecursionError):  # RecursionError: a /health of 64 KiB of "["
             peer.alive = False
             return
         twin = self.table.peer_by_id(peer_id)

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -25,6 +26,9 @@ from aiohttp import hdrs, web
 import dstore
 from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, parse_cid
+from dstore.limits import MAX_HEALTH_BYTES
+from dstore.net.health import MAX_PEER_ID_CHARS
+from dstore.net.transport import read_bounded
 from dstore.peer.config import MAX_POINTER_BYTES, PeerConfig
 from dstore.peer.connections import connection_middleware
 from dstore.peer.gateway import GatewayState, setup_gateway
@@ -347,7 +351,10 @@ class _BlockFileResponse(web.FileResponse):
         return await super().prepare(request)
 
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits only (``\d`` also takes "١"), unit in any case: what aiohttp's own parser, which serves
+# the range, accepts. A number longer than this is no byte position of any block: refused (int()
+# of more than 4300 digits raises, and once answered 500).
+_RANGE_RE = re.compile(r"^bytes=(\d{0,64})-(\d{0,64})$", re.ASCII | re.IGNORECASE)
 
 
 def _check_range(request: web.Request, size: int) -> None:
@@ -403,11 +410,25 @@ async def get_shard(request: web.Request) -> web.StreamResponse:
 _MAX_SEQ = (1 << 63) - 1
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
 def _validate_pointer(raw: bytes) -> dict[str, Any]:
     try:
-        pointer = json.loads(raw)
+        # NaN and Infinity are Python's extension, not JSON: stored, they were served to every reader.
+        pointer = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "bad_pointer", f"body is not JSON: {e}") from None
+    except RecursionError:  # 64 KiB of "[" (answered 500 before)
+        raise ApiError(400, "bad_pointer", "body is nested too deeply") from None
     if not isinstance(pointer, dict):
         raise ApiError(400, "bad_pointer", "a dataset pointer is a JSON object")
     locator = pointer.get("locator")
@@ -617,11 +638,15 @@ async def _poll_peers(app: web.Application, session: aiohttp.ClientSession) -> N
         try:
             async with session.get(f"{url}/health") as resp:
                 if resp.status == 200:
-                    body = await resp.json()
+                    # Bounded: resp.json() read whatever a listed peer sent, gigabytes included.
+                    raw = await read_bounded(resp, MAX_HEALTH_BYTES)
+                    if raw is None:
+                        raise ValueError(f"/health answer over {MAX_HEALTH_BYTES} bytes")
+                    body = json.loads(raw)
                     pid = body.get("peer_id") if isinstance(body, dict) else None
-                    if isinstance(pid, str):
+                    if isinstance(pid, str) and 1 <= len(pid) <= MAX_PEER_ID_CHARS and pid.isprintable():
                         peers[url] = pid
-        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as e:
             log.debug("peer %s did not answer /health: %s", url, e)
 
     while True:
