@@ -96,6 +96,25 @@ def test_export_refuses_more_distinct_entries_than_declared(home: Path, dstore, 
     assert_format_error(dstore("export", ds, "-o", car, check=False), car)
 
 
+@pytest.mark.parametrize(("size", "entries"), [(30_000, 6), (40_000, 5), (20_000, 5)], ids=["entries", "size", "less"])
+def test_export_refuses_a_manifest_that_disagrees_with_its_tree(  # noqa: ANN201
+    home: Path,
+    dstore,  # noqa: ANN001
+    tmp_path: Path,
+    chunk: bytes,
+    size: int,
+    entries: int,
+):
+    """The tree yields 1 + 1 + 3 entries and 30,000 bytes; reuse counted, each block written once."""
+    d1 = dir_node([(f"f{i:03d}", chunk) for i in range(3)])
+    d2 = dir_node([("a", _bytes(d1[0]))])
+    ds = forge_dataset(home, d2[0], [d1, d2], size=size, entries=entries)
+    car = tmp_path / "x.car"
+    assert_format_error(dstore("export", ds, "-o", car, check=False), car)
+    honest = forge_dataset(home, d2[0], [d1, d2], size=30_000, entries=5)
+    dstore("export", honest, "-o", car)
+
+
 def test_tree_yielding_less_than_declared_is_refused(home: Path, dstore, tmp_path: Path, chunk: bytes):  # noqa: ANN001
     root = dir_node([("a.bin", chunk)])
     ds = forge_dataset(home, root[0], [root], size=10_000, entries=3)

@@ -23,6 +23,7 @@ def export_car(store: Store, dataset: str, output: Path, *, peers: PeerClient | 
     shown = Path(output)
     with DatasetReader(store, dataset, peers=peers) as reader:
         output = check_output(shown)
+        reader.check_totals()  # the CAR holds each block once; the manifest must still tell the truth
         tmp = temporary_name(output)
         try:
             try:

@@ -201,6 +201,41 @@ class DatasetReader:
                 child_is_entry = node.kind == "dir" or (node.kind == "hamt" and len(ln.name) > pad)
                 stack.append((ln.cid, child_is_entry))
 
+    def check_totals(self) -> None:
+        """FormatError unless the tree yields exactly the files, folders and bytes its manifest declares.
+
+        What a full walk would count, without walking shared nodes again: each distinct file or
+        folder is counted once and its totals reused wherever the DAG links it (so 10^9 files
+        described by a few folder nodes cost a few nodes' work, and are then refused).
+        """
+        totals: dict[bytes, tuple[int, int]] = {}  # entry CID -> (files and folders, file bytes) under it
+        stack: list[tuple[CID, bool]] = [(self.root, False)]  # (entry, are its children counted yet)
+        while stack:
+            cid, children_done = stack.pop()
+            key = cid.to_bytes()
+            if key in totals:
+                continue
+            node = self.node(cid)
+            if not node.is_dir:
+                totals[key] = (1, node.filesize or 0)
+                continue
+            children = [child for _, child in self.entries(node)]
+            if not children_done:
+                stack.append((cid, True))
+                stack.extend((child, False) for child in children if child.to_bytes() not in totals)
+                continue
+            entries, size = 1, 0
+            for child in children:
+                e, b = totals[child.to_bytes()]
+                entries, size = entries + e, size + b
+            totals[key] = (entries, size)
+        entries, size = totals[self.root.to_bytes()]
+        if (entries, size) != (self.manifest.entries, self.manifest.size):
+            raise FormatError(
+                f"the dataset's tree yields {entries} files and folders and {size} bytes, "
+                f"its manifest declares {self.manifest.entries} and {self.manifest.size}"
+            )
+
     def node(self, cid: CID) -> unixfs.Node:
         if cid.codec == RAW:
             if cid.hash.digest == self._empty_digest:
