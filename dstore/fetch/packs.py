@@ -245,7 +245,8 @@ class PackReader:
         """Decode and verify chunks into ``out`` (native for BLAKE3); _native.IntegrityError(index) for a bad one."""
         if self.hash_name in hashed.NATIVE_HASHES:
             return _native.decode_chunks_into(out, parts, *args)
-        done = hashed.decode_chunks_into(out, parts, *args, self.hash_name)
+        offsets, stored_lengths, lengths, codecs, digests = args
+        done = hashed.decode_chunks_into(out, parts, offsets, stored_lengths, lengths, codecs, digests, self.hash_name)
         if isinstance(done, tuple):
             raise _native.IntegrityError(done[0])
         return done

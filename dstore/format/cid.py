@@ -159,4 +159,4 @@ def cid_to_text(cid: CID | bytes) -> str:
     """Canonical text form: multibase base32 lower case (``b…``)."""
     if not isinstance(cid, CID):
         cid = CID.from_bytes(bytes(cid))
-    return cid.encode("base32")
+    return (cid.to_v1() if cid.version == 0 else cid).encode("base32")  # CIDv0 links of imported DAGs

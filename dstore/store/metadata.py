@@ -20,7 +20,17 @@ from pathlib import Path
 from dstore import _native
 from dstore.errors import DstoreError, FormatError, NotFound, StoreError
 from dstore.format import dagpb
-from dstore.format.cid import CID, DAG_CBOR, HASH_NAMES, RAW, cid_from_digest, cid_to_text, hash_digest, inline_block, parse_cid
+from dstore.format.cid import (
+    CID,
+    DAG_CBOR,
+    HASH_NAMES,
+    RAW,
+    cid_from_digest,
+    cid_to_text,
+    hash_digest,
+    inline_block,
+    parse_cid,
+)
 from dstore.format.locator import Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import MAX_SHARDS, PackRecord, shard_size
