@@ -231,6 +231,30 @@ def add(
         click.echo(result.dataset.encode("base32"))
 
 
+@main.command(name="import")
+@click.argument("car", type=click.Path(path_type=Path))
+@click.option(
+    "--shards",
+    default=DEFAULT_SHARDS,
+    show_default=True,
+    metavar="K+M",
+    help="Erasure coding: K data + M parity shards per pack (M may be 0).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per dataset instead of its ID.")
+@home_option
+@peers_options
+def import_(car: Path, shards: str, as_json: bool, home: str | None, peer_urls: str | None, token: str | None) -> None:
+    """Import the UnixFS DAG of CAR (v1, or v2) as a dataset per root; print each dataset ID (one per line)."""
+    from dstore.ingest.add import ShardSpec
+    from dstore.ingest.carimport import import_car
+
+    spec = ShardSpec.parse(shards)
+    with _store(home) as store, _peers(peer_urls, token) as peers:
+        results = import_car(car, store, spec, peers=peers)
+    for result in results:
+        click.echo(json.dumps(result.to_json()) if as_json else result.dataset.encode("base32"))
+
+
 @main.command()
 @click.argument("cid", metavar="CID[/PATH]")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write it.")

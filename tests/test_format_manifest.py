@@ -115,7 +115,7 @@ _DROP = object()
         ({"entries": True}, "entries"),
         ({"profile": 1}, "profile must be text"),
         ({"profile": "unixfs-v1-2025"}, "reserved for a later format version"),
-        ({"profile": "car-import"}, "reserved for a later format version"),
+        ({"profile": "car-import"}, "does not go with chunker"),
         ({"profile": "kubo"}, "profile 'kubo' is not one of"),
         ({"extra": 1}, "unknown manifest keys"),
         ({"root": "bafy"}, "root must be a CID"),

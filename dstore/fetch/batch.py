@@ -20,6 +20,7 @@ from typing import Any
 
 from dstore import _native
 from dstore.errors import FormatError, IntegrityError
+from dstore.fetch import hashed
 from dstore.fetch.packs import Parts
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
@@ -29,7 +30,6 @@ from dstore.format.pack import PackRecord
 
 BATCH_BYTES = 64 << 20
 BATCH_FILES = 4096
-NATIVE_HASHES = {"blake3"}  # chunk hashes the native writer verifies
 
 
 @dataclass
@@ -76,13 +76,12 @@ class BatchWriter:
         *,
         on_done: Callable[[Any], None] | None = None,
     ) -> None:
-        if reader.hash_name not in NATIVE_HASHES:
-            raise FormatError(f"reading chunks hashed with {reader.hash_name} is not supported yet")
         self.reader = reader
         self.folder = str(folder)
         self.progress = progress
         self.on_done = on_done  # called with each file's ``done`` token once all its chunks are written
         self.hash_code = HASH_CODES[reader.hash_name]
+        self.native = reader.hash_name in hashed.NATIVE_HASHES  # else chunks are checked in Python
         self._empty_digest = hash_digest(b"", reader.hash_name)
         self._batch = _Batch()
         self._maps: dict[bytes, Parts] = {}  # packs mapped (or rebuilt) for the batches in hand
@@ -114,7 +113,7 @@ class BatchWriter:
         chunk of the file is written and verified (when the batch holding its last chunk settles).
         """
         name = name or path
-        if cid.codec == RAW and cid.hash.digest == self._empty_digest:
+        if cid.codec == RAW and self.reader.chunk_digest(cid) == self._empty_digest:
             self._batch.file(name, path, 0, True)  # the empty file: no chunk to write
             self._batch.done.append(done)
             return
@@ -149,7 +148,7 @@ class BatchWriter:
 
     def _add_one_chunk(self, path: str, cid: CID, name: str, done: Any) -> None:
         """``add`` for a one-chunk file (most small files; its size is its chunk's), kept lean."""
-        pack_id, record, ref = self.reader._ref(cid.hash.digest)
+        pack_id, record, ref = self.reader._ref(self.reader.chunk_digest(cid))
         if ref.offset + ref.stored_len > record.size:
             raise IntegrityError(f"{name}: the locator points past the end of a pack (corrupt locator)")
         batch = self._batch
@@ -205,7 +204,7 @@ class BatchWriter:
             self.progress(batch.chunk_bytes)
 
     def _call(self, batch: _Batch, parts: list[Parts], refs: list[ChunkEntry], create: list[bool] | None) -> list[int]:
-        return _native.write_files(
+        args = (
             self.folder,
             batch.paths,
             batch.sizes,
@@ -219,8 +218,10 @@ class BatchWriter:
             batch.chunk_files,
             batch.file_offsets,
             b"".join(r.digest for r in refs),
-            self.hash_code,
         )
+        if self.native:
+            return _native.write_files(*args, self.hash_code)
+        return hashed.write_files(*args, self.reader.hash_name)
 
     def _retry(self, batch: _Batch, failed: list[int]) -> None:
         """Rebuild the packs of the failed chunks and write just those chunks into the existing files."""

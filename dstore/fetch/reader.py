@@ -22,7 +22,7 @@ from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
 from dstore.fetch.remote import load_from_peers
 from dstore.format import unixfs
-from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, hash_digest, parse_cid
+from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, hash_digest, inline_block, parse_cid
 from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
@@ -117,7 +117,7 @@ class DatasetReader:
         self.hints = hints  # pack ID -> peer holding each shard, from the dataset's placement block
         local = LocalShards(store, self.hash_name)
         source: PackSource = local if peers is None else LocalThenPeers(local, PeerShards(peers, hints))
-        self.packs = PackReader(source)
+        self.packs = PackReader(source, self.hash_name)
         self.root = self.manifest.root
         self._empty_digest = hash_digest(b"", self.hash_name)
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
@@ -135,6 +135,11 @@ class DatasetReader:
 
     def block(self, cid: CID, what: str = "block") -> bytes:
         """A metadata block from the store, checked against its CID."""
+        inline = inline_block(cid)
+        if inline is not None:
+            return inline  # an identity CID is its own block
+        if cid.version == 0:
+            cid = cid.to_v1()  # blocks are stored under their CIDv1 (links of imported DAGs may be CIDv0)
         key = cid.to_bytes()
         cached = self._blocks.get(key)
         if cached is not None:
@@ -192,7 +197,8 @@ class DatasetReader:
                         f"or {self.manifest.size} bytes its manifest declares"
                     )
             if cid.codec == RAW:
-                yield cid, None
+                if inline_block(cid) is None:  # an identity CID is its own block: nothing to fetch
+                    yield cid, None
                 continue
             assert node is not None
             yield cid, node
@@ -238,11 +244,26 @@ class DatasetReader:
 
     def node(self, cid: CID) -> unixfs.Node:
         if cid.codec == RAW:
-            if cid.hash.digest == self._empty_digest:
+            digest = self.chunk_digest(cid)
+            if digest == self._empty_digest:
                 return unixfs.Node(kind="raw", filesize=0)  # the empty file: no chunk, no pack
             # A one-chunk file: its size comes from the locator, its bytes from a pack.
-            return unixfs.Node(kind="raw", filesize=self._ref(cid.hash.digest)[2].size)
+            return unixfs.Node(kind="raw", filesize=self._ref(digest)[2].size)
         return unixfs.parse_node(cid, self.block(cid))
+
+    def chunk_digest(self, cid: CID) -> bytes:
+        """The chunk ID (digest under the dataset's hash) of a raw leaf.
+
+        A raw leaf hashed with the dataset's hash is its own chunk. An identity
+        CID carries its bytes, which an imported dataset stores as the chunk
+        of their digest (docs/format.md, "Imported datasets").
+        """
+        inline = inline_block(cid)
+        if inline is not None:
+            return hash_digest(inline, self.hash_name)
+        if _hash_name_of(cid) != self.hash_name:
+            raise FormatError(f"raw leaf {cid_to_text(cid)} is not hashed with the dataset's {self.hash_name}")
+        return bytes(cid.hash.digest)
 
     # -- paths --------------------------------------------------------------
 
@@ -339,10 +360,12 @@ class DatasetReader:
             )
         if cid.codec == RAW:
             if node.filesize:
-                yield cid.hash.digest, node.filesize
+                yield self.chunk_digest(cid), node.filesize
             return
+        # A File node's bytes are its inline Data, then its children's. dstore writes no Data;
+        # an imported DAG's (dag-pb leaves) is stored as the chunk of its digest.
         if node.data:
-            raise FormatError("files with inline data are not written by dstore")
+            yield hash_digest(node.data, self.hash_name), len(node.data)
         stack = [iter(zip(node.links, node.blocksizes, strict=True))]
         while stack:
             item = next(stack[-1], None)
@@ -353,7 +376,10 @@ class DatasetReader:
             if size == 0:
                 raise FormatError("UnixFS file: a link to no bytes")
             if link.cid.codec == RAW:
-                yield link.cid.hash.digest, size
+                inline = inline_block(link.cid)
+                if inline is not None and len(inline) != size:
+                    raise FormatError(f"UnixFS file: a link of {size} bytes to an inline block of {len(inline)}")
+                yield self.chunk_digest(link.cid), size
                 continue
             child = self.node(link.cid)
             if child.kind != "file" or child.filesize != size:
@@ -361,7 +387,7 @@ class DatasetReader:
                     f"UnixFS file: a link of {size} bytes leads to a {child.kind} of {child.filesize} bytes"
                 )
             if child.data:
-                raise FormatError("files with inline data are not written by dstore")
+                yield hash_digest(child.data, self.hash_name), len(child.data)
             if len(stack) >= unixfs.MAX_FILE_DEPTH:
                 raise FormatError(f"a file's DAG is deeper than {unixfs.MAX_FILE_DEPTH} levels")
             stack.append(iter(zip(child.links, child.blocksizes, strict=True)))

@@ -6,7 +6,10 @@ Layout: ``varint(len(header)) || header`` where the header is DAG-CBOR
 
 The writer streams (:class:`CarWriter`, :func:`iter_car`); the reader
 (:class:`CarReader`) takes any binary file object or bytes, bounds every size
-before reading it, and by default checks each block against its CID.
+before reading it, and by default checks each block against its CID
+(blake3, sha2-256, or identity: the block is the digest). It also reads a
+CAR v2 (https://ipld.io/specs/transport/car/carv2/): the 11-byte pragma, the
+40-byte header, then the CAR v1 payload it wraps; the index is ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, BinaryIO
 
 from dstore.errors import BadCID, FormatError, IntegrityError
 from dstore.format import cbor
-from dstore.format.cid import CID, HASH_NAMES, hash_digest, parse_cid
+from dstore.format.cid import CID, HASH_NAMES, IDENTITY, hash_digest, parse_cid
 from dstore.format.dagpb import MAX_BLOCK_BYTES, decode_varint, encode_varint
 from dstore.limits import MAX_CAR_HEADER_BYTES, MAX_CID_BYTES
 
@@ -37,6 +40,11 @@ __all__ = [
 MAX_CAR_BLOCK_BYTES = MAX_BLOCK_BYTES
 # A section longer than this is read in pieces of it (see CarReader._read_exact).
 _READ_STEP_BYTES = 64 * 1024
+#: The CAR v2 header that follows the pragma: characteristics (16 bytes), then data offset,
+#: data size and index offset (little-endian u64 each).
+CARV2_HEADER_BYTES = 40
+#: The pragma's length prefix plus the pragma itself (``{"version": 2}`` in DAG-CBOR).
+CARV2_PRAGMA_BYTES = 11
 
 
 def car_header(roots: Iterable[CID]) -> bytes:
@@ -132,14 +140,12 @@ class CarReader:
         self._fp: BinaryIO = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
         self.verify = verify
         self.max_block_bytes = max_block_bytes
-        n = self._read_varint(eof_ok=False)
-        if n is None or n == 0 or n > MAX_CAR_HEADER_BYTES:
-            raise FormatError(f"CAR header length {n} out of range 1..{MAX_CAR_HEADER_BYTES}")
-        header = cbor.decode(self._read_exact(n, "header"))
-        if not isinstance(header, dict):
-            raise FormatError("CAR header is not a map")
-        if header.get("version") == 2:
-            raise FormatError("CAR v2 is not supported; convert to CAR v1")
+        self.version = 1
+        self._left: int | None = None  # bytes of the CAR v1 payload still to read (CAR v2 only)
+        header = self._read_header()
+        if header == {"version": 2}:
+            self._enter_v2_payload()
+            header = self._read_header()
         if header.get("version") != 1 or set(header) != {"roots", "version"}:
             raise FormatError("CAR header must be {roots, version: 1}")
         roots = header["roots"]
@@ -147,29 +153,64 @@ class CarReader:
             raise FormatError("CAR header roots must be a list of CIDs")
         self.roots: list[CID] = roots
 
+    def _read_header(self) -> dict[Any, Any]:
+        n = self._read_varint(eof_ok=False)
+        if n is None or n == 0 or n > MAX_CAR_HEADER_BYTES:
+            raise FormatError(f"CAR header length {n} out of range 1..{MAX_CAR_HEADER_BYTES}")
+        header = cbor.decode(self._read_exact(n, "header"))
+        if not isinstance(header, dict):
+            raise FormatError("CAR header is not a map")
+        return header
+
+    def _enter_v2_payload(self) -> None:
+        """After the CAR v2 pragma: read the v2 header, skip to the v1 payload and read only within it."""
+        if self.version != 1 or self._left is not None:
+            raise FormatError("CAR v2 payload is itself a CAR v2")
+        raw = self._read_exact(CARV2_HEADER_BYTES, "v2 header")
+        data_offset = int.from_bytes(raw[16:24], "little")
+        data_size = int.from_bytes(raw[24:32], "little")
+        at = CARV2_PRAGMA_BYTES + CARV2_HEADER_BYTES
+        if data_offset < at or data_size == 0:
+            raise FormatError(f"CAR v2 header puts its payload at {data_offset} ({data_size} bytes)")
+        # Skip the padding in bounded steps (the offset is a claim, not a size to allocate).
+        skip = data_offset - at
+        while skip:
+            got = self._read_exact(min(skip, 1 << 16), "v2 padding")
+            skip -= len(got)
+        self.version = 2
+        self._left = data_size
+
+    def _read(self, n: int) -> bytes:
+        if self._left is not None:
+            n = min(n, self._left)
+        b = self._fp.read(n) if n else b""
+        if b and self._left is not None:
+            self._left -= len(b)
+        return b or b""
+
     def _read_exact(self, n: int, what: str) -> bytes:
         # In steps: ``read(n)`` of a file allocates n bytes up front, so a truncated CAR claiming a
         # 2 MiB section would cost 2 MiB however little of it is there.
         if n <= _READ_STEP_BYTES:
-            b = self._fp.read(n)
+            b = self._read(n)
         else:
             parts = []
             left = n
             while left:
-                part = self._fp.read(min(left, _READ_STEP_BYTES))
+                part = self._read(min(left, _READ_STEP_BYTES))
                 if not part:
                     break
                 parts.append(part)
                 left -= len(part)
             b = b"".join(parts)
-        if b is None or len(b) != n:
+        if len(b) != n:
             raise FormatError(f"truncated CAR {what}")
         return b
 
     def _read_varint(self, eof_ok: bool) -> int | None:
         buf = bytearray()
         while True:
-            b = self._fp.read(1)
+            b = self._read(1)
             if not b:
                 if not buf and eof_ok:
                     return None
@@ -199,7 +240,12 @@ class CarReader:
             block = section[clen:]
             if len(block) > self.max_block_bytes:
                 raise FormatError(f"CAR block of {len(block)} bytes exceeds {self.max_block_bytes}")
-            if self.verify:
+            if cid.version == 0:
+                cid = cid.to_v1()
+            if self.verify and cid.hash.code == IDENTITY:
+                if bytes(cid.hash.digest) != block:
+                    raise IntegrityError(f"CAR block does not match its identity CID {cid}")
+            elif self.verify:
                 hash_name = HASH_NAMES.get(cid.hash.code)
                 if hash_name is None:
                     raise FormatError(f"cannot verify CAR block {cid}: hash 0x{cid.hash.code:x} not supported")

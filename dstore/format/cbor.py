@@ -158,7 +158,9 @@ def _tag_hook(*args: Any) -> Any:
     if type(v) is not bytes or not v or v[0] != 0:
         raise _Refused("tag 42 must hold bytes 0x00 || CID")
     try:
-        return parse_cid(v[1:])
+        cid = parse_cid(v[1:])
+        # A CIDv0 (IPFS CAR roots, Kubo's DAG-CBOR) stays CIDv0, so the block re-encodes as it came.
+        return CID.from_bytes(v[1:]) if cid.version == 1 and v[1] != 1 else cid
     except BadCID as e:
         raise _Refused(str(e)) from e
 

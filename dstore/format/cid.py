@@ -30,6 +30,7 @@ __all__ = [
     "DIGEST_BYTES",
     "HASH_CODES",
     "HASH_NAMES",
+    "IDENTITY",
     "MAX_CID_BYTES",
     "RAW",
     "SHA2_256",
@@ -38,6 +39,7 @@ __all__ = [
     "cid_to_text",
     "hash_code",
     "hash_digest",
+    "inline_block",
     "make_cid",
     "parse_cid",
     "raw_cid_bytes",
@@ -49,6 +51,8 @@ DAG_CBOR = 0x71
 
 BLAKE3 = 0x1E
 SHA2_256 = 0x12
+#: The identity multihash: the "digest" is the block itself (IPFS inlines tiny blocks in their CIDs).
+IDENTITY = 0x00
 
 HASH_CODES: dict[str, int] = {"blake3": BLAKE3, "sha2-256": SHA2_256}
 HASH_NAMES: dict[int, str] = {v: k for k, v in HASH_CODES.items()}
@@ -146,8 +150,13 @@ def parse_cid(value: str | bytes | bytearray | memoryview | CID) -> CID:
     return cid if cid.version == 1 else cid.to_v1()
 
 
+def inline_block(cid: CID) -> bytes | None:
+    """The block an identity CID carries in itself; None for a CID that names a block by its hash."""
+    return bytes(cid.hash.digest) if cid.hash.code == IDENTITY else None
+
+
 def cid_to_text(cid: CID | bytes) -> str:
     """Canonical text form: multibase base32 lower case (``b…``)."""
     if not isinstance(cid, CID):
         cid = CID.from_bytes(bytes(cid))
-    return cid.encode("base32")
+    return (cid.to_v1() if cid.version == 0 else cid).encode("base32")  # CIDv0 links of imported DAGs

@@ -31,7 +31,9 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_META_VALUE_BYTES",
     "META_KEYS",
+    "IMPORTED_CHUNKER",
     "PROFILES",
+    "PROFILE_CAR_IMPORT",
     "PROFILE_DSTORE",
     "RESERVED_PROFILES",
     "ChunkerParams",
@@ -42,10 +44,14 @@ MANIFEST_TYPE = "dstore/dataset"
 MANIFEST_VERSION = 2
 #: How the tree was cut and laid out: FastCDC chunks + BLAKE3 (the only one readable so far).
 PROFILE_DSTORE = "dstore"
-PROFILES = frozenset({PROFILE_DSTORE})
+#: A UnixFS DAG brought in from a CAR (``dstore import``): its chunks were cut by whatever made it.
+PROFILE_CAR_IMPORT = "car-import"
+PROFILES = frozenset({PROFILE_DSTORE, PROFILE_CAR_IMPORT})
 #: Named in docs/format.md for later versions; refused until they are implemented.
-RESERVED_PROFILES = frozenset({"unixfs-v1-2025", "car-import"})
+RESERVED_PROFILES = frozenset({"unixfs-v1-2025"})
 CHUNKER_NAME = "fastcdc-gear-v1"
+#: The chunker of a "car-import" dataset: min/avg/max are the sizes of the chunks as found (avg rounded down).
+IMPORTED_CHUNKER = "imported"
 META_KEYS = frozenset({"name", "license", "description"})
 _U64_MAX = (1 << 64) - 1
 
@@ -60,7 +66,10 @@ class ChunkerParams:
     name: str = CHUNKER_NAME
 
     def validate(self) -> None:
-        """Raise ValueError unless these are parameters of the version-1 chunker."""
+        """Raise ValueError unless these are parameters of the version-1 chunker (or of imported chunks)."""
+        if self.name == IMPORTED_CHUNKER:
+            self._validate_imported()
+            return
         if self.name != CHUNKER_NAME:
             raise ValueError(f"unknown chunker {self.name!r}")
         for k in ("min", "avg", "max"):
@@ -70,6 +79,15 @@ class ChunkerParams:
             raise ValueError(f"chunker needs 64 <= min < avg < max <= 16 MiB, got {self.min}/{self.avg}/{self.max}")
         if self.avg & (self.avg - 1):
             raise ValueError(f"chunker avg {self.avg} is not a power of two")
+
+    def _validate_imported(self) -> None:
+        for k in ("min", "avg", "max"):
+            if type(getattr(self, k)) is not int:
+                raise ValueError(f"chunker {k} must be an integer")
+        if not (0 <= self.min <= self.avg <= self.max <= MAX_CHUNK_BYTES):
+            raise ValueError(
+                f"imported chunks need 0 <= min <= avg <= max <= 16 MiB, got {self.min}/{self.avg}/{self.max}"
+            )
 
     def to_cbor(self) -> dict[str, Any]:
         return {"name": self.name, "min": self.min, "avg": self.avg, "max": self.max}
@@ -109,6 +127,8 @@ class Manifest:
         if type(self.entries) is not int or not 1 <= self.entries <= _U64_MAX:
             raise ValueError("manifest entries must be a positive 64-bit integer (the root counts)")
         self.chunker.validate()
+        if (self.profile == PROFILE_CAR_IMPORT) != (self.chunker.name == IMPORTED_CHUNKER):
+            raise ValueError(f"manifest profile {self.profile!r} does not go with chunker {self.chunker.name!r}")
         if not isinstance(self.meta, dict):
             raise ValueError("manifest meta must be a map")  # noqa: TRY004 - callers catch ValueError
         for k, v in self.meta.items():

@@ -20,7 +20,17 @@ from pathlib import Path
 from dstore import _native
 from dstore.errors import DstoreError, FormatError, NotFound, StoreError
 from dstore.format import dagpb
-from dstore.format.cid import CID, DAG_CBOR, HASH_NAMES, RAW, cid_from_digest, cid_to_text, hash_digest, parse_cid
+from dstore.format.cid import (
+    CID,
+    DAG_CBOR,
+    HASH_NAMES,
+    RAW,
+    cid_from_digest,
+    cid_to_text,
+    hash_digest,
+    inline_block,
+    parse_cid,
+)
 from dstore.format.locator import Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import MAX_SHARDS, PackRecord, shard_size
@@ -176,7 +186,10 @@ def collect_dataset(get_block: Callable[[bytes], bytes | None], dataset: CID, lo
     blocks: dict[bytes, bytes] = {}
 
     def get(cid: CID) -> bytes:
-        key = cid.to_bytes()
+        inline = inline_block(cid)
+        if inline is not None:
+            return inline  # an identity CID (in an imported DAG) is its own block
+        key = (cid.to_v1() if cid.version == 0 else cid).to_bytes()  # stored under CIDv1
         hit = blocks.get(key)
         if hit is not None:
             return hit
@@ -193,7 +206,7 @@ def collect_dataset(get_block: Callable[[bytes], bytes | None], dataset: CID, lo
     stack = [manifest.root]
     while stack:
         cid = stack.pop()
-        if cid.codec == RAW or cid.to_bytes() in blocks:
+        if cid.codec == RAW or (cid.to_v1() if cid.version == 0 else cid).to_bytes() in blocks:
             continue
         node = dagpb.decode_node(get(cid))
         stack.extend(CID.from_bytes(link.hash) for link in node.links)
