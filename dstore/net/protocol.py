@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dstore.format.cid import CID
 from dstore.format.pack import PackRecord
 from dstore.net.peers import Peer
+
+if TYPE_CHECKING:  # ranges imports aiohttp; this module must not
+    from dstore.net.ranges import RangeRead
 
 __all__ = ["PeerClient"]
 
@@ -74,6 +77,26 @@ class PeerClient(Protocol):
         hedge_after_s: float | None = None,
     ) -> concurrent.futures.Future[list[bytes | None]]:
         """:meth:`fetch_pack` started in the background (for read-ahead)."""
+        ...
+
+    def fetch_range(
+        self,
+        record: PackRecord,
+        key: bytes,
+        shard: int,
+        offset: int,
+        length: int,
+        hints: Sequence[str | None] | None = None,
+    ) -> RangeRead:
+        """``length`` unverified bytes of data shard ``shard`` at ``offset`` (``Range``); NotFound or PeerError.
+
+        The caller checks every chunk it decodes from them, and calls
+        :meth:`report_bad_range` with ``peer_id`` of a range whose chunks failed.
+        """
+        ...
+
+    def report_bad_range(self, peer_id: str | None) -> None:
+        """Score down the peer whose range bytes failed their chunk check."""
         ...
 
     def get_block(self, cid: CID, key: bytes, hints: Sequence[str | None] | None = None) -> bytes:
