@@ -197,3 +197,55 @@ def test_unknown_dataset_without_peers_is_not_found(tmp_path, six, monkeypatch):
     _, cid = six
     with pytest.raises(FileNotFoundError):
         dstore.open(cid, home=tmp_path / "empty", cache=False)
+
+
+def test_a_damaged_cache_entry_is_fetched_again(fresh, tmp_path):
+    with fresh() as ds:
+        assert ds.open("sub/table.csv").read() == CSV
+        entries = ds.chunks.cache.entries()
+    assert entries
+    for _, _, path in entries:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x55
+        path.write_bytes(data)
+    with fresh() as ds:
+        assert ds.open("sub/table.csv").read() == CSV
+        assert ds.chunks.cache.dropped == len(entries) and ds.chunks.stats["cache"] == 0
+    with fresh() as ds:  # cached again, whole
+        assert ds.open("sub/table.csv").read() == CSV
+        assert ds.chunks.stats["cache"] == len(entries)
+
+
+def test_an_unwritable_cache_folder_does_not_fail_reads(fresh, tmp_path):
+    (tmp_path / "blocked").write_bytes(b"a file where the cache folder should be")
+    with fresh(cache=tmp_path / "blocked") as ds:
+        assert ds.open("sub/table.csv").read() == CSV
+
+
+FULL_DISK_READER = """
+import hashlib, resource, signal, sys
+import dstore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+cid, home, cache, peers = sys.argv[1:5]
+with dstore.open(cid, peers=peers, home=home, cache=cache) as ds:  # the store's index is made before the limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    data = ds.open("big.bin").read()
+print(hashlib.sha256(data).hexdigest())
+"""
+
+
+def test_a_full_disk_does_not_fail_reads(six, tmp_path):
+    import hashlib
+
+    peers, cid = six
+    env = {k: v for k, v in os.environ.items() if k != "DSTORE_PEERS"}
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_READER, cid, str(tmp_path / "home"), str(tmp_path / "cache"),
+         ",".join(urls(peers))],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == hashlib.sha256(BIG).hexdigest()
+    # Nothing was cached (every write failed), and no temporary file was left behind.
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.stat().st_size > 4096]
+    assert not list((tmp_path / "cache").rglob(".tmp-*"))
