@@ -22,13 +22,12 @@ WRITER = textwrap.dedent(
     cache = ChunkCache(root, cap)
     rng = random.Random(seed)
     for i in range(count):
-        data = rng.randbytes(rng.randrange(1, %d))
+        data = rng.randbytes(rng.randrange(1, CHUNK))
         cache.put("blake3", _native.blake3(data), data)
-        if i %% 7 == 0:  # reads too, as a training job does
+        if i % 7 == 0:  # reads too, as a training job does
             cache.get_into("blake3", _native.blake3(data), memoryview(bytearray(len(data))))
     """
-    % CHUNK
-)
+).replace("CHUNK", str(CHUNK))
 
 WATCHER = textwrap.dedent(
     """

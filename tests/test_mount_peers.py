@@ -10,11 +10,11 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from peerutil import running_peers
 
 import dstore
 from dstore.format.cid import cid_to_text
 
-from peerutil import running_peers
 from treeutil import csv_like, random_bytes
 
 TOKEN = "mount-token"
@@ -170,7 +170,11 @@ def test_wrong_range_bytes_are_caught_scored_and_read_again(fresh, six):
     """A peer whose shard file rotted serves wrong range bytes: the chunk check catches them."""
     peers, _ = six
     with fresh(cache=False) as ds:
-        places = [p for p in chunk_places(ds, "big.bin") if p[5].offset // p[4].shard_size == (p[5].offset + p[5].stored_len - 1) // p[4].shard_size]
+        places = [
+            p
+            for p in chunk_places(ds, "big.bin")
+            if p[5].offset // p[4].shard_size == (p[5].offset + p[5].stored_len - 1) // p[4].shard_size
+        ]
         start, size, _, pack_id, record, ref = places[2]
         shard = ref.offset // record.shard_size
         holder = ds.reader.placement(pack_id)[shard]
@@ -240,9 +244,19 @@ def test_a_full_disk_does_not_fail_reads(six, tmp_path):
     peers, cid = six
     env = {k: v for k, v in os.environ.items() if k != "DSTORE_PEERS"}
     out = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_READER, cid, str(tmp_path / "home"), str(tmp_path / "cache"),
-         ",".join(urls(peers))],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            FULL_DISK_READER,
+            cid,
+            str(tmp_path / "home"),
+            str(tmp_path / "cache"),
+            ",".join(urls(peers)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == hashlib.sha256(BIG).hexdigest()

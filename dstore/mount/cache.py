@@ -50,7 +50,7 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "dstore" if xdg else Path.home() / ".cache" / "dstore"
 
 
-def cache_from_env(cache: object = None) -> ChunkCache | None:
+def cache_from_env(cache: str | os.PathLike[str] | bool | ChunkCache | None = None) -> ChunkCache | None:
     """The cache ``dstore.open(cache=...)`` asks for.
 
     None: ``$DSTORE_CACHE`` / the default folder, capped at ``$DSTORE_CACHE_SIZE``
@@ -61,13 +61,15 @@ def cache_from_env(cache: object = None) -> ChunkCache | None:
 
     if cache is False:
         return None
+    if cache is True:
+        cache = None
     if isinstance(cache, ChunkCache):
         return cache
     size_text = os.environ.get("DSTORE_CACHE_SIZE")
     cap = parse_size(size_text) if size_text else DEFAULT_CACHE_BYTES
     if cap <= 0:
         return None
-    root = default_cache_dir() if cache is None else Path(os.fspath(cache))  # type: ignore[arg-type]
+    root = default_cache_dir() if cache is None else Path(cache)
     return ChunkCache(root, cap)
 
 

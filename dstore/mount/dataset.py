@@ -9,6 +9,7 @@ chunk checked against its ID. Listing and walking read metadata only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -161,7 +162,7 @@ def open_dataset(
     *,
     peers: object = None,
     token: str | None = None,
-    cache: object = None,
+    cache: str | os.PathLike[str] | bool | ChunkCache | None = None,
     home: str | Path | None = None,
 ) -> Dataset:
     """Open dataset ``cid``: see :func:`dstore.open`."""

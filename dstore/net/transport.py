@@ -118,8 +118,9 @@ class Transport:
         """One request with health bookkeeping; 5xx/429/dropped connections retried with backoff.
 
         Returns the answer (body read up to ``limit`` bytes for 2xx, else the
-        error text); ``headers`` are sent as given (e.g. ``Range``). Raises :class:`Miss` when the peer is unreachable, times
-        out, keeps failing, or sends a body over ``limit``.
+        error text); ``headers`` are sent as given (e.g. ``Range``). Raises
+        :class:`Miss` when the peer is unreachable, times out, keeps failing,
+        or sends a body over ``limit``.
         """
         if self.session is None:
             raise RuntimeError("PeerSet has no session: use PeerSet.connect")
