@@ -263,3 +263,51 @@ def test_a_full_disk_does_not_fail_reads(six, tmp_path):
     # Nothing was cached (every write failed), and no temporary file was left behind.
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.stat().st_size > 4096]
     assert not list((tmp_path / "cache").rglob(".tmp-*"))
+
+
+def test_read_ahead_runs_survive_rotten_range_bytes(fresh, six):
+    """Read-ahead asks for runs of chunks at once; a run with a bad chunk is read again chunk by chunk."""
+    peers, _ = six
+    with fresh(cache=False) as ds:
+        start, size, _, pack_id, record, ref = chunk_places(ds, "big.bin")[5]
+        shard = ref.offset // record.shard_size
+        holder = ds.reader.placement(pack_id)[shard]
+        victim = next(p for p in peers if p.peer_id == holder)
+        shard_file = next(victim.home.rglob(cid_to_text(record.shards[shard])))
+        original = shard_file.read_bytes()
+        rotten = bytearray(original)
+        rotten[ref.offset % record.shard_size] ^= 0xFF
+        shard_file.write_bytes(rotten)
+        try:
+            with ds.open("big.bin") as f:
+                got = bytearray()
+                while piece := f.read(32768):
+                    got += piece
+            assert bytes(got) == BIG
+            assert ds.chunks.stats["bad_range"] >= 1 and ds.chunks.stats["pack"] >= 1
+        finally:
+            shard_file.write_bytes(original)
+
+
+def test_a_peer_that_ignores_range_is_checked_against_the_shard_cid(tmp_path, six):
+    """A peer answering 200 with the whole shard (no Range support) is verified like a shard fetch."""
+    from hostile_peer import hostile_peer
+
+    from dstore.net import SyncPeerSet
+
+    peers, cid = six
+    with dstore.open(cid, peers=urls(peers), home=tmp_path / "h", cache=False) as ds:
+        _, _, _, pack_id, record, ref = chunk_places(ds, "big.bin")[1]
+        shard = ref.offset // record.shard_size
+        holder = next(p for p in peers if p.peer_id == ds.reader.placement(pack_id)[shard])
+        shard_text = cid_to_text(record.shards[shard])
+        shard_bytes = next(holder.home.rglob(shard_text)).read_bytes()
+    within = ref.offset % record.shard_size
+    with hostile_peer(tmp_path, shards={shard_text: shard_bytes}) as hp:
+        with SyncPeerSet.connect([hp.url], None) as client:
+            got = client.fetch_range(record, pack_id, shard, within, 1000, [hp.peer_id] * len(record.shards))
+            assert got.data == shard_bytes[within : within + 1000] and got.peer_id == hp.peer_id
+            hp.configure(mode="wrong-bytes")
+            with pytest.raises(dstore.errors.PeerError):
+                client.fetch_range(record, pack_id, shard, within, 1000, [hp.peer_id] * len(record.shards))
+            assert client.peers[0].bad_bytes == 1

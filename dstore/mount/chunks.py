@@ -77,6 +77,51 @@ class ChunkSource:
         self.read_into(digest, memoryview(buf))
         return bytes(buf)
 
+    def read_run(self, leaves: list[tuple[bytes, int]]) -> list[bytes]:
+        """Consecutive chunks of a file, with one range request per data shard when they lie back to back in one
+        pack (what a sequential reader reads ahead); otherwise, or if that fails, chunk by chunk."""
+        if len(leaves) > 1 and self.peers is not None:
+            out = self._run_by_range(leaves)
+            if out is not None:
+                return out
+        return [self.read(digest, size) for digest, size in leaves]
+
+    def _run_by_range(self, leaves: list[tuple[bytes, int]]) -> list[bytes] | None:
+        assert self.peers is not None
+        cache = self.cache
+        if cache is not None and any(cache.path(self.hash_name, d).exists() for d, _ in leaves):
+            return None  # some are cached: chunk by chunk takes those from the cache
+        with self._lock:
+            places = [self.reader.chunk_ref(digest) for digest, _ in leaves]
+        pack_id, record, first = places[0]
+        refs = [ref for _, _, ref in places]
+        if any(p != pack_id for p, _, _ in places) or any(
+            a.offset + a.stored_len != b.offset for a, b in zip(refs, refs[1:], strict=False)
+        ):
+            return None
+        if any(ref.size != size for ref, (_, size) in zip(refs, leaves, strict=True)):
+            return None
+        span = first._replace(stored_len=refs[-1].offset + refs[-1].stored_len - first.offset)
+        stored = bytearray(span.stored_len)
+        served = self._peer_range(pack_id, record, span, memoryview(stored))
+        if served is None:
+            return None
+        out = []
+        for ref in refs:
+            try:
+                data = _native.decode_chunks(
+                    stored, [ref.offset - first.offset], [ref.stored_len], [ref.size], [ref.codec], ref.digest
+                )
+            except (_native.IntegrityError, ValueError):
+                self.stats["bad_range"] += 1
+                for peer_id in served:
+                    self.peers.report_bad_range(peer_id)
+                return None  # chunk by chunk then, each through the whole pack if its range fails again
+            out.append(data)
+            self._keep(ref.digest, memoryview(data))
+        self.stats["range"] += len(out)
+        return out
+
     def _keep(self, digest: bytes, data: memoryview) -> None:
         if self.cache is not None:
             self.cache.put(self.hash_name, digest, data)

@@ -25,7 +25,7 @@ from dstore.store import Store
 __all__ = ["READAHEAD_THREADS", "Dataset", "connect_peers", "open_dataset"]
 
 #: Threads reading chunks ahead of sequential readers, per open dataset.
-READAHEAD_THREADS = 4
+READAHEAD_THREADS = 8
 
 
 class Dataset:

@@ -19,12 +19,14 @@ from typing import Any
 
 from dstore.mount.chunks import ChunkSource
 
-__all__ = ["MEMORY_CHUNKS", "READAHEAD_BYTES", "DatasetFile"]
+__all__ = ["MEMORY_CHUNKS", "READAHEAD_BYTES", "RUN_BYTES", "DatasetFile"]
 
 #: Decoded chunks kept per open file, so small reads within a chunk decode it once.
 MEMORY_CHUNKS = 4
 #: How far ahead of a sequential reader chunks are read (about 32 average chunks).
 READAHEAD_BYTES = 8 << 20
+#: Read-ahead asks for runs of consecutive chunks up to this size at once (one range request per data shard).
+RUN_BYTES = 1 << 20
 
 
 class DatasetFile(io.BufferedIOBase):
@@ -52,7 +54,8 @@ class DatasetFile(io.BufferedIOBase):
         self._pos = 0
         self._last_end = 0  # where the previous read stopped: a read starting there is sequential
         self._memory: OrderedDict[int, bytes] = OrderedDict()
-        self._ahead: dict[int, Future[bytes]] = {}
+        # chunk index -> (the read of the run of chunks holding it, its place in the run)
+        self._ahead: dict[int, tuple[Future[list[bytes]], int]] = {}
         self._pool = pool
         self._readahead_bytes = readahead_bytes
         self.name = name
@@ -108,6 +111,8 @@ class DatasetFile(io.BufferedIOBase):
         index = bisect.bisect_right(self._starts, pos) - 1
         done = 0
         while pos < end:
+            if sequential:  # the window after this chunk loads concurrently, also within one large read
+                self._read_ahead(index + 1)
             size = self._sizes[index]
             within = pos - self._starts[index]
             take = min(size - within, end - pos)
@@ -143,7 +148,7 @@ class DatasetFile(io.BufferedIOBase):
         return self.read(-1)
 
     def close(self) -> None:
-        for fut in self._ahead.values():
+        for fut, _ in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
         self._memory.clear()
@@ -156,11 +161,11 @@ class DatasetFile(io.BufferedIOBase):
         if data is not None:
             self._memory.move_to_end(index)
             return data
-        fut = self._ahead.pop(index, None)
+        ahead = self._ahead.pop(index, None)
         data = None
-        if fut is not None:
+        if ahead is not None:
             try:
-                data = fut.result()
+                data = ahead[0].result()[ahead[1]]
             except Exception:
                 data = None  # a read-ahead failed (or was cancelled): read it again here, errors and all
         if data is None:
@@ -171,19 +176,34 @@ class DatasetFile(io.BufferedIOBase):
         return data
 
     def _read_ahead(self, index: int) -> None:
+        """Start reading the chunks of the next ``READAHEAD_BYTES`` from ``index`` on, in runs of ``RUN_BYTES``."""
         if self._pool is None or self._readahead_bytes <= 0:
             return
-        pool = self._pool()
+        pool = None
         ahead = 0
-        while index < len(self._sizes) and ahead < self._readahead_bytes:
-            if index not in self._memory and index not in self._ahead:
-                self._ahead[index] = pool.submit(self._source.read, self._digests[index], self._sizes[index])
+        run: list[int] = []
+        run_bytes = 0
+        while True:
+            more = index < len(self._sizes) and ahead < self._readahead_bytes
+            wanted = more and index not in self._memory and index not in self._ahead
+            if run and (not wanted or run_bytes + self._sizes[index] > RUN_BYTES):
+                pool = pool or self._pool()
+                leaves = [(self._digests[i], self._sizes[i]) for i in run]
+                fut = pool.submit(self._source.read_run, leaves)
+                for k, i in enumerate(run):
+                    self._ahead[i] = (fut, k)
+                run, run_bytes = [], 0
+            if not more:
+                return
+            if wanted:
+                run.append(index)
+                run_bytes += self._sizes[index]
             ahead += self._sizes[index]
             index += 1
 
     def _forget_ahead(self, which: Callable[[int], bool]) -> None:
         for i in [i for i in self._ahead if which(i)]:
-            self._ahead.pop(i).cancel()
+            self._ahead.pop(i)[0].cancel()
 
     def _check_open(self) -> None:
         if self.closed:
