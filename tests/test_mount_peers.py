@@ -311,3 +311,19 @@ def test_a_peer_that_ignores_range_is_checked_against_the_shard_cid(tmp_path, si
             with pytest.raises(dstore.errors.PeerError):
                 client.fetch_range(record, pack_id, shard, within, 1000, [hp.peer_id] * len(record.shards))
             assert client.peers[0].bad_bytes == 1
+
+
+def test_threads_share_one_dataset(fresh):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i):
+        with ds.open("big.bin" if i % 2 else "sub/table.csv") as f:
+            want = BIG if i % 2 else CSV
+            offset = (i * 777_777) % (len(want) - 200_000)
+            f.seek(offset)
+            got = f.read(200_000)
+            assert ds.info("sub/deeper/note.txt").size == 5
+            return got == want[offset : offset + 200_000]
+
+    with fresh() as ds, ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(work, range(24)))

@@ -38,7 +38,9 @@ class ChunkSource:
         self.cache = cache
         self.hash_name = reader.hash_name
         self._local = LocalShards(reader.store, reader.hash_name)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        #: Held around every use of the reader (metadata, pack reader): the dataset's calls take it too.
+        self.lock = self._lock
         #: Where chunks came from (counts, for tests and benchmarks).
         self.stats = {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0}
 

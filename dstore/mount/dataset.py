@@ -53,18 +53,21 @@ class Dataset:
 
     def ls(self, path: str = "") -> list[Entry]:
         """Entries of the folder at ``path`` (or the file itself), sorted by name."""
-        return self.reader.ls(path)
+        with self.chunks.lock:
+            return self.reader.ls(path)
 
     def listdir(self, path: str = "") -> list[str]:
         """Names in the folder at ``path``; NotADirectoryError for a file."""
-        _, node = self.reader.resolve(path)
-        if not node.is_dir:
-            raise NotADirectoryError(path)
-        return [name for name, _ in self.reader.entries(node)]
+        with self.chunks.lock:
+            _, node = self.reader.resolve(path)
+            if not node.is_dir:
+                raise NotADirectoryError(path)
+            return [name for name, _ in self.reader.entries(node)]
 
     def info(self, path: str = "") -> Entry:
         """Name, kind (``"file"``/``"dir"``), size (files) and CID of ``path``, from metadata only."""
-        cid, node = self.reader.resolve(path)
+        with self.chunks.lock:
+            cid, node = self.reader.resolve(path)
         name = path.strip("/").rsplit("/", 1)[-1]
         return Entry(name, "dir" if node.is_dir else "file", None if node.is_dir else node.filesize or 0, cid)
 
@@ -73,7 +76,8 @@ class Dataset:
 
         Bounded by what the manifest declares, like every walk of the reader.
         """
-        _, node = self.reader.resolve(path)
+        with self.chunks.lock:
+            _, node = self.reader.resolve(path)
         if not node.is_dir:
             raise NotADirectoryError(path)
         budget = TreeBudget(self.manifest)
@@ -82,14 +86,15 @@ class Dataset:
         while stack:
             prefix, node = stack.pop(0)
             dirs, files = [], []
-            for name, cid in self.reader.entries(node):
-                child = self.reader.node(cid)
-                budget.take(child)
-                if child.is_dir:
-                    dirs.append(name)
-                    stack.append((f"{prefix}/{name}" if prefix else name, child))
-                else:
-                    files.append(name)
+            with self.chunks.lock:
+                for name, cid in self.reader.entries(node):
+                    child = self.reader.node(cid)
+                    budget.take(child)
+                    if child.is_dir:
+                        dirs.append(name)
+                        stack.append((f"{prefix}/{name}" if prefix else name, child))
+                    else:
+                        files.append(name)
             yield prefix, dirs, files
 
     # -- files ---------------------------------------------------------------
@@ -100,10 +105,12 @@ class Dataset:
             raise PermissionError(f"datasets are read-only: cannot open {path!r} with mode {mode!r}")
         if mode not in ("r", "rb"):
             raise ValueError(f"invalid mode {mode!r}: open dataset files with 'rb'")
-        cid, node = self.reader.resolve(path)
-        if node.is_dir:
-            raise IsADirectoryError(path)
-        return DatasetFile(self.chunks, list(self.reader.leaves(cid, node)), path, self._readahead_pool)
+        with self.chunks.lock:
+            cid, node = self.reader.resolve(path)
+            if node.is_dir:
+                raise IsADirectoryError(path)
+            leaves = list(self.reader.leaves(cid, node))
+        return DatasetFile(self.chunks, leaves, path, self._readahead_pool)
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``start:end`` of a file (slice semantics for negative or missing bounds)."""
@@ -113,9 +120,10 @@ class Dataset:
             return f.read(max(0, hi - lo))
 
     def _readahead_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(READAHEAD_THREADS, thread_name_prefix="dstore-readahead")
-        return self._pool
+        with self.chunks.lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READAHEAD_THREADS, thread_name_prefix="dstore-readahead")
+            return self._pool
 
     def close(self) -> None:
         if self.closed:
