@@ -327,3 +327,34 @@ def test_threads_share_one_dataset(fresh):
 
     with fresh() as ds, ThreadPoolExecutor(6) as pool:
         assert all(pool.map(work, range(24)))
+
+
+def test_forked_workers_reopen_what_a_fork_does_not_keep(fresh):
+    """DataLoader workers fork after the dataset is open (and its threads running): they read all the same."""
+    import multiprocessing
+
+    with fresh() as ds:
+        f = ds.open("big.bin")
+        assert f.read(1 << 20) == BIG[: 1 << 20]  # read-ahead threads and the peers' event loop are running
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+
+        def child(i):
+            import faulthandler
+
+            faulthandler.dump_traceback_later(100, exit=True)  # a deadlocked child says where, and ends
+            try:
+                g = ds.open("sub/table.csv")
+                f.seek(i * 1_000_000)
+                results.put((i, f.read(300_000) == BIG[i * 1_000_000 : i * 1_000_000 + 300_000] and g.read() == CSV))
+            except BaseException as e:  # report, do not hang the parent
+                results.put((i, repr(e)))
+
+        workers = [ctx.Process(target=child, args=(i,)) for i in range(2)]
+        for w in workers:
+            w.start()
+        got = dict(results.get(timeout=120) for _ in workers)
+        for w in workers:
+            w.join(60)
+        assert got == {0: True, 1: True}
+        assert f.read(1000) == BIG[1 << 20 : (1 << 20) + 1000]  # the parent's file goes on

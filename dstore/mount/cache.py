@@ -4,7 +4,7 @@ One file per chunk, named by its chunk ID: ``<root>/chunks-v1/<hash>/<ab>/<hex d
 Entries are written to a temporary file and renamed into place, so a reader
 sees a whole entry or none; every entry is checked against its ID when read,
 and one that fails (damaged, truncated) is dropped and the chunk fetched
-again. Size accounting and eviction happen under an exclusive ``flock`` on
+again. Size accounting and eviction happen under an exclusive POSIX record lock on
 ``<root>/chunks-v1/lock``, whose neighbour ``size`` holds the bytes cached:
 an insert that would pass the cap first evicts least recently used entries
 (by mtime, bumped on a hit at most once per ``TOUCH_INTERVAL_S``) down to
@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,15 @@ TOUCH_INTERVAL_S = 60.0
 STALE_TMP_S = 3600.0
 LAYOUT = "chunks-v1"
 _SIZE = struct.Struct("<Q")
+_IN_PROCESS = threading.Lock()
+
+
+def _new_process_lock() -> None:
+    global _IN_PROCESS
+    _IN_PROCESS = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_process_lock)
 
 
 def default_cache_dir() -> Path:
@@ -185,12 +195,16 @@ class ChunkCache:
 
     @contextmanager
     def _locked(self) -> Iterator[int]:
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield fd
-        finally:
-            os.close(fd)  # closing releases the lock
+        # A POSIX record lock, not flock: a flock belongs to the open file, which a child forked while a
+        # thread held it (a DataLoader worker) would keep open, and locked, forever. A record lock
+        # belongs to the process and is not inherited; threads of one process queue on _IN_PROCESS.
+        with _IN_PROCESS:
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                yield fd
+            finally:
+                os.close(fd)  # closing releases the lock
 
     def _read_total(self, lock_fd: int) -> int | None:
         try:

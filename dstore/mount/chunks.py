@@ -15,10 +15,12 @@ thread-safe) are used under one lock.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 
 from dstore import _native
-from dstore.errors import DstoreError
+from dstore.errors import DstoreError, IntegrityError
 from dstore.fetch.packs import LocalShards
 from dstore.fetch.reader import DatasetReader
 from dstore.format.locator import ChunkEntry
@@ -33,26 +35,43 @@ class ChunkSource:
     """Chunk bytes by digest for the files of one open dataset."""
 
     def __init__(self, reader: DatasetReader, peers: PeerClient | None, cache: ChunkCache | None) -> None:
-        self.reader = reader
-        self.peers = peers
         self.cache = cache
         self.hash_name = reader.hash_name
-        self._local = LocalShards(reader.store, reader.hash_name)
-        self._lock = threading.RLock()
-        #: Held around every use of the reader (metadata, pack reader): the dataset's calls take it too.
-        self.lock = self._lock
+        #: Called in a forked child before its first read (the dataset opens its store and peers again there).
+        self.on_fork: Callable[[], None] | None = None
+        self.rebind(reader, peers)
         #: Where chunks came from (counts, for tests and benchmarks).
         self.stats = {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0}
 
+    def rebind(self, reader: DatasetReader, peers: PeerClient | None) -> None:
+        """Read through this reader and these peers from now on (in this process)."""
+        self.reader = reader
+        self.peers = peers
+        self._local = LocalShards(reader.store, reader.hash_name)
+        self._lock = threading.RLock()  # new: a lock held by a thread at fork time stays held in the child
+        #: Held around every use of the reader (metadata, pack reader): the dataset's calls take it too.
+        self.lock = self._lock
+        self._pid = os.getpid()
+
+    def check_process(self) -> None:
+        """In a forked child, have the dataset reopen what does not survive a fork (threads, LMDB, sockets)."""
+        if self._pid != os.getpid():
+            if self.on_fork is None:
+                raise RuntimeError("this dataset was opened in another process: open it again in this one")
+            self.on_fork()
+
     def read_into(self, digest: bytes, out: memoryview) -> None:
         """Fill ``out`` (exactly the chunk's size) with the chunk's verified bytes."""
+        self.check_process()
         if self.cache is not None and self.cache.get_into(self.hash_name, digest, out):
             self.stats["cache"] += 1
             return
         with self._lock:
             pack_id, record, ref = self.reader.chunk_ref(digest)
         if ref.size != len(out):
-            raise ValueError(f"chunk of {ref.size} bytes read into {len(out)}")
+            raise IntegrityError(
+                f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {len(out)} in the file"
+            )
         stored = bytearray(ref.stored_len)
         if self._local_range(record, ref, memoryview(stored)) and _decode(stored, ref, out):
             self.stats["local"] += 1
@@ -82,6 +101,7 @@ class ChunkSource:
     def read_run(self, leaves: list[tuple[bytes, int]]) -> list[bytes]:
         """Consecutive chunks of a file, with one range request per data shard when they lie back to back in one
         pack (what a sequential reader reads ahead); otherwise, or if that fails, chunk by chunk."""
+        self.check_process()
         if len(leaves) > 1 and self.peers is not None:
             out = self._run_by_range(leaves)
             if out is not None:

@@ -10,7 +10,7 @@ chunk checked against its ID. Listing and walking read metadata only.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,25 +39,52 @@ class Dataset:
         peers: PeerClient | None = None,
         cache: ChunkCache | None = None,
         owns: Sequence[Any] = (),
+        reopen: Callable[[], tuple[Store, PeerClient | None, list[Any]]] | None = None,
     ) -> None:
-        self._store = store
-        self._owns = list(owns)  # closed with the dataset (the store, a peer set opened for it)
+        """``owns``: closed with the dataset (the store, a peer set opened for it); ``reopen``: makes them
+        again in a forked child (DataLoader workers), which cannot use its parent's."""
+        self._owns = list(owns)
+        self._reopen = reopen
         self.reader = DatasetReader(store, cid, peers=peers)
         self.cid = self.reader.cid.encode("base32")
         self.manifest = self.reader.manifest
         self.chunks = ChunkSource(self.reader, peers, cache)
+        self.chunks.on_fork = self._after_fork if reopen is not None else None
         self._pool: ThreadPoolExecutor | None = None
         self.closed = False
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's LMDB handle, event-loop thread and read-ahead threads are not
+        ours. Open the store and the peers again, and leave the parent's to the parent."""
+        assert self._reopen is not None
+        for thing in self._owns:
+            if isinstance(thing, Store):
+                # LMDB refuses a second handle on one index in a process, and an inherited handle must not
+                # be used: close the child's copy (this touches only the child's reader slots and
+                # descriptors; the parent's handle and locks stay as they are).
+                thing.close()
+        store, peers, owns = self._reopen()
+        try:
+            reader = DatasetReader(store, self.cid, peers=peers)
+        except BaseException:
+            for thing in reversed(owns):
+                thing.close()
+            raise
+        self._parents = [self._owns, self.reader, self._pool]  # kept, never closed here: they are the parent's
+        self.reader, self._owns, self._pool = reader, owns, None
+        self.chunks.rebind(reader, peers)
 
     # -- metadata ------------------------------------------------------------
 
     def ls(self, path: str = "") -> list[Entry]:
         """Entries of the folder at ``path`` (or the file itself), sorted by name."""
+        self.chunks.check_process()
         with self.chunks.lock:
             return self.reader.ls(path)
 
     def listdir(self, path: str = "") -> list[str]:
         """Names in the folder at ``path``; NotADirectoryError for a file."""
+        self.chunks.check_process()
         with self.chunks.lock:
             _, node = self.reader.resolve(path)
             if not node.is_dir:
@@ -66,6 +93,7 @@ class Dataset:
 
     def info(self, path: str = "") -> Entry:
         """Name, kind (``"file"``/``"dir"``), size (files) and CID of ``path``, from metadata only."""
+        self.chunks.check_process()
         with self.chunks.lock:
             cid, node = self.reader.resolve(path)
         name = path.strip("/").rsplit("/", 1)[-1]
@@ -76,6 +104,7 @@ class Dataset:
 
         Bounded by what the manifest declares, like every walk of the reader.
         """
+        self.chunks.check_process()
         with self.chunks.lock:
             _, node = self.reader.resolve(path)
         if not node.is_dir:
@@ -101,6 +130,7 @@ class Dataset:
 
     def open(self, path: str, mode: str = "rb") -> DatasetFile:
         """A seekable, read-only binary file object for the file at ``path``."""
+        self.chunks.check_process()
         if any(c in mode for c in "wax+"):
             raise PermissionError(f"datasets are read-only: cannot open {path!r} with mode {mode!r}")
         if mode not in ("r", "rb"):
@@ -120,6 +150,7 @@ class Dataset:
             return f.read(max(0, hi - lo))
 
     def _readahead_pool(self) -> ThreadPoolExecutor:
+        self.chunks.check_process()
         with self.chunks.lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(READAHEAD_THREADS, thread_name_prefix="dstore-readahead")
@@ -175,17 +206,23 @@ def open_dataset(
 ) -> Dataset:
     """Open dataset ``cid``: see :func:`dstore.open`."""
     disk_cache = cache_from_env(cache)
-    client, owned = connect_peers(peers, token)
-    owns: list[Any] = [client] if owned else []
+
+    def make() -> tuple[Store, PeerClient | None, list[Any]]:
+        client, owned = connect_peers(peers, token)
+        owns: list[Any] = [client] if owned else []
+        try:
+            store = Store(home)
+        except BaseException:
+            for thing in owns:
+                thing.close()
+            raise
+        return store, client, [store, *owns]
+
+    store, client, owns = make()
+    # A PeerClient the caller gave cannot be made again in a forked child; URLs (or the environment) can.
+    caller_client = peers is not None and not isinstance(peers, str | list | tuple)
     try:
-        store = Store(home)
-    except BaseException:
-        for thing in owns:
-            thing.close()
-        raise
-    owns.insert(0, store)
-    try:
-        return Dataset(store, cid, peers=client, cache=disk_cache, owns=owns)
+        return Dataset(store, cid, peers=client, cache=disk_cache, owns=owns, reopen=None if caller_client else make)
     except BaseException:
         for thing in reversed(owns):
             thing.close()

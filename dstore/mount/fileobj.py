@@ -59,6 +59,7 @@ class DatasetFile(io.BufferedIOBase):
         self._pool = pool
         self._readahead_bytes = readahead_bytes
         self.name = name
+        self._pid = os.getpid()
 
     @property
     def size(self) -> int:
@@ -100,6 +101,9 @@ class DatasetFile(io.BufferedIOBase):
 
     def readinto(self, buffer: Any) -> int:
         self._check_open()
+        if self._pid != os.getpid():  # forked: the parent's read-aheads will never finish here
+            self._ahead.clear()
+            self._pid = os.getpid()
         view = memoryview(buffer).cast("B")
         pos = self._pos
         end = min(self._size, pos + len(view))
