@@ -14,8 +14,20 @@ if TYPE_CHECKING:
     from dstore.mount.dataset import Dataset
 
 
-def open(cid: str, *, home: Any = None) -> Dataset:  # noqa: A001 - mirrors io.open / fsspec.open
-    """Open dataset ``cid`` from the local store for reading in place (see :class:`dstore.mount.dataset.Dataset`)."""
+def open(  # noqa: A001 - mirrors io.open / fsspec.open
+    cid: str, *, peers: Any = None, token: str | None = None, cache: Any = None, home: Any = None
+) -> Dataset:
+    """Open dataset ``cid`` for reading in place (see :class:`dstore.mount.dataset.Dataset`).
+
+    The dataset's metadata comes from the local store at ``home`` (default
+    ``$DSTORE_HOME``), else from the storage peers: ``peers`` (URLs, as a list
+    or ``"http://a:1,http://b:2"``, or a :class:`dstore.net.PeerClient`), else
+    ``$DSTORE_PEERS``; ``token`` as the CLI takes it (``$DSTORE_TOKEN``,
+    ``$DSTORE_TOKEN_FILE``; reads need none). File bytes read from peers are
+    kept in the machine's chunk cache: ``cache`` is a folder, ``False`` for
+    none, or None for ``$DSTORE_CACHE`` capped at ``$DSTORE_CACHE_SIZE``
+    (docs/training.md).
+    """
     from dstore.mount.dataset import open_dataset
 
-    return open_dataset(cid, home=home)
+    return open_dataset(cid, peers=peers, token=token, cache=cache, home=home)

@@ -392,6 +392,10 @@ class DatasetReader:
                 raise FormatError(f"a file's DAG is deeper than {unixfs.MAX_FILE_DEPTH} levels")
             stack.append(iter(zip(child.links, child.blocksizes, strict=True)))
 
+    def chunk_ref(self, digest: bytes) -> tuple[bytes, PackRecord, ChunkEntry]:
+        """Where a chunk is: (pack ID, pack record, locator entry), its sizes bounded; NotFound if nowhere."""
+        return self._ref(digest)
+
     def _ref(self, digest: bytes) -> tuple[bytes, PackRecord, ChunkEntry]:
         entry = self.locator.find(digest)
         if entry is None:

@@ -1,70 +1,170 @@
-"""``dstore.open(cid)``: a dataset handle and seekable file objects over it.
+"""``dstore.open(cid)``: a dataset handle, from the local store or from peers, and its files.
 
-A file object reads only the chunks that cover the bytes asked for: the
-locator maps each chunk to a pack and offset, and only the data-shard bytes
-holding that chunk are read (docs/format.md, "Locator").
+Metadata comes from the local store, else from the peers (``peers=``, else
+``$DSTORE_PEERS``). File bytes come chunk by chunk through a
+:class:`~dstore.mount.chunks.ChunkSource` (the disk cache, local shards,
+ranged reads of peers' data shards, the whole pack as a last resort), every
+chunk checked against its ID. Listing and walking read metadata only.
 """
 
 from __future__ import annotations
 
-import bisect
-import io
 import os
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dstore.fetch.reader import DatasetReader, Entry
+from dstore.fetch.reader import DatasetReader, Entry, TreeBudget
+from dstore.mount.cache import ChunkCache, cache_from_env
+from dstore.mount.chunks import ChunkSource
+from dstore.mount.fileobj import DatasetFile
+from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
-# Decoded chunks kept per open file, so small sequential reads don't re-read shards.
-CHUNK_CACHE = 4
+__all__ = ["READAHEAD_THREADS", "Dataset", "connect_peers", "open_dataset"]
+
+#: Threads reading chunks ahead of sequential readers, per open dataset.
+READAHEAD_THREADS = 8
 
 
 class Dataset:
-    """An open dataset: list its folders, walk it, open its files."""
+    """An open dataset: list its folders, walk it, open its files (read-only)."""
 
-    def __init__(self, store: Store, cid: str) -> None:
-        self._store = store
-        self.reader = DatasetReader(store, cid)
+    def __init__(
+        self,
+        store: Store,
+        cid: str,
+        *,
+        peers: PeerClient | None = None,
+        cache: ChunkCache | None = None,
+        owns: Sequence[Any] = (),
+        reopen: Callable[[], tuple[Store, PeerClient | None, list[Any]]] | None = None,
+    ) -> None:
+        """``owns``: closed with the dataset (the store, a peer set opened for it); ``reopen``: makes them
+        again in a forked child (DataLoader workers), which cannot use its parent's."""
+        self._owns = list(owns)
+        self._reopen = reopen
+        self.reader = DatasetReader(store, cid, peers=peers)
         self.cid = self.reader.cid.encode("base32")
         self.manifest = self.reader.manifest
+        self.chunks = ChunkSource(self.reader, peers, cache)
+        self.chunks.on_fork = self._after_fork if reopen is not None else None
+        self._pool: ThreadPoolExecutor | None = None
+        self.closed = False
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's LMDB handle, event-loop thread and read-ahead threads are not
+        ours. Open the store and the peers again, and leave the parent's to the parent."""
+        assert self._reopen is not None
+        for thing in self._owns:
+            if isinstance(thing, Store):
+                # LMDB refuses a second handle on one index in a process, and an inherited handle must not
+                # be used: close the child's copy (this touches only the child's reader slots and
+                # descriptors; the parent's handle and locks stay as they are).
+                thing.close()
+        store, peers, owns = self._reopen()
+        try:
+            reader = DatasetReader(store, self.cid, peers=peers)
+        except BaseException:
+            for thing in reversed(owns):
+                thing.close()
+            raise
+        self._parents = [self._owns, self.reader, self._pool]  # kept, never closed here: they are the parent's
+        self.reader, self._owns, self._pool = reader, owns, None
+        self.chunks.rebind(reader, peers)
+
+    # -- metadata ------------------------------------------------------------
 
     def ls(self, path: str = "") -> list[Entry]:
         """Entries of the folder at ``path`` (or the file itself), sorted by name."""
-        return self.reader.ls(path)
+        self.chunks.check_process()
+        with self.chunks.lock:
+            return self.reader.ls(path)
+
+    def listdir(self, path: str = "") -> list[str]:
+        """Names in the folder at ``path``; NotADirectoryError for a file."""
+        self.chunks.check_process()
+        with self.chunks.lock:
+            _, node = self.reader.resolve(path)
+            if not node.is_dir:
+                raise NotADirectoryError(path)
+            return [name for name, _ in self.reader.entries(node)]
+
+    def info(self, path: str = "") -> Entry:
+        """Name, kind (``"file"``/``"dir"``), size (files) and CID of ``path``, from metadata only."""
+        self.chunks.check_process()
+        with self.chunks.lock:
+            cid, node = self.reader.resolve(path)
+        name = path.strip("/").rsplit("/", 1)[-1]
+        return Entry(name, "dir" if node.is_dir else "file", None if node.is_dir else node.filesize or 0, cid)
 
     def walk(self, path: str = "") -> Iterator[tuple[str, list[str], list[str]]]:
-        """Like :func:`os.walk`: ``(folder path, folder names, file names)`` top down."""
-        _, node = self.reader.resolve(path)
+        """Like :func:`os.walk`: ``(folder path, folder names, file names)`` top down, metadata only.
+
+        Bounded by what the manifest declares, like every walk of the reader.
+        """
+        self.chunks.check_process()
+        with self.chunks.lock:
+            _, node = self.reader.resolve(path)
         if not node.is_dir:
             raise NotADirectoryError(path)
+        budget = TreeBudget(self.manifest)
+        budget.take(node)
         stack = [(path.strip("/"), node)]
         while stack:
             prefix, node = stack.pop(0)
             dirs, files = [], []
-            for name, cid in self.reader.entries(node):
-                child = self.reader.node(cid)
-                if child.is_dir:
-                    dirs.append(name)
-                    stack.append((f"{prefix}/{name}" if prefix else name, child))
-                else:
-                    files.append(name)
+            with self.chunks.lock:
+                for name, cid in self.reader.entries(node):
+                    child = self.reader.node(cid)
+                    budget.take(child)
+                    if child.is_dir:
+                        dirs.append(name)
+                        stack.append((f"{prefix}/{name}" if prefix else name, child))
+                    else:
+                        files.append(name)
             yield prefix, dirs, files
+
+    # -- files ---------------------------------------------------------------
 
     def open(self, path: str, mode: str = "rb") -> DatasetFile:
         """A seekable, read-only binary file object for the file at ``path``."""
+        self.chunks.check_process()
+        if any(c in mode for c in "wax+"):
+            raise PermissionError(f"datasets are read-only: cannot open {path!r} with mode {mode!r}")
         if mode not in ("r", "rb"):
-            raise ValueError("datasets are read-only: open them with mode 'rb'")
-        cid, node = self.reader.resolve(path)
-        if node.is_dir:
-            raise IsADirectoryError(path)
-        return DatasetFile(self.reader, list(self.reader.leaves(cid, node)), path)
+            raise ValueError(f"invalid mode {mode!r}: open dataset files with 'rb'")
+        with self.chunks.lock:
+            cid, node = self.reader.resolve(path)
+            if node.is_dir:
+                raise IsADirectoryError(path)
+            leaves = list(self.reader.leaves(cid, node))
+        return DatasetFile(self.chunks, leaves, path, self._readahead_pool)
+
+    def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes ``start:end`` of a file (slice semantics for negative or missing bounds)."""
+        with self.open(path) as f:
+            lo, hi, _ = slice(start, end).indices(f.size)
+            f.seek(lo)
+            return f.read(max(0, hi - lo))
+
+    def _readahead_pool(self) -> ThreadPoolExecutor:
+        self.chunks.check_process()
+        with self.chunks.lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READAHEAD_THREADS, thread_name_prefix="dstore-readahead")
+            return self._pool
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self.reader.close()
-        self._store.close()
+        for thing in reversed(self._owns):
+            thing.close()
 
     def __enter__(self) -> Dataset:
         return self
@@ -72,101 +172,58 @@ class Dataset:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-class DatasetFile(io.BufferedIOBase):
-    """Read-only, seekable view of one file of a dataset."""
-
-    def __init__(self, reader: DatasetReader, leaves: list[tuple[bytes, int]], name: str) -> None:
-        super().__init__()
-        self._reader = reader
-        self._digests = [d for d, _ in leaves]
-        self._starts = []
-        pos = 0
-        for _, size in leaves:
-            self._starts.append(pos)
-            pos += size
-        self._size = pos
-        self._pos = 0
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self.name = name
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        self._check_open()
-        if whence == os.SEEK_SET:
-            pos = offset
-        elif whence == os.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == os.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
-
-    def _chunk(self, index: int) -> bytes:
-        data = self._cache.get(index)
-        if data is None:
-            data = self._reader.read_chunk(self._digests[index])
-            self._cache[index] = data
-            if len(self._cache) > CHUNK_CACHE:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(index)
-        return data
-
-    def read(self, size: int | None = -1) -> bytes:
-        self._check_open()
-        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
-        if end <= self._pos:
-            return b""
-        out = bytearray()
-        pos = self._pos
-        index = bisect.bisect_right(self._starts, pos) - 1
-        while pos < end:
-            chunk = self._chunk(index)
-            within = pos - self._starts[index]
-            take = min(len(chunk) - within, end - pos)
-            out += chunk[within : within + take]
-            pos += take
-            index += 1
-        self._pos = pos
-        return bytes(out)
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
+    def __repr__(self) -> str:
+        return f"<dstore.Dataset {self.cid}>"
 
 
-def open_dataset(cid: str, *, home: str | Path | None = None) -> Dataset:
-    """Open dataset ``cid`` from the local store at ``home`` (default: $DSTORE_HOME)."""
-    store = Store(home)
+def connect_peers(peers: object, token: str | None) -> tuple[PeerClient | None, bool]:
+    """The peers to read from: ``peers`` (URLs as a list or ``"u1,u2"``, or a PeerClient), else ``$DSTORE_PEERS``.
+
+    Returns (client or None, whether the caller owns it and must close it).
+    The token, for completeness, follows the CLI (``token=``, ``$DSTORE_TOKEN``,
+    ``$DSTORE_TOKEN_FILE``); reads need none.
+    """
+    from dstore.net.config import peers_from_env, token_from_env
+
+    if peers is not None and not isinstance(peers, str | list | tuple):
+        return peers, False  # type: ignore[return-value]  # a PeerClient the caller keeps
+    text = ",".join(peers) if isinstance(peers, list | tuple) else peers
+    urls = peers_from_env(text)
+    if not urls:
+        return None, False
+    from dstore.net.sync import SyncPeerSet
+
+    return SyncPeerSet.connect(urls, token_from_env(token)), True
+
+
+def open_dataset(
+    cid: str,
+    *,
+    peers: object = None,
+    token: str | None = None,
+    cache: str | os.PathLike[str] | bool | ChunkCache | None = None,
+    home: str | Path | None = None,
+) -> Dataset:
+    """Open dataset ``cid``: see :func:`dstore.open`."""
+    disk_cache = cache_from_env(cache)
+
+    def make() -> tuple[Store, PeerClient | None, list[Any]]:
+        client, owned = connect_peers(peers, token)
+        owns: list[Any] = [client] if owned else []
+        try:
+            store = Store(home)
+        except BaseException:
+            for thing in owns:
+                thing.close()
+            raise
+        return store, client, [store, *owns]
+
+    store, client, owns = make()
+    # A PeerClient the caller gave cannot be made again in a forked child; URLs (or the environment) can.
+    caller_client = peers is not None and not isinstance(peers, str | list | tuple)
     try:
-        return Dataset(store, cid)
+        return Dataset(store, cid, peers=client, cache=disk_cache, owns=owns, reopen=None if caller_client else make)
     except BaseException:
-        store.close()
+        for thing in reversed(owns):
+            thing.close()
         raise

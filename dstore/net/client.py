@@ -6,6 +6,7 @@ a :class:`~dstore.net.peers.PeerTable` (who is up, the ranking), a
 :class:`~dstore.net.health.HealthChecker` (probes, revival),
 :class:`~dstore.net.placement.Placement` (where shards go),
 a :class:`~dstore.net.fetching.Fetcher` (hedged, verified reads),
+:class:`~dstore.net.ranges.Ranges` (ranged shard reads),
 :class:`~dstore.net.pointers.Pointers` and a
 :class:`~dstore.net.reads.ShardConfirmer`.
 
@@ -30,6 +31,7 @@ from dstore.net.peers import Peer, PeerTable
 from dstore.net.pins import PinReport, pin_on, unpin_on
 from dstore.net.placement import Placement
 from dstore.net.pointers import POINTER_PEERS, Pointers
+from dstore.net.ranges import RangeRead, Ranges
 from dstore.net.reads import ShardConfirmer, get_verified, head
 from dstore.net.transport import Miss, Transport
 
@@ -57,6 +59,7 @@ class PeerSet:
         self.fetcher = Fetcher(self.transport, self.table, self.health)
         self.pointers = Pointers(self.transport, self.table)
         self.confirmer = ShardConfirmer(self.transport, self.table)
+        self.ranges = Ranges(self.transport, self.table, self.fetcher)
 
     @classmethod
     async def connect(
@@ -153,6 +156,22 @@ class PeerSet:
     ) -> bytes:
         """See :meth:`dstore.net.fetching.Fetcher.get_block`."""
         return await self.fetcher.get_block(cid, key, hints, hedge_after_s=hedge_after_s)
+
+    async def fetch_range(
+        self,
+        record: PackRecord,
+        key: bytes,
+        shard: int,
+        offset: int,
+        length: int,
+        hints: Sequence[str | None] | None = None,
+    ) -> RangeRead:
+        """See :meth:`dstore.net.ranges.Ranges.fetch_range`."""
+        return await self.ranges.fetch_range(record, key, shard, offset, length, hints)
+
+    def report_bad_range(self, peer_id: str | None) -> None:
+        """See :meth:`dstore.net.ranges.Ranges.report_bad`."""
+        self.ranges.report_bad(peer_id)
 
     async def confirm_shards(self, items: Sequence[tuple[str, CID]]) -> list[bool]:
         """See :meth:`dstore.net.reads.ShardConfirmer.confirm`."""

@@ -15,8 +15,9 @@ from dstore.format.cid import CID
 from dstore.format.pack import PackRecord
 from dstore.net.peers import Peer
 
-if TYPE_CHECKING:  # dstore.net.pins loads aiohttp; importing the protocol must not
+if TYPE_CHECKING:  # pins and ranges load aiohttp; importing the protocol must not
     from dstore.net.pins import PinReport
+    from dstore.net.ranges import RangeRead
 
 __all__ = ["PeerClient"]
 
@@ -77,6 +78,26 @@ class PeerClient(Protocol):
         hedge_after_s: float | None = None,
     ) -> concurrent.futures.Future[list[bytes | None]]:
         """:meth:`fetch_pack` started in the background (for read-ahead)."""
+        ...
+
+    def fetch_range(
+        self,
+        record: PackRecord,
+        key: bytes,
+        shard: int,
+        offset: int,
+        length: int,
+        hints: Sequence[str | None] | None = None,
+    ) -> RangeRead:
+        """``length`` unverified bytes of data shard ``shard`` at ``offset`` (``Range``); NotFound or PeerError.
+
+        The caller checks every chunk it decodes from them, and calls
+        :meth:`report_bad_range` with ``peer_id`` of a range whose chunks failed.
+        """
+        ...
+
+    def report_bad_range(self, peer_id: str | None) -> None:
+        """Score down the peer whose range bytes failed their chunk check."""
         ...
 
     def get_block(self, cid: CID, key: bytes, hints: Sequence[str | None] | None = None) -> bytes:

@@ -23,6 +23,7 @@ from dstore.net.client import PeerSet
 from dstore.net.peers import Peer
 from dstore.net.pins import PinReport
 from dstore.net.pointers import POINTER_PEERS
+from dstore.net.ranges import RangeRead
 
 __all__ = ["SyncPeerSet"]
 
@@ -140,6 +141,20 @@ class SyncPeerSet:
     ) -> concurrent.futures.Future[list[bytes | None]]:
         """Start :meth:`fetch_pack` and return at once (for read-ahead)."""
         return self._submit(self._ps.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s))
+
+    def fetch_range(
+        self,
+        record: PackRecord,
+        key: bytes,
+        shard: int,
+        offset: int,
+        length: int,
+        hints: Sequence[str | None] | None = None,
+    ) -> RangeRead:
+        return self._call(self._ps.fetch_range(record, key, shard, offset, length, hints))
+
+    def report_bad_range(self, peer_id: str | None) -> None:
+        self._on_loop(lambda: self._ps.report_bad_range(peer_id))
 
     def put_pointer(self, dataset: CID, pointer: dict, copies: int) -> list[str]:
         return self._call(self._ps.put_pointer(dataset, pointer, copies))

@@ -113,16 +113,18 @@ class Transport:
         limit: int = 0,
         retries: int = READ_RETRIES,
         timeout: aiohttp.ClientTimeout | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Answer:
         """One request with health bookkeeping; 5xx/429/dropped connections retried with backoff.
 
         Returns the answer (body read up to ``limit`` bytes for 2xx, else the
-        error text). Raises :class:`Miss` when the peer is unreachable, times
-        out, keeps failing, or sends a body over ``limit``.
+        error text); ``headers`` are sent as given (e.g. ``Range``). Raises
+        :class:`Miss` when the peer is unreachable, times out, keeps failing,
+        or sends a body over ``limit``.
         """
         if self.session is None:
             raise RuntimeError("PeerSet has no session: use PeerSet.connect")
-        headers: dict[str, str] = {}
+        headers = dict(headers or {})
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:

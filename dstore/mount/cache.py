@@ -1,0 +1,274 @@
+"""A chunk cache on local disk, shared by every process of the machine (docs/training.md, "The chunk cache").
+
+One file per chunk, named by its chunk ID: ``<root>/chunks-v1/<hash>/<ab>/<hex digest>``.
+Entries are written to a temporary file and renamed into place, so a reader
+sees a whole entry or none; every entry is checked against its ID when read,
+and one that fails (damaged, truncated) is dropped and the chunk fetched
+again. Size accounting and eviction happen under an exclusive POSIX record lock on
+``<root>/chunks-v1/lock``, whose neighbour ``size`` holds the bytes cached:
+an insert that would pass the cap first evicts least recently used entries
+(by mtime, bumped on a hit at most once per ``TOUCH_INTERVAL_S``) down to
+``LOW_WATER`` of the cap, recounting from the files themselves. So the cache
+never holds more than the cap, plus the one entry each process is writing.
+
+The cache never fails a read: any error of its own (full disk, read-only
+folder, a damaged entry, a lock it cannot take) makes it a miss, or skips the write.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dstore import _native
+
+__all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "cache_from_env", "default_cache_dir"]
+
+DEFAULT_CACHE_BYTES = 10 << 30
+#: Eviction frees room down to this fraction of the cap, so scans are rare.
+LOW_WATER = 0.9
+#: A hit refreshes the entry's mtime (its LRU age) at most this often.
+TOUCH_INTERVAL_S = 60.0
+#: Temporary files older than this were left by a process that died while writing.
+STALE_TMP_S = 3600.0
+LAYOUT = "chunks-v1"
+_SIZE = struct.Struct("<Q")
+_IN_PROCESS = threading.Lock()
+
+
+def _new_process_lock() -> None:
+    global _IN_PROCESS
+    _IN_PROCESS = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_process_lock)
+
+
+def default_cache_dir() -> Path:
+    """``$DSTORE_CACHE``, else ``$XDG_CACHE_HOME/dstore``, else ``~/.cache/dstore``."""
+    if os.environ.get("DSTORE_CACHE"):
+        return Path(os.environ["DSTORE_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "dstore" if xdg else Path.home() / ".cache" / "dstore"
+
+
+def cache_from_env(cache: str | os.PathLike[str] | bool | ChunkCache | None = None) -> ChunkCache | None:
+    """The cache ``dstore.open(cache=...)`` asks for.
+
+    None: ``$DSTORE_CACHE`` / the default folder, capped at ``$DSTORE_CACHE_SIZE``
+    (e.g. ``10G``; default 10 GiB; ``0`` turns it off); False: no disk cache;
+    a path: that folder; a :class:`ChunkCache`: itself.
+    """
+    from dstore.peer.config import parse_size
+
+    if cache is False:
+        return None
+    if cache is True:
+        cache = None
+    if isinstance(cache, ChunkCache):
+        return cache
+    size_text = os.environ.get("DSTORE_CACHE_SIZE")
+    cap = parse_size(size_text) if size_text else DEFAULT_CACHE_BYTES
+    if cap <= 0:
+        return None
+    root = default_cache_dir() if cache is None else Path(cache)
+    return ChunkCache(root, cap)
+
+
+def _digest(data: memoryview | bytes, hash_name: str) -> bytes:
+    if hash_name == "blake3":
+        return _native.blake3(data)
+    return hashlib.new(hash_name.replace("sha2-", "sha"), data).digest()
+
+
+class ChunkCache:
+    """Verified chunks by chunk ID, on disk, size-capped, LRU; safe across threads and processes."""
+
+    def __init__(self, root: str | Path, cap_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.root = Path(root) / LAYOUT
+        self.cap_bytes = cap_bytes
+        self._ready = False
+        self.hits = 0
+        self.misses = 0
+        self.dropped = 0  # entries that failed their check
+
+    def path(self, hash_name: str, digest: bytes) -> Path:
+        text = digest.hex()
+        return self.root / hash_name / text[:2] / text
+
+    # -- reads ----------------------------------------------------------------
+
+    def get_into(self, hash_name: str, digest: bytes, out: memoryview) -> bool:
+        """Fill ``out`` (exactly the chunk's size) with the cached chunk, checked; False on any miss."""
+        path = self.path(hash_name, digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.misses += 1
+            return False
+        try:
+            st = os.fstat(fd)
+            got = 0
+            if st.st_size == len(out):
+                while got < len(out):
+                    n = os.readv(fd, [out[got:]])
+                    if n <= 0:
+                        break
+                    got += n
+        except OSError:
+            got = -1
+        finally:
+            os.close(fd)
+        if got != len(out) or _digest(out, hash_name) != digest:
+            self.dropped += 1
+            self.misses += 1
+            self._drop(path)
+            return False
+        self.hits += 1
+        if time.time() - st.st_mtime > TOUCH_INTERVAL_S:
+            try:
+                os.utime(path)
+            except OSError:
+                pass
+        return True
+
+    def get(self, hash_name: str, digest: bytes, size: int) -> bytes | None:
+        """The cached chunk of ``size`` bytes, checked; None on any miss."""
+        buf = bytearray(size)
+        return bytes(buf) if self.get_into(hash_name, digest, memoryview(buf)) else None
+
+    # -- writes ---------------------------------------------------------------
+
+    def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
+        """Cache a chunk the caller has verified; any failure just leaves it uncached."""
+        size = len(data)
+        if size > self.cap_bytes:
+            return
+        path = self.path(hash_name, digest)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            if not self._ready:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._ready = True
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            with self._locked() as lock_fd:
+                if path.exists():
+                    return  # another process cached it meanwhile
+                total = self._read_total(lock_fd)
+                if total is None or total + size > self.cap_bytes:
+                    total = self._evict(int(self.cap_bytes * LOW_WATER) - size)
+                os.rename(tmp, path)
+                self._write_total(lock_fd, total + size)
+        except OSError:
+            pass  # full disk, read-only folder, …: the read goes on without the cache
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _drop(self, path: Path) -> None:
+        try:
+            with self._locked() as lock_fd:
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    return
+                total = self._read_total(lock_fd)
+                if total is not None:
+                    self._write_total(lock_fd, max(0, total - size))
+        except OSError:
+            pass
+
+    # -- accounting (under the lock) ------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        # A POSIX record lock, not flock: a flock belongs to the open file, which a child forked while a
+        # thread held it (a DataLoader worker) would keep open, and locked, forever. A record lock
+        # belongs to the process and is not inherited; threads of one process queue on _IN_PROCESS.
+        with _IN_PROCESS:
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                yield fd
+            finally:
+                os.close(fd)  # closing releases the lock
+
+    def _read_total(self, lock_fd: int) -> int | None:
+        try:
+            with open(self.root / "size", "rb") as f:
+                raw = f.read(_SIZE.size + 1)
+        except FileNotFoundError:
+            return None
+        return _SIZE.unpack(raw)[0] if len(raw) == _SIZE.size else None
+
+    def _write_total(self, lock_fd: int, total: int) -> None:
+        tmp = self.root / f".size-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(_SIZE.pack(total))
+        os.replace(tmp, self.root / "size")
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """Every entry as (mtime, bytes, path); stale temporary files are removed on the way."""
+        out: list[tuple[float, int, Path]] = []
+        now = time.time()
+        for algo in _scandir(self.root):
+            if not algo.is_dir():
+                continue
+            for fan in _scandir(Path(algo.path)):
+                if not fan.is_dir():
+                    continue
+                for entry in _scandir(Path(fan.path)):
+                    try:
+                        st = entry.stat()
+                    except OSError:
+                        continue
+                    if entry.name.startswith(".tmp-"):
+                        if now - st.st_mtime > STALE_TMP_S:
+                            _unlink(Path(entry.path))
+                        continue
+                    out.append((st.st_mtime, st.st_size, Path(entry.path)))
+        return out
+
+    def _evict(self, target_bytes: int) -> int:
+        """Remove the oldest entries until at most ``target_bytes`` remain; the bytes left."""
+        entries = sorted(self.entries(), key=lambda e: e[0])
+        total = sum(e[1] for e in entries)
+        for _, size, path in entries:
+            if total <= max(0, target_bytes):
+                break
+            if _unlink(path):
+                total -= size
+        return total
+
+    def total_bytes(self) -> int:
+        """Bytes held now, counted from the files."""
+        return sum(e[1] for e in self.entries())
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except OSError as e:
+        return e.errno == errno.ENOENT

@@ -1,0 +1,201 @@
+"""Verified chunks of one dataset, from the cheapest place that has them.
+
+In order: the disk cache (checked against the chunk ID), the local store's
+shard files (only the bytes covering the chunk), the peers' data shards by
+HTTP ``Range`` (only those bytes), and last the whole pack through the
+reader's fetch path (hedged, rebuilt from parity when a data shard is not to
+be had). Every chunk is decoded and checked against its ID before a byte of
+it is returned; range bytes that fail the check score their peer down and
+the chunk is read again through the whole pack.
+
+Thread-safe: the read-ahead pool calls it from several threads. Network and
+file reads run concurrently; the reader's metadata and pack reader (not
+thread-safe) are used under one lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+from dstore import _native
+from dstore.errors import DstoreError, IntegrityError
+from dstore.fetch.packs import LocalShards
+from dstore.fetch.reader import DatasetReader
+from dstore.format.locator import ChunkEntry
+from dstore.format.pack import PackRecord
+from dstore.mount.cache import ChunkCache
+from dstore.net.protocol import PeerClient
+
+__all__ = ["ChunkSource"]
+
+
+class ChunkSource:
+    """Chunk bytes by digest for the files of one open dataset."""
+
+    def __init__(self, reader: DatasetReader, peers: PeerClient | None, cache: ChunkCache | None) -> None:
+        self.cache = cache
+        self.hash_name = reader.hash_name
+        #: Called in a forked child before its first read (the dataset opens its store and peers again there).
+        self.on_fork: Callable[[], None] | None = None
+        self.rebind(reader, peers)
+        #: Where chunks came from (counts, for tests and benchmarks).
+        self.stats = {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0}
+
+    def rebind(self, reader: DatasetReader, peers: PeerClient | None) -> None:
+        """Read through this reader and these peers from now on (in this process)."""
+        self.reader = reader
+        self.peers = peers
+        self._local = LocalShards(reader.store, reader.hash_name)
+        self._lock = threading.RLock()  # new: a lock held by a thread at fork time stays held in the child
+        #: Held around every use of the reader (metadata, pack reader): the dataset's calls take it too.
+        self.lock = self._lock
+        self._pid = os.getpid()
+
+    def check_process(self) -> None:
+        """In a forked child, have the dataset reopen what does not survive a fork (threads, LMDB, sockets)."""
+        if self._pid != os.getpid():
+            if self.on_fork is None:
+                raise RuntimeError("this dataset was opened in another process: open it again in this one")
+            self.on_fork()
+
+    def read_into(self, digest: bytes, out: memoryview) -> None:
+        """Fill ``out`` (exactly the chunk's size) with the chunk's verified bytes."""
+        self.check_process()
+        if self.cache is not None and self.cache.get_into(self.hash_name, digest, out):
+            self.stats["cache"] += 1
+            return
+        with self._lock:
+            pack_id, record, ref = self.reader.chunk_ref(digest)
+        if ref.size != len(out):
+            raise IntegrityError(
+                f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {len(out)} in the file"
+            )
+        stored = bytearray(ref.stored_len)
+        if self._local_range(record, ref, memoryview(stored)) and _decode(stored, ref, out):
+            self.stats["local"] += 1
+            return
+        if self.peers is not None:
+            served = self._peer_range(pack_id, record, ref, memoryview(stored))
+            if served is not None:
+                if _decode(stored, ref, out):
+                    self.stats["range"] += 1
+                    self._keep(digest, out)
+                    return
+                self.stats["bad_range"] += 1
+                for peer_id in served:
+                    self.peers.report_bad_range(peer_id)
+        with self._lock:
+            data = self.reader.read_chunk(digest)  # the whole pack, rebuilt from parity if need be
+        out[:] = data
+        self.stats["pack"] += 1
+        if self.peers is not None:
+            self._keep(digest, out)
+
+    def read(self, digest: bytes, size: int) -> bytes:
+        buf = bytearray(size)
+        self.read_into(digest, memoryview(buf))
+        return bytes(buf)
+
+    def read_run(self, leaves: list[tuple[bytes, int]]) -> list[bytes]:
+        """Consecutive chunks of a file, with one range request per data shard when they lie back to back in one
+        pack (what a sequential reader reads ahead); otherwise, or if that fails, chunk by chunk."""
+        self.check_process()
+        if len(leaves) > 1 and self.peers is not None:
+            out = self._run_by_range(leaves)
+            if out is not None:
+                return out
+        return [self.read(digest, size) for digest, size in leaves]
+
+    def _run_by_range(self, leaves: list[tuple[bytes, int]]) -> list[bytes] | None:
+        assert self.peers is not None
+        cache = self.cache
+        if cache is not None and any(cache.path(self.hash_name, d).exists() for d, _ in leaves):
+            return None  # some are cached: chunk by chunk takes those from the cache
+        with self._lock:
+            places = [self.reader.chunk_ref(digest) for digest, _ in leaves]
+        pack_id, record, first = places[0]
+        refs = [ref for _, _, ref in places]
+        if any(p != pack_id for p, _, _ in places) or any(
+            a.offset + a.stored_len != b.offset for a, b in zip(refs, refs[1:], strict=False)
+        ):
+            return None
+        if any(ref.size != size for ref, (_, size) in zip(refs, leaves, strict=True)):
+            return None
+        span = first._replace(stored_len=refs[-1].offset + refs[-1].stored_len - first.offset)
+        stored = bytearray(span.stored_len)
+        served = self._peer_range(pack_id, record, span, memoryview(stored))
+        if served is None:
+            return None
+        out = []
+        for ref in refs:
+            try:
+                data = _native.decode_chunks(
+                    stored, [ref.offset - first.offset], [ref.stored_len], [ref.size], [ref.codec], ref.digest
+                )
+            except (_native.IntegrityError, ValueError):
+                self.stats["bad_range"] += 1
+                for peer_id in served:
+                    self.peers.report_bad_range(peer_id)
+                return None  # chunk by chunk then, each through the whole pack if its range fails again
+            out.append(data)
+            self._keep(ref.digest, memoryview(data))
+        self.stats["range"] += len(out)
+        return out
+
+    def _keep(self, digest: bytes, data: memoryview) -> None:
+        if self.cache is not None:
+            self.cache.put(self.hash_name, digest, data)
+
+    def _segments(self, record: PackRecord, ref: ChunkEntry) -> list[tuple[int, int, int, int]]:
+        """(data shard, offset in it, length, offset in the stored chunk) of the shard bytes holding ``ref``."""
+        out = []
+        pos, end = ref.offset, ref.offset + ref.stored_len
+        if end > record.size or record.shard_size <= 0:
+            return []  # the locator points past the pack: let the whole-pack path say so
+        while pos < end:
+            shard, within = divmod(pos, record.shard_size)
+            n = min(record.shard_size - within, end - pos)
+            out.append((shard, within, n, pos - ref.offset))
+            pos += n
+        return out
+
+    def _local_range(self, record: PackRecord, ref: ChunkEntry, stored: memoryview) -> bool:
+        segments = self._segments(record, ref)
+        try:
+            for shard, within, n, at in segments:
+                self._local.read_range(record, shard, within, stored[at : at + n])
+        except (DstoreError, OSError):
+            return False
+        return bool(segments)
+
+    def _peer_range(
+        self, pack_id: bytes, record: PackRecord, ref: ChunkEntry, stored: memoryview
+    ) -> list[str | None] | None:
+        """Fill ``stored`` from the peers' data shards; the IDs of the peers that served it, or None."""
+        assert self.peers is not None
+        with self._lock:
+            hints = self.reader.placement(pack_id)
+        segments = self._segments(record, ref)
+        served: list[str | None] = []
+        try:
+            for shard, within, n, at in segments:
+                answer = self.peers.fetch_range(record, pack_id, shard, within, n, hints)
+                if len(answer.data) != n:
+                    return None
+                stored[at : at + n] = answer.data
+                served.append(answer.peer_id)
+        except DstoreError:
+            return None  # a holder is down or lacks it: the whole pack, from parity if need be
+        return served if segments else None
+
+
+def _decode(stored: bytearray, ref: ChunkEntry, out: memoryview) -> bool:
+    """Decode the stored chunk into ``out`` and check it against its ID; False if it fails."""
+    try:
+        return _native.decode_chunks_into(
+            out, [stored], [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest
+        ) == len(out)
+    except (_native.IntegrityError, ValueError):
+        return False
