@@ -517,6 +517,16 @@ def _provenance(res: dict) -> list[str]:
     return ["- sections come from separate runs:"] + [f"  - {', '.join(v)}: {k}" for k, v in groups.items()]
 
 
+def _section_loads(res: dict) -> list[str]:
+    """The 1-minute load average before and after each section: the machine may be shared."""
+    loads = [
+        f"{name} {sec['loadavg_before'][0]:.1f} → {sec['loadavg_after'][0]:.1f}"
+        for name, sec in res.get("sections", {}).items()
+        if sec.get("loadavg_before") and sec.get("loadavg_after")
+    ]
+    return ["- 1-minute load average before → after each section: " + "; ".join(loads)] if loads else []
+
+
 def markdown(res: dict) -> str:
     m, c = res.get("machine", {}), res.get("config", {})
     inputs = res.get("inputs", {})
@@ -548,6 +558,7 @@ def markdown(res: dict) -> str:
         ),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if k != "dstore"),
         *_provenance(res),
+        *_section_loads(res),
         "",
         (
             "GB/s = 10^9 bytes of input per second of wall time of the whole command (process start-up"
@@ -658,23 +669,6 @@ def plot(res: dict, path: Path) -> None:
     if "median_gbps" in S.get("get_disk", {}):
         g = S["get_disk"]["median_gbps"]
         groups.append(("get, disk store", [("dstore", g["dstore"], True), ("cp from disk", g["cp"], False)]))
-    for name, t in (S.get("small", {}).get("trees") or {}).items():
-        if "median_gbps" not in t:
-            continue
-        g = t["median_gbps"]
-        groups.append(
-            (
-                f"{t['files']:,} files\n({name})",
-                [
-                    ("dstore add", g["dstore_add"], True),
-                    ("restic\nbackup", g["restic_backup"], False),
-                    ("hf_xet", g["xet"], False),
-                    ("dstore get", g["dstore_get"], True),
-                    ("cp -r", g["cp_r"], False),
-                    ("restic\nrestore", g["restic_restore"], False),
-                ],
-            )
-        )
     if "median_gbps" in S.get("scaling", {}):
         g = S["scaling"]["median_gbps"]
         groups.append(
@@ -705,7 +699,7 @@ def plot(res: dict, path: Path) -> None:
             )
         )
         groups.append(("add to\n14 peers", [("dstore", g["dstore_add"], True)]))
-    fig, ax = plt.subplots(figsize=(max(12, 1.1 * sum(len(b) for _, b in groups)), 5))
+    fig, ax = plt.subplots(figsize=(max(12, 0.5 * sum(len(b) for _, b in groups)), 5))
     x, ticks, tick_labels = 0.0, [], []
     ref_colors = ["#999999", "#bbbbbb", "#dddddd"]
     for label, bars in groups:
@@ -736,3 +730,74 @@ def plot(res: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_small(res: dict, path: Path) -> bool:
+    """Seconds of add and get of each small-file tree, dstore and references (False: nothing to plot)."""
+    trees = {n: t for n, t in (res.get("sections", {}).get("small", {}).get("trees") or {}).items() if "runs" in t}
+    if not trees:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        ("dstore add", "dstore_add", True),
+        ("restic backup", "restic_backup", False),
+        ("hf_xet", "xet", False),
+        ("dstore get", "dstore_get", True),
+        ("cp -r", "cp_r", False),
+        ("restic restore", "restic_restore", False),
+    ]
+    fig, axes = plt.subplots(1, len(trees), figsize=(6 * len(trees), 4.5), squeeze=False)
+    for ax, (name, t) in zip(axes[0], trees.items(), strict=True):
+        vals = [t["median_seconds"].get(k) for _, k, _ in bars]
+        colors = ["#1f77b4" if d else "#aaaaaa" for _, _, d in bars]
+        ax.bar(range(len(bars)), [v or 0 for v in vals], color=colors, edgecolor="black", linewidth=0.5)
+        for i, v in enumerate(vals):
+            ax.text(i, v or 0, _f(v, "{:.1f}"), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels([b[0] for b in bars], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("seconds (median, lower is better)")
+        ax.set_title(f"{name}: {t['files']:,} files, {t['bytes'] / 1e6:,.0f} MB")
+        ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_stages(res: dict, path: Path) -> bool:
+    """Core-seconds per GiB of each add stage, with its floor (False: nothing to plot)."""
+    s = res.get("sections", {}).get("stages")
+    if not s or "core_s_per_gib" not in s:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = dict(s["core_s_per_gib"])
+    if per.get(ENCODE) is not None and per.get(SHARD_HASHES) is not None:
+        per["erasure code alone (encode_pack - shard hashes)"] = per[ENCODE] - per[SHARD_HASHES]
+    stages = [st for st in STAGE_FLOORS if per.get(st) is not None]
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(stages) + 1.5))
+    y = list(range(len(stages)))[::-1]
+    ax.barh(y, [per[st] for st in stages], color="#1f77b4", height=0.6, label="dstore stage")
+    for yi, st in zip(y, stages, strict=True):
+        floor = STAGE_FLOORS[st]
+        if floor and per.get(floor) is not None:
+            ax.plot([per[floor]] * 2, [yi - 0.35, yi + 0.35], color="black", linewidth=2)
+        ax.text(per[st], yi, f" {per[st]:.2f}", va="center", fontsize=8)
+    ax.plot([], [], color="black", linewidth=2, label="its floor")
+    ax.set_yticks(y)
+    ax.set_yticklabels(stages, fontsize=8)
+    ax.set_xlabel("core-seconds per GiB of input (median)")
+    ax.set_title(f"add {_mib(s['bytes'])} --shards 10+4: CPU cost by stage (bench/stages.py)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -953,10 +953,15 @@ class Bench:
         (self.results_dir / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
         md = report.markdown(self.results)
         (self.results_dir / "results.md").write_text(md)
-        try:
-            report.plot(self.results, self.results_dir / "throughput.png")
-        except Exception as e:  # noqa: BLE001 - the JSON and table matter more than the chart
-            self.log(f"plot failed: {e}")
+        for plot, png in (
+            (report.plot, "throughput.png"),
+            (report.plot_small, "small.png"),
+            (report.plot_stages, "stages.png"),
+        ):
+            try:
+                plot(self.results, self.results_dir / png)
+            except Exception as e:  # noqa: BLE001 - the JSON and table matter more than the chart
+                self.log(f"plot {png} failed: {e}")
         print()
         print(report.table(self.results))
         self.log(f"results in {self.results_dir}")
