@@ -40,8 +40,9 @@ lint:
 	cd native && cargo fmt --check && cargo clippy --release -- -D warnings
 
 # Benchmarks are not tests: they write bench/results/ (JSON, markdown, PNG).
-# Sizes for a quick run: BENCH_SIZE_MIB=64 BENCH_RSS_MIB=128 BENCH_RUNS=1 make bench
-# (see bench/README.md). Data is cached in /dev/shm/dstore-bench (BENCH_SHM).
+# Sizes for a quick run: BENCH_SIZE_MIB=64 BENCH_RSS_MIB=128 BENCH_RUNS=1 make bench;
+# a subset: BENCH_ONLY=small,scaling,stages,get_disk make bench (sections in bench/README.md).
+# Data is cached in /dev/shm/dstore-bench (BENCH_SHM).
 .PHONY: bench-deps
 bench-deps:
 	@if command -v apt-get >/dev/null 2>&1; then \

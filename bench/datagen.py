@@ -238,3 +238,66 @@ def csv_v2(kind: str, v1_path: Path, out: Path, seed: int, v1_meta: dict) -> dic
     tmp.write_bytes(data)
     os.replace(tmp, out)
     return {"kind": kind, "bytes": len(data), "description": desc}
+
+
+# ---- small-file trees --------------------------------------------------------
+
+TREE_VERSION = 1
+# name: (files, folders, min bytes, max bytes, sampler(rng) -> size, labels.csv, file suffix)
+TREES = {
+    # like an image-classification set: log-normal around 48 KiB (sigma 0.5), clipped to 20-200 KB
+    "images": (20_000, 100, 20_000, 200_000, "lognormal(ln 48 KiB, 0.5)", True, ".jpg"),
+    "tiny": (100_000, 100, 200, 2_000, "uniform", False, ".bin"),
+}
+
+
+def _tree_sizes(name: str, seed: int) -> list[int]:
+    files, _, lo, hi, law, _, _ = TREES[name]
+    rng = np.random.default_rng([seed, 0x5F, files])
+    if law == "uniform":
+        return rng.integers(lo, hi, files, endpoint=True).tolist()
+    return np.clip(rng.lognormal(np.log(48 << 10), 0.5, files), lo, hi).astype(np.int64).tolist()
+
+
+def small_tree(path: Path, name: str, seed: int) -> dict:
+    """The small-file tree ``name`` (TREES) at ``path``, made once and cached.
+
+    Every file is incompressible and distinct (BLAKE3 extendable output of one
+    key, each file a different stretch of it), like JPEGs: nothing dedups or
+    compresses. Files go to folders ``class_000`` .. round-robin; the
+    ``images`` tree also has ``labels.csv`` (path,label). The sidecar
+    ``<path>.meta.json`` is written last, so a tree cut short is remade.
+    """
+    files, folders, lo, hi, law, labels, suffix = TREES[name]
+    meta = {"generator": TREE_VERSION, "kind": f"tree-{name}", "seed": seed, "files": files, "folders": folders}
+    mp = _meta_path(path)
+    if path.is_dir() and mp.exists():
+        try:
+            old = json.loads(mp.read_text())
+        except ValueError:
+            old = {}
+        if all(old.get(k) == v for k, v in meta.items()):
+            return old
+    mp.unlink(missing_ok=True)
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    sizes = _tree_sizes(name, seed)
+    xof = blake3.blake3(blake3.blake3(f"dstore-bench/tree-{name}/{seed}".encode()).digest())
+    names = [f"class_{i % folders:03d}/{i:06d}{suffix}" for i in range(files)]
+    for d in range(min(folders, files)):
+        (path / f"class_{d:03d}").mkdir(parents=True, exist_ok=True)
+    off = 0
+    for rel, size in zip(names, sizes, strict=True):
+        with open(path / rel, "wb") as f:
+            f.write(xof.digest(length=size, seek=off))
+        off += size
+    total = off
+    if labels:
+        text = "path,label\n" + "".join(f"{rel},{i % folders}\n" for i, rel in enumerate(names))
+        (path / "labels.csv").write_text(text)
+        total += len(text)
+    meta = dict(meta, bytes=total, file_bytes=(lo, hi), size_law=law, labels_csv=labels)
+    mp.write_text(json.dumps(meta, indent=1))
+    return meta

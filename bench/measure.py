@@ -7,6 +7,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,10 +42,12 @@ def run_timed(
     timeout: float = TIMEOUT_S,
 ) -> dict:
     """Run cmd to completion; the wall time of the whole command (perf_counter
-    around subprocess.run, start-up included)."""
+    around subprocess.run, start-up included) and its CPU seconds (user + system
+    of the command and every descendant it waited for, from RUSAGE_CHILDREN)."""
     full_env = None if env is None else {**os.environ, **env}
     with contextlib.ExitStack() as stack:
         out_f = stack.enter_context(open(stdout_path, "wb")) if stdout_path else None
+        cpu0 = children_cpu_s()
         t0 = time.perf_counter()
         p = subprocess.run(
             cmd,
@@ -56,11 +59,38 @@ def run_timed(
             timeout=timeout,
         )
         seconds = time.perf_counter() - t0
+        cpu_s = children_cpu_s() - cpu0
     stdout = "" if out_f else p.stdout.decode(errors="replace")
     stderr = p.stderr.decode(errors="replace")
     if check and p.returncode != 0:
         raise CommandFailed(f"{' '.join(map(str, cmd))} exited {p.returncode}: {_tail(stderr or stdout)}")
-    return {"seconds": seconds, "rc": p.returncode, "stdout": stdout, "stderr": stderr}
+    return {"seconds": seconds, "cpu_s": cpu_s, "rc": p.returncode, "stdout": stdout, "stderr": stderr}
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every child this process has waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def evict_page_cache(paths: list[Path]) -> int:
+    """Drop the cached pages of these files (and of every file below these folders)
+    with posix_fadvise(DONTNEED) after `sync`: the next read comes from the disk.
+    Only these files' pages go; the rest of the (shared) machine's cache stays.
+    Returns the number of files."""
+    sync()
+    n = 0
+    for top in paths:
+        files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+        for path in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    n += 1
+                finally:
+                    os.close(fd)
+    return n
 
 
 _STATUS_KEYS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
@@ -128,7 +158,7 @@ def run_peak_rss(
     except psutil.NoSuchProcess:
         root = None
     while True:
-        pid, status, _ = os.wait4(p.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
         if pid == p.pid:
             break
         pids = [] if use_time else [p.pid]
@@ -170,6 +200,7 @@ def run_peak_rss(
         "peak_tree_rss_file_mib": peak["RssFile"] / 1024,
         "peak_tree_rss_shmem_mib": peak["RssShmem"] / 1024,
         "gnu_time_maxrss_mib": exact,
+        "cpu_s": usage.ru_utime + usage.ru_stime,  # the command and the descendants it waited for
         "samples": samples,
         "poll_interval_s": interval,
         "stdout": bufs["out"].decode(errors="replace"),

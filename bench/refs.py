@@ -1,6 +1,6 @@
 """Reference implementations, each run as its own process by run.py.
 
-    python bench/refs.py xet PATH      # hf_xet.hash_files([PATH]) (Xet's Rust chunk + hash)
+    python bench/refs.py xet PATH...   # hf_xet.hash_files(files) (Xet's Rust chunk + hash); a folder = its files
     python bench/refs.py cdc PATH      # Python loop: pyfastcdc (avg 64 KiB) + blake3 per chunk
     python bench/refs.py floor PATH    # read in 16 MiB blocks + one blake3 with all threads
 
@@ -12,15 +12,32 @@ alone, for reference.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 
-def xet(path: str) -> dict:
+def files_under(paths: list[str]) -> list[str]:
+    """The paths, each folder replaced by every file below it (sorted walk)."""
+    out = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            out += [os.path.join(root, n) for n in sorted(names)]
+    return out
+
+
+def xet(*paths: str) -> dict:
     import hf_xet
 
-    info = hf_xet.hash_files([path])[0]
-    return {"hash": info.hash, "bytes": info.file_size}
+    infos = hf_xet.hash_files(files_under(list(paths)))
+    out = {"files": len(infos), "bytes": sum(i.file_size for i in infos)}
+    if len(infos) == 1:
+        out["hash"] = infos[0].hash
+    return out
 
 
 def cdc(path: str) -> dict:
@@ -53,10 +70,10 @@ def floor(path: str) -> dict:
 
 
 def main() -> None:
-    what, path = sys.argv[1], sys.argv[2]
+    what, paths = sys.argv[1], sys.argv[2:]
     fn = {"xet": xet, "cdc": cdc, "floor": floor}[what]
     t0 = time.perf_counter()
-    out = fn(path)
+    out = fn(*paths)
     out["inner_s"] = time.perf_counter() - t0
     print(json.dumps(out))
 

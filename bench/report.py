@@ -6,6 +6,21 @@ from pathlib import Path
 
 MiB = 1 << 20
 
+# Stage of bench/stages.py -> the floor it is compared with (None: no floor, Python or LMDB work).
+STAGE_FLOORS = {
+    "read (16 MiB segments, tmpfs)": "floor: memcpy of the input (16 MiB blocks)",
+    "chunk + hash + compress (_native.process_segment)": "floor: hf_xet.hash_files (read + chunk + hash)",
+    "chunk CIDs + dedup lookup (Python, LMDB)": None,
+    "copy chunks into packs (Segment.copy_into)": "floor: memcpy of the input (16 MiB blocks)",
+    "erasure code alone (encode_pack - shard hashes)": "floor: memcpy of the input (16 MiB blocks)",
+    "shard hashes alone (_native.blake3 per shard)": "floor: BLAKE3 of the shard bytes (16 MiB blocks)",
+    "pack record, shard CIDs (Python)": None,
+    "shard writes (write, fsync, rename; tmpfs)": "floor: one plain write of the shard bytes (tmpfs)",
+    "index commit (LMDB, one transaction per pack)": None,
+}
+ENCODE = "erasure code + shard hashes (_native.encode_pack)"
+SHARD_HASHES = "shard hashes alone (_native.blake3 per shard)"
+
 
 def _f(x, fmt="{:.3f}", unit=""):
     return "n/a" if x is None else fmt.format(x) + unit
@@ -251,7 +266,196 @@ def rows(res: dict) -> list[dict]:
                         "pass": _pass(p[f"client_rss_{op}"]),
                     }
                 )
+    _new_rows(S, out)
     return out
+
+
+def _new_rows(S: dict, out: list) -> None:
+    """Rows of the sections get_disk, small, scaling and stages."""
+
+    def row(measurement, dstore, reference, ratio, target, passed):
+        out.append(
+            {
+                "measurement": measurement,
+                "dstore": dstore,
+                "reference": reference,
+                "ratio": ratio,
+                "target": target,
+                "pass": passed,
+            }
+        )
+
+    def err(name, sec):
+        row(name, "ERROR", str(sec.get("error", ""))[:80], "n/a", "", "n/a")
+
+    s = S.get("get_disk")
+    if s:
+        if "error" in s and "runs" not in s:
+            err("get, disk store", s)
+        else:
+            g = s["median_gbps"]
+            row(
+                f"get {_mib(s['bytes'])}, store on disk (page cache evicted), output tmpfs (GB/s)",
+                _f(g["dstore"]),
+                f"cp from disk {_f(g['cp'])}",
+                _f(s["ratio"]["dstore/cp"], "{:.2f}"),
+                "—",
+                "info",
+            )
+    s = S.get("small")
+    if s:
+        if "error" in s and "trees" not in s:
+            err("small files", s)
+        for name, t in (s.get("trees") or {}).items():
+            if "error" in t and "runs" not in t:
+                err(f"small files, {name}", t)
+                continue
+            sec, r, p = t["median_seconds"], t["ratio"], t["pass"]
+            what = f"{t['files']:,} files, {t['bytes'] / 1e6:,.0f} MB"
+            target = {"add/restic": ">= 2.0", "get/cp": ">= 0.5"} if name == "images" else {"get/cp": ">= 0.3"}
+
+            def s_(k, sec=sec):
+                return _f(sec.get(k), "{:.2f}", " s")
+
+            row(
+                f"add {what} ({name}) (s)",
+                s_("dstore_add"),
+                f"restic backup {s_('restic_backup')}",
+                _f(r["add/restic"], "{:.2f}"),
+                target.get("add/restic", "—"),
+                _pass(p["add/restic"]) if "add/restic" in p else "info",
+            )
+            row(
+                "  same, vs hf_xet.hash_files of every file",
+                s_("dstore_add"),
+                s_("xet"),
+                _f(r["add/xet"], "{:.2f}"),
+                "—",
+                "info",
+            )
+            row(
+                f"get {what} ({name}) (s)",
+                s_("dstore_get"),
+                f"cp -r {s_('cp_r')}",
+                _f(r["get/cp"], "{:.2f}"),
+                target["get/cp"],
+                _pass(p["get/cp"]),
+            )
+            row(
+                "  same, vs restic restore",
+                s_("dstore_get"),
+                s_("restic_restore"),
+                _f(r["get/restic_restore"], "{:.2f}"),
+                "—",
+                "info",
+            )
+            rss = t["peak_rss_mib"]
+            for op, ref in (("add", "restic_backup"), ("get", "restic_restore")):
+                row(
+                    f"  peak RSS, {op} ({name}, max of runs)",
+                    _f(rss[f"dstore_{op}"], "{:.0f}", " MiB"),
+                    f"{ref.replace('_', ' ')} {_f(rss[ref], '{:.0f}', ' MiB')}",
+                    "—",
+                    "<= 400 MiB" if name == "tiny" else "—",
+                    _pass(p.get(f"dstore_{op}_rss")) if name == "tiny" else "info",
+                )
+    s = S.get("scaling")
+    if s:
+        if "error" in s and "runs" not in s:
+            err("scaling", s)
+        else:
+            g, r, p = s["median_gbps"], s["ratio"], s["pass"]
+            for op, t in (("add", ">= 1.7"), ("get", ">= 1.5")):
+                row(
+                    f"{op} {_mib(s['bytes'])} on {s['cpus']} CPUs vs pinned to one (GB/s)",
+                    _f(g[f"{op}_all"]),
+                    f"taskset -c 0: {_f(g[f'{op}_1cpu'])}",
+                    _f(r[f"{op} all/1"], "{:.2f}"),
+                    t,
+                    _pass(p[f"{op} all/1"]),
+                )
+    s = S.get("stages")
+    if s:
+        if "error" in s and "runs" not in s:
+            err("stages", s)
+        else:
+            w = s.get("whole_core_s_per_gib", {})
+            row(
+                f"add {_mib(s['bytes'])}: CPU-s per GiB, whole process (stage table below)",
+                _f(w.get("dstore_add"), "{:.2f}"),
+                f"hf_xet.hash_files {_f(w.get('xet'), '{:.2f}')}",
+                _f(None if not w.get("xet") or not w.get("dstore_add") else w["dstore_add"] / w["xet"], "{:.2f}"),
+                "—",
+                "info",
+            )
+
+
+def stage_table(res: dict) -> list[str]:
+    """The core-seconds per GiB of each add stage against its floor (section stages)."""
+    s = res.get("sections", {}).get("stages")
+    if not s or "core_s_per_gib" not in s:
+        return []
+    gib = s["bytes"] / (1 << 30)
+    per = dict(s["core_s_per_gib"])
+    if per.get(ENCODE) is not None and per.get(SHARD_HASHES) is not None:
+        per["erasure code alone (encode_pack - shard hashes)"] = per[ENCODE] - per[SHARD_HASHES]
+    lines = [
+        "## Core-seconds per GiB by stage (add, 10+4, tmpfs)",
+        "",
+        (
+            f"{_mib(s['bytes'])} incompressible input, {s['cpus']} CPUs; each stage timed on its own by"
+            " `bench/stages.py` (`time.process_time()` deltas around each native call: CPU of all threads"
+            " of the process), median of runs, divided by the input's GiB. 'x floor' = stage / floor."
+            " The whole-process rows are `dstore add` and the hf_xet reference as commands (RUSAGE_CHILDREN),"
+            " start-up included."
+        ),
+        "",
+        "| stage | core-s / GiB | wall s / GiB | floor | floor core-s / GiB | x floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for stage, floor in STAGE_FLOORS.items():
+        v = per.get(stage)
+        if v is None:
+            continue
+        total += v
+        wall = (s["stage_wall_s"].get(stage) or 0) / gib if stage in s["stage_wall_s"] else None
+        fv = per.get(floor) if floor else None
+        ratio = None if not fv else v / fv
+        fname = floor.removeprefix("floor: ") if floor else "—"
+        lines.append(
+            f"| {stage} | {_f(v, '{:.3f}')} | {_f(wall, '{:.3f}')} | {fname} | {_f(fv, '{:.3f}')} |"
+            f" {_f(ratio, '{:.2f}')} |"
+        )
+    blake = per.get("floor: BLAKE3 of the input (_native.blake3, 16 MiB blocks)")
+    lines.append(f"| **sum of stages** | **{total:.3f}** | | BLAKE3 of the input | {_f(blake, '{:.3f}')} | |")
+    w = s.get("whole_core_s_per_gib", {})
+    ww = s.get("whole_wall_s", {})
+    lines.append(
+        f"| whole `dstore add` process | {_f(w.get('dstore_add'), '{:.3f}')} |"
+        f" {_f(None if ww.get('dstore_add') is None else ww['dstore_add'] / gib, '{:.3f}')} |"
+        f" hf_xet.hash_files process | {_f(w.get('xet'), '{:.3f}')} |"
+        f" {_f(None if not w.get('xet') or w.get('dstore_add') is None else w['dstore_add'] / w['xet'], '{:.2f}')} |"
+    )
+    if w.get("dstore_add") is not None:
+        lines.append(
+            f"| not in any stage (Python orchestration, threads handing off, metadata, start-up) |"
+            f" {w['dstore_add'] - total:.3f} | | | | |"
+        )
+    cpus = s.get("cpus") or 1
+    xet = per.get("floor: hf_xet.hash_files (read + chunk + hash)")
+    lines += [
+        "",
+        (
+            f"On {cpus} CPUs the stages alone allow at most {cpus / total * (1 << 30) / 1e9:.2f} GB/s"
+            f" ({cpus} / {total:.3f} core-s per GiB) if they overlapped perfectly; hf_xet's read + chunk + hash"
+            f" costs {_f(xet, '{:.3f}')} core-s per GiB, {total / xet:.2f}x less than the sum of the stages."
+        )
+        if total and xet
+        else "",
+        "",
+    ]
+    return lines
 
 
 def table(res: dict) -> str:
@@ -265,7 +469,13 @@ def table(res: dict) -> str:
 
 def _runs_table(res: dict) -> str:
     lines = ["| section | item | seconds (bytes) per run | GB/s per run |", "|---|---|---|---|"]
+    blocks = []
     for name, sec in res.get("sections", {}).items():
+        if name == "stages":
+            continue  # its runs are the stage table's inputs
+        blocks.append((name, sec))
+        blocks += [(f"{name} {t}", tree) for t, tree in (sec.get("trees") or {}).items() if isinstance(tree, dict)]
+    for name, sec in blocks:
         runs = sec.get("runs") if isinstance(sec.get("runs"), list) else []
         items = []
         for run in runs:
@@ -307,6 +517,16 @@ def _provenance(res: dict) -> list[str]:
     return ["- sections come from separate runs:"] + [f"  - {', '.join(v)}: {k}" for k, v in groups.items()]
 
 
+def _section_loads(res: dict) -> list[str]:
+    """The 1-minute load average before and after each section: the machine may be shared."""
+    loads = [
+        f"{name} {sec['loadavg_before'][0]:.1f} → {sec['loadavg_after'][0]:.1f}"
+        for name, sec in res.get("sections", {}).items()
+        if sec.get("loadavg_before") and sec.get("loadavg_after")
+    ]
+    return ["- 1-minute load average before → after each section: " + "; ".join(loads)] if loads else []
+
+
 def markdown(res: dict) -> str:
     m, c = res.get("machine", {}), res.get("config", {})
     inputs = res.get("inputs", {})
@@ -338,6 +558,7 @@ def markdown(res: dict) -> str:
         ),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if k != "dstore"),
         *_provenance(res),
+        *_section_loads(res),
         "",
         (
             "GB/s = 10^9 bytes of input per second of wall time of the whole command (process start-up"
@@ -414,7 +635,7 @@ def markdown(res: dict) -> str:
                 errs.append(f"- {name} / {k} / {side}: {e}")
     if errs:
         parts += ["", "## Errors", ""] + errs
-    parts += ["", "## Raw timings", "", _runs_table(res), ""]
+    parts += ["", *stage_table(res), "## Raw timings", "", _runs_table(res), ""]
     return "\n".join(parts)
 
 
@@ -445,6 +666,22 @@ def plot(res: dict, path: Path) -> None:
     if "median_gbps" in S.get("get_tmpfs", {}):
         g = S["get_tmpfs"]["median_gbps"]
         groups.append(("get, tmpfs", [("dstore", g["dstore"], True), ("cp", g["cp"], False)]))
+    if "median_gbps" in S.get("get_disk", {}):
+        g = S["get_disk"]["median_gbps"]
+        groups.append(("get, disk store", [("dstore", g["dstore"], True), ("cp from disk", g["cp"], False)]))
+    if "median_gbps" in S.get("scaling", {}):
+        g = S["scaling"]["median_gbps"]
+        groups.append(
+            (
+                "scaling",
+                [
+                    ("add\n1 CPU", g["add_1cpu"], False),
+                    ("add\nall", g["add_all"], True),
+                    ("get\n1 CPU", g["get_1cpu"], False),
+                    ("get\nall", g["get_all"], True),
+                ],
+            )
+        )
     if "median_gbps" in S.get("csv", {}):
         g = S["csv"]["median_gbps"]
         groups.append(("add, tmpfs\n(CSV)", [("dstore", g["dstore"], True), ("zstd -3", g["zstd"], False)]))
@@ -462,7 +699,7 @@ def plot(res: dict, path: Path) -> None:
             )
         )
         groups.append(("add to\n14 peers", [("dstore", g["dstore_add"], True)]))
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig, ax = plt.subplots(figsize=(max(12, 0.5 * sum(len(b) for _, b in groups)), 5))
     x, ticks, tick_labels = 0.0, [], []
     ref_colors = ["#999999", "#bbbbbb", "#dddddd"]
     for label, bars in groups:
@@ -493,3 +730,74 @@ def plot(res: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_small(res: dict, path: Path) -> bool:
+    """Seconds of add and get of each small-file tree, dstore and references (False: nothing to plot)."""
+    trees = {n: t for n, t in (res.get("sections", {}).get("small", {}).get("trees") or {}).items() if "runs" in t}
+    if not trees:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        ("dstore add", "dstore_add", True),
+        ("restic backup", "restic_backup", False),
+        ("hf_xet", "xet", False),
+        ("dstore get", "dstore_get", True),
+        ("cp -r", "cp_r", False),
+        ("restic restore", "restic_restore", False),
+    ]
+    fig, axes = plt.subplots(1, len(trees), figsize=(6 * len(trees), 4.5), squeeze=False)
+    for ax, (name, t) in zip(axes[0], trees.items(), strict=True):
+        vals = [t["median_seconds"].get(k) for _, k, _ in bars]
+        colors = ["#1f77b4" if d else "#aaaaaa" for _, _, d in bars]
+        ax.bar(range(len(bars)), [v or 0 for v in vals], color=colors, edgecolor="black", linewidth=0.5)
+        for i, v in enumerate(vals):
+            ax.text(i, v or 0, _f(v, "{:.1f}"), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels([b[0] for b in bars], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("seconds (median, lower is better)")
+        ax.set_title(f"{name}: {t['files']:,} files, {t['bytes'] / 1e6:,.0f} MB")
+        ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_stages(res: dict, path: Path) -> bool:
+    """Core-seconds per GiB of each add stage, with its floor (False: nothing to plot)."""
+    s = res.get("sections", {}).get("stages")
+    if not s or "core_s_per_gib" not in s:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = dict(s["core_s_per_gib"])
+    if per.get(ENCODE) is not None and per.get(SHARD_HASHES) is not None:
+        per["erasure code alone (encode_pack - shard hashes)"] = per[ENCODE] - per[SHARD_HASHES]
+    stages = [st for st in STAGE_FLOORS if per.get(st) is not None]
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(stages) + 1.5))
+    y = list(range(len(stages)))[::-1]
+    ax.barh(y, [per[st] for st in stages], color="#1f77b4", height=0.6, label="dstore stage")
+    for yi, st in zip(y, stages, strict=True):
+        floor = STAGE_FLOORS[st]
+        if floor and per.get(floor) is not None:
+            ax.plot([per[floor]] * 2, [yi - 0.35, yi + 0.35], color="black", linewidth=2)
+        ax.text(per[st], yi, f" {per[st]:.2f}", va="center", fontsize=8)
+    ax.plot([], [], color="black", linewidth=2, label="its floor")
+    ax.set_yticks(y)
+    ax.set_yticklabels(stages, fontsize=8)
+    ax.set_xlabel("core-seconds per GiB of input (median)")
+    ax.set_title(f"add {_mib(s['bytes'])} --shards 10+4: CPU cost by stage (bench/stages.py)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -18,7 +18,9 @@ Environment:
   BENCH_TIMEOUT_S per-command timeout in seconds (default 1800)
   BENCH_MAX_LOAD  if set, wait before each section until the 1-min load average is below it
                   (at most BENCH_MAX_WAIT_S, default 600 s)
-  BENCH_ONLY      comma-separated subset of: add_tmpfs,add_disk,get_tmpfs,rss,csv,dedup,peers
+  BENCH_ONLY      comma-separated subset of:
+                  add_tmpfs,add_disk,get_tmpfs,get_disk,rss,csv,dedup,small,scaling,stages,peers
+  BENCH_CHECKOUT  run `python -m dstore` from this checkout (default: the one holding bench/)
   BENCH_MERGE     1 (default): sections not run keep their results from BENCH_RESULTS/results.json;
                   0: results.json holds only this run's sections
 
@@ -45,8 +47,21 @@ import datagen
 import measure as M
 import peers
 import report
+import small
 
-SECTIONS = ["add_tmpfs", "add_disk", "get_tmpfs", "rss", "csv", "dedup", "peers"]
+SECTIONS = [
+    "add_tmpfs",
+    "add_disk",
+    "get_tmpfs",
+    "get_disk",
+    "rss",
+    "csv",
+    "dedup",
+    "small",
+    "scaling",
+    "stages",
+    "peers",
+]
 SHARDS = "10+4"
 SHARDS_NO_PARITY = "10+0"
 
@@ -66,6 +81,11 @@ class Bench:
         bad = set(self.only) - set(SECTIONS)
         if bad:
             sys.exit(f"unknown section(s) {sorted(bad)}; choose from {SECTIONS}")
+        self.here = HERE
+        # Every dstore (and peer) process imports dstore from this checkout, whatever
+        # the editable install points to: results.json records this checkout's commit.
+        self.checkout = Path(env.get("BENCH_CHECKOUT", str(REPO))).resolve()
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(self.checkout), *filter(None, [env.get("PYTHONPATH")])])
         self.data = self.shm / "data"
         self.tmp = self.shm / "work"
         for d in (self.data, self.tmp, self.disk, self.results_dir):
@@ -78,9 +98,6 @@ class Bench:
 
     @staticmethod
     def dstore_cmd() -> list[str]:
-        script = Path(sys.executable).with_name("dstore")
-        if script.exists():
-            return [str(script)]
         return [sys.executable, "-m", "dstore"]
 
     def dstore_add(self, path: Path, home: Path, shards: str) -> dict:
@@ -89,18 +106,18 @@ class Bench:
         r = M.run_timed(
             self.dstore_cmd() + ["add", str(path), "--shards", shards, "--json", "-q"], env={"DSTORE_HOME": str(home)}
         )
-        return {"seconds": r["seconds"], "json": M.last_json(r["stdout"])}
+        return {"seconds": r["seconds"], "cpu_s": r["cpu_s"], "json": M.last_json(r["stdout"])}
 
     def dstore_get(self, cid: str, out: Path, home: Path) -> dict:
         if not self.dstore_ok:
             raise RuntimeError(f"dstore unavailable: {self.dstore_error}")
         r = M.run_timed(self.dstore_cmd() + ["get", cid, "-o", str(out), "-q"], env={"DSTORE_HOME": str(home)})
-        return {"seconds": r["seconds"]}
+        return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
 
     @staticmethod
     def ref(what: str, path: Path) -> dict:
         r = M.run_timed([sys.executable, str(HERE / "refs.py"), what, str(path)])
-        return {"seconds": r["seconds"], "inner": M.last_json(r["stdout"])}
+        return {"seconds": r["seconds"], "cpu_s": r["cpu_s"], "inner": M.last_json(r["stdout"])}
 
     @staticmethod
     def same_bytes(a: Path, b: Path) -> bool:
@@ -183,14 +200,19 @@ class Bench:
         finally:
             for p in (home, out, src):
                 M.rm(p)
-        self.results["dstore_smoke"] = {"ok": self.dstore_ok, "error": self.dstore_error, "command": self.dstore_cmd()}
+        self.results["dstore_smoke"] = {
+            "ok": self.dstore_ok,
+            "error": self.dstore_error,
+            "command": self.dstore_cmd(),
+            "checkout": str(self.checkout),
+        }
         self.log(f"dstore smoke test: {'ok' if self.dstore_ok else self.dstore_error}")
 
     def generate(self) -> None:
         t0 = time.perf_counter()
         need = set(self.only)
         self.inputs = {}
-        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "peers"}:
+        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "peers"}:
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
             self.inputs["random"] = dict(
@@ -653,6 +675,182 @@ class Bench:
             "pass": {k: c["pass"] for k, c in cases.items()},
         }
 
+    def get_disk(self) -> dict:
+        """get with the store on disk, its pages evicted from the page cache before every run,
+        against cp of the same bytes from a disk file (evicted too); outputs on tmpfs."""
+        f, home = self.random_path, self.disk / "home-get"
+        src = self.disk / "get-src.bin"
+        out, cp_out = self.tmp / "get-disk-out.bin", self.tmp / "cp-disk-out.bin"
+        M.rm(home)
+        setup = self.attempt(self.dstore_add, f, home, SHARDS)
+        cid = setup.get("json", {}).get("cid")
+        M.run_timed(["cp", str(f), str(src)])
+        verified: dict = {}
+
+        def dstore(i):
+            if cid is None:
+                raise RuntimeError(f"setup add failed: {setup.get('error')}")
+            M.rm(out)
+            evicted = M.evict_page_cache([home])
+            r = self.dstore_get(cid, out, home)
+            if "identical" not in verified:
+                verified["identical"] = self.same_bytes(f, out)
+                if not verified["identical"]:
+                    raise RuntimeError("dstore get returned different bytes")
+            M.rm(out)
+            return r | {"files_evicted": evicted}
+
+        def cp(i):
+            M.rm(cp_out)
+            M.evict_page_cache([src])
+            r = M.run_timed(["cp", str(src), str(cp_out)])
+            M.rm(cp_out)
+            return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+
+        items = {"dstore": dstore, "cp": cp}
+        try:
+            runs = self.interleaved(items, self.size)
+        finally:
+            M.rm(home)
+            M.rm(src)
+        sec = {
+            "description": f"dstore get of the {self.size // M.MiB} MiB incompressible dataset (--shards {SHARDS}) "
+            "with the store on disk, output on tmpfs",
+            "bytes": self.size,
+            "store_fs": M.fs_type(self.disk),
+            "mount": M.mount_options(self.disk),
+            "setup_add": setup,
+            "output_verified_identical": verified.get("identical"),
+            "references": {"cp": "cp <copy of the input on the same disk> <tmpfs file>"},
+            "cache_note": "before every timed command: sync, then posix_fadvise(DONTNEED) on every file of "
+            "the store (dstore) or on the source file (cp), so both read from the disk, not the page "
+            "cache (only those files' pages are dropped; the virtual disk's host may still cache)",
+            "runs": runs,
+            "median_gbps": {n: self.med(runs, n) for n in items},
+            "ratio_runs": {"dstore/cp": self.ratios(runs, "dstore", "cp")},
+            "target": {"dstore/cp": "— (no target; tmpfs get: >= 0.7)"},
+        }
+        sec["ratio"] = {k: M.median(v) for k, v in sec["ratio_runs"].items()}
+        sec["errors"] = self.errors(runs)
+        return sec
+
+    def small(self) -> dict:
+        return small.section(self)
+
+    def scaling(self) -> dict:
+        """add and get of the incompressible file pinned to CPU 0 (`taskset -c 0`) and on every
+        usable CPU; ratio all/one within each run."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return {"error": f"needs two usable CPUs, have {len(cpus)}"}
+        one = ["taskset", "-c", str(cpus[0])]
+        f = self.random_path
+        home_add, home_get, out = self.tmp / "home-scale-add", self.tmp / "home-scale-get", self.tmp / "scale-out.bin"
+        M.rm(home_get)
+        setup = self.attempt(self.dstore_add, f, home_get, SHARDS)
+        cid = setup.get("json", {}).get("cid")
+        add_cmd = self.dstore_cmd() + ["add", str(f), "--shards", SHARDS, "--json", "-q"]
+
+        def add(prefix):
+            def go(i):
+                M.rm(home_add)
+                r = M.run_timed(prefix + add_cmd, env={"DSTORE_HOME": str(home_add)})
+                M.rm(home_add)
+                return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+
+            return go
+
+        def get(prefix):
+            def go(i):
+                if cid is None:
+                    raise RuntimeError(f"setup add failed: {setup.get('error')}")
+                M.rm(out)
+                r = M.run_timed(
+                    prefix + self.dstore_cmd() + ["get", cid, "-o", str(out), "-q"], env={"DSTORE_HOME": str(home_get)}
+                )
+                M.rm(out)
+                return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+
+            return go
+
+        items = {"add_1cpu": add(one), "add_all": add([]), "get_1cpu": get(one), "get_all": get([])}
+        try:
+            runs = self.interleaved(items, self.size)
+        finally:
+            M.rm(home_get)
+        sec = {
+            "description": f"dstore add --shards {SHARDS} and get of {self.size // M.MiB} MiB incompressible "
+            f"(tmpfs), pinned to one CPU (`taskset -c {cpus[0]}`) and on all {len(cpus)} usable CPUs",
+            "bytes": self.size,
+            "cpus": len(cpus),
+            "setup_add": setup,
+            "runs": runs,
+            "median_gbps": {n: self.med(runs, n) for n in items},
+            "median_cpu_s": {n: self.med(runs, n, "cpu_s") for n in items},
+            "ratio_runs": {
+                "add all/1": self.ratios(runs, "add_all", "add_1cpu"),
+                "get all/1": self.ratios(runs, "get_all", "get_1cpu"),
+            },
+            "target": {"add all/1": ">= 1.7", "get all/1": ">= 1.5"},
+        }
+        sec["ratio"] = {k: M.median(v) for k, v in sec["ratio_runs"].items()}
+        sec["pass"] = {
+            k: None if sec["ratio"][k] is None else sec["ratio"][k] >= t
+            for k, t in (("add all/1", 1.7), ("get all/1", 1.5))
+        }
+        sec["errors"] = self.errors(runs)
+        return sec
+
+    def stages(self) -> dict:
+        """Core-seconds per GiB of each stage of the big-file add (bench/stages.py, one stage
+        at a time), against its floor; plus the whole `dstore add` and hf_xet processes."""
+        f = self.random_path
+        work, home = self.tmp / "stages", self.tmp / "home-stages"
+        runs = []
+        for i in range(self.runs):
+            run = {}
+            M.rm(work)
+            r = self.attempt(M.run_timed, [sys.executable, str(HERE / "stages.py"), str(f), str(work)])
+            run["stages"] = M.last_json(r["stdout"]) if "stdout" in r else r
+            M.rm(work)
+            M.rm(home)
+            run["dstore_add"] = self.attempt(self.dstore_add, f, home, SHARDS)
+            run["dstore_add"].pop("json", None)
+            M.rm(home)
+            run["xet"] = self.attempt(self.ref, "xet", f)
+            self.log(
+                f"  run {i + 1}/{self.runs}: dstore add {run['dstore_add'].get('cpu_s', 0):.2f} CPU-s, "
+                f"xet {run['xet'].get('cpu_s', 0):.2f} CPU-s"
+            )
+            runs.append(run)
+        gib = self.size / (1 << 30)
+        ok = [r["stages"] for r in runs if "cpu_s" in r["stages"]]
+        names = list(ok[0]["cpu_s"]) if ok else []
+        cpu = {n: M.median([s["cpu_s"].get(n) for s in ok]) for n in names}
+        wall = {n: M.median([s["wall_s"].get(n) for s in ok]) for n in names}
+        per_gib = {n: None if v is None else v / gib for n, v in cpu.items()}
+        whole = {k: M.median([r[k].get("cpu_s") for r in runs if "error" not in r[k]]) for k in ("dstore_add", "xet")}
+        whole_wall = {
+            k: M.median([r[k].get("seconds") for r in runs if "error" not in r[k]]) for k in ("dstore_add", "xet")
+        }
+        sec = {
+            "description": f"CPU cost of each stage of dstore add --shards {SHARDS} of {self.size // M.MiB} MiB "
+            "incompressible (tmpfs), each native call timed on its own on one calling thread "
+            "(bench/stages.py: time.process_time, all threads of the process), against its floor",
+            "bytes": self.size,
+            "cpus": len(os.sched_getaffinity(0)),
+            "runs": runs,
+            "stage_cpu_s": cpu,
+            "stage_wall_s": wall,
+            "core_s_per_gib": per_gib,
+            "whole_cpu_s": whole,
+            "whole_wall_s": whole_wall,
+            "whole_core_s_per_gib": {k: None if v is None else v / gib for k, v in whole.items()},
+            "floors": report.STAGE_FLOORS,
+            "errors": {k: r[k]["error"] for r in runs for k in r if isinstance(r[k], dict) and "error" in r[k]},
+        }
+        return sec
+
     def peers(self) -> dict:
         return peers.section(self)
 
@@ -755,10 +953,15 @@ class Bench:
         (self.results_dir / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
         md = report.markdown(self.results)
         (self.results_dir / "results.md").write_text(md)
-        try:
-            report.plot(self.results, self.results_dir / "throughput.png")
-        except Exception as e:  # noqa: BLE001 - the JSON and table matter more than the chart
-            self.log(f"plot failed: {e}")
+        for plot, png in (
+            (report.plot, "throughput.png"),
+            (report.plot_small, "small.png"),
+            (report.plot_stages, "stages.png"),
+        ):
+            try:
+                plot(self.results, self.results_dir / png)
+            except Exception as e:  # noqa: BLE001 - the JSON and table matter more than the chart
+                self.log(f"plot {png} failed: {e}")
         print()
         print(report.table(self.results))
         self.log(f"results in {self.results_dir}")
