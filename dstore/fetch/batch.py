@@ -79,7 +79,7 @@ class BatchWriter:
         self.reader = reader
         self.folder = str(folder)
         self.progress = progress
-        self.on_done = on_done  # called with each file's ``done`` token once all its chunks are written
+        self.on_done = on_done  # called with a batch's ``done`` tokens once all their files' chunks are written
         self.hash_code = HASH_CODES[reader.hash_name]
         self.native = reader.hash_name in hashed.NATIVE_HASHES  # else chunks are checked in Python
         self._empty_digest = hash_digest(b"", reader.hash_name)
@@ -109,8 +109,8 @@ class BatchWriter:
     def add(self, path: str, cid: CID, node: unixfs.Node | None, name: str | None = None, *, done: Any = None) -> None:
         """Queue the file ``cid`` to be written at ``path`` (relative to the folder); ``name`` is for errors.
 
-        ``node`` may be None for a one-chunk file (a raw CID). ``on_done(done)`` is called once every
-        chunk of the file is written and verified (when the batch holding its last chunk settles).
+        ``node`` may be None for a one-chunk file (a raw CID). ``on_done([done, …])`` gets the file's
+        token once every chunk of it is written and verified (when the batch holding its last chunk settles).
         """
         name = name or path
         if cid.codec == RAW and self.reader.chunk_digest(cid) == self._empty_digest:
@@ -197,9 +197,8 @@ class BatchWriter:
         failed = job.result()
         if failed:
             self._retry(batch, failed)
-        if self.on_done is not None:
-            for token in batch.done:
-                self.on_done(token)
+        if self.on_done is not None and batch.done:
+            self.on_done(batch.done)
         if self.progress:
             self.progress(batch.chunk_bytes)
 

@@ -99,6 +99,8 @@ class _TreeWriter:
         self.progress = progress or (lambda n: None)
         self.files = self.bytes = self.resumed_files = self.resumed_bytes = 0
         self.completed = bool(record.done)  # some file of this tree is complete (in this run or an earlier one)
+        # Nothing of an earlier run to keep or clear: files need no look before they are written.
+        self.fresh = not record.done and not os.path.lexists(tmp)
 
     def write(self, path: str) -> None:
         # The reader's walk refuses unsafe names and stops at what the manifest declares; folders are
@@ -106,11 +108,10 @@ class _TreeWriter:
         try:
             with BatchWriter(self.reader, self.tmp.parent, self.progress, on_done=self._written) as out:
                 for rel, cid, node in self.reader.walk(path):
-                    target = self.tmp / rel if rel else self.tmp
                     if node.is_dir:
-                        self._dir(target, rel)
+                        self._dir(self.tmp / rel if rel else self.tmp, rel)
                     else:
-                        self._file(rel, cid, node, target, out)
+                        self._file(rel, cid, node, out)
         except OSError as e:
             if isinstance(e, DstoreError):
                 raise
@@ -128,6 +129,7 @@ class _TreeWriter:
         try:
             target.mkdir()
         except FileExistsError:
+            self.fresh = False
             if target.is_dir() and not target.is_symlink():
                 return  # made by an earlier run of this get
             partial.remove_tree(target)
@@ -135,25 +137,26 @@ class _TreeWriter:
         except OSError as e:
             raise write_error(self.shown / rel, e) from e
 
-    def _file(self, rel: str, cid: CID, node: unixfs.Node, target: Path, out: BatchWriter) -> None:
+    def _file(self, rel: str, cid: CID, node: unixfs.Node, out: BatchWriter) -> None:
         cid_text = cid_to_text(cid)
         size = node.filesize or 0
-        if self.record.trusted(rel, cid_text, size, target):
-            self.resumed_files += 1
-            self.resumed_bytes += size
-            self.progress(size)
-            self.files += 1
-            self.bytes += size
-            return
-        if os.path.lexists(target):
-            partial.remove_tree(target)  # an earlier run's unfinished file
-        where = str(target.relative_to(self.tmp.parent))
+        where = f"{self.tmp.name}/{rel}" if rel else self.tmp.name  # relative to the output's folder
+        if not self.fresh:
+            target = self.tmp.parent / where
+            if self.record.trusted(rel, cid_text, size, target):
+                self.resumed_files += 1
+                self.resumed_bytes += size
+                self.progress(size)
+                self.files += 1
+                self.bytes += size
+                return
+            if os.path.lexists(target):
+                partial.remove_tree(target)  # an earlier run's unfinished file
         out.add(where, cid, node, name=rel or str(self.shown), done=(rel, cid_text, size))
 
-    def _written(self, done: tuple[str, str, int]) -> None:
-        """Every chunk of a file is written and verified: record it, so a re-run after an interruption keeps it."""
-        rel, cid_text, size = done
-        self.record.mark_done(rel, cid_text, size)
+    def _written(self, done: list[tuple[str, str, int]]) -> None:
+        """Files whose every chunk is written and verified: recorded, so a re-run after an interruption keeps them."""
+        self.record.mark_done(done)
         self.completed = True
-        self.files += 1
-        self.bytes += size
+        self.files += len(done)
+        self.bytes += sum(size for _, _, size in done)

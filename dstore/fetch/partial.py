@@ -82,10 +82,14 @@ class PartialGet:
     # rel path -> (file CID text, size): files completely written by an earlier run of this get.
     done: dict[str, tuple[str, int]] = field(default_factory=dict)
 
-    def mark_done(self, rel: str, cid: str, size: int) -> None:
-        line = json.dumps({"done": rel, "cid": cid, "size": size}, ensure_ascii=False) + "\n"
+    def mark_done(self, files: list[tuple[str, str, int]]) -> None:
+        """Record files as completely written: (rel path, file CID text, size) each, one line each, one write."""
+        lines = "".join(
+            json.dumps({"done": rel, "cid": cid, "size": size}, ensure_ascii=False) + "\n" for rel, cid, size in files
+        ).encode()
         try:
-            os.write(self.fd, line.encode())
+            while lines:
+                lines = lines[os.write(self.fd, lines) :]
         except OSError as e:
             raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from e
 

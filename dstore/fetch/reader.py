@@ -22,7 +22,7 @@ from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
 from dstore.fetch.remote import load_from_peers
 from dstore.format import unixfs
-from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, hash_digest, inline_block, parse_cid
+from dstore.format.cid import CID, DAG_CBOR, HASH_CODES, RAW, cid_to_text, hash_digest, inline_block, parse_cid
 from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
@@ -120,6 +120,8 @@ class DatasetReader:
         self.packs = PackReader(source, self.hash_name)
         self.root = self.manifest.root
         self._empty_digest = hash_digest(b"", self.hash_name)
+        self._last_ref: tuple[bytes, tuple[bytes, PackRecord, ChunkEntry]] | None = None
+        self._hash_code = HASH_CODES[self.hash_name]
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
     def close(self) -> None:
@@ -258,6 +260,8 @@ class DatasetReader:
         CID carries its bytes, which an imported dataset stores as the chunk
         of their digest (docs/format.md, "Imported datasets").
         """
+        if cid.hash.code == self._hash_code:  # the common case, first: a chunk of this dataset
+            return bytes(cid.hash.digest)
         inline = inline_block(cid)
         if inline is not None:
             return hash_digest(inline, self.hash_name)
@@ -397,6 +401,14 @@ class DatasetReader:
         return self._ref(digest)
 
     def _ref(self, digest: bytes) -> tuple[bytes, PackRecord, ChunkEntry]:
+        # A walk asks for a one-chunk file's size, then the writer for its place: the same chunk twice.
+        if self._last_ref is not None and self._last_ref[0] == digest:
+            return self._last_ref[1]
+        found = self._find_ref(digest)
+        self._last_ref = (digest, found)
+        return found
+
+    def _find_ref(self, digest: bytes) -> tuple[bytes, PackRecord, ChunkEntry]:
         entry = self.locator.find(digest)
         if entry is None:
             raise NotFound(f"chunk {digest.hex()[:16]}… is not in the dataset's locator")
