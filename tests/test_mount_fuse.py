@@ -117,7 +117,14 @@ def test_mounted_tree_is_the_source_tree(local, tmp_path):
         shutil.copytree(mnt, copy)
         assert (copy / "big.bin").read_bytes() == BIG
         top = os.stat(mnt)
-        for path in [mnt, mnt / "sub", mnt / "sub" / "deeper", mnt / "big.bin", mnt / "empty", mnt / "sub" / "table.csv"]:
+        for path in [
+            mnt,
+            mnt / "sub",
+            mnt / "sub" / "deeper",
+            mnt / "big.bin",
+            mnt / "empty",
+            mnt / "sub" / "table.csv",
+        ]:
             st = os.stat(path)
             assert st.st_mtime_ns == top.st_mtime_ns
             if path.is_dir():
