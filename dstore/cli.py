@@ -542,3 +542,33 @@ def fsck(rebuild: bool, as_json: bool, home: str | None) -> None:
         click.echo(f"{report.datasets} datasets, {len(report.problems)} problems")
     if report.problems:
         raise StoreError(f"{len(report.problems)} problems in the store; run `dstore fsck --rebuild`")
+
+
+@main.command()
+@click.argument("cid")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@home_option
+@peers_options
+def mount(cid: str, mountpoint: Path, home: str | None, peer_urls: str | None, token: str | None) -> None:
+    """Mount dataset CID read-only at MOUNTPOINT (FUSE) until Ctrl-C or SIGTERM, then unmount."""
+    from dstore.errors import UsageError
+
+    if not mountpoint.is_dir():
+        raise UsageError(f"mountpoint {mountpoint} does not exist or is not a folder")
+    if any(mountpoint.iterdir()):
+        raise UsageError(f"mountpoint {mountpoint} is not empty")
+    try:
+        from dstore.mount import fuse
+    except (ImportError, OSError) as e:  # mfusepy missing, or no libfuse on this machine
+        raise DstoreError(f"FUSE is not available: {e} (pip install 'dstore[fuse]'; apt-get install fuse3)") from e
+    import dstore
+
+    def mounted() -> None:
+        click.echo(f"mounted {dataset.cid} at {mountpoint} (Ctrl-C to unmount)")
+        sys.stdout.flush()
+
+    with dstore.open(cid, peers=peer_urls, token=token, home=home) as dataset:
+        try:
+            fuse.mount(dataset, str(mountpoint), on_mounted=mounted)
+        except RuntimeError as e:
+            raise DstoreError(f"cannot mount at {mountpoint}: {e}") from e
