@@ -29,7 +29,6 @@ from dstore.format.pack import PackRecord
 
 BATCH_BYTES = 64 << 20
 BATCH_FILES = 4096
-NATIVE_HASHES = {"blake3"}  # chunk hashes the native writer verifies
 
 
 @dataclass
@@ -76,13 +75,11 @@ class BatchWriter:
         *,
         on_done: Callable[[Any], None] | None = None,
     ) -> None:
-        if reader.hash_name not in NATIVE_HASHES:
-            raise FormatError(f"reading chunks hashed with {reader.hash_name} is not supported yet")
         self.reader = reader
         self.folder = str(folder)
         self.progress = progress
         self.on_done = on_done  # called with each file's ``done`` token once all its chunks are written
-        self.hash_code = HASH_CODES[reader.hash_name]
+        self.hash_code = HASH_CODES[reader.hash_name]  # the native writer verifies either hash a manifest allows
         self._empty_digest = hash_digest(b"", reader.hash_name)
         self._batch = _Batch()
         self._maps: dict[bytes, Parts] = {}  # packs mapped (or rebuilt) for the batches in hand

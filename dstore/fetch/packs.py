@@ -22,7 +22,7 @@ from typing import Protocol
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
-from dstore.format.cid import cid_to_text, hash_digest
+from dstore.format.cid import HASH_CODES, cid_to_text, hash_digest
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 from dstore.net.protocol import PeerClient
@@ -158,8 +158,9 @@ class PackReader:
     that loads the next pack while the caller decodes this one).
     """
 
-    def __init__(self, source: PackSource) -> None:
+    def __init__(self, source: PackSource, hash_name: str = "blake3") -> None:
         self.source = source
+        self.hash_code = HASH_CODES[hash_name]  # chunks are verified with the dataset's hash
         # pack ID -> its data shards, or one rebuilt buffer
         self._cache: OrderedDict[bytes, Parts] = OrderedDict()
         self._pending: dict[bytes, Future[Parts | None]] = {}
@@ -228,11 +229,13 @@ class PackReader:
         parts = self._parts(pack_id, record)
         if parts is not None:
             try:
-                return memoryview(out)[: _native.decode_chunks_into(out, parts, *args)]
+                return memoryview(out)[: _native.decode_chunks_into(out, parts, *args, self.hash_code)]
             except _native.IntegrityError:
                 pass  # a damaged shard: rebuild the pack from verified shards
         try:
-            return memoryview(out)[: _native.decode_chunks_into(out, [self.rebuild(pack_id, record)], *args)]
+            return memoryview(out)[
+                : _native.decode_chunks_into(out, [self.rebuild(pack_id, record)], *args, self.hash_code)
+            ]
         except _native.IntegrityError as e:
             raise IntegrityError(
                 f"chunk {refs[e.args[0]].digest.hex()[:16]}… in pack {cid_to_text(pack_id)} does not match "
@@ -254,7 +257,9 @@ class PackReader:
                     done = pos - ref.offset
                     self.source.read_range(record, shard, within, view[done : done + n])
                     pos += n
-                return _native.decode_chunks(buf, [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest)
+                return _native.decode_chunks(
+                    buf, [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest, self.hash_code
+                )
             except (NotFound, _native.IntegrityError):
                 pass  # fall back to the whole pack, rebuilt if need be
         return bytes(self.read_run(pack_id, record, [ref], bytearray(ref.size)))

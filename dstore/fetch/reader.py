@@ -117,7 +117,7 @@ class DatasetReader:
         self.hints = hints  # pack ID -> peer holding each shard, from the dataset's placement block
         local = LocalShards(store, self.hash_name)
         source: PackSource = local if peers is None else LocalThenPeers(local, PeerShards(peers, hints))
-        self.packs = PackReader(source)
+        self.packs = PackReader(source, self.hash_name)
         self.root = self.manifest.root
         self._empty_digest = hash_digest(b"", self.hash_name)
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
