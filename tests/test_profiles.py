@@ -33,6 +33,7 @@ from dstore.format.cid import CID, HASH_CODES, parse_cid, raw_cid_bytes
 from dstore.format.manifest import FIXED_CHUNKER_NAME, PROFILE_UNIXFS_V1_2025, ChunkerParams, Manifest
 from dstore.format.unixfs import UNIXFS_V1_2025_LINKS_PER_NODE, build_file
 from dstore.store import Store
+from dstore.store.metadata import read_pointer
 
 MIB = 1 << 20
 SHA2_256 = HASH_CODES["sha2-256"]
@@ -322,3 +323,21 @@ def test_native_process_files_hashes_with_sha256(tmp_path: Path) -> None:
     want = [d[i : i + MIB] for d in datas for i in range(0, len(d), MIB)]
     assert batch.lengths == [len(c) for c in want]
     assert batch.digests == b"".join(hashlib.sha256(c).digest() for c in want)
+
+
+def test_sha2_256_datasets_come_back_after_the_index_is_lost(dstore, home: Path, tree: Path, tmp_path: Path) -> None:
+    """The local metadata packs of sha2-256 datasets are sha2-256 too, and rebuild the index."""
+    unixfs = add_json(dstore, tree, "--profile", "unixfs-v1-2025", "--shards", "2+1")["cid"]
+    fastcdc = add_json(dstore, tree / "sub", "--hash", "sha2-256", "--shards", "2+1")["cid"]
+    for dataset in (unixfs, fastcdc):
+        pointer = read_pointer(home, parse_cid(dataset))
+        assert pointer is not None
+        assert {c.hash.code for c in pointer.metadata.shards} == {SHA2_256}
+        assert pointer.placement.hash.code == SHA2_256
+    shutil.rmtree(home / "index-0")
+    rebuilt = json.loads(dstore("fsck", "--rebuild", "--json").out)
+    assert rebuilt["datasets"] == 2 and rebuilt["lost"] == []
+    dstore("get", "-q", unixfs, "-o", tmp_path / "a")
+    assert_same_tree(tree, tmp_path / "a")
+    dstore("get", "-q", fastcdc, "-o", tmp_path / "b")
+    assert_same_tree(tree / "sub", tmp_path / "b")
