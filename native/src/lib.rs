@@ -295,7 +295,7 @@ impl Segment {
 /// Chunk, hash and compress one buffer in a single call (zstd_level 0 = never
 /// compress; min == avg == max = fixed-size chunks; hash_code 0x1e BLAKE3, 0x12 SHA2-256).
 #[pyfunction]
-#[pyo3(signature = (data, r#final, min_size, avg_size, max_size, zstd_level, hash_code = hash::HASH_BLAKE3))]
+#[pyo3(signature = (data, r#final, min_size, avg_size, max_size, zstd_level, hash_code = 0x1e))]
 #[allow(clippy::too_many_arguments)]
 fn process_segment(
     py: Python<'_>,
@@ -344,7 +344,7 @@ fn geometry(k: i64, m: i64) -> PyResult<(usize, usize)> {
 /// Erasure-code a pack already zero-padded to `k * shard_size` bytes; returns
 /// `(parity, digests)`, the shards hashed with `hash_code` (the dataset's hash).
 #[pyfunction]
-#[pyo3(signature = (padded, k, m, hash_code = hash::HASH_BLAKE3))]
+#[pyo3(signature = (padded, k, m, hash_code = 0x1e))]
 fn encode_pack<'py>(
     py: Python<'py>,
     padded: &Bound<'py, PyAny>,
@@ -515,7 +515,7 @@ fn integrity_result(py: Python<'_>, failure: Option<ChunkFailure>) -> PyResult<(
 
 /// Decompress and verify chunks of a pack (digests of `hash_code`); returns their bytes concatenated.
 #[pyfunction]
-#[pyo3(signature = (pack, offsets, stored_lengths, lengths, codecs, digests, hash_code = hash::HASH_BLAKE3))]
+#[pyo3(signature = (pack, offsets, stored_lengths, lengths, codecs, digests, hash_code = 0x1e))]
 #[allow(clippy::too_many_arguments)]
 fn decode_chunks<'py>(
     py: Python<'py>,
@@ -562,7 +562,7 @@ fn decode_chunks<'py>(
 /// Like `decode_chunks`, but into the start of the writable buffer `out`
 /// (reused by the caller, so no fresh memory per batch); returns the bytes written.
 #[pyfunction]
-#[pyo3(signature = (out, pack_parts, offsets, stored_lengths, lengths, codecs, digests, hash_code = hash::HASH_BLAKE3))]
+#[pyo3(signature = (out, pack_parts, offsets, stored_lengths, lengths, codecs, digests, hash_code = 0x1e))]
 #[allow(clippy::too_many_arguments)]
 fn decode_chunks_into(
     py: Python<'_>,
@@ -660,7 +660,7 @@ fn os_error(path: &std::path::Path, error: &std::io::Error) -> PyErr {
 /// Decode, verify and write the chunks of many files under `folder` in one
 /// call; returns the indices of the chunks that failed to decode or verify.
 #[pyfunction]
-#[pyo3(signature = (folder, paths, sizes, create, packs, chunk_packs, offsets, stored_lengths, lengths, codecs, chunk_files, file_offsets, digests, hash_code = hash::HASH_BLAKE3))]
+#[pyo3(signature = (folder, paths, sizes, create, packs, chunk_packs, offsets, stored_lengths, lengths, codecs, chunk_files, file_offsets, digests, hash_code = 0x1e))]
 #[allow(clippy::too_many_arguments)]
 fn write_files(
     py: Python<'_>,
@@ -862,7 +862,7 @@ impl FileBatch {
 /// bytes) on all cores in one call; zstd_level 0 = never compress; chunker and
 /// hash as for `process_segment`.
 #[pyfunction]
-#[pyo3(signature = (paths, sizes, min_size, avg_size, max_size, zstd_level, hash_code = hash::HASH_BLAKE3))]
+#[pyo3(signature = (paths, sizes, min_size, avg_size, max_size, zstd_level, hash_code = 0x1e))]
 #[allow(clippy::too_many_arguments)]
 fn process_files(
     py: Python<'_>,
