@@ -9,7 +9,8 @@
   at 1 MiB) is too big for a test: the 1024-wide layout is checked on
   64-byte chunks (the importer takes another chunk size and keeps the
   profile's width), through the native fixed-size chunker and
-  ``unixfs.build_file``.
+  ``unixfs.build_file``, and on 1024 x 1024 + 1 one-byte chunks for a third
+  level (``build_file`` alone: the chunker's smallest size is 64 bytes).
 - ``--hash sha2-256`` keeps dstore's chunker and hashes every CID with sha2-256.
 - Both round-trip through ``dstore get``; chunks are hashed and verified with
   SHA-256 in Rust, equal to hashlib's.
@@ -124,6 +125,29 @@ def layout_root(size: int) -> str:
 @pytest.mark.parametrize("size", LAYOUT_SIZES)
 def test_1024_links_layout_is_the_known_answer(size: int) -> None:
     assert layout_root(size) == VECTORS["layout_64"][str(size)]
+
+
+#: One-byte chunks (the importer takes any size; dstore's chunker stops at 64 bytes, so leaves are built here):
+#: 1024 x 1024 + 1 leaves need a third level of 1024-wide nodes.
+DEEP_LAYOUT_BYTES = 1024 * 1024 + 1
+
+
+@pytest.mark.slow
+def test_three_levels_of_1024_links_is_the_known_answer() -> None:
+    data = content(f"layout-1-{DEEP_LAYOUT_BYTES}", DEEP_LAYOUT_BYTES)
+    ids = [raw_cid_bytes(hashlib.sha256(bytes([b])).digest(), "sha2-256") for b in range(256)]
+    root, blocks, _ = build_file([(ids[b], 1) for b in data], "sha2-256", UNIXFS_V1_2025_LINKS_PER_NODE)
+    assert len(blocks) == 1025 + 2 + 1  # 1025 nodes over leaves, 2 over those, the root
+    assert str(root) == VECTORS["layout_1"][str(DEEP_LAYOUT_BYTES)]
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+@needs_importer
+def test_three_level_vector_is_what_the_importer_makes(tmp_path: Path) -> None:
+    path = tmp_path / "deep"
+    path.write_bytes(content(f"layout-1-{DEEP_LAYOUT_BYTES}", DEEP_LAYOUT_BYTES))
+    assert importer(path, 1)["root"] == VECTORS["layout_1"][str(DEEP_LAYOUT_BYTES)]
 
 
 def test_a_1025_leaf_file_has_two_levels() -> None:
