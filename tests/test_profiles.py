@@ -381,3 +381,24 @@ def test_both_options_round_trip_through_peers(dstore, tree: Path, tmp_path: Pat
             assert_same_tree(tree, out)
             shard_files = [f for p in peers for f in (p.home / "shards").rglob("b*") if f.is_file()]
             assert shard_files and all(f.name.startswith("bafkrei") for f in shard_files)  # raw sha2-256 CIDs
+
+
+IPFS_CAR = INTEROP / "node_modules" / ".bin" / "ipfs-car"
+
+
+def ipfs_car(*args: str | Path) -> str:
+    proc = subprocess.run([str(IPFS_CAR), *map(str, args)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(not IPFS_CAR.exists(), reason="ipfs-car not installed: run `cd tests/interop && npm ci`")
+def test_ipfs_car_verifies_and_unpacks_an_exported_unixfs_profile_dataset(dstore, tree: Path, tmp_path: Path) -> None:
+    """ipfs-car checks every sha2-256 block of `dstore export` and writes back the same tree."""
+    added = add_json(dstore, tree, "--profile", "unixfs-v1-2025")
+    dstore("export", added["cid"], "-o", tmp_path / "d.car")
+
+    assert ipfs_car("roots", tmp_path / "d.car").split() == [VECTORS["tree"]]
+    ipfs_car("unpack", tmp_path / "d.car", "--root", VECTORS["tree"], "--output", tmp_path / "out")
+    assert_same_tree(tree, tmp_path / "out")
