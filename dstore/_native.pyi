@@ -50,7 +50,7 @@ class Segment:
     lengths: list[int]
     """Uncompressed length of each chunk, in order."""
     digests: bytes
-    """32-byte BLAKE3 digests, concatenated (``32 * len(lengths)`` bytes)."""
+    """32-byte digests (BLAKE3, or SHA2-256 with ``hash_code=0x12``), concatenated (``32 * len(lengths)`` bytes)."""
     codecs: list[int]
     """0 = stored raw, 1 = stored zstd-compressed."""
     stored_lengths: list[int]
@@ -79,19 +79,25 @@ def process_segment(
     avg_size: int,
     max_size: int,
     zstd_level: int,
+    hash_code: int = 0x1E,
 ) -> Segment:
     """Chunk, hash and compress one buffer in a single call (zstd_level 0 = never compress).
 
-    The compression decision is cheap for incompressible chunks: they are
-    detected without compressing them at full cost.
+    ``min_size == avg_size == max_size`` cuts fixed-size chunks of that size
+    (64 bytes to 16 MiB; with ``final`` false only whole ones), else
+    fastcdc-gear-v1. Chunks are hashed with multihash ``hash_code``: 0x1e
+    BLAKE3, 0x12 SHA2-256 (SHA-NI where the CPU has it). The compression
+    decision is cheap for incompressible chunks: they are detected without
+    compressing them at full cost.
     """
 
-def encode_pack(padded: Buffer, k: int, m: int) -> tuple[bytes, bytes]:
+def encode_pack(padded: Buffer, k: int, m: int, hash_code: int = 0x1E) -> tuple[bytes, bytes]:
     """Erasure-code a pack already zero-padded to ``k * shard_size`` bytes.
 
     Returns ``(parity, digests)``: the m parity shards concatenated
-    (``m * shard_size`` bytes), and the 32-byte BLAKE3 digest of every one of
-    the k + m shards concatenated.
+    (``m * shard_size`` bytes), and the 32-byte digest (multihash
+    ``hash_code``: 0x1e BLAKE3, 0x12 SHA2-256) of every one of the k + m
+    shards concatenated.
     """
 
 def reconstruct(shards: Sequence[Buffer | None], k: int, m: int) -> list[bytes]:
@@ -108,9 +114,11 @@ def decode_chunks(
     lengths: Sequence[int],
     codecs: Sequence[int],
     digests: Buffer,
+    hash_code: int = 0x1E,
 ) -> bytes:
     """Decompress the chunks at the given places in ``pack``, verify each
-    against its 32-byte digest, and return their bytes concatenated.
+    against its 32-byte digest (multihash ``hash_code``: 0x1e BLAKE3, 0x12
+    SHA2-256), and return their bytes concatenated.
 
     Raises IntegrityError(index) for the first chunk that fails (bad zstd
     frame, wrong decompressed size, or digest mismatch); ValueError for
@@ -126,6 +134,7 @@ def decode_chunks_into(
     lengths: Sequence[int],
     codecs: Sequence[int],
     digests: Buffer,
+    hash_code: int = 0x1E,
 ) -> int:
     """Like :func:`decode_chunks`, for a pack given as equal-length parts end
     to end (its data shards, mapped from their files: no copy into one
@@ -161,7 +170,7 @@ def write_files(
     Chunk j lies at ``offsets[j]`` (``stored_lengths[j]`` bytes, codec
     ``codecs[j]``) in pack ``chunk_packs[j]``, decodes to ``lengths[j]``
     bytes hashing to digest j of ``digests`` (32 bytes each, multihash
-    ``hash_code``: 0x1e BLAKE3), and goes at ``file_offsets[j]`` of file
+    ``hash_code``: 0x1e BLAKE3, 0x12 SHA2-256), and goes at ``file_offsets[j]`` of file
     ``chunk_files[j]``. Every file is created even when all its chunks fail.
 
     ValueError for a batch that does not describe its packs and files
@@ -182,7 +191,7 @@ class FileBatch:
     lengths: list[int]
     """Uncompressed length of each chunk."""
     digests: bytes
-    """32-byte BLAKE3 digests, concatenated (``32 * len(lengths)`` bytes)."""
+    """32-byte digests (BLAKE3, or SHA2-256 with ``hash_code=0x12``), concatenated (``32 * len(lengths)`` bytes)."""
     codecs: list[int]
     """0 = stored raw, 1 = stored zstd-compressed."""
     stored_lengths: list[int]
@@ -206,8 +215,11 @@ def process_files(
     avg_size: int,
     max_size: int,
     zstd_level: int,
+    hash_code: int = 0x1E,
 ) -> FileBatch:
     """Read, chunk, hash and compress whole files on all cores in one call (zstd_level 0 = never compress).
+
+    Chunker sizes and ``hash_code`` as for :func:`process_segment`.
 
     ``paths[i]`` must still hold ``sizes[i]`` bytes: a file that grew or
     shrank fails like an unreadable one (in ``errors``; reading stops one byte

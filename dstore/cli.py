@@ -194,6 +194,20 @@ def main() -> None:
     metavar="K+M",
     help="Erasure coding: K data + M parity shards per pack (M may be 0).",
 )
+@click.option(
+    "--profile",
+    type=click.Choice(["dstore", "unixfs-v1-2025"]),
+    default="dstore",
+    show_default=True,
+    help="How files are cut and laid out: dstore's own (FastCDC, BLAKE3) or IPIP-0499's unixfs-v1-2025 "
+    "(fixed 1 MiB chunks, sha2-256: the root CID equals Kubo's with that profile).",
+)
+@click.option(
+    "--hash",
+    "hash_name",
+    type=click.Choice(["blake3", "sha2-256"]),
+    help="Hash of every CID of the dataset (default: the profile's; unixfs-v1-2025 takes sha2-256 only).",
+)
 @click.option("--name", help="Dataset name recorded in the manifest (part of the ID).")
 @click.option("--license", "license_", help="License recorded in the manifest (part of the ID).")
 @click.option("--description", help="Description recorded in the manifest (part of the ID).")
@@ -205,6 +219,8 @@ def main() -> None:
 def add(
     path: Path,
     shards: str,
+    profile: str,
+    hash_name: str | None,
     name: str | None,
     license_: str | None,
     description: str | None,
@@ -224,7 +240,18 @@ def add(
     parent_cid = parse_cid(parent) if parent else None
     meta = {k: v for k, v in (("name", name), ("license", license_), ("description", description)) if v}
     with _store(home) as store, _peers(peer_urls, token) as peers, _progress("adding", quiet) as (start, advance):
-        result = do_add(path, store, spec, meta=meta, parent=parent_cid, progress=advance, on_start=start, peers=peers)
+        result = do_add(
+            path,
+            store,
+            spec,
+            hash_name=hash_name,
+            profile=profile,
+            meta=meta,
+            parent=parent_cid,
+            progress=advance,
+            on_start=start,
+            peers=peers,
+        )
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:

@@ -114,7 +114,7 @@ _DROP = object()
         ({"entries": -1}, "entries"),
         ({"entries": True}, "entries"),
         ({"profile": 1}, "profile must be text"),
-        ({"profile": "unixfs-v1-2025"}, "reserved for a later format version"),
+        ({"profile": "unixfs-v1-2025"}, "allows hashes .* not blake3"),
         ({"profile": "car-import"}, "does not go with chunker"),
         ({"profile": "kubo"}, "profile 'kubo' is not one of"),
         ({"extra": 1}, "unknown manifest keys"),

@@ -173,8 +173,8 @@ def test_mismatched_columns_digests_and_parts_raise_value_error(tmp_path):
     b = one_file_batch()
     with pytest.raises(ValueError):
         b.call(tmp_path, packs=[[b"abc", b"de"]])
-    with pytest.raises(ValueError, match="unsupported chunk hash"):
-        native.write_files(str(tmp_path), [], [], [], [], [], [], [], [], [], [], [], b"", 0x12)
+    with pytest.raises(ValueError, match="unsupported hash 0x13"):
+        native.write_files(str(tmp_path), [], [], [], [], [], [], [], [], [], [], [], b"", 0x13)
     with pytest.raises(ValueError):
         native.write_files(str(tmp_path), ["a"], [1, 2], [True], [], [], [], [], [], [], [], [], b"")
 

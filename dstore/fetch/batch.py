@@ -20,7 +20,6 @@ from typing import Any
 
 from dstore import _native
 from dstore.errors import FormatError, IntegrityError
-from dstore.fetch import hashed
 from dstore.fetch.packs import Parts
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
@@ -80,8 +79,7 @@ class BatchWriter:
         self.folder = str(folder)
         self.progress = progress
         self.on_done = on_done  # called with a batch's ``done`` tokens once all their files' chunks are written
-        self.hash_code = HASH_CODES[reader.hash_name]
-        self.native = reader.hash_name in hashed.NATIVE_HASHES  # else chunks are checked in Python
+        self.hash_code = HASH_CODES[reader.hash_name]  # the native writer verifies either hash a manifest allows
         self._empty_digest = hash_digest(b"", reader.hash_name)
         self._batch = _Batch()
         self._maps: dict[bytes, Parts] = {}  # packs mapped (or rebuilt) for the batches in hand
@@ -218,9 +216,7 @@ class BatchWriter:
             batch.file_offsets,
             b"".join(r.digest for r in refs),
         )
-        if self.native:
-            return _native.write_files(*args, self.hash_code)
-        return hashed.write_files(*args, self.reader.hash_name)
+        return _native.write_files(*args, self.hash_code)
 
     def _retry(self, batch: _Batch, failed: list[int]) -> None:
         """Rebuild the packs of the failed chunks and write just those chunks into the existing files."""

@@ -18,12 +18,11 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol
 
 from dstore import _native
 from dstore.errors import IntegrityError, NotEnoughShards, NotFound
-from dstore.fetch import hashed
-from dstore.format.cid import cid_to_text, hash_digest
+from dstore.format.cid import HASH_CODES, cid_to_text, hash_digest
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 from dstore.net.protocol import PeerClient
@@ -161,7 +160,7 @@ class PackReader:
 
     def __init__(self, source: PackSource, hash_name: str = "blake3") -> None:
         self.source = source
-        self.hash_name = hash_name  # chunk hashes other than BLAKE3 are checked in Python (dstore.fetch.hashed)
+        self.hash_code = HASH_CODES[hash_name]  # chunks are verified with the dataset's hash
         # pack ID -> its data shards, or one rebuilt buffer
         self._cache: OrderedDict[bytes, Parts] = OrderedDict()
         self._pending: dict[bytes, Future[Parts | None]] = {}
@@ -230,26 +229,18 @@ class PackReader:
         parts = self._parts(pack_id, record)
         if parts is not None:
             try:
-                return memoryview(out)[: self._decode_into(out, parts, args)]
+                return memoryview(out)[: _native.decode_chunks_into(out, parts, *args, self.hash_code)]
             except _native.IntegrityError:
                 pass  # a damaged shard: rebuild the pack from verified shards
         try:
-            return memoryview(out)[: self._decode_into(out, [self.rebuild(pack_id, record)], args)]
+            return memoryview(out)[
+                : _native.decode_chunks_into(out, [self.rebuild(pack_id, record)], *args, self.hash_code)
+            ]
         except _native.IntegrityError as e:
             raise IntegrityError(
                 f"chunk {refs[e.args[0]].digest.hex()[:16]}… in pack {cid_to_text(pack_id)} does not match "
                 "its ID even after rebuilding the pack from verified shards (the locator is wrong)"
             ) from e
-
-    def _decode_into(self, out: bytearray, parts: Parts, args: tuple[Any, ...]) -> int:
-        """Decode and verify chunks into ``out`` (native for BLAKE3); _native.IntegrityError(index) for a bad one."""
-        if self.hash_name in hashed.NATIVE_HASHES:
-            return _native.decode_chunks_into(out, parts, *args)
-        offsets, stored_lengths, lengths, codecs, digests = args
-        done = hashed.decode_chunks_into(out, parts, offsets, stored_lengths, lengths, codecs, digests, self.hash_name)
-        if isinstance(done, tuple):
-            raise _native.IntegrityError(done[0])
-        return done
 
     def read_one(self, pack_id: bytes, record: PackRecord, ref: ChunkEntry) -> bytes:
         """One chunk, reading only the data-shard bytes that cover it (random access)."""
@@ -266,11 +257,9 @@ class PackReader:
                     done = pos - ref.offset
                     self.source.read_range(record, shard, within, view[done : done + n])
                     pos += n
-                if self.hash_name in hashed.NATIVE_HASHES:
-                    return _native.decode_chunks(buf, [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest)
-                data = hashed.decode_chunk([buf], 0, ref.stored_len, ref.size, ref.codec, ref.digest, self.hash_name)
-                if data is not None:
-                    return data
+                return _native.decode_chunks(
+                    buf, [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest, self.hash_code
+                )
             except (NotFound, _native.IntegrityError):
                 pass  # fall back to the whole pack, rebuilt if need be
         return bytes(self.read_run(pack_id, record, [ref], bytearray(ref.size)))

@@ -4,7 +4,7 @@ Layout (docs/format.md, "Manifest")::
 
     {"type": "dstore/dataset", "version": 2, "profile": "dstore", "root": CID,
      "hash": "blake3",
-     "chunker": {"name": "fastcdc-gear-v1", "min": int, "avg": int, "max": int},
+     "chunker": {"name": "fastcdc-gear-v1" | "fixed-v1", "min": int, "avg": int, "max": int},
      "size": int, "entries": int, "meta": {text: text}?, "parent": CID?}
 
 ``size`` and ``entries`` (files + folders the tree yields, the root included)
@@ -26,6 +26,7 @@ from dstore.limits import MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, MAX_META_VALUE_BY
 
 __all__ = [
     "CHUNKER_NAME",
+    "FIXED_CHUNKER_NAME",
     "MANIFEST_TYPE",
     "MANIFEST_VERSION",
     "MAX_MANIFEST_BYTES",
@@ -35,21 +36,28 @@ __all__ = [
     "PROFILES",
     "PROFILE_CAR_IMPORT",
     "PROFILE_DSTORE",
+    "PROFILE_UNIXFS_V1_2025",
     "RESERVED_PROFILES",
     "ChunkerParams",
     "Manifest",
+    "Profile",
+    "profile_named",
 ]
 
 MANIFEST_TYPE = "dstore/dataset"
 MANIFEST_VERSION = 2
-#: How the tree was cut and laid out: FastCDC chunks + BLAKE3 (the only one readable so far).
+#: How the tree was cut and laid out: FastCDC chunks, BLAKE3 (or sha2-256), 174-wide file nodes.
 PROFILE_DSTORE = "dstore"
+#: IPIP-0499's profile: fixed 1 MiB chunks, sha2-256, 1024-wide file nodes (CIDs equal Kubo's).
+PROFILE_UNIXFS_V1_2025 = "unixfs-v1-2025"
 #: A UnixFS DAG brought in from a CAR (``dstore import``): its chunks were cut by whatever made it.
 PROFILE_CAR_IMPORT = "car-import"
-PROFILES = frozenset({PROFILE_DSTORE, PROFILE_CAR_IMPORT})
+PROFILES = frozenset({PROFILE_DSTORE, PROFILE_UNIXFS_V1_2025, PROFILE_CAR_IMPORT})
 #: Named in docs/format.md for later versions; refused until they are implemented.
-RESERVED_PROFILES = frozenset({"unixfs-v1-2025"})
+RESERVED_PROFILES: frozenset[str] = frozenset()
 CHUNKER_NAME = "fastcdc-gear-v1"
+#: Fixed-size chunks: ``min == avg == max`` is the size (the last chunk of a file is shorter).
+FIXED_CHUNKER_NAME = "fixed-v1"
 #: The chunker of a "car-import" dataset: min/avg/max are the sizes of the chunks as found (avg rounded down).
 IMPORTED_CHUNKER = "imported"
 META_KEYS = frozenset({"name", "license", "description"})
@@ -65,16 +73,27 @@ class ChunkerParams:
     max: int = 262144
     name: str = CHUNKER_NAME
 
+    @classmethod
+    def fixed(cls, size_bytes: int) -> ChunkerParams:
+        """Chunks of exactly ``size_bytes`` (the last one of a file shorter)."""
+        return cls(min=size_bytes, avg=size_bytes, max=size_bytes, name=FIXED_CHUNKER_NAME)
+
     def validate(self) -> None:
-        """Raise ValueError unless these are parameters of the version-1 chunker (or of imported chunks)."""
+        """Raise ValueError unless these are parameters of a known chunker (or of imported chunks)."""
         if self.name == IMPORTED_CHUNKER:
             self._validate_imported()
             return
-        if self.name != CHUNKER_NAME:
+        if self.name not in (CHUNKER_NAME, FIXED_CHUNKER_NAME):
             raise ValueError(f"unknown chunker {self.name!r}")
         for k in ("min", "avg", "max"):
             if type(getattr(self, k)) is not int:
                 raise ValueError(f"chunker {k} must be an integer")
+        if self.name == FIXED_CHUNKER_NAME:
+            if not (self.min == self.avg == self.max and 64 <= self.max <= MAX_CHUNK_BYTES):
+                raise ValueError(
+                    f"fixed chunker needs min == avg == max, 64 bytes to 16 MiB, got {self.min}/{self.avg}/{self.max}"
+                )
+            return
         if not (64 <= self.min < self.avg < self.max <= MAX_CHUNK_BYTES):
             raise ValueError(f"chunker needs 64 <= min < avg < max <= 16 MiB, got {self.min}/{self.avg}/{self.max}")
         if self.avg & (self.avg - 1):
@@ -91,6 +110,39 @@ class ChunkerParams:
 
     def to_cbor(self) -> dict[str, Any]:
         return {"name": self.name, "min": self.min, "avg": self.avg, "max": self.max}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a profile fixes (docs/format.md, "Profiles"): hashes, chunker, file-node width."""
+
+    name: str
+    hashes: tuple[str, ...]  # allowed dataset hashes, the default first
+    #: The chunker every dataset of this profile uses; None: the caller's FastCDC parameters.
+    chunker: ChunkerParams | None
+    links_per_node: int
+
+    @property
+    def default_hash(self) -> str:
+        return self.hashes[0]
+
+
+_PROFILES = {
+    PROFILE_DSTORE: Profile(PROFILE_DSTORE, ("blake3", "sha2-256"), None, 174),
+    PROFILE_UNIXFS_V1_2025: Profile(PROFILE_UNIXFS_V1_2025, ("sha2-256",), ChunkerParams.fixed(1 << 20), 1024),
+    # Made by `dstore import`, never by `add`: the nodes came built, whatever their width.
+    PROFILE_CAR_IMPORT: Profile(PROFILE_CAR_IMPORT, ("sha2-256", "blake3"), None, 0),
+}
+
+
+def profile_named(name: str) -> Profile:
+    """The profile called ``name``; ValueError for one that is unknown or only reserved."""
+    profile = _PROFILES.get(name)
+    if profile is None:
+        if name in RESERVED_PROFILES:
+            raise ValueError(f"profile {name!r} is reserved for a later format version")
+        raise ValueError(f"profile {name!r} is not one of {sorted(_PROFILES)}")
+    return profile
 
 
 @dataclass(frozen=True)
@@ -129,6 +181,15 @@ class Manifest:
         self.chunker.validate()
         if (self.profile == PROFILE_CAR_IMPORT) != (self.chunker.name == IMPORTED_CHUNKER):
             raise ValueError(f"manifest profile {self.profile!r} does not go with chunker {self.chunker.name!r}")
+        spec = _PROFILES[self.profile]
+        if self.hash_name not in spec.hashes:
+            raise ValueError(
+                f"manifest profile {self.profile!r} allows hashes {list(spec.hashes)}, not {self.hash_name}"
+            )
+        if spec.chunker is not None and self.chunker != spec.chunker:
+            raise ValueError(f"manifest profile {self.profile!r} needs the chunker {spec.chunker.to_cbor()}")
+        if self.profile == PROFILE_DSTORE and self.chunker.name != CHUNKER_NAME:
+            raise ValueError(f"manifest profile {self.profile!r} needs the {CHUNKER_NAME} chunker")
         if not isinstance(self.meta, dict):
             raise ValueError("manifest meta must be a map")  # noqa: TRY004 - callers catch ValueError
         for k, v in self.meta.items():

@@ -2,9 +2,10 @@
 
 Builders (pure; they return blocks, they store nothing):
 
-- :func:`build_file` — a balanced DAG of at most 174 links per node over raw
-  leaves (a single-chunk file is its raw leaf; an empty file is the empty raw
-  block, as Kubo writes it with raw leaves).
+- :func:`build_file` — a balanced DAG of at most 174 links per node (1024 in
+  the ``unixfs-v1-2025`` profile: ``max_links``) over raw leaves (a
+  single-chunk file is its raw leaf; an empty file is the empty raw block, as
+  Kubo writes it with raw leaves).
 - :func:`build_directory` — a plain Directory node, or a UnixFS HAMT shard
   (fanout 256, murmur3-x64-64) when the plain node's encoded size exceeds
   ``hamt_threshold_bytes`` (IPIP-0499 "block-bytes", 256 KiB).
@@ -18,7 +19,8 @@ hashes to.
 
 The exact byte layout is fixed in docs/format.md, "UnixFS DAG". With
 ``hash_name="sha2-256"`` these builders give the same CIDs as IPFS tools with
-CIDv1, raw leaves and the balanced layout of width 174 (tests pin this).
+CIDv1, raw leaves and the balanced layout of width 174, or of width 1024 as
+IPIP-0499's ``unixfs-v1-2025`` profile lays files out (tests pin both).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "HAMT_HASH_MURMUR3",
     "MAX_FILE_DEPTH",
     "MAX_LINKS_PER_NODE",
+    "UNIXFS_V1_2025_LINKS_PER_NODE",
     "MAX_TREE_DEPTH",
     "T_DIRECTORY",
     "T_FILE",
@@ -86,6 +89,8 @@ _TYPE_NAMES = {
 
 #: Links per File node: the width of go-ipfs/boxo's and js-ipfs's balanced layout.
 MAX_LINKS_PER_NODE = 174
+#: Links per File node in IPIP-0499's ``unixfs-v1-2025`` profile (Kubo, ipfs-unixfs-importer).
+UNIXFS_V1_2025_LINKS_PER_NODE = 1024
 HAMT_FANOUT = 256
 #: Multihash code of murmur3-x64-64 as UnixFS uses it (the table says murmur3-x64-64 for 0x22).
 HAMT_HASH_MURMUR3 = 0x22
@@ -225,6 +230,7 @@ EMPTY_FILE_DATA_BLOCK = encode_node([], encode_data(UnixFSData(type=T_FILE, file
 def build_file(
     leaves: Sequence[tuple[CidLike, int]],
     hash_name: str = "blake3",
+    max_links: int = MAX_LINKS_PER_NODE,
 ) -> tuple[CID, list[Block], int]:
     """Build the UnixFS DAG of one file over its chunks.
 
@@ -233,7 +239,11 @@ def build_file(
     Returns ``(root CID, [(cid, block), …] of the new dag-pb nodes, root tsize)``;
     the raw leaves themselves are not in the list. Linear in ``len(leaves)``.
     An empty file is the empty raw block (raw codec CID of ``b""``), no node.
+    ``max_links`` is the layout's width: leaves, then nodes, are grouped that
+    many at a time, level by level, until one node remains.
     """
+    if max_links < 2:
+        raise ValueError(f"a file node needs room for at least 2 links, not {max_links}")
     code = hash_code(hash_name)
     if not leaves:
         return CID.from_bytes(bytes((1, RAW, code, 32)) + hash_digest(b"", hash_name)), [], 0
@@ -253,8 +263,8 @@ def build_file(
     root_cid: CID | None = None
     while len(level) > 1 or root_cid is None:
         nxt: list[tuple[bytes, int, int]] = []
-        for i in range(0, len(level), MAX_LINKS_PER_NODE):
-            group = level[i : i + MAX_LINKS_PER_NODE]
+        for i in range(0, len(level), max_links):
+            group = level[i : i + max_links]
             filesize = 0
             tsize_sum = 0
             sizes = []

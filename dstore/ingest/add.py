@@ -23,9 +23,9 @@ from pathlib import Path
 from dstore import _native
 from dstore.errors import DstoreError, InputError, PeerError, StoreError, UsageError
 from dstore.format import unixfs
-from dstore.format.cid import CID, cid_to_text, raw_cid_bytes
+from dstore.format.cid import CID, HASH_CODES, cid_to_text, raw_cid_bytes
 from dstore.format.locator import build_locator
-from dstore.format.manifest import ChunkerParams, Manifest
+from dstore.format.manifest import PROFILE_DSTORE, ChunkerParams, Manifest, Profile, profile_named
 from dstore.format.pack import PackRecord, shard_size
 from dstore.format.pointer import Pointer, encode_placement, metadata_car, next_seq
 from dstore.ingest.packer import Packer, encode_pack
@@ -112,7 +112,9 @@ class _Adder:
     chunker: ChunkerParams
     hash_name: str
     progress: Progress | None
+    links_per_node: int  # width of the file layout (the profile's)
     packer: Packer = field(init=False)
+    hash_code: int = field(init=False)  # multihash code the native kernels hash chunks with
     reader: SegmentReader | None = field(init=False, default=None)  # made for the first big file
     # Every distinct chunk of this dataset, by chunk CID, in first-use order
     # (a dict, not a set: the locator's pack order must not depend on hashing).
@@ -131,6 +133,7 @@ class _Adder:
 
     def __post_init__(self) -> None:
         self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name)
+        self.hash_code = HASH_CODES[self.hash_name]
 
     def close(self) -> None:
         self.packer.close()
@@ -165,22 +168,24 @@ class _Adder:
             return
         p = self.chunker
         paths = [os.fspath(e.path) for e in entries]
-        batch = _native.process_files(paths, [e.size for e in entries], p.min, p.avg, p.max, ZSTD_LEVEL)
+        sizes = [e.size for e in entries]
+        batch = _native.process_files(paths, sizes, p.min, p.avg, p.max, ZSTD_LEVEL, self.hash_code)
         if batch.errors:
             index, errno, message = batch.errors[0]
             if not errno:  # the file grew or shrank since the walk listed it
-                raise InputError(f"{entries[index].path} changed while being added ({message})")
+                detail = message.replace(" while being added", "")  # "file grew (was N bytes)"
+                raise InputError(f"cannot read {entries[index].path}: changed while being added ({detail})")
             raise InputError(f"cannot read {entries[index].path}: {os.strerror(errno)}")
         cids = self._take_chunks(batch)
         if self.progress:
             self.progress(batch.bytes_in)
-        sizes = batch.lengths
+        lengths = batch.lengths
         start = 0
-        hash_name = self.hash_name
+        hash_name, width = self.hash_name, self.links_per_node
         for count in batch.chunk_counts:
             end = start + count
             self.files += 1
-            yield unixfs.build_file(list(zip(cids[start:end], sizes[start:end], strict=True)), hash_name)
+            yield unixfs.build_file(list(zip(cids[start:end], lengths[start:end], strict=True)), hash_name, width)
             start = end
 
     def add_big_file(self, entry: FileEntry) -> tuple[CID, list[tuple[CID, bytes]], int]:
@@ -195,7 +200,7 @@ class _Adder:
                 segments = self.reader.segments(f)
                 view, final = next(segments)
                 while True:
-                    seg = _native.process_segment(view, final, p.min, p.avg, p.max, ZSTD_LEVEL)
+                    seg = _native.process_segment(view, final, p.min, p.avg, p.max, ZSTD_LEVEL, self.hash_code)
                     cids = self._take_chunks(seg)
                     leaves.extend(zip(cids, seg.lengths, strict=True))
                     if self.progress:
@@ -212,9 +217,11 @@ class _Adder:
         except OSError as e:
             raise InputError(f"cannot read {entry.path}: {e.strerror or e}") from e
         if total != entry.size:
-            raise InputError(f"{entry.path} changed while being added ({entry.size} bytes listed, {total} read)")
+            raise InputError(
+                f"cannot read {entry.path}: changed while being added ({entry.size} bytes listed, {total} read)"
+            )
         self.files += 1
-        return unixfs.build_file(leaves, self.hash_name)
+        return unixfs.build_file(leaves, self.hash_name, self.links_per_node)
 
     def _take_chunks(self, seg: _native.Segment | _native.FileBatch) -> list[bytes]:
         """Look the chunks up (one index transaction) and pack the new ones; returns their chunk CIDs."""
@@ -372,7 +379,8 @@ def add(
     spec: ShardSpec,
     *,
     chunker: ChunkerParams | None = None,
-    hash_name: str = "blake3",
+    hash_name: str | None = None,
+    profile: str = PROFILE_DSTORE,
     meta: dict[str, str] | None = None,
     parent: CID | None = None,
     progress: Progress | None = None,
@@ -384,11 +392,12 @@ def add(
     With ``peers`` (a dstore.net SyncPeerSet) the shards and the dataset's
     metadata go to storage peers; the local store keeps the index (for dedup)
     and the metadata blocks. ``on_start`` is called with the total input bytes
-    once the tree is walked.
+    once the tree is walked. ``profile`` (docs/format.md, "Profiles") fixes the
+    hashes allowed (``hash_name``: its default when None) and may fix the chunker.
     """
-    if hash_name != "blake3":
-        # The native pipeline hashes chunks and shards with BLAKE3 only so far.
-        raise UsageError(f"adding datasets hashed with {hash_name} is not supported yet; use blake3")
+    layout = _profile(profile, hash_name, chunker)
+    hash_name = hash_name or layout.default_hash
+    chunker = layout.chunker or chunker or ChunkerParams()
     store.lock_for_add()  # no gc runs while this store is open (docs/lifetime.md)
     tree = walk(Path(path))
     size = total_size(tree)
@@ -396,7 +405,7 @@ def add(
     if on_start:
         on_start(size)
     sink = PeerSink(peers) if peers is not None else LocalSink(store)
-    adder = _Adder(store, sink, spec, chunker or ChunkerParams(), hash_name, progress)
+    adder = _Adder(store, sink, spec, chunker, hash_name, progress, layout.links_per_node)
     # Reader, sealer and writer threads each hold the GIL only briefly between
     # long GIL-free calls; the default 5 ms switch interval makes them queue
     # behind each other (measured: 1 GiB add took 3.7 s instead of 1.7 s).
@@ -416,6 +425,7 @@ def add(
         entries=entries_count,
         meta=meta or {},
         parent=parent,
+        profile=profile,
     )
     manifest_block = manifest.encode()
     dataset = manifest.cid
@@ -447,6 +457,20 @@ def add(
         new_metadata_bytes=new_metadata_bytes,
         shards=spec,
     )
+
+
+def _profile(name: str, hash_name: str | None, chunker: ChunkerParams | None) -> Profile:
+    """The profile ``name``, checked against the hash and chunker asked for (UsageError)."""
+    try:
+        layout = profile_named(name)
+    except ValueError as e:
+        raise UsageError(f"--profile: {e}") from None
+    if hash_name is not None and hash_name not in layout.hashes:
+        allowed = " or ".join(layout.hashes)
+        raise UsageError(f"--hash {hash_name}: profile {name} hashes with {allowed}")
+    if layout.chunker is not None and chunker is not None and chunker != layout.chunker:
+        raise UsageError(f"profile {name} cuts fixed {layout.chunker.max}-byte chunks; it takes no chunker settings")
+    return layout
 
 
 def publish_metadata(

@@ -327,7 +327,7 @@ def _store_plan(
     """Pass 3 for one root: chunks → packs → shards → index, then metadata and the dataset entry."""
     hash_name = plan.hash_name
     sink = PeerSink(peers) if peers is not None else LocalSink(store)
-    adder = _Adder(store, sink, spec, ChunkerParams(), hash_name, None)
+    adder = _Adder(store, sink, spec, ChunkerParams(), hash_name, None, 174)  # builds no file nodes
     sizes: list[int] = []
     try:
         batch = _ChunkBatch()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from dstore import _native
 from dstore.format.cbor import block_cid
-from dstore.format.cid import CID, RAW, cid_from_digest
+from dstore.format.cid import CID, HASH_CODES, RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.ingest.sinks import ShardSink
 from dstore.store import ChunkLoc, Store
@@ -59,7 +59,7 @@ def encode_pack(buf: bytearray, fill: int, k: int, m: int, hash_name: str) -> En
         raise ValueError(f"pack buffer holds {len(buf)} bytes, {total} needed")
     buf[fill:total] = bytes(total - fill)
     view = memoryview(buf)[:total]
-    parity, digests = _native.encode_pack(view, k, m)
+    parity, digests = _native.encode_pack(view, k, m, HASH_CODES[hash_name])  # shard IDs use the dataset's hash
     cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], hash_name) for i in range(k + m)]
     record = PackRecord(k=k, m=m, size=fill, shard_size=ss, shards=tuple(cids))
     record_block = record.encode()

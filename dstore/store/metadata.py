@@ -55,7 +55,7 @@ def encode_metadata_pack(
     m: int,
 ) -> tuple[Pointer, list[tuple[CID, memoryview]]]:
     """The pointer and k + m shards of a dataset's metadata pack (same bytes as the one for peers)."""
-    hash_name = "blake3"  # the native erasure coder hashes shards with BLAKE3 only
+    hash_name = HASH_NAMES[dataset.hash.code]  # every CID of a dataset uses the dataset's hash
     placement_cid, placement_block = encode_placement(placement, hash_name)
     car = metadata_car(dataset, [*blocks, (placement_cid, placement_block)])
     # Shards are bounded (MAX_SHARD_BYTES); the metadata of a huge dataset at a small k gets more data shards.
@@ -65,7 +65,7 @@ def encode_metadata_pack(
     ss = shard_size(len(car), k)
     buf = bytearray(k * ss)
     buf[: len(car)] = car
-    parity, digests = _native.encode_pack(buf, k, m)
+    parity, digests = _native.encode_pack(buf, k, m, dataset.hash.code)
     cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], hash_name) for i in range(k + m)]
     record = PackRecord(k=k, m=m, size=len(car), shard_size=ss, shards=tuple(cids))
     record.validate()

@@ -112,6 +112,75 @@ impl Params {
     }
 }
 
+/// How a dataset's files are cut: content-defined (FastCDC) or fixed-size.
+///
+/// Fixed-size chunks (the `unixfs-v1-2025` profile's 1 MiB) are written with
+/// `min == avg == max` in the manifest's chunker map, and so here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunker {
+    /// `fastcdc-gear-v1` with these parameters.
+    Cdc(Params),
+    /// Chunks of exactly this many bytes, the last one shorter.
+    Fixed(usize),
+}
+
+impl From<Params> for Chunker {
+    fn from(p: Params) -> Self {
+        Self::Cdc(p)
+    }
+}
+
+impl Chunker {
+    /// Fixed-size when `min == avg == max` (any size from 64 bytes to 16 MiB), else FastCDC (`Params::new`).
+    pub fn new(min: usize, avg: usize, max: usize) -> Result<Self, ParamsError> {
+        if min == avg && avg == max {
+            if !(CHUNK_MIN_LIMIT_BYTES..=CHUNK_MAX_LIMIT_BYTES).contains(&max) {
+                return Err(ParamsError(format!(
+                    "fixed chunk size must be 64 bytes to 16 MiB, got {max}"
+                )));
+            }
+            return Ok(Self::Fixed(max));
+        }
+        Params::new(min, avg, max).map(Self::Cdc)
+    }
+
+    /// The largest chunk it cuts.
+    pub fn max(&self) -> usize {
+        match self {
+            Self::Cdc(p) => p.max,
+            Self::Fixed(size) => *size,
+        }
+    }
+
+    /// The typical chunk size (for reserving).
+    pub fn avg(&self) -> usize {
+        match self {
+            Self::Cdc(p) => p.avg,
+            Self::Fixed(size) => *size,
+        }
+    }
+
+    /// Lengths of the chunks cut from the start of `data` (see `chunk_lengths`
+    /// for `final_`: without it, cutting stops while fewer than `max` bytes remain).
+    pub fn lengths(&self, data: &[u8], final_: bool) -> Vec<usize> {
+        match self {
+            Self::Cdc(p) => chunk_lengths(data, final_, p),
+            Self::Fixed(size) => fixed_lengths(data.len(), *size, final_),
+        }
+    }
+}
+
+/// Lengths of fixed `size`-byte chunks over `len` bytes; the short rest is a
+/// chunk only with `final_` (then nothing is left over).
+pub fn fixed_lengths(len: usize, size: usize, final_: bool) -> Vec<usize> {
+    let mut lengths = vec![size; len / size];
+    let rest = len % size;
+    if final_ && rest > 0 {
+        lengths.push(rest);
+    }
+    lengths
+}
+
 /// Scans `data` with the gear hash continuing from `h`, returning the index of
 /// the first byte after which `h & mask == 0`, and the final hash otherwise.
 #[inline(always)]
@@ -417,6 +486,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fixed_size_chunks() {
+        assert_eq!(fixed_lengths(0, 64, true), Vec::<usize>::new());
+        assert_eq!(fixed_lengths(10, 64, true), vec![10]);
+        assert_eq!(fixed_lengths(10, 64, false), Vec::<usize>::new());
+        assert_eq!(fixed_lengths(128, 64, true), vec![64, 64]);
+        assert_eq!(fixed_lengths(129, 64, true), vec![64, 64, 1]);
+        assert_eq!(fixed_lengths(129, 64, false), vec![64, 64]);
+        let mib = 1 << 20;
+        assert_eq!(Chunker::new(mib, mib, mib), Ok(Chunker::Fixed(mib)));
+        assert!(Chunker::new(63, 63, 63).is_err());
+        assert!(
+            Chunker::new(
+                CHUNK_MAX_LIMIT_BYTES + 1,
+                CHUNK_MAX_LIMIT_BYTES + 1,
+                CHUNK_MAX_LIMIT_BYTES + 1
+            )
+            .is_err()
+        );
+        let cdc = Chunker::new(DEFAULT_MIN_BYTES, DEFAULT_AVG_BYTES, DEFAULT_MAX_BYTES).unwrap();
+        assert_eq!(cdc, Chunker::Cdc(Params::default_params()));
+        let data = xorshift_bytes(9, 3 * mib + 5);
+        assert_eq!(
+            Chunker::Fixed(mib).lengths(&data, true),
+            vec![mib, mib, mib, 5]
+        );
+        assert_eq!(
+            cdc.lengths(&data, false),
+            chunk_lengths(&data, false, &Params::default_params())
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
+use crate::hash::ChunkHash;
+
 thread_local! {
     /// One encoder and one decoder per thread, reset for each use: their work
     /// buffers are several MiB, and fresh pages cost more than the coding.
@@ -196,16 +198,13 @@ pub fn encode(padded: &[u8], k: usize, m: usize) -> Result<Vec<u8>, ErasureError
     Ok(parity)
 }
 
-/// BLAKE3 digest of each shard (data shards from `padded`, then parity), concatenated.
-pub fn shard_digests(padded: &[u8], parity: &[u8], shard_size: usize) -> Vec<u8> {
+/// Digest (`hash`) of each shard (data shards from `padded`, then parity), concatenated.
+pub fn shard_digests(padded: &[u8], parity: &[u8], shard_size: usize, hash: ChunkHash) -> Vec<u8> {
     let shards: Vec<&[u8]> = padded
         .chunks(shard_size)
         .chain(parity.chunks(shard_size))
         .collect();
-    let digests: Vec<[u8; 32]> = shards
-        .par_iter()
-        .map(|s| *blake3::hash(s).as_bytes())
-        .collect();
+    let digests: Vec<[u8; 32]> = shards.par_iter().map(|s| hash.digest(s)).collect();
     digests.concat()
 }
 

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
-use crate::chunk::Params;
+use crate::chunk::Chunker;
 use crate::compress::CODEC_ZSTD;
+use crate::hash::ChunkHash;
 use crate::pipeline::{self, Segment};
 
 /// One file to read: its path and the size the walk saw (it must still have it).
@@ -64,7 +65,7 @@ pub struct Batch {
     pub errors: Vec<(usize, FileError)>,
     /// Uncompressed length of each chunk.
     pub lengths: Vec<usize>,
-    /// 32-byte BLAKE3 digests, concatenated.
+    /// 32-byte digests (of the dataset's hash), concatenated.
     pub digests: Vec<u8>,
     /// `CODEC_RAW` or `CODEC_ZSTD` per chunk.
     pub codecs: Vec<u8>,
@@ -133,10 +134,15 @@ struct FileDone {
     starts: Vec<usize>,
 }
 
-fn process_file(job: &FileJob, params: &Params, zstd_level: i32) -> Result<FileDone, FileError> {
+fn process_file(
+    job: &FileJob,
+    chunker: &Chunker,
+    zstd_level: i32,
+    hash: ChunkHash,
+) -> Result<FileDone, FileError> {
     let mut data = read_exact_size(job)?;
     let bytes_in = data.len() as u64;
-    let mut seg = pipeline::process_segment(&data, true, params, zstd_level);
+    let mut seg = pipeline::process_segment(&data, true, chunker, zstd_level, hash);
     let starts = compact_stored(&mut data, &seg);
     seg.compressed = Vec::new();
     Ok(FileDone {
@@ -149,11 +155,16 @@ fn process_file(job: &FileJob, params: &Params, zstd_level: i32) -> Result<FileD
 
 /// Reads and processes every file of `jobs` in parallel (one file per task),
 /// then gathers the results in file order.
-pub fn process_files(jobs: &[FileJob], params: &Params, zstd_level: i32) -> Batch {
+pub fn process_files(
+    jobs: &[FileJob],
+    chunker: &Chunker,
+    zstd_level: i32,
+    hash: ChunkHash,
+) -> Batch {
     let done: Vec<Result<FileDone, FileError>> = jobs
         .par_iter()
         .with_max_len(1)
-        .map(|job| process_file(job, params, zstd_level))
+        .map(|job| process_file(job, chunker, zstd_level, hash))
         .collect();
     let chunks: usize = done.iter().flatten().map(|d| d.seg.lengths.len()).sum();
     let mut batch = Batch::default();
@@ -206,6 +217,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::Params;
     use crate::compress;
     use crate::testutil::random;
     use std::path::Path;
@@ -247,12 +259,12 @@ mod tests {
             .enumerate()
             .map(|(i, d)| write(&dir, &format!("f{i}"), d))
             .collect();
-        let batch = process_files(&jobs, &p, 1);
+        let batch = process_files(&jobs, &p.into(), 1, ChunkHash::Blake3);
         assert!(batch.errors.is_empty());
         assert!(batch.codecs.contains(&CODEC_ZSTD));
         let mut chunk = 0;
         for (i, data) in files.iter().enumerate() {
-            let seg = pipeline::process_segment(data, true, &p, 1);
+            let seg = pipeline::process_segment(data, true, &p.into(), 1, ChunkHash::Blake3);
             assert_eq!(batch.chunk_counts[i], seg.lengths.len());
             for c in 0..seg.lengths.len() {
                 assert_eq!(batch.lengths[chunk], seg.lengths[c]);
@@ -290,7 +302,12 @@ mod tests {
             path: dir.join("missing"),
             size: 3,
         };
-        let batch = process_files(&[grew, good, missing, shrank], &p, 1);
+        let batch = process_files(
+            &[grew, good, missing, shrank],
+            &p.into(),
+            1,
+            ChunkHash::Blake3,
+        );
         let failed: Vec<usize> = batch.errors.iter().map(|(i, _)| *i).collect();
         assert_eq!(failed, vec![0, 2, 3]);
         assert!(matches!(
@@ -308,6 +325,36 @@ mod tests {
         assert!(batch.errors[2].1.to_string().contains("shrank"));
         assert_eq!(batch.chunk_counts, vec![0, 1, 0, 0]);
         assert_eq!(batch.bytes_in, 50_000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fixed_size_sha256_files_match_their_segments() {
+        let dir = temp_dir("fixed");
+        let fixed = Chunker::Fixed(1 << 20);
+        let files = [
+            random((1 << 20) - 1, 8),
+            random(1 << 20, 9),
+            random((3 << 20) + 1, 10),
+            Vec::new(),
+        ];
+        let jobs: Vec<FileJob> = files
+            .iter()
+            .enumerate()
+            .map(|(i, d)| write(&dir, &format!("f{i}"), d))
+            .collect();
+        let batch = process_files(&jobs, &fixed, 1, ChunkHash::Sha256);
+        assert!(batch.errors.is_empty());
+        assert_eq!(batch.chunk_counts, vec![1, 1, 4, 0]);
+        let mut chunk = 0;
+        for data in &files {
+            let seg = pipeline::process_segment(data, true, &fixed, 1, ChunkHash::Sha256);
+            assert_eq!(
+                batch.digests[32 * chunk..32 * (chunk + seg.lengths.len())],
+                seg.digests[..]
+            );
+            chunk += seg.lengths.len();
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,6 +11,7 @@
 pub mod chunk;
 pub mod compress;
 pub mod erasure;
+pub mod hash;
 pub mod ingest;
 pub mod pack;
 pub mod pipeline;
@@ -29,6 +30,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyType};
 use rayon::prelude::*;
 
+use hash::ChunkHash;
 use pack::{PackParts, PackSource};
 
 /// Below this many bytes `blake3` keeps the GIL (releasing costs more than hashing).
@@ -124,6 +126,24 @@ fn params(min_size: i64, avg_size: i64, max_size: i64) -> PyResult<chunk::Params
     .map_err(value_error)
 }
 
+/// The chunker of a manifest's sizes: fixed-size when `min == avg == max`, else FastCDC.
+fn chunker(min_size: i64, avg_size: i64, max_size: i64) -> PyResult<chunk::Chunker> {
+    let conv = |v: i64, name: &str| {
+        usize::try_from(v).map_err(|_| value_error(format!("{name} must be >= 0, got {v}")))
+    };
+    chunk::Chunker::new(
+        conv(min_size, "min_size")?,
+        conv(avg_size, "avg_size")?,
+        conv(max_size, "max_size")?,
+    )
+    .map_err(value_error)
+}
+
+/// The hash of multihash `code` (0x1e BLAKE3, 0x12 SHA2-256).
+fn hash_arg(code: u64) -> PyResult<ChunkHash> {
+    ChunkHash::from_code(code).map_err(value_error)
+}
+
 fn nonneg(v: i64, what: &str) -> PyResult<usize> {
     usize::try_from(v).map_err(|_| value_error(format!("{what} must be >= 0, got {v}")))
 }
@@ -167,7 +187,7 @@ struct Segment {
     /// Uncompressed length of each chunk, in order.
     #[pyo3(get)]
     lengths: Py<PyList>,
-    /// 32-byte BLAKE3 digests, concatenated.
+    /// 32-byte digests (of the hash asked for), concatenated.
     #[pyo3(get)]
     digests: Py<PyBytes>,
     /// 0 = stored raw, 1 = stored zstd-compressed.
@@ -272,9 +292,11 @@ impl Segment {
     }
 }
 
-/// Chunk, hash and compress one buffer in a single call (zstd_level 0 = never compress).
+/// Chunk, hash and compress one buffer in a single call (zstd_level 0 = never
+/// compress; min == avg == max = fixed-size chunks; hash_code 0x1e BLAKE3, 0x12 SHA2-256).
 #[pyfunction]
-#[pyo3(signature = (data, r#final, min_size, avg_size, max_size, zstd_level))]
+#[pyo3(signature = (data, r#final, min_size, avg_size, max_size, zstd_level, hash_code = 0x1e))]
+#[allow(clippy::too_many_arguments)]
 fn process_segment(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
@@ -283,20 +305,15 @@ fn process_segment(
     avg_size: i64,
     max_size: i64,
     zstd_level: i64,
+    hash_code: u64,
 ) -> PyResult<Segment> {
-    let p = params(min_size, avg_size, max_size)?;
-    let min_level = i64::from(zstd::zstd_safe::min_c_level());
-    let max_level = i64::from(zstd::zstd_safe::max_c_level());
-    if zstd_level != 0 && !(min_level..=max_level).contains(&zstd_level) {
-        return Err(value_error(format!(
-            "zstd_level must be 0 (never compress) or in {min_level}..={max_level}, got {zstd_level}"
-        )));
-    }
-    let level = zstd_level as i32;
+    let cut = chunker(min_size, avg_size, max_size)?;
+    let level = zstd_level_arg(zstd_level)?;
+    let hash = hash_arg(hash_code)?;
     let input = byte_view(data)?;
     let buf = ByteBuf::get(&input)?;
     let bytes = buf.as_slice();
-    let seg = py.detach(|| pipeline::process_segment(bytes, r#final, &p, level));
+    let seg = py.detach(|| pipeline::process_segment(bytes, r#final, &cut, level, hash));
     drop(buf);
     let compressed = byte_view(PyBytes::new(py, &seg.compressed).as_any())?;
     Ok(Segment {
@@ -325,15 +342,18 @@ fn geometry(k: i64, m: i64) -> PyResult<(usize, usize)> {
 }
 
 /// Erasure-code a pack already zero-padded to `k * shard_size` bytes; returns
-/// `(parity, digests)`.
+/// `(parity, digests)`, the shards hashed with `hash_code` (the dataset's hash).
 #[pyfunction]
+#[pyo3(signature = (padded, k, m, hash_code = 0x1e))]
 fn encode_pack<'py>(
     py: Python<'py>,
     padded: &Bound<'py, PyAny>,
     k: i64,
     m: i64,
+    hash_code: u64,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     let (k, m) = geometry(k, m)?;
+    let hash = hash_arg(hash_code)?;
     let buf = ByteBuf::get(padded)?;
     let bytes = buf.as_slice();
     if bytes.len() % k != 0 {
@@ -348,7 +368,7 @@ fn encode_pack<'py>(
     let parity = PyBytes::new_with(py, m * shard_size, |parity| {
         py.detach(|| {
             erasure::encode_into(bytes, k, m, parity)?;
-            digests = erasure::shard_digests(bytes, parity, shard_size);
+            digests = erasure::shard_digests(bytes, parity, shard_size, hash);
             Ok::<(), erasure::ErasureError>(())
         })
         .map_err(value_error)
@@ -493,8 +513,10 @@ fn integrity_result(py: Python<'_>, failure: Option<ChunkFailure>) -> PyResult<(
     }
 }
 
-/// Decompress and verify chunks of a pack; returns their bytes concatenated.
+/// Decompress and verify chunks of a pack (digests of `hash_code`); returns their bytes concatenated.
 #[pyfunction]
+#[pyo3(signature = (pack, offsets, stored_lengths, lengths, codecs, digests, hash_code = 0x1e))]
+#[allow(clippy::too_many_arguments)]
 fn decode_chunks<'py>(
     py: Python<'py>,
     pack: &Bound<'py, PyAny>,
@@ -503,7 +525,9 @@ fn decode_chunks<'py>(
     lengths: Vec<i64>,
     codecs: Vec<i64>,
     digests: &Bound<'py, PyAny>,
+    hash_code: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    let hash = hash_arg(hash_code)?;
     let pack_buf = ByteBuf::get(pack)?;
     let pack_bytes = pack_buf.as_slice();
     let digest_buf = ByteBuf::get(digests)?;
@@ -529,7 +553,7 @@ fn decode_chunks<'py>(
     let buf = unsafe {
         std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(raw).cast::<MaybeUninit<u8>>(), total)
     };
-    let failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, buf));
+    let failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, buf, hash));
     integrity_result(py, failure)?;
     // SAFETY: `out` was created as a bytes object above.
     Ok(unsafe { out.cast_into_unchecked::<PyBytes>() })
@@ -538,6 +562,7 @@ fn decode_chunks<'py>(
 /// Like `decode_chunks`, but into the start of the writable buffer `out`
 /// (reused by the caller, so no fresh memory per batch); returns the bytes written.
 #[pyfunction]
+#[pyo3(signature = (out, pack_parts, offsets, stored_lengths, lengths, codecs, digests, hash_code = 0x1e))]
 #[allow(clippy::too_many_arguments)]
 fn decode_chunks_into(
     py: Python<'_>,
@@ -548,7 +573,9 @@ fn decode_chunks_into(
     lengths: Vec<i64>,
     codecs: Vec<i64>,
     digests: &Bound<'_, PyAny>,
+    hash_code: u64,
 ) -> PyResult<usize> {
+    let hash = hash_arg(hash_code)?;
     let part_bufs = pack_parts
         .iter()
         .map(ByteBuf::get)
@@ -575,7 +602,7 @@ fn decode_chunks_into(
     let buf = unsafe {
         std::slice::from_raw_parts_mut(out_buf.buf_ptr().cast::<MaybeUninit<u8>>(), total)
     };
-    let failure = py.detach(|| decode_into(&pack, &jobs, digest_bytes, buf));
+    let failure = py.detach(|| decode_into(&pack, &jobs, digest_bytes, buf, hash));
     integrity_result(py, failure)?;
     Ok(total)
 }
@@ -586,6 +613,7 @@ fn decode_into<P: PackSource + ?Sized>(
     jobs: &[DecodeJob],
     digests: &[u8],
     out: &mut [MaybeUninit<u8>],
+    hash: ChunkHash,
 ) -> Option<ChunkFailure> {
     let mut pieces: Vec<(usize, &mut [MaybeUninit<u8>])> = Vec::with_capacity(jobs.len());
     let mut rest = out;
@@ -610,7 +638,7 @@ fn decode_into<P: PackSource + ?Sized>(
                 compress::copy_uninit(stored, piece)
             };
             let expected = &digests[32 * i..32 * i + 32];
-            (blake3::hash(chunk).as_bytes() != expected).then_some(i)
+            (!hash.matches(chunk, expected)).then_some(i)
         })
         .min()
         .map(ChunkFailure::Integrity)
@@ -651,7 +679,7 @@ fn write_files(
     digests: &Bound<'_, PyAny>,
     hash_code: u64,
 ) -> PyResult<Vec<usize>> {
-    let hash = write::ChunkHash::from_code(hash_code).map_err(value_error)?;
+    let hash = hash_arg(hash_code)?;
     let n = chunk_packs.len();
     let columns = [
         offsets.len(),
@@ -744,7 +772,7 @@ struct FileBatch {
     /// Uncompressed length of each chunk, all files end to end.
     #[pyo3(get)]
     lengths: Py<PyList>,
-    /// 32-byte BLAKE3 digests, concatenated.
+    /// 32-byte digests (of the hash asked for), concatenated.
     #[pyo3(get)]
     digests: Py<PyBytes>,
     /// 0 = stored raw, 1 = stored zstd-compressed.
@@ -831,9 +859,11 @@ impl FileBatch {
 }
 
 /// Read, chunk, hash and compress whole files (`paths[i]` must have `sizes[i]`
-/// bytes) on all cores in one call; zstd_level 0 = never compress.
+/// bytes) on all cores in one call; zstd_level 0 = never compress; chunker and
+/// hash as for `process_segment`.
 #[pyfunction]
-#[pyo3(signature = (paths, sizes, min_size, avg_size, max_size, zstd_level))]
+#[pyo3(signature = (paths, sizes, min_size, avg_size, max_size, zstd_level, hash_code = 0x1e))]
+#[allow(clippy::too_many_arguments)]
 fn process_files(
     py: Python<'_>,
     paths: Vec<std::path::PathBuf>,
@@ -842,9 +872,11 @@ fn process_files(
     avg_size: i64,
     max_size: i64,
     zstd_level: i64,
+    hash_code: u64,
 ) -> PyResult<FileBatch> {
-    let p = params(min_size, avg_size, max_size)?;
+    let cut = chunker(min_size, avg_size, max_size)?;
     let level = zstd_level_arg(zstd_level)?;
+    let hash = hash_arg(hash_code)?;
     if paths.len() != sizes.len() {
         return Err(value_error(format!(
             "paths and sizes differ in length ({}, {})",
@@ -857,7 +889,7 @@ fn process_files(
         .zip(sizes)
         .map(|(path, size)| ingest::FileJob { path, size })
         .collect();
-    let batch = py.detach(|| ingest::process_files(&jobs, &p, level));
+    let batch = py.detach(|| ingest::process_files(&jobs, &cut, level, hash));
     let errors = PyList::empty(py);
     for (i, e) in &batch.errors {
         let errno = match e {

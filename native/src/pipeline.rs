@@ -6,8 +6,9 @@
 
 use rayon::prelude::*;
 
-use crate::chunk::{self, Params};
+use crate::chunk::Chunker;
 use crate::compress::{self, CODEC_RAW, CODEC_ZSTD};
+use crate::hash::ChunkHash;
 
 /// Buffers below this size are processed on the calling thread alone.
 const PARALLEL_MIN_BYTES: usize = 1024 * 1024;
@@ -17,7 +18,7 @@ const PARALLEL_MIN_BYTES: usize = 1024 * 1024;
 pub struct Segment {
     /// Uncompressed length of each chunk.
     pub lengths: Vec<usize>,
-    /// 32-byte BLAKE3 digests, concatenated.
+    /// 32-byte digests (of the dataset's hash), concatenated.
     pub digests: Vec<u8>,
     /// `CODEC_RAW` or `CODEC_ZSTD` per chunk.
     pub codecs: Vec<u8>,
@@ -49,32 +50,38 @@ struct ChunkDone {
     frame: Option<Vec<u8>>,
 }
 
-fn process_chunk(data: &[u8], zstd_level: i32) -> ChunkDone {
+fn process_chunk(data: &[u8], zstd_level: i32, hash: ChunkHash) -> ChunkDone {
     ChunkDone {
-        digest: *blake3::hash(data).as_bytes(),
+        digest: hash.digest(data),
         frame: compress::compress_chunk(data, zstd_level),
     }
 }
 
-/// Chunks, hashes and compresses `data` (see `chunk::chunk_lengths` for `final_`).
-/// `zstd_level == 0` never compresses.
-pub fn process_segment(data: &[u8], final_: bool, params: &Params, zstd_level: i32) -> Segment {
-    let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(data.len() / params.avg + 1);
+/// Chunks, hashes (with `hash`) and compresses `data` (see `chunk::chunk_lengths`
+/// for `final_`). `zstd_level == 0` never compresses.
+pub fn process_segment(
+    data: &[u8],
+    final_: bool,
+    chunker: &Chunker,
+    zstd_level: i32,
+    hash: ChunkHash,
+) -> Segment {
+    let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(data.len() / chunker.avg() + 1);
     let mut pos = 0;
-    for len in chunk::chunk_lengths(data, final_, params) {
+    for len in chunker.lengths(data, final_) {
         bounds.push((pos, len));
         pos += len;
     }
     let mut done: Vec<ChunkDone> = if data.len() < PARALLEL_MIN_BYTES {
         bounds
             .iter()
-            .map(|&(start, len)| process_chunk(&data[start..start + len], zstd_level))
+            .map(|&(start, len)| process_chunk(&data[start..start + len], zstd_level, hash))
             .collect()
     } else {
         bounds
             .par_iter()
             .with_max_len(1)
-            .map(|&(start, len)| process_chunk(&data[start..start + len], zstd_level))
+            .map(|&(start, len)| process_chunk(&data[start..start + len], zstd_level, hash))
             .collect()
     };
     let n = bounds.len();
@@ -115,19 +122,33 @@ pub fn process_segment(data: &[u8], final_: bool, params: &Params, zstd_level: i
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::{self, Params};
     use crate::testutil::random;
 
     fn check(data: &[u8], final_: bool, params: &Params, level: i32) -> Segment {
-        let seg = process_segment(data, final_, params, level);
-        assert_eq!(seg.lengths, chunk::chunk_lengths(data, final_, params));
+        check_with(
+            data,
+            final_,
+            &Chunker::Cdc(*params),
+            level,
+            ChunkHash::Blake3,
+        )
+    }
+
+    fn check_with(
+        data: &[u8],
+        final_: bool,
+        chunker: &Chunker,
+        level: i32,
+        hash: ChunkHash,
+    ) -> Segment {
+        let seg = process_segment(data, final_, chunker, level, hash);
+        assert_eq!(seg.lengths, chunker.lengths(data, final_));
         assert_eq!(seg.consumed, seg.lengths.iter().sum::<usize>());
         let mut pos = 0;
         for i in 0..seg.lengths.len() {
             let chunk = &data[pos..pos + seg.lengths[i]];
-            assert_eq!(
-                &seg.digests[32 * i..32 * i + 32],
-                blake3::hash(chunk).as_bytes()
-            );
+            assert_eq!(&seg.digests[32 * i..32 * i + 32], &hash.digest(chunk));
             let stored = seg.stored(data, i);
             if seg.codecs[i] == CODEC_ZSTD {
                 let mut out = vec![0u8; chunk.len()];
@@ -159,5 +180,25 @@ mod tests {
         assert_eq!(check(&[], true, &p, 3).lengths.len(), 0);
         let none = check(&data, true, &p, 0);
         assert!(none.codecs.iter().all(|&c| c == CODEC_RAW));
+    }
+
+    #[test]
+    fn fixed_size_sha256() {
+        let mib = 1 << 20;
+        let fixed = Chunker::Fixed(mib);
+        let mut data = random(5 * mib + 17, 6);
+        data[..mib].fill(b'x'); // one compressible chunk
+        let seg = check_with(&data, true, &fixed, 1, ChunkHash::Sha256);
+        assert_eq!(seg.lengths, vec![mib, mib, mib, mib, mib, 17]);
+        assert_eq!(seg.codecs[0], CODEC_ZSTD);
+        let seg = check_with(&data, false, &fixed, 1, ChunkHash::Sha256);
+        assert_eq!(seg.consumed, 5 * mib);
+        check_with(&data[..1000], true, &fixed, 1, ChunkHash::Sha256);
+        let cdc = Chunker::Cdc(Params::default_params());
+        let seg = check_with(&data, true, &cdc, 1, ChunkHash::Sha256);
+        assert_eq!(
+            seg.lengths,
+            chunk::chunk_lengths(&data, true, &Params::default_params())
+        );
     }
 }

@@ -21,44 +21,13 @@ use rayon::prelude::*;
 use crate::compress;
 use crate::pack::PackSource;
 
-/// Multihash code of BLAKE3-256, the only chunk hash so far.
-pub const HASH_BLAKE3: u64 = 0x1e;
+pub use crate::hash::{ChunkHash, HASH_BLAKE3};
 /// A file's consecutive chunks are written together up to this many bytes.
 pub const GROUP_MAX_BYTES: usize = 1 << 20;
 /// A thread keeps its decode buffer between groups up to this size.
 const KEPT_BUFFER_BYTES: usize = 4 << 20;
 /// Mode of the files created.
 const FILE_MODE: u32 = 0o644;
-
-/// How chunk digests are checked (one variant per supported multihash code).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChunkHash {
-    /// BLAKE3 with a 32-byte digest.
-    Blake3,
-}
-
-impl ChunkHash {
-    /// The hash of multihash `code`, if supported.
-    pub fn from_code(code: u64) -> Result<Self, WriteError> {
-        match code {
-            HASH_BLAKE3 => Ok(Self::Blake3),
-            _ => Err(WriteError::Invalid(format!(
-                "unsupported chunk hash 0x{code:x} (supported: 0x1e blake3)"
-            ))),
-        }
-    }
-
-    /// Bytes of one digest.
-    pub fn digest_len(self) -> usize {
-        32
-    }
-
-    fn matches(self, data: &[u8], digest: &[u8]) -> bool {
-        match self {
-            Self::Blake3 => blake3::hash(data).as_bytes() == digest,
-        }
-    }
-}
 
 /// One output file of a batch.
 #[derive(Clone, Debug)]
@@ -527,6 +496,43 @@ mod tests {
     }
 
     #[test]
+    fn sha256_digests_are_checked_with_sha256() {
+        let mut b = batch(&[&[1000, 70_000], &[5]], 3);
+        let blake3_digests = b.digests.clone();
+        b.digests.clear();
+        for c in &b.chunks {
+            let data = &b.want[c.file][c.file_offset as usize..c.file_offset as usize + c.size];
+            b.digests.extend_from_slice(&ChunkHash::Sha256.digest(data));
+        }
+        let dir = folder("sha256");
+        let failed = write_files(
+            &dir,
+            &[&b.pack[..]],
+            &b.files,
+            &b.chunks,
+            &b.digests,
+            ChunkHash::Sha256,
+        )
+        .unwrap();
+        assert!(failed.is_empty());
+        assert_eq!(read(&dir, &b), b.want);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // BLAKE3 digests do not pass as SHA-256 ones: every chunk fails.
+        let dir = folder("sha256-wrong");
+        let failed = write_files(
+            &dir,
+            &[&b.pack[..]],
+            &b.files,
+            &b.chunks,
+            &blake3_digests,
+            ChunkHash::Sha256,
+        )
+        .unwrap();
+        assert_eq!(failed, vec![0, 1, 2]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_corrupt_chunk_is_reported_and_the_retry_fills_it_in() {
         let b = batch(&[&[4000, 4000, 4000], &[2000]], 2);
         let mut bad = b.pack.clone();
@@ -621,7 +627,7 @@ mod tests {
             }];
             check(&b.chunks, &files);
         }
-        assert!(ChunkHash::from_code(0x12).is_err());
+        assert!(ChunkHash::from_code(0x13).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

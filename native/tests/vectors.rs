@@ -72,7 +72,13 @@ fn chunker_vectors() {
         s["boundaries_digest"].as_str().unwrap()
     );
     // The pipeline cuts the same boundaries.
-    let seg = dstore_native::pipeline::process_segment(&data, true, &p, 3);
+    let seg = dstore_native::pipeline::process_segment(
+        &data,
+        true,
+        &p.into(),
+        3,
+        dstore_native::hash::ChunkHash::Blake3,
+    );
     assert_eq!(seg.lengths, lengths);
 }
 
@@ -88,7 +94,12 @@ fn erasure_vectors() {
             c["parity_blake3"].as_str().unwrap(),
             "{k}+{m}"
         );
-        let digests = erasure::shard_digests(&data, &parity, shard);
+        let digests = erasure::shard_digests(
+            &data,
+            &parity,
+            shard,
+            dstore_native::hash::ChunkHash::Blake3,
+        );
         assert_eq!(
             blake3::hash(&digests).to_hex().as_str(),
             c["shard_digests_blake3"].as_str().unwrap()
