@@ -79,3 +79,23 @@ def test_errors_are_oserrors(dataset):
             ds.open("sub")
         with pytest.raises(FileNotFoundError):
             ds.open("nope")
+
+
+def test_one_store_opened_twice_in_a_process_shares_its_index(dstore, home, tmp_path) -> None:
+    """LMDB refuses a second open of one environment in a process: dstore.open and a dstore:// URL share it."""
+    import fsspec
+
+    from dstore import open as open_dataset  # the fixture ``dstore`` (the CLI) hides the module here
+
+    src = tmp_path / "a.csv"
+    src.write_bytes(b"x,y\n1,2\n")
+    cid = dstore("add", src, "-q").out.strip().splitlines()[-1]
+    first = open_dataset(cid, home=home)
+    second = open_dataset(cid, home=home)
+    fs = fsspec.filesystem("dstore", home=str(home))
+    with first.open("") as a, second.open("") as b:
+        assert a.read() == b.read() == src.read_bytes() == fs.cat(cid)
+    first.close()
+    with second.open("") as b:  # closing one leaves the shared index open for the other
+        assert b.read() == src.read_bytes()
+    second.close()

@@ -16,7 +16,9 @@ Tables carry a version in their name, so a change of layout is a migration:
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,15 +101,48 @@ class ChunkLoc(NamedTuple):
         return cls(bytes(raw[_LOC.size :]), offset, stored_len, size, codec)
 
 
+# LMDB refuses to open one environment twice in a process, so every Index of one folder in this
+# process (a Dataset, an fsspec filesystem and a CLI command, say) shares one environment, closed with
+# the last of them. Keyed by pid too: a forked child must open its own, never use its parent's.
+_ENVS: dict[tuple[int, str], tuple[lmdb.Environment, int]] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(path: Path, readonly: bool) -> lmdb.Environment:
+    key = (os.getpid(), os.path.realpath(path))
+    with _ENVS_LOCK:
+        held = _ENVS.get(key)
+        if held is not None:
+            _ENVS[key] = (held[0], held[1] + 1)
+            return held[0]
+        env = lmdb.open(str(path), max_dbs=8, map_size=MAP_SIZE_BYTES, readonly=readonly, lock=True)
+        _ENVS[key] = (env, 1)
+        return env
+
+
+def _close_env(path: Path, env: lmdb.Environment) -> None:
+    key = (os.getpid(), os.path.realpath(path))
+    with _ENVS_LOCK:
+        held = _ENVS.get(key)
+        if held is None or held[0] is not env:
+            env.close()  # not shared (opened before a rename of the folder, or in another process)
+        elif held[1] > 1:
+            _ENVS[key] = (env, held[1] - 1)
+        else:
+            del _ENVS[key]
+            env.close()
+
+
 class Index:
     """LMDB environment with the four tables above."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self._closed = False
         check_data_file(path / "data.mdb")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self.env = lmdb.open(str(path), max_dbs=8, map_size=MAP_SIZE_BYTES, readonly=readonly, lock=True)
+            self.env = _open_env(path, readonly)
             self.blocks = self.env.open_db(b"blocks-0")
             self.chunks = self.env.open_db(b"chunks-0")
             self.shards = self.env.open_db(b"shards-0")
@@ -117,7 +152,9 @@ class Index:
             raise StoreError(f"cannot open the store index at {path}: {e}; {FSCK_HINT}") from e
 
     def close(self) -> None:
-        self.env.close()
+        if not self._closed:
+            self._closed = True
+            _close_env(self.path, self.env)
 
     # -- reads --------------------------------------------------------------
 
