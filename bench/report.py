@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kubo
+
+#: The columns of a result row.
+_COLUMNS = ("measurement", "dstore", "reference", "ratio", "target", "pass")
+
 MiB = 1 << 20
 
 # Stage of bench/stages.py -> the floor it is compared with (None: no floor, Python or LMDB work).
@@ -267,6 +272,7 @@ def rows(res: dict) -> list[dict]:
                     }
                 )
     _new_rows(S, out)
+    kubo.rows(S, lambda *cells: out.append(dict(zip(_COLUMNS, cells))), _f)
     return out
 
 

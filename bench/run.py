@@ -44,6 +44,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import datagen
+import kubo
 import measure as M
 import peers
 import report
@@ -61,6 +62,7 @@ SECTIONS = [
     "scaling",
     "stages",
     "peers",
+    "kubo",
 ]
 SHARDS = "10+4"
 SHARDS_NO_PARITY = "10+0"
@@ -212,7 +214,7 @@ class Bench:
         t0 = time.perf_counter()
         need = set(self.only)
         self.inputs = {}
-        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "peers"}:
+        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "peers", "kubo"}:
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
             self.inputs["random"] = dict(
@@ -850,6 +852,9 @@ class Bench:
             "errors": {k: r[k]["error"] for r in runs for k in r if isinstance(r[k], dict) and "error" in r[k]},
         }
         return sec
+
+    def kubo(self) -> dict:
+        return kubo.section(self)
 
     def peers(self) -> dict:
         return peers.section(self)
