@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import get_stages
 import kubo
 
 #: The columns of a result row.
@@ -29,6 +30,10 @@ SHARD_HASHES = "shard hashes alone (_native.blake3 per shard)"
 
 def _f(x, fmt="{:.3f}", unit=""):
     return "n/a" if x is None else fmt.format(x) + unit
+
+
+def _f3(x, fmt="{:.3f}"):
+    return _f(x, fmt)
 
 
 def _pass(p):
@@ -641,7 +646,7 @@ def markdown(res: dict) -> str:
                 errs.append(f"- {name} / {k} / {side}: {e}")
     if errs:
         parts += ["", "## Errors", ""] + errs
-    parts += ["", *stage_table(res), "## Raw timings", "", _runs_table(res), ""]
+    parts += ["", *stage_table(res), *get_stages.table(res, _f3), "## Raw timings", "", _runs_table(res), ""]
     return "\n".join(parts)
 
 

@@ -44,6 +44,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import datagen
+import get_stages
 import kubo
 import measure as M
 import peers
@@ -61,6 +62,7 @@ SECTIONS = [
     "small",
     "scaling",
     "stages",
+    "get_stages",
     "peers",
     "kubo",
 ]
@@ -214,7 +216,8 @@ class Bench:
         t0 = time.perf_counter()
         need = set(self.only)
         self.inputs = {}
-        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "peers", "kubo"}:
+        big_file_sections = {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "get_stages"}
+        if need & (big_file_sections | {"peers", "kubo"}):
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
             self.inputs["random"] = dict(
@@ -852,6 +855,9 @@ class Bench:
             "errors": {k: r[k]["error"] for r in runs for k in r if isinstance(r[k], dict) and "error" in r[k]},
         }
         return sec
+
+    def get_stages(self) -> dict:
+        return get_stages.section(self)
 
     def kubo(self) -> dict:
         return kubo.section(self)
