@@ -305,6 +305,37 @@ def test_resume_in_a_new_process_gives_the_rest_of_the_epoch(cid, opts, workers)
     assert end["position"] == 19
 
 
+# -- faults ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_peers_killed_during_an_epoch_change_no_sample(make, six):
+    """Two of six peers (m = 2) SIGKILLed mid-epoch: the epoch completes with the samples of an undisturbed one."""
+    peers, _ = six
+
+    def loader():
+        # Every byte from the peers, and little read ahead: most of the epoch is read after the kill.
+        stream = make(SampleStream, "**", seed=21, cache=False, prefetch_samples=2)
+        return stream.loader(batch_size=4, num_workers=2, prefetch_factor=1, collate_fn=collate_files)
+
+    undisturbed = epoch_paths(loader())
+    got = []
+    victims = peers[1:3]
+    try:
+        for paths, datas in loader():
+            for path, data in zip(paths, datas, strict=True):
+                assert bytes(data) == EVERYTHING[path], path
+                got.append(path)
+            if len(got) == 4:
+                for victim in victims:
+                    victim.kill()
+    finally:
+        for victim in victims:
+            if not victim.running:
+                victim.start()
+    assert got == undisturbed and len(got) == len(EVERYTHING)
+
+
 # -- tar shards ----------------------------------------------------------------------------------------
 
 
