@@ -165,6 +165,20 @@ def test_file_dataset_items_patterns_and_decode(make):
     assert words[-1] == ("VAL/4.TXT", ["validation", "sample", "4"])
 
 
+def test_reading_every_file_of_a_folder_parses_the_folder_once(make, monkeypatch):
+    """Opening by path walks the folders each time; a parsed folder is kept (a 500-entry one costs ms to parse)."""
+    from dstore.format import unixfs
+
+    ds = make(FileDataset, "train/1")
+    parsed = []
+    parse = unixfs.parse_node
+    monkeypatch.setattr(unixfs, "parse_node", lambda cid, data: parsed.append(cid.to_bytes()) or parse(cid, data))
+    for i in range(len(ds)):
+        assert ds[i][1] == TRAIN[ds.paths[i]]
+    folders = {ds._opened.ds.info(p).cid.to_bytes() for p in ("", "train", "train/1")}
+    assert all(parsed.count(f) <= 1 for f in folders) and len(ds) == 10
+
+
 def test_file_dataset_in_a_dataloader_with_two_workers(make):
     ds = make(FileDataset, "train")
     loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate_files)

@@ -267,12 +267,14 @@ class SampleStream(IterableDataset[Any]):
         if self._done:
             self._position, self._done = 0, False
         order = self.order()
-        sequence = order.sequence()
+        sequence = array("q")  # compact, and a plain index is ~50x faster than indexing a tensor
+        for piece in order.sequence().split(1 << 16):
+            sequence.extend(piece.tolist())
         ds = self._opened.ds
 
         def spans_of(positions: Iterator[int]) -> Iterator[tuple[int, str, int, int]]:
             for pos in positions:
-                yield (pos, *self._span(int(sequence[pos])))
+                yield (pos, *self._span(sequence[pos]))
 
         positions = worker_positions(self._position, order.length, self.batch_size, worker, workers)
         for (pos, path, _, _), data in prefetched(
