@@ -319,6 +319,41 @@ def test_resume_in_a_new_process_gives_the_rest_of_the_epoch(cid, opts, workers)
     assert end["position"] == 19
 
 
+FORKED = """
+import gc, json, multiprocessing, sys
+from dstore.net.sync import SyncPeerSet
+from dstore.torch import SampleStream
+
+cid, opts = json.loads(sys.argv[1])
+stream = SampleStream(cid, "train", **opts)
+next(iter(stream))  # the parent reads: its peers' event loop and read-ahead threads run at the fork
+
+
+def child(queue):
+    n = sum(1 for _ in stream)  # prefetch threads start at once in a process that must reopen the dataset
+    queue.put((n, sum(isinstance(o, SyncPeerSet) for o in gc.get_objects())))
+
+
+ctx = multiprocessing.get_context("fork")
+queue = ctx.Queue()
+proc = ctx.Process(target=child, args=(queue,))
+proc.start()
+print(json.dumps(queue.get(timeout=200)))
+proc.join(60)
+stream.close()
+"""
+
+
+def test_a_forked_worker_reopens_the_dataset_once(cid, opts):
+    """The child's prefetch threads must not each reopen the dataset (each would connect its own peer set)."""
+    args = json.dumps([cid, {k: str(v) if k != "peers" else v for k, v in opts.items()}])
+    out = subprocess.run([sys.executable, "-c", FORKED, args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    samples, peer_sets = json.loads(out.stdout)
+    assert samples == len(TRAIN) - 1  # the rest of the epoch
+    assert peer_sets == 2  # the parent's (inherited, unused) and the child's own
+
+
 # -- faults ----------------------------------------------------------------------------------------------
 
 

@@ -112,6 +112,7 @@ class FileDataset(TorchDataset[Any]):
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
         ds = self._opened.ds
+        ds.chunks.check_process()  # a forked worker reopens the dataset here, once, before the threads read
         return [
             self._item(path, data)
             for (path, _), data in prefetched(
@@ -271,6 +272,7 @@ class SampleStream(IterableDataset[Any]):
         for piece in order.sequence().split(1 << 16):
             sequence.extend(piece.tolist())
         ds = self._opened.ds
+        ds.chunks.check_process()  # a forked worker reopens the dataset here, once, before the threads read
 
         def spans_of(positions: Iterator[int]) -> Iterator[tuple[int, str, int, int]]:
             for pos in positions:
