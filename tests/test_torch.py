@@ -354,6 +354,54 @@ def test_a_forked_worker_reopens_the_dataset_once(cid, opts):
     assert peer_sets == 2  # the parent's (inherited, unused) and the child's own
 
 
+@pytest.mark.slow
+def test_spawned_workers_unpickle_the_stream_and_open_their_own(make):
+    stream = make(SampleStream, "train", seed=8)
+    want = paths_of(stream)
+    loader = stream.loader(batch_size=3, num_workers=2, multiprocessing_context="spawn", collate_fn=collate_files)
+    assert epoch_paths(loader) == want
+
+
+DISTRIBUTED = """
+import json, sys
+import torch.distributed as dist
+from dstore.torch import SampleStream
+
+cid, opts, rank, store_file = json.loads(sys.argv[1])
+dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+try:
+    with SampleStream(cid, "train", seed=5, drop_last=True, **opts) as stream:  # rank and world from dist
+        stream.set_epoch(1)
+        got = [p for p, _ in stream]
+        print(json.dumps([stream.rank, stream.world_size, got]))
+finally:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_rank_and_world_size_come_from_torch_distributed(cid, opts, tmp_path):
+    args = [
+        json.dumps([cid, {k: str(v) if k != "peers" else v for k, v in opts.items()}, r, str(tmp_path / "pg")])
+        for r in range(2)
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DISTRIBUTED, a], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for a in args
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    runs = [json.loads(out) for out, _ in outs]
+    assert [(r[0], r[1]) for r in runs] == [(0, 2), (1, 2)]
+    files = sorted(TRAIN)
+    for rank, (_, _, got) in enumerate(runs):
+        sampler = DistributedSampler(range(len(files)), num_replicas=2, rank=rank, seed=5, drop_last=True)
+        sampler.set_epoch(1)
+        assert got == [files[i] for i in sampler]
+
+
 # -- faults ----------------------------------------------------------------------------------------------
 
 
