@@ -33,6 +33,9 @@ from dstore.store import Store
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
 RUN_BYTES = 16 << 20
 _BLOCK_CACHE = 256
+# Parsed folder nodes kept, by the bytes of their blocks: opening files by path parses each folder on the way
+# once, not once per open (a 500-entry folder takes milliseconds to parse).
+_DIR_CACHE_BYTES = 16 << 20
 
 
 class TreeBudget:
@@ -94,6 +97,8 @@ class DatasetReader:
                 "as printed by `dstore add`)"
             )
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._dirs: OrderedDict[bytes, tuple[unixfs.Node, int]] = OrderedDict()  # CID -> (folder, block bytes)
+        self._dirs_bytes = 0
         self._fetched: dict[bytes, bytes] = {}  # metadata blocks from peers
         self.pointer: Pointer | None = None  # the peers' pointer that led to verified metadata, if read from peers
         hints: dict[bytes, list[str | None]] = {}
@@ -251,7 +256,20 @@ class DatasetReader:
                 return unixfs.Node(kind="raw", filesize=0)  # the empty file: no chunk, no pack
             # A one-chunk file: its size comes from the locator, its bytes from a pack.
             return unixfs.Node(kind="raw", filesize=self._ref(digest)[2].size)
-        return unixfs.parse_node(cid, self.block(cid))
+        key = cid.to_bytes()
+        cached = self._dirs.get(key)
+        if cached is not None:
+            self._dirs.move_to_end(key)
+            return cached[0]
+        data = self.block(cid)
+        node = unixfs.parse_node(cid, data)
+        if node.is_dir and len(data) <= _DIR_CACHE_BYTES:
+            self._dirs[key] = (node, len(data))
+            self._dirs_bytes += len(data)
+            while self._dirs_bytes > _DIR_CACHE_BYTES:
+                _, (_, size) = self._dirs.popitem(last=False)
+                self._dirs_bytes -= size
+        return node
 
     def chunk_digest(self, cid: CID) -> bytes:
         """The chunk ID (digest under the dataset's hash) of a raw leaf.
