@@ -35,12 +35,12 @@ from multiformats import multibase
 from multiformats.cid import CID as _MFCID
 
 from dstore.errors import BadCID, DstoreError, NotFound
-from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.car import car_block, car_header
-from dstore.format.cid import CID, DAG_CBOR, DAG_PB, RAW, cid_to_text, parse_cid
+from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, parse_cid
 from dstore.peer import gateway_files as files
 from dstore.peer.blockindex import BlockIndex
+from dstore.peer.blockindex import GatewayReader as DatasetReader
 from dstore.peer.gateway_car import Resolved, block_bytes, entity_blocks, resolve, verified
 from dstore.peer.storage import PeerStore
 
@@ -70,7 +70,7 @@ GATEWAY = web.AppKey("gateway", GatewayState)
 
 RAW_TYPE = "application/vnd.ipld.raw"
 CAR_TYPE = "application/vnd.ipld.car"
-CAR_CONTENT_TYPE = "application/vnd.ipld.car; version=1; order=dfs; dups=n"
+CAR_CONTENT_TYPE = "application/vnd.ipld.car; version=1; order=dfs; dups={dups}"
 IMMUTABLE = "public, max-age=29030400, immutable"
 IDENTITY_HASH = 0x00
 #: CAR blocks are written in batches of about this many bytes.
@@ -133,6 +133,7 @@ class Want:
     kind: str
     scope: str = "all"
     entity_bytes: tuple[int, int | None] | None = None  # (from, to or None for "*"), negatives count from the end
+    dups: bool = False  # CAR dups=y: a block as often as the walk meets it
 
 
 def _media_types(accept: str) -> Iterator[tuple[str, dict[str, str]]]:
@@ -158,40 +159,55 @@ def _entity_bytes(text: str) -> tuple[int, int | None]:
 
 
 def parse_want(request: web.Request) -> Want:
-    """The answer kind: Accept first (it can carry CAR parameters), then ``?format=`` (as boxo does)."""
+    """The answer kind: ``?format=`` first, then Accept (as the conformance suite and boxo do).
+
+    CAR parameters come from the Accept entry naming the CAR type, and ``?car-version=``,
+    ``?car-order=``, ``?car-dups=`` override them.
+    """
     kind = ""
     car_params: dict[str, str] = {}
+    accepted = ""
     unsupported = None
     for mtype, params in _media_types(request.headers.get(hdrs.ACCEPT, "")):
+        if mtype == CAR_TYPE and not car_params:
+            car_params = params
+        if accepted:
+            continue
         if mtype == RAW_TYPE:
-            kind = "raw"
-            break
-        if mtype == CAR_TYPE:
-            kind, car_params = "car", params
-            break
-        if mtype in _UNSUPPORTED_FORMATS.values() and mtype != "application/json":
+            accepted = "raw"
+        elif mtype == CAR_TYPE:
+            accepted = "car"
+        elif mtype in _UNSUPPORTED_FORMATS.values() and mtype != "application/json" and unsupported is None:
             unsupported = mtype
     fmt = request.query.get("format")
-    if not kind and fmt is not None:
+    if fmt is not None:
         if fmt in ("raw", "car"):
             kind = fmt
         elif fmt in _UNSUPPORTED_FORMATS:
             raise GatewayError(406, "not_acceptable", f"format={fmt} is not served here (raw, car or none)")
         else:
             raise GatewayError(400, "bad_request", f"unknown format={fmt!r}")
+    else:
+        kind = accepted
     if not kind and unsupported is not None:
         raise GatewayError(406, "not_acceptable", f"{unsupported} is not served here ({RAW_TYPE}, {CAR_TYPE})")
     if kind != "car":
         return Want(kind)
+    for name in ("version", "order", "dups"):
+        if f"car-{name}" in request.query:
+            car_params[name] = request.query[f"car-{name}"]
     if car_params.get("version", "1") != "1":
         raise GatewayError(406, "not_acceptable", "only CAR version=1 is served")
     if car_params.get("order", "dfs") not in ("dfs", "unk"):
         raise GatewayError(406, "not_acceptable", "only CAR order=dfs is served")
+    dups = car_params.get("dups", "n")
+    if dups not in ("y", "n"):
+        raise GatewayError(400, "bad_request", f"CAR dups must be y or n, not {dups!r}")
     scope = request.query.get("dag-scope", "all")
     if scope not in _SCOPES:
         raise GatewayError(400, "bad_request", f"dag-scope must be one of {', '.join(_SCOPES)}, not {scope!r}")
     raw_range = request.query.get("entity-bytes")
-    return Want("car", scope, _entity_bytes(raw_range) if raw_range is not None else None)
+    return Want("car", scope, _entity_bytes(raw_range) if raw_range is not None else None, dups == "y")
 
 
 def _segments(request: web.Request) -> list[str]:
@@ -212,6 +228,7 @@ class Target:
         self.reader = reader
         self.resolved = resolved
         self.loose = loose  # a block outside any dataset (an identity CID, a shard held here)
+        self.asked: CID | None = None  # the CID as the request named it (CIDv0 stays CIDv0 in answers)
 
     def close(self) -> None:
         if self.reader is not None:
@@ -318,7 +335,7 @@ async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str)
         {
             hdrs.CONTENT_TYPE: RAW_TYPE,
             hdrs.ETAG: etag,
-            hdrs.CONTENT_DISPOSITION: f'attachment; filename="{text}.bin"',
+            hdrs.CONTENT_DISPOSITION: _attachment(request, f"{text}.bin"),
             "X-Content-Type-Options": "nosniff",
         }
     )
@@ -360,7 +377,7 @@ def _resolve_range(want: Want, target: Target) -> tuple[int, int] | None:
 def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
     """The CAR stream: header, the path's blocks, then the terminal's (each block once)."""
     resolved = target.resolved
-    yield car_header([resolved.roots[0]])
+    yield car_header([_as_asked(target, resolved.roots[0])])
     seen: set[bytes] = set()
 
     def blocks() -> Iterator[tuple[CID, bytes]]:
@@ -375,10 +392,11 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
     batch_bytes = 0
     for cid, data in blocks():
         key = cid.to_bytes()
-        if key in seen:
-            continue
-        seen.add(key)
-        batch.append(car_block(key, data))
+        if not want.dups:
+            if key in seen:
+                continue
+            seen.add(key)
+        batch.append(car_block(_as_asked(target, cid).to_bytes(), data))
         batch_bytes += len(data)
         if batch_bytes >= CAR_BATCH_BYTES:  # fewer hops to the worker thread and the socket
             yield b"".join(batch)
@@ -396,9 +414,10 @@ async def _answer_car(request: web.Request, target: Target, want: Want, path: st
         return cached
     headers.update(
         {
-            hdrs.CONTENT_TYPE: CAR_CONTENT_TYPE,
+            hdrs.CONTENT_TYPE: CAR_CONTENT_TYPE.format(dups="y" if want.dups else "n"),
             hdrs.ETAG: etag,
-            hdrs.CONTENT_DISPOSITION: f'attachment; filename="{cid_text}.car"',
+            hdrs.CONTENT_DISPOSITION: _attachment(request, f"{cid_text}.car"),
+            hdrs.ACCEPT_RANGES: "none",  # a CAR stream is made while read: resume with entity-bytes instead
             "X-Content-Type-Options": "nosniff",
         }
     )
@@ -529,7 +548,7 @@ async def _answer_file(
         status, length = 200, size
         pieces: Iterator[bytes | memoryview] = (
             reader.iter_file_cid(resolved.cid, node)
-            if reader.hash_name == "blake3"  # chunks verified in Rust while decoded
+            if reader.hash_name == "blake3" and not reader.holds_raw  # chunks verified in Rust while decoded
             else files.iter_range(reader, resolved.cid, node, 0, size - 1)
         )
     else:
@@ -539,6 +558,23 @@ async def _answer_file(
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = length
     return await _send_stream(request, response, pieces)
+
+
+def _attachment(request: web.Request, default_name: str) -> str:
+    """Content-Disposition of a trustless answer: ``?filename=`` if given, else ``default_name``."""
+    name = request.query.get("filename") or default_name
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    if ascii_name == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{_quote(name)}"
+
+
+def _as_asked(target: Target, cid: CID) -> CID:
+    """``cid`` in the version the request named it (a CIDv0 request gets CIDv0 back)."""
+    asked = target.asked
+    if asked is not None and asked.version == 0 and cid.version == 1 and cid == asked.to_v1():
+        return asked
+    return cid
 
 
 def _quote(name: str) -> str:
@@ -575,10 +611,10 @@ async def get_ipfs(request: web.Request) -> web.StreamResponse:
     cid = gateway_cid(cid_text)
     want = parse_want(request)
     segments = _segments(request)
-    if cid.codec not in (RAW, DAG_PB, DAG_CBOR) and cid.hash.code != IDENTITY_HASH:
-        raise GatewayError(501, "not_implemented", f"codec 0x{cid.codec:x} is not served here")
     path = _ipfs_path(cid_text, segments)
     target = await asyncio.to_thread(_open_target, request.app[GATEWAY].blocks, cid, segments, want)
+    if cid_text.startswith("Qm"):  # CIDv0: answered in CIDv0 where the request named it
+        target.asked = CID.decode(cid_text)
     try:
         if want.kind == "raw":
             return await _answer_raw(request, target, cid, path)

@@ -14,9 +14,10 @@ import re
 from collections.abc import Iterator
 from urllib.parse import quote
 
-from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID
+from dstore.peer.blockindex import GatewayReader as DatasetReader
+from dstore.peer.gateway_car import file_bytes
 
 __all__ = ["Unsatisfiable", "type_by_name", "iter_range", "listing_html", "listing_json", "parse_range", "sniff"]
 
@@ -113,6 +114,9 @@ def sniff(head: bytes) -> str:
 
 def iter_range(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[bytes]:
     """Bytes ``first..last`` (inclusive) of a file: only the chunks that cover them are read."""
+    if reader.holds_raw:  # its leaves may be blocks held in the metadata, not chunks
+        yield from file_bytes(reader, cid, node, first, last)
+        return
     pos = 0
     for digest, size in reader.leaves(cid, node):
         end = pos + size
