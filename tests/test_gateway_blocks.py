@@ -232,3 +232,42 @@ def _car_roots(data: bytes) -> list[CID]:
     n, at = decode_varint(data, 0)
     header = cbor.decode(data[at : at + n])
     return list(header["roots"])
+
+
+def test_ipld_blocks_answered_as_stored_never_converted(held) -> None:
+    url, js, cb = held["url"], cid_to_text(held["json"]), cid_to_text(held["cbor"])
+    status, headers, body = fetch(f"{url}/ipfs/{js}")
+    assert (status, body, headers["Content-Type"]) == (200, b'{"hello":"dag-json"}', "application/vnd.ipld.dag-json")
+    assert headers["Content-Disposition"] == f'inline; filename="{js}.json"'
+    assert headers["ETag"] == f'"{js}.dag-json"'
+    status, headers, _ = fetch(f"{url}/ipfs/{js}?format=json")
+    assert (status, headers["Content-Type"]) == (200, "application/json")  # same bytes, plain type
+    status, headers, body = fetch(f"{url}/ipfs/{cb}", headers={"Accept": "application/cbor"})
+    assert (status, headers["Content-Type"]) == (200, "application/cbor")
+    assert headers["Content-Disposition"].startswith("attachment;")
+    assert fetch(f"{url}/ipfs/{js}?format=dag-cbor")[0] == 406  # IPIP-0524: no codec conversion
+    assert fetch(f"{url}/ipfs/{cid_to_text(held['top'])}?format=dag-json")[0] == 406
+    status, headers, body = fetch(f"{url}/ipfs/{js}", headers={"Range": "bytes=2-6"})
+    assert (status, body) == (206, b"hello")
+    status, headers, body = fetch(f"{url}/ipfs/{js}/", headers={"Accept": "text/html"})
+    assert status == 200 and headers["ETag"] == f'"DagIndex-{js}"' and b"</html>" in body
+    assert "Content-Disposition" not in headers
+
+
+def test_paths_follow_dag_cbor_links_into_unixfs(held) -> None:
+    url, cb = held["url"], cid_to_text(held["cbor"])
+    status, headers, body = fetch(f"{url}/ipfs/{cb}/files/hello.txt")
+    assert (status, body) == (200, held["hello"])
+    assert headers["X-Ipfs-Roots"].split(",")[:2] == [cb, cid_to_text(held["top"])]
+    status, _, body = fetch(f"{url}/ipfs/{cb}/files/hello.txt?format=car")
+    assert status == 200
+    assert car_blocks(body)[2][:2] == [held["cbor"], held["top"]]  # the path's proof first
+    assert fetch(f"{url}/ipfs/{cb}/name")[0] == 501  # ends inside the block, at a string
+    assert fetch(f"{url}/ipfs/{cb}/nothing-here")[0] == 404
+
+
+def test_only_if_cached_for_a_block_not_here_is_412(held) -> None:
+    missing = cid_to_text(sha_cid(RAW, b"not in any CAR"))
+    assert fetch(f"{held['url']}/ipfs/{missing}", "HEAD", {"Cache-Control": "only-if-cached"})[0] == 412
+    hello = cid_to_text(sha_cid(RAW, held["hello"]))
+    assert fetch(f"{held['url']}/ipfs/{hello}", "HEAD", {"Cache-Control": "only-if-cached"})[0] == 200

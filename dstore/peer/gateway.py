@@ -39,9 +39,10 @@ from dstore.format import unixfs
 from dstore.format.car import car_block, car_header
 from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, parse_cid
 from dstore.peer import gateway_files as files
+from dstore.peer import gateway_ipld as ipld
 from dstore.peer.blockindex import BlockIndex
 from dstore.peer.blockindex import GatewayReader as DatasetReader
-from dstore.peer.gateway_car import Resolved, block_bytes, entity_blocks, resolve, verified
+from dstore.peer.gateway_car import PathRemainder, Resolved, block_bytes, entity_blocks, resolve, verified
 from dstore.peer.storage import PeerStore
 
 __all__ = ["GATEWAY", "GatewayState", "setup_gateway"]
@@ -90,12 +91,11 @@ _SCOPES = ("block", "entity", "all")
 # Formats of the path gateway this peer does not make (406, not a silent deserialized answer).
 _UNSUPPORTED_FORMATS = {
     "tar": "application/x-tar",
-    "dag-json": "application/vnd.ipld.dag-json",
-    "dag-cbor": "application/vnd.ipld.dag-cbor",
-    "json": "application/json",
-    "cbor": "application/cbor",
     "ipns-record": "application/vnd.ipfs.ipns-record",
 }
+# Accept types naming an IPLD format; the plain ones (json, cbor) only for IPLD blocks (a UnixFS
+# folder asked for application/json still answers its JSON listing).
+_IPLD_ACCEPT = {t: f for f, (t, _, _) in ipld.FORMAT_TYPES.items()}
 
 
 class GatewayError(Exception):
@@ -134,6 +134,8 @@ class Want:
     scope: str = "all"
     entity_bytes: tuple[int, int | None] | None = None  # (from, to or None for "*"), negatives count from the end
     dups: bool = False  # CAR dups=y: a block as often as the walk meets it
+    fmt: str = ""  # an IPLD format (dag-json, dag-cbor, json, cbor) the request named, if any
+    html: bool = False  # Accept names text/html first: a browser
 
 
 def _media_types(accept: str) -> Iterator[tuple[str, dict[str, str]]]:
@@ -159,40 +161,49 @@ def _entity_bytes(text: str) -> tuple[int, int | None]:
 
 
 def parse_want(request: web.Request) -> Want:
-    """The answer kind: ``?format=`` first, then Accept (as the conformance suite and boxo do).
+    """The answer kind: ``?format=`` first, then Accept (IPIP-0523, as boxo does).
 
-    CAR parameters come from the Accept entry naming the CAR type, and ``?car-version=``,
-    ``?car-order=``, ``?car-dups=`` override them.
+    ``kind`` "raw", "car", "ipld" (an explicit IPLD format: ``fmt``) or "" (deserialized; ``fmt``
+    may still carry a plain json/cbor Accept, used when the block is IPLD). CAR parameters come
+    from the Accept entry naming the CAR type, and ``?car-version=``, ``?car-order=``,
+    ``?car-dups=`` override them.
     """
-    kind = ""
     car_params: dict[str, str] = {}
-    accepted = ""
+    accepted, accepted_fmt = "", ""
     unsupported = None
-    for mtype, params in _media_types(request.headers.get(hdrs.ACCEPT, "")):
+    first_html = False
+    for i, (mtype, params) in enumerate(_media_types(request.headers.get(hdrs.ACCEPT, ""))):
         if mtype == CAR_TYPE and not car_params:
             car_params = params
-        if accepted:
+        if i == 0 and mtype == "text/html":
+            first_html = True
+        if accepted or accepted_fmt:
             continue
         if mtype == RAW_TYPE:
             accepted = "raw"
         elif mtype == CAR_TYPE:
             accepted = "car"
-        elif mtype in _UNSUPPORTED_FORMATS.values() and mtype != "application/json" and unsupported is None:
+        elif mtype in _IPLD_ACCEPT:
+            accepted_fmt = _IPLD_ACCEPT[mtype]
+            accepted = "ipld" if accepted_fmt.startswith("dag-") else ""
+        elif mtype in _UNSUPPORTED_FORMATS.values() and unsupported is None:
             unsupported = mtype
     fmt = request.query.get("format")
     if fmt is not None:
         if fmt in ("raw", "car"):
-            kind = fmt
+            kind, accepted_fmt = fmt, ""
+        elif fmt in ipld.FORMAT_TYPES:
+            kind, accepted_fmt = "ipld", fmt
         elif fmt in _UNSUPPORTED_FORMATS:
-            raise GatewayError(406, "not_acceptable", f"format={fmt} is not served here (raw, car or none)")
+            raise GatewayError(406, "not_acceptable", f"format={fmt} is not served here")
         else:
             raise GatewayError(400, "bad_request", f"unknown format={fmt!r}")
     else:
         kind = accepted
-    if not kind and unsupported is not None:
+    if not kind and not accepted_fmt and unsupported is not None:
         raise GatewayError(406, "not_acceptable", f"{unsupported} is not served here ({RAW_TYPE}, {CAR_TYPE})")
     if kind != "car":
-        return Want(kind)
+        return Want(kind, fmt=accepted_fmt, html=first_html and not kind)
     for name in ("version", "order", "dups"):
         if f"car-{name}" in request.query:
             car_params[name] = request.query[f"car-{name}"]
@@ -265,7 +276,7 @@ def _open_target(index: BlockIndex, cid: CID, segments: list[str], want: Want) -
         try:
             reader = index.reader(meta)
             return Target(reader, resolve(reader, cid, segments, through_manifest=want.kind == ""))
-        except NotFound:
+        except (NotFound, PathRemainder):  # the answer, not a failure to read: no other dataset changes it
             if reader is not None:
                 reader.close()
             raise
@@ -443,7 +454,53 @@ def _listing(reader: DatasetReader, target: Target) -> list[dict[str, Any]]:
     return out
 
 
-async def _answer_deserialized(request: web.Request, target: Target, path: str) -> web.StreamResponse:
+def _disposition(request: web.Request, kind: str, default_name: str) -> str:
+    """``kind`` (inline, attachment) with ``?filename=`` or ``default_name``; ``?download=true``: attachment."""
+    if request.query.get("download") == "true":
+        kind = "attachment"
+    return _attachment(request, default_name).replace("attachment", kind, 1)
+
+
+async def _answer_ipld(request: web.Request, target: Target, want: Want, path: str) -> web.StreamResponse:
+    """An IPLD block (DAG-JSON, DAG-CBOR, JSON, CBOR) as it is stored, or its HTML page for a browser."""
+    resolved = target.resolved
+    codec = resolved.cid.codec
+    text = cid_to_text(_as_asked(target, resolved.cid))
+    headers = _common_headers(target, path)
+    data = target.loose
+    if data is None:
+        assert target.reader is not None
+        data = await asyncio.to_thread(block_bytes, target.reader, resolved.cid)
+    native = ipld.CODEC_FORMATS[codec]
+    if want.html and want.kind == "" and not want.fmt:
+        etag = f'"DagIndex-{text}"'
+        cached = _not_modified(request, etag, headers)
+        if cached is not None:
+            return cached
+        headers.pop(hdrs.CACHE_CONTROL)  # the page may change with the gateway, not the block
+        headers.update({hdrs.CONTENT_TYPE: "text/html; charset=utf-8", hdrs.ETAG: etag})
+        return web.Response(body=ipld.ipld_html(path, text, native, len(data)).encode(), headers=headers)
+    fmt = want.fmt or native
+    if not ipld.same_family(fmt, codec):
+        raise GatewayError(406, "not_acceptable", f"a {native} block is not converted to {fmt}")
+    mime, disposition, ext = ipld.FORMAT_TYPES[fmt]
+    etag = f'"{text}.{fmt}"'
+    cached = _not_modified(request, etag, headers)
+    if cached is not None:
+        return cached
+    headers.update(
+        {
+            hdrs.CONTENT_TYPE: mime,
+            hdrs.ETAG: etag,
+            hdrs.CONTENT_DISPOSITION: _disposition(request, disposition, f"{text}.{ext}"),
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    return _whole_or_range(request, data, headers)
+
+
+async def _answer_deserialized(request: web.Request, target: Target, path: str, mime: str = "") -> web.StreamResponse:
+    """A file's bytes (``mime``: its Content-Type when the request named one), a folder's listing."""
     resolved = target.resolved
     headers = _common_headers(target, path)
     text = cid_to_text(resolved.cid)
@@ -480,7 +537,7 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str) 
     if node.kind == "symlink":
         headers.update({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.ETAG: f'"{text}"'})
         return _whole_or_range(request, node.data, headers)
-    return await _answer_file(request, reader, target, headers)
+    return await _answer_file(request, reader, target, headers, mime)
 
 
 def _index_html(reader: DatasetReader, target: Target) -> Target | None:
@@ -521,7 +578,7 @@ def _file_head(reader: DatasetReader, target: Target) -> bytes:
 
 
 async def _answer_file(
-    request: web.Request, reader: DatasetReader, target: Target, headers: dict[str, str]
+    request: web.Request, reader: DatasetReader, target: Target, headers: dict[str, str], mime: str = ""
 ) -> web.StreamResponse:
     resolved = target.resolved
     node = resolved.node
@@ -538,8 +595,8 @@ async def _answer_file(
         raise GatewayError(416, "range_not_satisfiable", str(e), {hdrs.CONTENT_RANGE: f"bytes */{size}"}) from e
     if request.headers.get(hdrs.IF_RANGE, etag) != etag:
         rng = None  # the client's copy is of something else: send it whole
-    mime = files.type_by_name(resolved.name)
-    if mime is None:  # nothing said by the name: look at the bytes
+    mime = mime or files.type_by_name(resolved.name) or ""
+    if not mime:  # nothing said by the request or the name: look at the bytes
         mime = files.sniff(await asyncio.to_thread(_file_head, reader, target))
     headers.update({hdrs.CONTENT_TYPE: mime, hdrs.ETAG: etag, hdrs.ACCEPT_RANGES: "bytes"})
     if resolved.name:
@@ -597,7 +654,11 @@ def _gateway_errors(handler: Handler) -> Handler:
             return _json_error(e.status, e.code, str(e), e.headers)
         except BadCID as e:
             return _json_error(400, "bad_cid", str(e))
+        except PathRemainder as e:
+            return _json_error(501, "not_implemented", str(e))
         except NotFound as e:
+            if "only-if-cached" in request.headers.get(hdrs.CACHE_CONTROL, ""):
+                return _json_error(412, "not_cached", f"only-if-cached: {e}")
             return _json_error(404, "not_found", str(e))
         except DstoreError as e:
             log.error("gateway: %s %s: %s", request.method, request.path, e)
@@ -616,11 +677,17 @@ async def get_ipfs(request: web.Request) -> web.StreamResponse:
     if cid_text.startswith("Qm"):  # CIDv0: answered in CIDv0 where the request named it
         target.asked = CID.decode(cid_text)
     try:
+        terminal = target.resolved.cid.codec
+        if want.kind in ("", "ipld") and terminal in ipld.CODEC_FORMATS:
+            return await _answer_ipld(request, target, want, path)
+        if want.kind == "ipld":  # a UnixFS file asked as plain json/cbor is its bytes; no codec is converted
+            if want.fmt.startswith("dag-") or target.resolved.node is None or target.resolved.node.is_dir:
+                raise GatewayError(406, "not_acceptable", f"a 0x{terminal:x} block is not converted to {want.fmt}")
         if want.kind == "raw":
             return await _answer_raw(request, target, cid, path)
         if want.kind == "car":
             return await _answer_car(request, target, want, path, cid_text)
-        return await _answer_deserialized(request, target, path)
+        return await _answer_deserialized(request, target, path, ipld.FORMAT_TYPES.get(want.fmt, ("",))[0])
     finally:
         target.close()
 

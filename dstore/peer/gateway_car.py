@@ -18,15 +18,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dstore.errors import FormatError, IntegrityError, NotFound
+from dstore.errors import DstoreError, FormatError, IntegrityError, NotFound
 from dstore.fetch.reader import TreeBudget
 from dstore.format import unixfs
-from dstore.format.cid import CID, DAG_CBOR, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest
+from dstore.format.cid import CID, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest
+from dstore.peer import gateway_ipld as ipld
 from dstore.peer.blockindex import GatewayReader as DatasetReader
 
-__all__ = ["Resolved", "block_bytes", "entity_blocks", "file_bytes", "resolve", "verified"]
+__all__ = ["PathRemainder", "Resolved", "block_bytes", "entity_blocks", "file_bytes", "resolve", "verified"]
 
 Block = tuple[CID, bytes]
+
+
+class PathRemainder(DstoreError):
+    """A path that ends inside an IPLD block, not at a link (reading other IPLD kinds is not served: 501)."""
 
 
 def verified(cid: CID, data: bytes) -> bytes:
@@ -83,8 +88,8 @@ def resolve(reader: DatasetReader, cid: CID, segments: list[str], *, through_man
         out.path_blocks.append((cid, verified(cid, reader.block(cid))))
         cid = reader.manifest.root
         out.roots.append(cid)
-    elif cid.codec == DAG_CBOR and segments:
-        raise NotFound(f"{cid_to_text(cid)} is not a UnixFS folder: no path inside it")
+    elif cid.codec in ipld.IPLD_CODECS and segments:
+        cid, segments = _ipld_walk(reader, cid, segments, out)
     node = _node(reader, cid) if segments else _terminal_node(reader, cid)
 
     def recording(c: CID) -> bytes:  # HAMT shards read by a lookup are part of the path's proof
@@ -106,6 +111,33 @@ def resolve(reader: DatasetReader, cid: CID, segments: list[str], *, through_man
         out.name = seg
     out.cid, out.node = cid, node
     return out
+
+
+def _ipld_walk(reader: DatasetReader, cid: CID, segments: list[str], out: Resolved) -> tuple[CID, list[str]]:
+    """Follow ``segments`` through DAG-CBOR / DAG-JSON blocks and their links, until a block of
+    another codec (its own path goes on, UnixFS) or the path's end, which must be a link."""
+    consumed = 0
+    while cid.codec in ipld.IPLD_CODECS and consumed < len(segments):
+        data = verified(cid, reader.block(cid))
+        out.path_blocks.append((cid, data))
+        value: object = ipld.decode_ipld(cid.codec, data)
+        while consumed < len(segments):
+            seg = segments[consumed]
+            if isinstance(value, dict) and seg in value:
+                value = value[seg]
+            elif isinstance(value, list) and seg.isdigit() and int(seg) < len(value):
+                value = value[int(seg)]
+            else:
+                raise NotFound(f"no such field or link: /{'/'.join(segments[: consumed + 1])}")
+            consumed += 1
+            out.name = seg
+            if isinstance(value, CID):
+                break
+        if not isinstance(value, CID):
+            raise PathRemainder(f"/{'/'.join(segments)} ends inside block {cid_to_text(cid)}, not at a link")
+        cid = value.to_v1() if value.version == 0 else value
+        out.roots.append(cid)
+    return cid, segments[consumed:]
 
 
 class _Budget(TreeBudget):

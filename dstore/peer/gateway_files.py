@@ -9,6 +9,7 @@ HTML.
 from __future__ import annotations
 
 import html
+import json
 import mimetypes
 import re
 from collections.abc import Iterator
@@ -102,6 +103,12 @@ def sniff(head: bytes) -> str:
     sample = head[:SNIFF_BYTES]
     if not sample:
         return "text/plain; charset=utf-8"
+    if sample.lstrip()[:1] in (b"{", b"[") and len(head) < SNIFF_BYTES:  # the whole file is here
+        try:
+            json.loads(sample)
+            return "application/json"
+        except ValueError:
+            pass
     if b"\x00" in sample:
         return "application/octet-stream"
     try:
