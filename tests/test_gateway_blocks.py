@@ -15,7 +15,10 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -57,8 +60,13 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     gap_leaves = [b"A" * 300, b"B" * 300, b"C" * 300]
     gap = file_node(gap_leaves)  # its middle leaf is not in the CAR, no folder holds it
     hello = b"hello world\n"
+    page = b"<!DOCTYPE html><title>a page</title>\n"
+    site = folder({"index.html": (sha_cid(RAW, page), len(page))})
+    accents = folder({"file-\u017a.txt": (sha_cid(RAW, hello), len(hello))})
     top = folder(
         {
+            "site": (sha_cid(DAG_PB, site), len(site) + len(page)),
+            "\u0105": (sha_cid(DAG_PB, accents), len(accents) + len(hello)),
             "multi.txt": (sha_cid(DAG_PB, multi), len(multi) + 2500),
             "hello.txt": (sha_cid(RAW, hello), len(hello)),
             "hello-again.txt": (sha_cid(RAW, hello), len(hello)),  # the same block twice in the DAG
@@ -79,6 +87,9 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         (sha_cid(DAG_PB, multi), multi),
         *[(sha_cid(RAW, leaf), leaf) for leaf in leaves],
         (sha_cid(RAW, hello), hello),
+        (sha_cid(DAG_PB, site), site),
+        (sha_cid(RAW, page), page),
+        (sha_cid(DAG_PB, accents), accents),
         (sha_cid(DAG_PB, gap), gap),
         (sha_cid(RAW, gap_leaves[0]), gap_leaves[0]),
         (sha_cid(RAW, gap_leaves[2]), gap_leaves[2]),
@@ -110,6 +121,8 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "gap": (sha_cid(DAG_PB, gap), gap_leaves),
             "hello": hello,
             "v0": v0_cid,
+            "site": sha_cid(DAG_PB, site),
+            "page": page,
         }
 
 
@@ -207,7 +220,7 @@ def test_car_dups_y_sends_a_block_each_time_the_dag_links_it(held) -> None:
     for headers, query in (({"Accept": "application/vnd.ipld.car; dups=y"}, ""), ({}, "&car-dups=y")):
         status, answer, body = fetch(f"{url}/ipfs/{top}?format=car{query}", headers=headers)
         assert status == 200 and "dups=y" in answer["Content-Type"]
-        assert _car_cids(body).count(hello) == 2  # as often as the walk meets it
+        assert _car_cids(body).count(hello) == 3  # as often as the walk meets it (three names link it)
     status, answer, body = fetch(f"{url}/ipfs/{top}?format=car")
     assert "dups=n" in answer["Content-Type"] and _car_cids(body).count(hello) == 1
 
@@ -271,3 +284,47 @@ def test_only_if_cached_for_a_block_not_here_is_412(held) -> None:
     assert fetch(f"{held['url']}/ipfs/{missing}", "HEAD", {"Cache-Control": "only-if-cached"})[0] == 412
     hello = cid_to_text(sha_cid(RAW, held["hello"]))
     assert fetch(f"{held['url']}/ipfs/{hello}", "HEAD", {"Cache-Control": "only-if-cached"})[0] == 200
+
+
+def test_raw_block_with_a_range_is_206(held) -> None:
+    hello = cid_to_text(sha_cid(RAW, held["hello"]))
+    raw = {"Accept": "application/vnd.ipld.raw", "Range": "bytes=6-10"}
+    status, headers, body = fetch(f"{held['url']}/ipfs/{hello}", headers=raw)
+    assert (status, body, headers["Content-Range"]) == (206, b"world", f"bytes 6-10/{len(held['hello'])}")
+
+
+def test_folder_pages_slash_redirect_etags_and_links(held) -> None:
+    url, top = held["url"], cid_to_text(held["top"])
+    status, headers, _ = fetch_no_redirect(f"{url}/ipfs/{top}/%C4%85")
+    assert (status, headers["Location"]) == (301, f"/ipfs/{top}/%C4%85/")
+    status, headers, body = fetch(f"{url}/ipfs/{top}/%C4%85/")
+    # The path as UTF-8 bytes, as gateways send it (http.client reads header bytes as latin-1).
+    assert status == 200 and headers["X-Ipfs-Path"].encode("latin-1").decode() == f"/ipfs/{top}/\u0105/"
+    assert headers["ETag"].startswith('"DirIndex-') and headers["ETag"].endswith(
+        f'_CID-{headers["X-Ipfs-Roots"].split(",")[-1]}"'
+    )
+    page = body.decode()
+    assert f'/ipfs/<a href="/ipfs/{top}">{top}</a>/<a href="/ipfs/{top}/%C4%85">\u0105</a>' in page  # breadcrumbs
+    assert f'<a href="/ipfs/{top}/%C4%85/..">..</a>' in page
+    assert f'<a href="/ipfs/{top}/%C4%85/file-%C5%BA.txt">file-\u017a.txt</a>' in page
+    hello = cid_to_text(sha_cid(RAW, held["hello"]))
+    assert f'href="/ipfs/{hello}?filename=file-%25C5%25BA.txt"' in page
+    # A folder with an index.html is that page, under the folder's ETag.
+    site = cid_to_text(held["site"])
+    status, headers, body = fetch(f"{url}/ipfs/{top}/site/")
+    assert (status, body, headers["ETag"]) == (200, held["page"], f'"{site}"')
+    assert fetch(f"{url}/ipfs/{top}/site/", headers={"If-None-Match": f'"{site}"'})[0] == 304
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def fetch_no_redirect(url: str) -> tuple[int, Message, bytes]:
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(url, timeout=60) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()

@@ -225,8 +225,9 @@ def _segments(request: web.Request) -> list[str]:
     return [s for s in request.match_info.get("path", "").split("/") if s]
 
 
-def _ipfs_path(cid_text: str, segments: list[str]) -> str:
-    return "/ipfs/" + "/".join([cid_text, *segments])
+def _ipfs_path(cid_text: str, segments: list[str], slash: bool = False) -> str:
+    """The content path of the request (X-Ipfs-Path), its trailing slash kept."""
+    return "/ipfs/" + "/".join([cid_text, *segments]) + ("/" if slash else "")
 
 
 # -- what is served ----------------------------------------------------------------------------------
@@ -351,7 +352,7 @@ async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str)
         }
     )
     if target.loose is not None:
-        return web.Response(body=target.loose, headers=headers)  # aiohttp sends no body for a HEAD
+        return _whole_or_range(request, target.loose, headers)  # aiohttp sends no body for a HEAD
     reader = target.reader
     assert reader is not None
     if request.method == "HEAD":
@@ -361,7 +362,7 @@ async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str)
         await response.prepare(request)
         await response.write_eof()
         return response
-    return web.Response(body=await asyncio.to_thread(block_bytes, reader, terminal), headers=headers)
+    return _whole_or_range(request, await asyncio.to_thread(block_bytes, reader, terminal), headers)
 
 
 def _block_size(reader: DatasetReader, resolved: Resolved) -> int:
@@ -516,16 +517,18 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str, 
     assert reader is not None
     node = resolved.node
     wants_json = any(m == "application/json" for m, _ in _media_types(request.headers.get(hdrs.ACCEPT, "")))
+    if node.is_dir and not wants_json and not request.path.endswith("/"):
+        # A folder's page (its index.html or its listing) has relative links: they need its slash.
+        raw_path = request.rel_url.raw_path
+        location = raw_path + "/" + (f"?{request.query_string}" if request.query_string else "")
+        return web.Response(status=301, headers={**headers, hdrs.LOCATION: location})
     if node.is_dir and not wants_json:
         index_page = await asyncio.to_thread(_index_html, reader, target)
-        if index_page is not None:
-            if not request.path.endswith("/"):  # relative links of the page need the folder's slash
-                location = request.path + "/" + (f"?{request.query_string}" if request.query_string else "")
-                return web.Response(status=301, headers={**headers, hdrs.LOCATION: location})
-            return await _answer_file(request, reader, index_page, headers)
+        if index_page is not None:  # served as the folder: its ETag is the folder's CID
+            return await _answer_file(request, reader, index_page, headers, etag=f'"{text}"')
     if node.is_dir:
         entries = await asyncio.to_thread(_listing, reader, target)
-        etag = f'"DirIndex-{text}{".json" if wants_json else ""}"'
+        etag = f'"DirIndex-{"json" if wants_json else "html"}-v1_CID-{text}"'
         cached = _not_modified(request, etag, headers)
         if cached is not None:
             return cached
@@ -578,14 +581,18 @@ def _file_head(reader: DatasetReader, target: Target) -> bytes:
 
 
 async def _answer_file(
-    request: web.Request, reader: DatasetReader, target: Target, headers: dict[str, str], mime: str = ""
+    request: web.Request,
+    reader: DatasetReader,
+    target: Target,
+    headers: dict[str, str],
+    mime: str = "",
+    etag: str = "",
 ) -> web.StreamResponse:
     resolved = target.resolved
     node = resolved.node
     assert node is not None
     size = node.filesize or 0
-    text = cid_to_text(resolved.cid)
-    etag = f'"{text}"'
+    etag = etag or f'"{cid_to_text(resolved.cid)}"'
     cached = _not_modified(request, etag, headers)
     if cached is not None:
         return cached
@@ -672,7 +679,7 @@ async def get_ipfs(request: web.Request) -> web.StreamResponse:
     cid = gateway_cid(cid_text)
     want = parse_want(request)
     segments = _segments(request)
-    path = _ipfs_path(cid_text, segments)
+    path = _ipfs_path(cid_text, segments, request.path.endswith("/"))
     target = await asyncio.to_thread(_open_target, request.app[GATEWAY].blocks, cid, segments, want)
     if cid_text.startswith("Qm"):  # CIDv0: answered in CIDv0 where the request named it
         target.asked = CID.decode(cid_text)

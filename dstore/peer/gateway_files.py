@@ -140,20 +140,35 @@ def listing_json(path: str, cid: str, entries: list[dict[str, object]]) -> dict[
 
 
 def listing_html(path: str, cid: str, entries: list[dict[str, object]]) -> str:
-    base = path if path.endswith("/") else path + "/"
+    """A folder's page: breadcrumbs of the path, a link up, and per entry its content path and CID.
+
+    Links are percent-encoded paths under ``/ipfs``, as gateways write them; the CID link carries
+    the entry's name as ``?filename=`` (encoded once more, as Kubo's listing does).
+    """
+    parts = [p for p in path.split("/") if p][1:]  # the CID, then the names
+    crumbs = []
+    href = "/ipfs"
+    for part in parts:
+        href += "/" + quote(part, safe="")
+        crumbs.append(f'<a href="{html.escape(href, quote=True)}">{html.escape(part)}</a>')
+    base = href
     rows = []
+    if len(parts) > 1:
+        rows.append(f'<tr><td><a href="{html.escape(base, quote=True)}/..">..</a></td><td></td><td></td></tr>')
     for e in entries:
         name = str(e["name"])
         suffix = "/" if e["type"] == "dir" else ""
+        link = html.escape(f"{base}/{quote(name, safe='')}", quote=True)
         size = "" if e["size"] is None else str(e["size"])
-        href = html.escape(base + quote(name) + suffix, quote=True)
+        entry_cid = html.escape(str(e["cid"]))
+        by_cid = html.escape(f"/ipfs/{e['cid']}?filename={quote(quote(name, safe=''), safe='')}", quote=True)
         rows.append(
-            f'<tr><td><a href="{href}">{html.escape(name)}{suffix}</a></td>'
-            f"<td>{size}</td><td><code>{html.escape(str(e['cid']))}</code></td></tr>"
+            f'<tr><td><a href="{link}">{html.escape(name)}</a>{suffix}</td><td>{size}</td>'
+            f'<td><a class="ipfs-hash" translate="no" href="{by_cid}">{entry_cid}</a></td></tr>'
         )
     title = html.escape(path)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Index of "
-        f"{title}</title></head><body><h1>Index of {title}</h1><p><code>{html.escape(cid)}</code></p>"
+        f"{title}</title></head><body><h1>Index of /ipfs/{'/'.join(crumbs)}</h1><p><code>{html.escape(cid)}</code></p>"
         "<table><tr><th>Name</th><th>Size</th><th>CID</th></tr>" + "".join(rows) + "</table></body></html>\n"
     )
