@@ -11,10 +11,12 @@ every answer is read over HTTP and checked against its CID here.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -77,6 +79,8 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     cbor_cid = sha_cid(DAG_CBOR, cbor_root)
     json_block = b'{"hello":"dag-json"}'
     json_cid = sha_cid(DAG_JSON, json_block)
+    absent = sha_cid(DAG_PB, file_node([b"nowhere"]))  # a node that is in no CAR
+    broken = folder({"gone": (absent, 4)})  # a folder whose entry's node is missing
     v0_leaf = encode_node([], encode_data(UnixFSData(type=T_FILE, data=b"a CIDv0 file", filesize=12)))
     v0_cid = CID.decode(str(CID(0, DAG_PB, Multihash.wrap(0x12, hashlib.sha256(v0_leaf).digest()))))
     odd = b"hashed with sha2-512"
@@ -94,6 +98,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         (sha_cid(RAW, gap_leaves[0]), gap_leaves[0]),
         (sha_cid(RAW, gap_leaves[2]), gap_leaves[2]),
         (json_cid, json_block),
+        (sha_cid(DAG_PB, broken), broken),
         (v0_cid, v0_leaf),
         (odd_cid, odd),
     ]
@@ -122,6 +127,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "hello": hello,
             "v0": v0_cid,
             "site": sha_cid(DAG_PB, site),
+            "broken": sha_cid(DAG_PB, broken),
             "page": page,
         }
 
@@ -328,3 +334,55 @@ def fetch_no_redirect(url: str) -> tuple[int, Message, bytes]:
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
+
+
+def test_tar_of_a_folder_and_of_a_file(held) -> None:
+    url, top = held["url"], cid_to_text(held["top"])
+    status, headers, body = fetch(f"{url}/ipfs/{top}?format=tar")
+    assert status == 200 and headers["Content-Type"] == "application/x-tar"
+    assert headers["ETag"] == f'W/"{top}.x-tar"' and headers["Content-Disposition"].startswith("attachment;")
+    with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+        got = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+        dirs = sorted(m.name for m in archive.getmembers() if m.isdir())
+    assert dirs == [top, f"{top}/site", f"{top}/\u0105"]
+    assert got == {
+        f"{top}/hello-again.txt": held["hello"],
+        f"{top}/hello.txt": held["hello"],
+        f"{top}/multi.txt": b"".join(held["multi"]),
+        f"{top}/site/index.html": held["page"],
+        f"{top}/\u0105/file-\u017a.txt": held["hello"],
+    }
+    hello = cid_to_text(sha_cid(RAW, held["hello"]))
+    status, headers, body = fetch(f"{url}/ipfs/{hello}?filename=t%C3%A9st.tar", headers={"Accept": "application/x-tar"})
+    assert status == 200
+    assert headers["Content-Disposition"] == "attachment; filename=\"t_st.tar\"; filename*=UTF-8''t%C3%A9st.tar"
+    with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+        assert archive.extractfile(hello).read() == held["hello"]
+
+
+def test_tar_of_a_tree_that_does_not_read_is_an_error_status(held) -> None:
+    status, headers, body = fetch(f"{held['url']}/ipfs/{cid_to_text(held['broken'])}?format=tar")
+    assert status == 404 and json.loads(body)["code"] == "not_found"  # before any byte of an archive
+
+
+def test_identity_blocks_are_never_written_to_a_car(held) -> None:
+    inline = CID(1, RAW, Multihash.wrap(0x00, b"hello inline"))
+    for accept in ("application/vnd.ipld.car; dups=y", "application/vnd.ipld.car"):
+        status, _, body = fetch(f"{held['url']}/ipfs/{cid_to_text(inline)}", headers={"Accept": accept})
+        assert status == 200 and _car_cids(body) == []
+
+
+def test_ipns_peer_ids_redirect_to_their_canonical_name(held) -> None:
+    url = held["url"]
+    status, headers, _ = fetch_no_redirect(f"{url}/ipns/12D3KooWRBy97UB99e3J6hiPesre1MZeuNQvfan4gBziswrRJsNK/root2/")
+    assert (status, headers["Location"]) == (
+        302,
+        "/ipns/k51qzi5uqu5dlvj2baxnqndepeb86cbk3ng7n3i46uzyxzyqj2xjonzllnv0v8/root2/",
+    )
+    status, headers, _ = fetch_no_redirect(f"{url}/ipns/QmcJM7PRfkSbcM5cf1QugM5R37TLRKyJGgBEhXjLTB8uA2/root2/")
+    assert (status, headers["Location"]) == (
+        302,
+        "/ipns/k2k4r8ol4m8kkcqz509c1rcjwunebj02gcnm5excpx842u736nja8ger/root2/",
+    )
+    status, _, body = fetch(f"{url}/ipns/example.org/")
+    assert status == 501 and json.loads(body)["code"] == "not_implemented"  # IPNS/DNSLink are not resolved

@@ -40,6 +40,7 @@ from dstore.format.car import car_block, car_header
 from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, parse_cid
 from dstore.peer import gateway_files as files
 from dstore.peer import gateway_ipld as ipld
+from dstore.peer import gateway_tar as tar
 from dstore.peer.blockindex import BlockIndex
 from dstore.peer.blockindex import GatewayReader as DatasetReader
 from dstore.peer.gateway_car import PathRemainder, Resolved, block_bytes, entity_blocks, resolve, verified
@@ -89,10 +90,8 @@ CORS = {
 }
 _SCOPES = ("block", "entity", "all")
 # Formats of the path gateway this peer does not make (406, not a silent deserialized answer).
-_UNSUPPORTED_FORMATS = {
-    "tar": "application/x-tar",
-    "ipns-record": "application/vnd.ipfs.ipns-record",
-}
+_UNSUPPORTED_FORMATS = {"ipns-record": "application/vnd.ipfs.ipns-record"}
+TAR_TYPE = "application/x-tar"
 # Accept types naming an IPLD format; the plain ones (json, cbor) only for IPLD blocks (a UnixFS
 # folder asked for application/json still answers its JSON listing).
 _IPLD_ACCEPT = {t: f for f, (t, _, _) in ipld.FORMAT_TYPES.items()}
@@ -183,6 +182,8 @@ def parse_want(request: web.Request) -> Want:
             accepted = "raw"
         elif mtype == CAR_TYPE:
             accepted = "car"
+        elif mtype == TAR_TYPE:
+            accepted = "tar"
         elif mtype in _IPLD_ACCEPT:
             accepted_fmt = _IPLD_ACCEPT[mtype]
             accepted = "ipld" if accepted_fmt.startswith("dag-") else ""
@@ -190,7 +191,7 @@ def parse_want(request: web.Request) -> Want:
             unsupported = mtype
     fmt = request.query.get("format")
     if fmt is not None:
-        if fmt in ("raw", "car"):
+        if fmt in ("raw", "car", "tar"):
             kind, accepted_fmt = fmt, ""
         elif fmt in ipld.FORMAT_TYPES:
             kind, accepted_fmt = "ipld", fmt
@@ -403,6 +404,8 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
     batch: list[bytes] = []
     batch_bytes = 0
     for cid, data in blocks():
+        if cid.hash.code == IDENTITY_HASH:
+            continue  # an inline CID is its own block: never written to a CAR (trustless gateway spec)
         key = cid.to_bytes()
         if not want.dups:
             if key in seen:
@@ -436,6 +439,32 @@ async def _answer_car(request: web.Request, target: Target, want: Want, path: st
     response = web.StreamResponse(headers=headers)
     response.enable_chunked_encoding()
     return await _send_stream(request, response, _car_pieces(target, want))
+
+
+async def _answer_tar(request: web.Request, target: Target, path: str) -> web.StreamResponse:
+    """A UnixFS file or folder as a TAR stream, its top entry named by the CID (as Kubo names it)."""
+    resolved, reader = target.resolved, target.reader
+    if reader is None or resolved.node is None:
+        raise GatewayError(400, "bad_request", "format=tar is made of UnixFS files and folders only")
+    node = resolved.node
+    name = cid_to_text(_as_asked(target, resolved.cid)) if not resolved.name else cid_to_text(resolved.cid)
+    headers = _common_headers(target, path)
+    etag = f'W/"{cid_to_text(resolved.cid)}.x-tar"'
+    cached = _not_modified(request, etag.removeprefix("W/"), headers)
+    if cached is not None:
+        return cached
+    await asyncio.to_thread(tar.check_tree, reader, name, resolved.cid, node)
+    headers.update(
+        {
+            hdrs.CONTENT_TYPE: TAR_TYPE,
+            hdrs.ETAG: etag,
+            hdrs.CONTENT_DISPOSITION: _attachment(request, f"{name}.tar"),
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    response = web.StreamResponse(headers=headers)
+    response.enable_chunked_encoding()
+    return await _send_stream(request, response, tar.tar_pieces(reader, name, resolved.cid, node))
 
 
 def _listing(reader: DatasetReader, target: Target) -> list[dict[str, Any]]:
@@ -627,7 +656,7 @@ async def _answer_file(
 def _attachment(request: web.Request, default_name: str) -> str:
     """Content-Disposition of a trustless answer: ``?filename=`` if given, else ``default_name``."""
     name = request.query.get("filename") or default_name
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
     if ascii_name == name:
         return f'attachment; filename="{name}"'
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{_quote(name)}"
@@ -690,6 +719,8 @@ async def get_ipfs(request: web.Request) -> web.StreamResponse:
         if want.kind == "ipld":  # a UnixFS file asked as plain json/cbor is its bytes; no codec is converted
             if want.fmt.startswith("dag-") or target.resolved.node is None or target.resolved.node.is_dir:
                 raise GatewayError(406, "not_acceptable", f"a 0x{terminal:x} block is not converted to {want.fmt}")
+        if want.kind == "tar":
+            return await _answer_tar(request, target, path)
         if want.kind == "raw":
             return await _answer_raw(request, target, cid, path)
         if want.kind == "car":
@@ -697,6 +728,37 @@ async def get_ipfs(request: web.Request) -> web.StreamResponse:
         return await _answer_deserialized(request, target, path, ipld.FORMAT_TYPES.get(want.fmt, ("",))[0])
     finally:
         target.close()
+
+
+#: Multihash codes of libp2p peer IDs: identity (an inline Ed25519 key), sha2-256 (an RSA key's hash).
+_PEER_ID_HASHES = (IDENTITY_HASH, 0x12)
+LIBP2P_KEY = 0x72
+
+
+def canonical_ipns_name(name: str) -> str | None:
+    """The CIDv1 (libp2p-key, base36) of an IPNS name written as a base58 peer ID; None if it is not one."""
+    if not name.startswith(("12D3KooW", "Qm", "1")):
+        return None
+    try:
+        multihash = multibase.decode("z" + name)[1]
+    except Exception:  # noqa: BLE001 - any decoding failure: not a peer ID
+        return None
+    if len(multihash) < 2 or multihash[0] not in _PEER_ID_HASHES or multihash[1] != len(multihash) - 2:
+        return None
+    return str(multibase.encode("base36", bytes([1, LIBP2P_KEY]) + multihash))
+
+
+async def get_ipns(request: web.Request) -> web.StreamResponse:
+    """``/ipns/{name}``: a base58 peer ID is redirected to its canonical CIDv1 name; IPNS itself is not resolved."""
+    name = request.match_info["name"]
+    canonical = canonical_ipns_name(name)
+    if canonical is not None:
+        raw = request.rel_url.raw_path
+        location = "/ipns/" + canonical + raw[len("/ipns/") + len(name) :]
+        if request.query_string:
+            location += "?" + request.query_string
+        return web.Response(status=302, headers={**CORS, hdrs.LOCATION: location})
+    raise GatewayError(501, "not_implemented", "this peer does not resolve IPNS names or DNSLink")
 
 
 async def options_any(request: web.Request) -> web.Response:
@@ -803,6 +865,8 @@ def setup_gateway(app: web.Application, state: GatewayState) -> None:
     app.router.add_get("/ipfs/{cid}", _gateway_errors(get_ipfs))  # also HEAD
     app.router.add_get("/ipfs/{cid}/{path:.*}", _gateway_errors(get_ipfs))
     app.router.add_route("OPTIONS", "/ipfs/{tail:.*}", options_any)
+    app.router.add_get("/ipns/{name}", _gateway_errors(get_ipns))
+    app.router.add_get("/ipns/{name}/{path:.*}", _gateway_errors(get_ipns))
     app.router.add_get("/routing/v1/providers/{cid}", _gateway_errors(get_providers))
     app.router.add_route("OPTIONS", "/routing/v1/{tail:.*}", options_any)
     app.cleanup_ctx.append(_index_ctx)

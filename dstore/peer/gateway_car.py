@@ -25,7 +25,16 @@ from dstore.format.cid import CID, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_di
 from dstore.peer import gateway_ipld as ipld
 from dstore.peer.blockindex import GatewayReader as DatasetReader
 
-__all__ = ["PathRemainder", "Resolved", "block_bytes", "entity_blocks", "file_bytes", "resolve", "verified"]
+__all__ = [
+    "PathRemainder",
+    "Resolved",
+    "tree_budget",
+    "block_bytes",
+    "entity_blocks",
+    "file_bytes",
+    "resolve",
+    "verified",
+]
 
 Block = tuple[CID, bytes]
 
@@ -146,6 +155,11 @@ class _Budget(TreeBudget):
     def __init__(self, reader: DatasetReader) -> None:
         self.max_entries, self.max_bytes = reader.max_entries, reader.max_bytes
         self.entries = self.bytes = 0
+
+
+def tree_budget(reader: DatasetReader) -> TreeBudget:
+    """A budget for a walk of a tree of ``reader``'s dataset (its manifest's, plus its held blocks)."""
+    return _Budget(reader)
 
 
 def file_bytes(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[bytes]:
