@@ -154,6 +154,8 @@ def test_files_of_held_blocks_read_whole_by_range_and_as_car(held) -> None:
     assert (status, body) == (200, whole)
     status, headers, body = fetch(f"{url}/ipfs/{top}/multi.txt", headers={"Range": "bytes=900-1099"})
     assert (status, body, headers["Content-Range"]) == (206, whole[900:1100], "bytes 900-1099/2500")
+    status, headers, body = fetch(f"{url}/ipfs/{top}/multi.txt", headers={"Range": "bytes=6-16,0-4"})
+    assert (status, body, headers["Content-Range"]) == (206, whole[6:17], "bytes 6-16/2500")  # the first range
     status, _, body = fetch(f"{url}/ipfs/{top}/hello.txt")
     assert (status, body) == (200, held["hello"])
     # A CAR of the file: the path's blocks, then the file's, each verified by the reader.
@@ -304,6 +306,7 @@ def test_folder_pages_slash_redirect_etags_and_links(held) -> None:
     status, headers, _ = fetch_no_redirect(f"{url}/ipfs/{top}/%C4%85")
     assert (status, headers["Location"]) == (301, f"/ipfs/{top}/%C4%85/")
     status, headers, body = fetch(f"{url}/ipfs/{top}/%C4%85/")
+    assert headers["Cache-Control"] == "public, max-age=604800, stale-while-revalidate=2678400"  # a made page
     # The path as UTF-8 bytes, as gateways send it (http.client reads header bytes as latin-1).
     assert status == 200 and headers["X-Ipfs-Path"].encode("latin-1").decode() == f"/ipfs/{top}/\u0105/"
     assert headers["ETag"].startswith('"DirIndex-') and headers["ETag"].endswith(

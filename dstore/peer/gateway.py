@@ -74,6 +74,8 @@ RAW_TYPE = "application/vnd.ipld.raw"
 CAR_TYPE = "application/vnd.ipld.car"
 CAR_CONTENT_TYPE = "application/vnd.ipld.car; version=1; order=dfs; dups={dups}"
 IMMUTABLE = "public, max-age=29030400, immutable"
+#: Folder listings are made by the peer (their page may change with its version): a week, then revalidated.
+LISTING_CACHE = "public, max-age=604800, stale-while-revalidate=2678400"
 IDENTITY_HASH = 0x00
 #: CAR blocks are written in batches of about this many bytes.
 CAR_BATCH_BYTES = 1 << 20
@@ -562,6 +564,7 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str, 
         if cached is not None:
             return cached
         headers[hdrs.ETAG] = etag
+        headers[hdrs.CACHE_CONTROL] = LISTING_CACHE  # a page the gateway makes: it may change, the folder not
         if wants_json:
             return web.json_response(files.listing_json(path, text, entries), headers=headers)
         headers[hdrs.CONTENT_TYPE] = "text/html; charset=utf-8"

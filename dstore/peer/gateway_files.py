@@ -55,12 +55,15 @@ class Unsatisfiable(ValueError):
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte range one ``bytes=`` range asks of a ``size``-byte file; None: the whole file.
 
-    Several ranges are answered with the whole file (the HTTP-allowed choice); a malformed header
+    Of several ranges only the first is answered (as the path gateway spec allows); a malformed header
     is ignored as RFC 9110 says; a range selecting no byte raises Unsatisfiable.
     """
     if header is None:
         return None
-    m = _RANGE_RE.match(header.strip())
+    header = header.strip()
+    if header.startswith("bytes=") and "," in header:  # several ranges: the first one only (206 of it)
+        header = header.split(",", 1)[0]
+    m = _RANGE_RE.match(header)
     if m is None:
         return None
     first, last = m.group(1), m.group(2)
