@@ -389,3 +389,13 @@ def test_ipns_peer_ids_redirect_to_their_canonical_name(held) -> None:
     )
     status, _, body = fetch(f"{url}/ipns/example.org/")
     assert status == 501 and json.loads(body)["code"] == "not_implemented"  # IPNS/DNSLink are not resolved
+
+
+def test_a_truncated_car_stores_nothing(dstore, tmp_path: Path, home: Path) -> None:
+    blocks = [(sha_cid(RAW, f"block {i}".encode()), f"block {i}".encode()) for i in range(3)]
+    whole = encode_car([blocks[0][0]], blocks)
+    car = tmp_path / "cut.car"
+    car.write_bytes(whole[:-3])
+    result = dstore("import", "--blocks", car, check=False)
+    assert result.code == 5 and len(result.err.strip().splitlines()) == 1, result.err
+    assert not [p for p in home.rglob("*") if p.is_file() and p.suffix == ".json"]

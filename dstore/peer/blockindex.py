@@ -254,7 +254,7 @@ class BlockIndex:
                 log.warning("gateway: locator of %s unreadable: %s", cid_to_text(meta.dataset), e)
         return out
 
-    def reader(self, meta: DatasetMeta) -> DatasetReader:
+    def reader(self, meta: DatasetMeta) -> GatewayReader:
         """A reader of ``meta``'s dataset: shards from this peer's files, else from the ``--peers``.
 
         Not thread-safe (one per request); close it when done.
