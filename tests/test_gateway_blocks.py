@@ -81,6 +81,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     json_cid = sha_cid(DAG_JSON, json_block)
     absent = sha_cid(DAG_PB, file_node([b"nowhere"]))  # a node that is in no CAR
     broken = folder({"gone": (absent, 4)})  # a folder whose entry's node is missing
+    bare = encode_node([PBLink(sha_cid(RAW, hello).to_bytes(), "x", len(hello))])  # dag-pb, no UnixFS Data
     v0_leaf = encode_node([], encode_data(UnixFSData(type=T_FILE, data=b"a CIDv0 file", filesize=12)))
     v0_cid = CID.decode(str(CID(0, DAG_PB, Multihash.wrap(0x12, hashlib.sha256(v0_leaf).digest()))))
     odd = b"hashed with sha2-512"
@@ -99,6 +100,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         (sha_cid(RAW, gap_leaves[2]), gap_leaves[2]),
         (json_cid, json_block),
         (sha_cid(DAG_PB, broken), broken),
+        (sha_cid(DAG_PB, bare), bare),
         (v0_cid, v0_leaf),
         (odd_cid, odd),
     ]
@@ -128,6 +130,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "v0": v0_cid,
             "site": sha_cid(DAG_PB, site),
             "broken": sha_cid(DAG_PB, broken),
+            "bare": (sha_cid(DAG_PB, bare), bare),
             "page": page,
         }
 
@@ -399,3 +402,12 @@ def test_a_truncated_car_stores_nothing(dstore, tmp_path: Path, home: Path) -> N
     result = dstore("import", "--blocks", car, check=False)
     assert result.code == 5 and len(result.err.strip().splitlines()) == 1, result.err
     assert not [p for p in home.rglob("*") if p.is_file() and p.suffix == ".json"]
+
+
+def test_a_dag_pb_block_without_unixfs_is_a_block_not_a_file(held) -> None:
+    cid, block = held["bare"]
+    url = f"{held['url']}/ipfs/{cid_to_text(cid)}"
+    assert fetch(f"{url}?format=raw")[2] == block
+    assert car_blocks(fetch(f"{url}?format=car")[2])[1] == {cid.to_bytes(): block}
+    status, _, body = fetch(url)
+    assert status == 501 and json.loads(body)["code"] == "not_implemented"

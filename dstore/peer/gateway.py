@@ -37,7 +37,7 @@ from multiformats.cid import CID as _MFCID
 from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format import unixfs
 from dstore.format.car import car_block, car_header
-from dstore.format.cid import CID, DAG_CBOR, RAW, cid_to_text, parse_cid
+from dstore.format.cid import CID, DAG_CBOR, DAG_PB, RAW, cid_to_text, parse_cid
 from dstore.peer import gateway_files as files
 from dstore.peer import gateway_ipld as ipld
 from dstore.peer import gateway_tar as tar
@@ -536,6 +536,8 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str, 
     resolved = target.resolved
     headers = _common_headers(target, path)
     text = cid_to_text(resolved.cid)
+    if resolved.node is None and resolved.cid.codec == DAG_PB:
+        raise GatewayError(501, "not_implemented", "a dag-pb block without UnixFS data: ask format=raw or car")
     if target.loose is not None or resolved.node is None:  # a single block that is not UnixFS
         data = target.loose
         if data is None:
