@@ -268,15 +268,27 @@ def add(
     help="Erasure coding: K data + M parity shards per pack (M may be 0).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per dataset instead of its ID.")
+@click.option(
+    "--blocks",
+    is_flag=True,
+    help="Keep every block of the CAR, of any codec, as a block (one dataset holding them) instead of "
+    "turning its UnixFS roots into datasets.",
+)
 @home_option
 @peers_options
-def import_(car: Path, shards: str, as_json: bool, home: str | None, peer_urls: str | None, token: str | None) -> None:
+def import_(
+    car: Path, shards: str, as_json: bool, blocks: bool, home: str | None, peer_urls: str | None, token: str | None
+) -> None:
     """Import the UnixFS DAG of CAR (v1, or v2) as a dataset per root; print each dataset ID (one per line)."""
     from dstore.ingest.add import ShardSpec
-    from dstore.ingest.carimport import import_car
+    from dstore.ingest.carimport import import_car, import_car_blocks
 
     spec = ShardSpec.parse(shards)
     with _store(home) as store, _peers(peer_urls, token) as peers:
+        if blocks:
+            held = import_car_blocks(car, store, spec, peers=peers)
+            click.echo(json.dumps(held.to_json()) if as_json else held.dataset.encode("base32"))
+            return
         results = import_car(car, store, spec, peers=peers)
     for result in results:
         click.echo(json.dumps(result.to_json()) if as_json else result.dataset.encode("base32"))

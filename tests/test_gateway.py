@@ -7,10 +7,12 @@ the trees re-assembled from the blocks and compared with the source files.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -457,3 +459,17 @@ def test_a_folder_with_index_html_is_served_as_its_page(cluster) -> None:
         assert resp.url.endswith("/site/") and resp.read() == files["site/index.html"]
     # JSON still lists the folder.
     assert [e["name"] for e in _listing(f"{base}/ipfs/{dataset}/site/")["entries"]] == ["data.txt", "index.html"]
+
+
+def test_tar_of_a_dataset_folder_reads_its_chunks(cluster) -> None:
+    base, dataset, files = cluster["bare"].url, cluster["dataset"], cluster["files"]
+    status, headers, body = fetch(f"{base}/ipfs/{dataset}/sub?format=tar")  # chunks from the other peers
+    assert status == 200 and headers["Content-Type"] == "application/x-tar"
+    sub = headers["X-Ipfs-Roots"].split(",")[-1]
+    with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+        got = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+    assert got == {f"{sub}/c.txt": files["sub/c.txt"], f"{sub}/empty.dat": b""}
+    status, _, body = fetch(f"{base}/ipfs/{dataset}/a.bin?format=tar")
+    with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+        (member,) = archive.getmembers()
+        assert archive.extractfile(member).read() == files["a.bin"]

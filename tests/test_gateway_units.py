@@ -47,7 +47,19 @@ def test_parse_range_matches_the_model(first: int | None, last: int | None, size
         assert 0 <= got[0] <= got[1] < size
 
 
-@pytest.mark.parametrize("header", [None, "bytes=0-1,5-9", "items=0-3", "bytes=x-y", "bytes 0-3"])
+@given(st.integers(0, 200), st.integers(0, 200), st.integers(0, 200), st.integers(1, 150))
+def test_of_several_ranges_the_first_is_answered(a: int, b: int, c: int, size: int) -> None:
+    first = f"bytes={a}-{b}"
+    try:
+        expected = files.parse_range(first, size)
+    except files.Unsatisfiable:
+        with pytest.raises(files.Unsatisfiable):
+            files.parse_range(f"{first},{c}-", size)
+        return
+    assert files.parse_range(f"{first},{c}-,-{c}", size) == expected
+
+
+@pytest.mark.parametrize("header", [None, "items=0-3", "bytes=x-y", "bytes 0-3", "bytes=x-y,0-3"])
 def test_whole_file_for_what_is_not_one_byte_range(header: str | None) -> None:
     assert files.parse_range(header, 100) is None
 

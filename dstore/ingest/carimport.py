@@ -25,6 +25,7 @@ written by then belong to no dataset; ``dstore gc`` removes them).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,22 @@ from dstore import _native
 from dstore.errors import DstoreError, FormatError, InputError, IntegrityError
 from dstore.format import unixfs
 from dstore.format.car import CarReader
-from dstore.format.cid import CID, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest, inline_block
+from dstore.format.cid import (
+    CID,
+    DAG_PB,
+    HASH_NAMES,
+    IDENTITY,
+    RAW,
+    cid_from_digest,
+    cid_to_text,
+    hash_digest,
+    inline_block,
+)
 from dstore.format.locator import build_locator
 from dstore.format.manifest import IMPORTED_CHUNKER, PROFILE_CAR_IMPORT, ChunkerParams, Manifest
 from dstore.ingest.add import ZSTD_LEVEL, ShardSpec, _Adder, publish_metadata
 from dstore.ingest.sinks import LocalSink, PeerSink
+from dstore.limits import MAX_METADATA_PACK_BYTES
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
@@ -48,7 +60,7 @@ from dstore.store import Store
 BATCH_BYTES = 16 << 20
 _U64_MAX = (1 << 64) - 1
 
-__all__ = ["ImportResult", "import_car"]
+__all__ = ["BlocksImportResult", "ImportResult", "import_car", "import_car_blocks"]
 
 
 @dataclass
@@ -414,3 +426,128 @@ def import_car(path: Path, store: Store, spec: ShardSpec, *, peers: PeerClient |
         for i, plan in enumerate(plans):
             results.append(_store_plan(car, plan, extra if i == 0 else [], store, spec, peers))
         return results
+
+
+# -- blocks-only import (``dstore import --blocks``) ---------------------------------------------------------
+
+#: The empty UnixFS folder (``Data = {Type: Directory}``): the root of a block-holding dataset.
+EMPTY_DIR_BLOCK = b"\x0a\x02\x08\x01"
+#: Room kept in the metadata pack for the manifest, the folder and the (empty) locator.
+_BLOCKS_OVERHEAD_BYTES = 64 << 10
+
+
+@dataclass
+class BlocksImportResult:
+    """The one dataset a blocks-only import makes: its metadata holds every block of the CAR."""
+
+    dataset: CID
+    roots: list[CID]
+    blocks: int  # blocks kept (verified), identity ones not counted: their CID is their block
+    block_bytes: int
+    skipped: list[CID]  # blocks whose hash dstore cannot verify: not kept
+    new_metadata_bytes: int
+    shards: ShardSpec
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "cid": cid_to_text(self.dataset),
+            "roots": [cid_to_text(r) for r in self.roots],
+            "profile": PROFILE_CAR_IMPORT,
+            "blocks": self.blocks,
+            "block_bytes": self.block_bytes,
+            "skipped_blocks": [cid_to_text(c) for c in self.skipped],
+            "new_metadata_bytes": self.new_metadata_bytes,
+            "shards": str(self.shards),
+        }
+
+
+def _scan_blocks(fp: BinaryIO) -> tuple[list[CID], dict[bytes, bytes], list[CID]]:
+    """Every block of the CAR, each checked against its CID: (roots, kept blocks by CIDv1 bytes, skipped).
+
+    A block hashed with a function dstore does not verify (not sha2-256 or BLAKE3) is skipped, never kept
+    unverified; a block that does not match its CID fails the whole import.
+    """
+    reader = CarReader(fp, verify=False)  # verified below, so that an unknown hash skips instead of failing
+    kept: dict[bytes, bytes] = {}
+    skipped: dict[bytes, CID] = {}
+    total = 0
+    for cid, block in reader:
+        if cid.hash.code == IDENTITY:
+            if bytes(cid.hash.digest) != block:
+                raise IntegrityError(f"CAR block does not match its identity CID {cid_to_text(cid)}")
+            continue
+        name = HASH_NAMES.get(cid.hash.code)
+        if name is None:
+            skipped.setdefault(cid.to_bytes(), cid)
+            continue
+        if hash_digest(block, name) != bytes(cid.hash.digest):
+            raise IntegrityError(f"CAR block does not match its CID {cid_to_text(cid)}")
+        key = cid.to_bytes()
+        if key in kept:
+            continue
+        total += len(block)
+        if total > MAX_METADATA_PACK_BYTES - _BLOCKS_OVERHEAD_BYTES:
+            raise InputError(
+                f"the CAR's blocks exceed the {MAX_METADATA_PACK_BYTES} bytes a dataset's metadata may hold: "
+                "import it without --blocks"
+            )
+        kept[key] = block
+    return reader.roots, kept, list(skipped.values())
+
+
+def _blocks_meta(keys: list[bytes]) -> dict[str, str]:
+    """What makes a block-holding dataset's ID its own: the digest of the CIDs of the blocks it holds."""
+    digest = hashlib.sha256(b"".join(sorted(keys))).hexdigest()
+    return {"description": f"blocks of a CAR: {len(keys)} blocks, sha2-256 of their sorted CIDs {digest}"}
+
+
+def import_car_blocks(
+    path: Path, store: Store, spec: ShardSpec, *, peers: PeerClient | None = None
+) -> BlocksImportResult:
+    """Keep every block of the CAR at ``path``, of any codec, as a block: one dataset whose metadata holds them.
+
+    For CARs that are not (only) complete UnixFS DAGs: DAG-CBOR or DAG-JSON roots, DAGs with blocks
+    missing, loose blocks. The dataset's tree is the empty folder; its manifest's ``meta.description``
+    names the blocks (docs/format.md, "Imported datasets"). Every block is checked against its CID
+    before anything is stored; a bad CAR stores nothing.
+    """
+    try:
+        fp = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from e
+    with fp:
+        try:
+            roots, kept, skipped = _scan_blocks(fp)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror or e}") from e
+    if not roots:
+        raise FormatError("the CAR names no root")
+    folder = cid_from_digest(DAG_PB, hash_digest(EMPTY_DIR_BLOCK, "sha2-256"), "sha2-256")
+    manifest = Manifest(
+        root=folder,
+        hash_name="sha2-256",
+        chunker=_imported_chunker([]),
+        size=0,
+        entries=1,
+        meta=_blocks_meta(list(kept)),
+        profile=PROFILE_CAR_IMPORT,
+    )
+    dataset = manifest.cid
+    locator_root, locator_blocks = build_locator(dataset, [], [], "sha2-256")
+    blocks = [(folder.to_bytes(), EMPTY_DIR_BLOCK), *kept.items()]
+    blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
+    blocks.append((dataset.to_bytes(), manifest.encode()))
+    store.lock_for_add()  # no gc runs while this store is open (docs/lifetime.md)
+    if peers is not None:
+        publish_metadata(peers, dataset, locator_root, blocks, {}, spec, "sha2-256")
+    store.keep_metadata(dataset, locator_root, blocks, {}, spec.k, spec.m)
+    new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
+    return BlocksImportResult(
+        dataset=dataset,
+        roots=roots,
+        blocks=len(kept),
+        block_bytes=sum(len(b) for b in kept.values()),
+        skipped=skipped,
+        new_metadata_bytes=new_metadata_bytes,
+        shards=spec,
+    )

@@ -28,6 +28,7 @@ from dstore.errors import DstoreError, FormatError, IntegrityError, NotFound
 from dstore.fetch.packs import data_region
 from dstore.fetch.reader import DatasetReader
 from dstore.fetch.remote import check_pointer
+from dstore.format import unixfs
 from dstore.format.cid import CID, DAG_CBOR, HASH_NAMES, RAW, cid_to_text, hash_digest, parse_cid
 from dstore.format.locator import Locator
 from dstore.format.manifest import Manifest
@@ -38,7 +39,7 @@ from dstore.peer.storage import PeerStore
 from dstore.store import Store
 from dstore.store.shards import ShardFiles
 
-__all__ = ["BlockIndex", "DatasetMeta"]
+__all__ = ["BlockIndex", "DatasetMeta", "GatewayReader"]
 
 log = logging.getLogger("dstore.peer.gateway")
 
@@ -56,6 +57,8 @@ class DatasetMeta:
     locator: CID
     manifest: Manifest
     blocks: dict[bytes, bytes]  # every metadata block by CID bytes, each checked against its CID
+    block_bytes: int = 0  # their total size
+    raw_blocks: int = 0  # how many are raw blocks (file bytes held as blocks: `dstore import --blocks`)
 
 
 class _PointerIndex:
@@ -152,7 +155,8 @@ class BlockIndex:
         locator = Locator(functools.partial(_block_of, blocks), pointer.locator)
         if locator.dataset != dataset:
             raise IntegrityError("the pointer's locator belongs to another dataset")
-        return DatasetMeta(dataset, pointer.locator, manifest, blocks)
+        raw = sum(1 for key in blocks if CID.from_bytes(key).codec == RAW)
+        return DatasetMeta(dataset, pointer.locator, manifest, blocks, sum(map(len, blocks.values())), raw)
 
     def refresh(self) -> None:
         """Load the metadata of every pointer file that is new or changed since it was loaded."""
@@ -250,13 +254,54 @@ class BlockIndex:
                 log.warning("gateway: locator of %s unreadable: %s", cid_to_text(meta.dataset), e)
         return out
 
-    def reader(self, meta: DatasetMeta) -> DatasetReader:
+    def reader(self, meta: DatasetMeta) -> GatewayReader:
         """A reader of ``meta``'s dataset: shards from this peer's files, else from the ``--peers``.
 
         Not thread-safe (one per request); close it when done.
         """
         view = _MetadataStore(meta, self.store.files)
-        return DatasetReader(cast(Store, view), meta.dataset, peers=self.peers)
+        return GatewayReader(cast(Store, view), meta, peers=self.peers)
+
+
+class GatewayReader(DatasetReader):
+    """A dataset as the gateway serves it: its tree, and every block its metadata holds.
+
+    Metadata may hold blocks beyond the dataset's tree (docs/format.md, "Imported datasets":
+    blocks of a CAR no root reaches, or every block of a CAR imported with ``--blocks``), raw
+    blocks among them. A raw block held there is served from there, and DAGs of such blocks are
+    walked like the tree; their work is bounded by the manifest's totals plus what the metadata
+    holds (``max_entries``, ``max_bytes``), since blocks outside the tree are declared nowhere else.
+    """
+
+    def __init__(self, store: Store, meta: DatasetMeta, *, peers: SyncPeerSet | None) -> None:
+        super().__init__(store, meta.dataset, peers=peers)
+        self._held = meta.blocks
+        self.max_entries = self.manifest.entries + len(meta.blocks)
+        self.max_bytes = self.manifest.size + meta.block_bytes
+        #: File bytes may be in held raw blocks: files are read block by block, not by the locator.
+        self.holds_raw = meta.raw_blocks > 0
+
+    def held(self, cid: CID) -> bytes | None:
+        """The block if the dataset's metadata holds it (not yet checked against ``cid``)."""
+        if not self.holds_raw and cid.codec == RAW:
+            return None
+        return self._held.get((cid.to_v1() if cid.version == 0 else cid).to_bytes())
+
+    def node(self, cid: CID) -> unixfs.Node:
+        if cid.codec == RAW:
+            held = self.held(cid)
+            if held is not None:
+                return unixfs.Node(kind="raw", filesize=len(held))
+        return super().node(cid)
+
+    def entries(self, node: unixfs.Node) -> list[tuple[str, CID]]:
+        limit = self.max_entries - 1
+        out = []
+        for ln in unixfs.directory_entries(self.block, node):
+            out.append((ln.name, ln.cid))
+            if len(out) > limit:
+                raise FormatError(f"a folder lists more than the {limit} entries this dataset's metadata allows")
+        return sorted(out, key=lambda e: e[0].encode("utf-8"))
 
 
 def _block_of(blocks: dict[bytes, bytes], cid: CID) -> bytes:

@@ -35,13 +35,15 @@ from multiformats import multibase
 from multiformats.cid import CID as _MFCID
 
 from dstore.errors import BadCID, DstoreError, NotFound
-from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.car import car_block, car_header
 from dstore.format.cid import CID, DAG_CBOR, DAG_PB, RAW, cid_to_text, parse_cid
 from dstore.peer import gateway_files as files
+from dstore.peer import gateway_ipld as ipld
+from dstore.peer import gateway_tar as tar
 from dstore.peer.blockindex import BlockIndex
-from dstore.peer.gateway_car import Resolved, block_bytes, entity_blocks, resolve, verified
+from dstore.peer.blockindex import GatewayReader as DatasetReader
+from dstore.peer.gateway_car import PathRemainder, Resolved, block_bytes, entity_blocks, resolve, verified
 from dstore.peer.storage import PeerStore
 
 __all__ = ["GATEWAY", "GatewayState", "setup_gateway"]
@@ -70,8 +72,10 @@ GATEWAY = web.AppKey("gateway", GatewayState)
 
 RAW_TYPE = "application/vnd.ipld.raw"
 CAR_TYPE = "application/vnd.ipld.car"
-CAR_CONTENT_TYPE = "application/vnd.ipld.car; version=1; order=dfs; dups=n"
+CAR_CONTENT_TYPE = "application/vnd.ipld.car; version=1; order=dfs; dups={dups}"
 IMMUTABLE = "public, max-age=29030400, immutable"
+#: Folder listings are made by the peer (their page may change with its version): a week, then revalidated.
+LISTING_CACHE = "public, max-age=604800, stale-while-revalidate=2678400"
 IDENTITY_HASH = 0x00
 #: CAR blocks are written in batches of about this many bytes.
 CAR_BATCH_BYTES = 1 << 20
@@ -88,14 +92,11 @@ CORS = {
 }
 _SCOPES = ("block", "entity", "all")
 # Formats of the path gateway this peer does not make (406, not a silent deserialized answer).
-_UNSUPPORTED_FORMATS = {
-    "tar": "application/x-tar",
-    "dag-json": "application/vnd.ipld.dag-json",
-    "dag-cbor": "application/vnd.ipld.dag-cbor",
-    "json": "application/json",
-    "cbor": "application/cbor",
-    "ipns-record": "application/vnd.ipfs.ipns-record",
-}
+_UNSUPPORTED_FORMATS = {"ipns-record": "application/vnd.ipfs.ipns-record"}
+TAR_TYPE = "application/x-tar"
+# Accept types naming an IPLD format; the plain ones (json, cbor) only for IPLD blocks (a UnixFS
+# folder asked for application/json still answers its JSON listing).
+_IPLD_ACCEPT = {t: f for f, (t, _, _) in ipld.FORMAT_TYPES.items()}
 
 
 class GatewayError(Exception):
@@ -133,6 +134,9 @@ class Want:
     kind: str
     scope: str = "all"
     entity_bytes: tuple[int, int | None] | None = None  # (from, to or None for "*"), negatives count from the end
+    dups: bool = False  # CAR dups=y: a block as often as the walk meets it
+    fmt: str = ""  # an IPLD format (dag-json, dag-cbor, json, cbor) the request named, if any
+    html: bool = False  # Accept names text/html first: a browser
 
 
 def _media_types(accept: str) -> Iterator[tuple[str, dict[str, str]]]:
@@ -158,48 +162,75 @@ def _entity_bytes(text: str) -> tuple[int, int | None]:
 
 
 def parse_want(request: web.Request) -> Want:
-    """The answer kind: Accept first (it can carry CAR parameters), then ``?format=`` (as boxo does)."""
-    kind = ""
+    """The answer kind: ``?format=`` first, then Accept (IPIP-0523, as boxo does).
+
+    ``kind`` "raw", "car", "ipld" (an explicit IPLD format: ``fmt``) or "" (deserialized; ``fmt``
+    may still carry a plain json/cbor Accept, used when the block is IPLD). CAR parameters come
+    from the Accept entry naming the CAR type, and ``?car-version=``, ``?car-order=``,
+    ``?car-dups=`` override them.
+    """
     car_params: dict[str, str] = {}
+    accepted, accepted_fmt = "", ""
     unsupported = None
-    for mtype, params in _media_types(request.headers.get(hdrs.ACCEPT, "")):
+    first_html = False
+    for i, (mtype, params) in enumerate(_media_types(request.headers.get(hdrs.ACCEPT, ""))):
+        if mtype == CAR_TYPE and not car_params:
+            car_params = params
+        if i == 0 and mtype == "text/html":
+            first_html = True
+        if accepted or accepted_fmt:
+            continue
         if mtype == RAW_TYPE:
-            kind = "raw"
-            break
-        if mtype == CAR_TYPE:
-            kind, car_params = "car", params
-            break
-        if mtype in _UNSUPPORTED_FORMATS.values() and mtype != "application/json":
+            accepted = "raw"
+        elif mtype == CAR_TYPE:
+            accepted = "car"
+        elif mtype == TAR_TYPE:
+            accepted = "tar"
+        elif mtype in _IPLD_ACCEPT:
+            accepted_fmt = _IPLD_ACCEPT[mtype]
+            accepted = "ipld" if accepted_fmt.startswith("dag-") else ""
+        elif mtype in _UNSUPPORTED_FORMATS.values() and unsupported is None:
             unsupported = mtype
     fmt = request.query.get("format")
-    if not kind and fmt is not None:
-        if fmt in ("raw", "car"):
-            kind = fmt
+    if fmt is not None:
+        if fmt in ("raw", "car", "tar"):
+            kind, accepted_fmt = fmt, ""
+        elif fmt in ipld.FORMAT_TYPES:
+            kind, accepted_fmt = "ipld", fmt
         elif fmt in _UNSUPPORTED_FORMATS:
-            raise GatewayError(406, "not_acceptable", f"format={fmt} is not served here (raw, car or none)")
+            raise GatewayError(406, "not_acceptable", f"format={fmt} is not served here")
         else:
             raise GatewayError(400, "bad_request", f"unknown format={fmt!r}")
-    if not kind and unsupported is not None:
+    else:
+        kind = accepted
+    if not kind and not accepted_fmt and unsupported is not None:
         raise GatewayError(406, "not_acceptable", f"{unsupported} is not served here ({RAW_TYPE}, {CAR_TYPE})")
     if kind != "car":
-        return Want(kind)
+        return Want(kind, fmt=accepted_fmt, html=first_html and not kind)
+    for name in ("version", "order", "dups"):
+        if f"car-{name}" in request.query:
+            car_params[name] = request.query[f"car-{name}"]
     if car_params.get("version", "1") != "1":
         raise GatewayError(406, "not_acceptable", "only CAR version=1 is served")
     if car_params.get("order", "dfs") not in ("dfs", "unk"):
         raise GatewayError(406, "not_acceptable", "only CAR order=dfs is served")
+    dups = car_params.get("dups", "n")
+    if dups not in ("y", "n"):
+        raise GatewayError(400, "bad_request", f"CAR dups must be y or n, not {dups!r}")
     scope = request.query.get("dag-scope", "all")
     if scope not in _SCOPES:
         raise GatewayError(400, "bad_request", f"dag-scope must be one of {', '.join(_SCOPES)}, not {scope!r}")
     raw_range = request.query.get("entity-bytes")
-    return Want("car", scope, _entity_bytes(raw_range) if raw_range is not None else None)
+    return Want("car", scope, _entity_bytes(raw_range) if raw_range is not None else None, dups == "y")
 
 
 def _segments(request: web.Request) -> list[str]:
     return [s for s in request.match_info.get("path", "").split("/") if s]
 
 
-def _ipfs_path(cid_text: str, segments: list[str]) -> str:
-    return "/ipfs/" + "/".join([cid_text, *segments])
+def _ipfs_path(cid_text: str, segments: list[str], slash: bool = False) -> str:
+    """The content path of the request (X-Ipfs-Path), its trailing slash kept."""
+    return "/ipfs/" + "/".join([cid_text, *segments]) + ("/" if slash else "")
 
 
 # -- what is served ----------------------------------------------------------------------------------
@@ -212,6 +243,7 @@ class Target:
         self.reader = reader
         self.resolved = resolved
         self.loose = loose  # a block outside any dataset (an identity CID, a shard held here)
+        self.asked: CID | None = None  # the CID as the request named it (CIDv0 stays CIDv0 in answers)
 
     def close(self) -> None:
         if self.reader is not None:
@@ -248,7 +280,7 @@ def _open_target(index: BlockIndex, cid: CID, segments: list[str], want: Want) -
         try:
             reader = index.reader(meta)
             return Target(reader, resolve(reader, cid, segments, through_manifest=want.kind == ""))
-        except NotFound:
+        except (NotFound, PathRemainder):  # the answer, not a failure to read: no other dataset changes it
             if reader is not None:
                 reader.close()
             raise
@@ -318,12 +350,12 @@ async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str)
         {
             hdrs.CONTENT_TYPE: RAW_TYPE,
             hdrs.ETAG: etag,
-            hdrs.CONTENT_DISPOSITION: f'attachment; filename="{text}.bin"',
+            hdrs.CONTENT_DISPOSITION: _attachment(request, f"{text}.bin"),
             "X-Content-Type-Options": "nosniff",
         }
     )
     if target.loose is not None:
-        return web.Response(body=target.loose, headers=headers)  # aiohttp sends no body for a HEAD
+        return _whole_or_range(request, target.loose, headers)  # aiohttp sends no body for a HEAD
     reader = target.reader
     assert reader is not None
     if request.method == "HEAD":
@@ -333,7 +365,7 @@ async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str)
         await response.prepare(request)
         await response.write_eof()
         return response
-    return web.Response(body=await asyncio.to_thread(block_bytes, reader, terminal), headers=headers)
+    return _whole_or_range(request, await asyncio.to_thread(block_bytes, reader, terminal), headers)
 
 
 def _block_size(reader: DatasetReader, resolved: Resolved) -> int:
@@ -360,7 +392,7 @@ def _resolve_range(want: Want, target: Target) -> tuple[int, int] | None:
 def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
     """The CAR stream: header, the path's blocks, then the terminal's (each block once)."""
     resolved = target.resolved
-    yield car_header([resolved.roots[0]])
+    yield car_header([_as_asked(target, resolved.roots[0])])
     seen: set[bytes] = set()
 
     def blocks() -> Iterator[tuple[CID, bytes]]:
@@ -374,11 +406,14 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
     batch: list[bytes] = []
     batch_bytes = 0
     for cid, data in blocks():
+        if cid.hash.code == IDENTITY_HASH:
+            continue  # an inline CID is its own block: never written to a CAR (trustless gateway spec)
         key = cid.to_bytes()
-        if key in seen:
-            continue
-        seen.add(key)
-        batch.append(car_block(key, data))
+        if not want.dups:
+            if key in seen:
+                continue
+            seen.add(key)
+        batch.append(car_block(_as_asked(target, cid).to_bytes(), data))
         batch_bytes += len(data)
         if batch_bytes >= CAR_BATCH_BYTES:  # fewer hops to the worker thread and the socket
             yield b"".join(batch)
@@ -396,15 +431,42 @@ async def _answer_car(request: web.Request, target: Target, want: Want, path: st
         return cached
     headers.update(
         {
-            hdrs.CONTENT_TYPE: CAR_CONTENT_TYPE,
+            hdrs.CONTENT_TYPE: CAR_CONTENT_TYPE.format(dups="y" if want.dups else "n"),
             hdrs.ETAG: etag,
-            hdrs.CONTENT_DISPOSITION: f'attachment; filename="{cid_text}.car"',
+            hdrs.CONTENT_DISPOSITION: _attachment(request, f"{cid_text}.car"),
+            hdrs.ACCEPT_RANGES: "none",  # a CAR stream is made while read: resume with entity-bytes instead
             "X-Content-Type-Options": "nosniff",
         }
     )
     response = web.StreamResponse(headers=headers)
     response.enable_chunked_encoding()
     return await _send_stream(request, response, _car_pieces(target, want))
+
+
+async def _answer_tar(request: web.Request, target: Target, path: str) -> web.StreamResponse:
+    """A UnixFS file or folder as a TAR stream, its top entry named by the CID (as Kubo names it)."""
+    resolved, reader = target.resolved, target.reader
+    if reader is None or resolved.node is None:
+        raise GatewayError(400, "bad_request", "format=tar is made of UnixFS files and folders only")
+    node = resolved.node
+    name = cid_to_text(_as_asked(target, resolved.cid)) if not resolved.name else cid_to_text(resolved.cid)
+    headers = _common_headers(target, path)
+    etag = f'W/"{cid_to_text(resolved.cid)}.x-tar"'
+    cached = _not_modified(request, etag.removeprefix("W/"), headers)
+    if cached is not None:
+        return cached
+    await asyncio.to_thread(tar.check_tree, reader, name, resolved.cid, node)
+    headers.update(
+        {
+            hdrs.CONTENT_TYPE: TAR_TYPE,
+            hdrs.ETAG: etag,
+            hdrs.CONTENT_DISPOSITION: _attachment(request, f"{name}.tar"),
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    response = web.StreamResponse(headers=headers)
+    response.enable_chunked_encoding()
+    return await _send_stream(request, response, tar.tar_pieces(reader, name, resolved.cid, node))
 
 
 def _listing(reader: DatasetReader, target: Target) -> list[dict[str, Any]]:
@@ -424,10 +486,58 @@ def _listing(reader: DatasetReader, target: Target) -> list[dict[str, Any]]:
     return out
 
 
-async def _answer_deserialized(request: web.Request, target: Target, path: str) -> web.StreamResponse:
+def _disposition(request: web.Request, kind: str, default_name: str) -> str:
+    """``kind`` (inline, attachment) with ``?filename=`` or ``default_name``; ``?download=true``: attachment."""
+    if request.query.get("download") == "true":
+        kind = "attachment"
+    return _attachment(request, default_name).replace("attachment", kind, 1)
+
+
+async def _answer_ipld(request: web.Request, target: Target, want: Want, path: str) -> web.StreamResponse:
+    """An IPLD block (DAG-JSON, DAG-CBOR, JSON, CBOR) as it is stored, or its HTML page for a browser."""
+    resolved = target.resolved
+    codec = resolved.cid.codec
+    text = cid_to_text(_as_asked(target, resolved.cid))
+    headers = _common_headers(target, path)
+    data = target.loose
+    if data is None:
+        assert target.reader is not None
+        data = await asyncio.to_thread(block_bytes, target.reader, resolved.cid)
+    native = ipld.CODEC_FORMATS[codec]
+    if want.html and want.kind == "" and not want.fmt:
+        etag = f'"DagIndex-{text}"'
+        cached = _not_modified(request, etag, headers)
+        if cached is not None:
+            return cached
+        headers.pop(hdrs.CACHE_CONTROL)  # the page may change with the gateway, not the block
+        headers.update({hdrs.CONTENT_TYPE: "text/html; charset=utf-8", hdrs.ETAG: etag})
+        return web.Response(body=ipld.ipld_html(path, text, native, len(data)).encode(), headers=headers)
+    fmt = want.fmt or native
+    if not ipld.same_family(fmt, codec):
+        raise GatewayError(406, "not_acceptable", f"a {native} block is not converted to {fmt}")
+    mime, disposition, ext = ipld.FORMAT_TYPES[fmt]
+    etag = f'"{text}.{fmt}"'
+    cached = _not_modified(request, etag, headers)
+    if cached is not None:
+        return cached
+    headers.update(
+        {
+            hdrs.CONTENT_TYPE: mime,
+            hdrs.ETAG: etag,
+            hdrs.CONTENT_DISPOSITION: _disposition(request, disposition, f"{text}.{ext}"),
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    return _whole_or_range(request, data, headers)
+
+
+async def _answer_deserialized(request: web.Request, target: Target, path: str, mime: str = "") -> web.StreamResponse:
+    """A file's bytes (``mime``: its Content-Type when the request named one), a folder's listing."""
     resolved = target.resolved
     headers = _common_headers(target, path)
     text = cid_to_text(resolved.cid)
+    if resolved.node is None and resolved.cid.codec == DAG_PB:
+        raise GatewayError(501, "not_implemented", "a dag-pb block without UnixFS data: ask format=raw or car")
     if target.loose is not None or resolved.node is None:  # a single block that is not UnixFS
         data = target.loose
         if data is None:
@@ -440,20 +550,23 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str) 
     assert reader is not None
     node = resolved.node
     wants_json = any(m == "application/json" for m, _ in _media_types(request.headers.get(hdrs.ACCEPT, "")))
+    if node.is_dir and not wants_json and not request.path.endswith("/"):
+        # A folder's page (its index.html or its listing) has relative links: they need its slash.
+        raw_path = request.rel_url.raw_path
+        location = raw_path + "/" + (f"?{request.query_string}" if request.query_string else "")
+        return web.Response(status=301, headers={**headers, hdrs.LOCATION: location})
     if node.is_dir and not wants_json:
         index_page = await asyncio.to_thread(_index_html, reader, target)
-        if index_page is not None:
-            if not request.path.endswith("/"):  # relative links of the page need the folder's slash
-                location = request.path + "/" + (f"?{request.query_string}" if request.query_string else "")
-                return web.Response(status=301, headers={**headers, hdrs.LOCATION: location})
-            return await _answer_file(request, reader, index_page, headers)
+        if index_page is not None:  # served as the folder: its ETag is the folder's CID
+            return await _answer_file(request, reader, index_page, headers, etag=f'"{text}"')
     if node.is_dir:
         entries = await asyncio.to_thread(_listing, reader, target)
-        etag = f'"DirIndex-{text}{".json" if wants_json else ""}"'
+        etag = f'"DirIndex-{"json" if wants_json else "html"}-v1_CID-{text}"'
         cached = _not_modified(request, etag, headers)
         if cached is not None:
             return cached
         headers[hdrs.ETAG] = etag
+        headers[hdrs.CACHE_CONTROL] = LISTING_CACHE  # a page the gateway makes: it may change, the folder not
         if wants_json:
             return web.json_response(files.listing_json(path, text, entries), headers=headers)
         headers[hdrs.CONTENT_TYPE] = "text/html; charset=utf-8"
@@ -461,7 +574,7 @@ async def _answer_deserialized(request: web.Request, target: Target, path: str) 
     if node.kind == "symlink":
         headers.update({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.ETAG: f'"{text}"'})
         return _whole_or_range(request, node.data, headers)
-    return await _answer_file(request, reader, target, headers)
+    return await _answer_file(request, reader, target, headers, mime)
 
 
 def _index_html(reader: DatasetReader, target: Target) -> Target | None:
@@ -502,14 +615,18 @@ def _file_head(reader: DatasetReader, target: Target) -> bytes:
 
 
 async def _answer_file(
-    request: web.Request, reader: DatasetReader, target: Target, headers: dict[str, str]
+    request: web.Request,
+    reader: DatasetReader,
+    target: Target,
+    headers: dict[str, str],
+    mime: str = "",
+    etag: str = "",
 ) -> web.StreamResponse:
     resolved = target.resolved
     node = resolved.node
     assert node is not None
     size = node.filesize or 0
-    text = cid_to_text(resolved.cid)
-    etag = f'"{text}"'
+    etag = etag or f'"{cid_to_text(resolved.cid)}"'
     cached = _not_modified(request, etag, headers)
     if cached is not None:
         return cached
@@ -519,8 +636,8 @@ async def _answer_file(
         raise GatewayError(416, "range_not_satisfiable", str(e), {hdrs.CONTENT_RANGE: f"bytes */{size}"}) from e
     if request.headers.get(hdrs.IF_RANGE, etag) != etag:
         rng = None  # the client's copy is of something else: send it whole
-    mime = files.type_by_name(resolved.name)
-    if mime is None:  # nothing said by the name: look at the bytes
+    mime = mime or files.type_by_name(resolved.name) or ""
+    if not mime:  # nothing said by the request or the name: look at the bytes
         mime = files.sniff(await asyncio.to_thread(_file_head, reader, target))
     headers.update({hdrs.CONTENT_TYPE: mime, hdrs.ETAG: etag, hdrs.ACCEPT_RANGES: "bytes"})
     if resolved.name:
@@ -529,7 +646,7 @@ async def _answer_file(
         status, length = 200, size
         pieces: Iterator[bytes | memoryview] = (
             reader.iter_file_cid(resolved.cid, node)
-            if reader.hash_name == "blake3"  # chunks verified in Rust while decoded
+            if reader.hash_name == "blake3" and not reader.holds_raw  # chunks verified in Rust while decoded
             else files.iter_range(reader, resolved.cid, node, 0, size - 1)
         )
     else:
@@ -539,6 +656,23 @@ async def _answer_file(
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = length
     return await _send_stream(request, response, pieces)
+
+
+def _attachment(request: web.Request, default_name: str) -> str:
+    """Content-Disposition of a trustless answer: ``?filename=`` if given, else ``default_name``."""
+    name = request.query.get("filename") or default_name
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    if ascii_name == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{_quote(name)}"
+
+
+def _as_asked(target: Target, cid: CID) -> CID:
+    """``cid`` in the version the request named it (a CIDv0 request gets CIDv0 back)."""
+    asked = target.asked
+    if asked is not None and asked.version == 0 and cid.version == 1 and cid == asked.to_v1():
+        return asked
+    return cid
 
 
 def _quote(name: str) -> str:
@@ -561,7 +695,11 @@ def _gateway_errors(handler: Handler) -> Handler:
             return _json_error(e.status, e.code, str(e), e.headers)
         except BadCID as e:
             return _json_error(400, "bad_cid", str(e))
+        except PathRemainder as e:
+            return _json_error(501, "not_implemented", str(e))
         except NotFound as e:
+            if "only-if-cached" in request.headers.get(hdrs.CACHE_CONTROL, ""):
+                return _json_error(412, "not_cached", f"only-if-cached: {e}")
             return _json_error(404, "not_found", str(e))
         except DstoreError as e:
             log.error("gateway: %s %s: %s", request.method, request.path, e)
@@ -575,18 +713,57 @@ async def get_ipfs(request: web.Request) -> web.StreamResponse:
     cid = gateway_cid(cid_text)
     want = parse_want(request)
     segments = _segments(request)
-    if cid.codec not in (RAW, DAG_PB, DAG_CBOR) and cid.hash.code != IDENTITY_HASH:
-        raise GatewayError(501, "not_implemented", f"codec 0x{cid.codec:x} is not served here")
-    path = _ipfs_path(cid_text, segments)
+    path = _ipfs_path(cid_text, segments, request.path.endswith("/"))
     target = await asyncio.to_thread(_open_target, request.app[GATEWAY].blocks, cid, segments, want)
+    if cid_text.startswith("Qm"):  # CIDv0: answered in CIDv0 where the request named it
+        target.asked = CID.decode(cid_text)
     try:
+        terminal = target.resolved.cid.codec
+        if want.kind in ("", "ipld") and terminal in ipld.CODEC_FORMATS:
+            return await _answer_ipld(request, target, want, path)
+        if want.kind == "ipld":  # a UnixFS file asked as plain json/cbor is its bytes; no codec is converted
+            if want.fmt.startswith("dag-") or target.resolved.node is None or target.resolved.node.is_dir:
+                raise GatewayError(406, "not_acceptable", f"a 0x{terminal:x} block is not converted to {want.fmt}")
+        if want.kind == "tar":
+            return await _answer_tar(request, target, path)
         if want.kind == "raw":
             return await _answer_raw(request, target, cid, path)
         if want.kind == "car":
             return await _answer_car(request, target, want, path, cid_text)
-        return await _answer_deserialized(request, target, path)
+        return await _answer_deserialized(request, target, path, ipld.FORMAT_TYPES.get(want.fmt, ("",))[0])
     finally:
         target.close()
+
+
+#: Multihash codes of libp2p peer IDs: identity (an inline Ed25519 key), sha2-256 (an RSA key's hash).
+_PEER_ID_HASHES = (IDENTITY_HASH, 0x12)
+LIBP2P_KEY = 0x72
+
+
+def canonical_ipns_name(name: str) -> str | None:
+    """The CIDv1 (libp2p-key, base36) of an IPNS name written as a base58 peer ID; None if it is not one."""
+    if not name.startswith(("12D3KooW", "Qm", "1")):
+        return None
+    try:
+        multihash = multibase.decode("z" + name)[1]
+    except Exception:  # noqa: BLE001 - any decoding failure: not a peer ID
+        return None
+    if len(multihash) < 2 or multihash[0] not in _PEER_ID_HASHES or multihash[1] != len(multihash) - 2:
+        return None
+    return str(multibase.encode("base36", bytes([1, LIBP2P_KEY]) + multihash))
+
+
+async def get_ipns(request: web.Request) -> web.StreamResponse:
+    """``/ipns/{name}``: a base58 peer ID is redirected to its canonical CIDv1 name; IPNS itself is not resolved."""
+    name = request.match_info["name"]
+    canonical = canonical_ipns_name(name)
+    if canonical is not None:
+        raw = request.rel_url.raw_path
+        location = "/ipns/" + canonical + raw[len("/ipns/") + len(name) :]
+        if request.query_string:
+            location += "?" + request.query_string
+        return web.Response(status=302, headers={**CORS, hdrs.LOCATION: location})
+    raise GatewayError(501, "not_implemented", "this peer does not resolve IPNS names or DNSLink")
 
 
 async def options_any(request: web.Request) -> web.Response:
@@ -693,6 +870,8 @@ def setup_gateway(app: web.Application, state: GatewayState) -> None:
     app.router.add_get("/ipfs/{cid}", _gateway_errors(get_ipfs))  # also HEAD
     app.router.add_get("/ipfs/{cid}/{path:.*}", _gateway_errors(get_ipfs))
     app.router.add_route("OPTIONS", "/ipfs/{tail:.*}", options_any)
+    app.router.add_get("/ipns/{name}", _gateway_errors(get_ipns))
+    app.router.add_get("/ipns/{name}/{path:.*}", _gateway_errors(get_ipns))
     app.router.add_get("/routing/v1/providers/{cid}", _gateway_errors(get_providers))
     app.router.add_route("OPTIONS", "/routing/v1/{tail:.*}", options_any)
     app.cleanup_ctx.append(_index_ctx)

@@ -18,14 +18,29 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dstore.errors import FormatError, IntegrityError, NotFound
-from dstore.fetch.reader import DatasetReader, TreeBudget
+from dstore.errors import DstoreError, FormatError, IntegrityError, NotFound
+from dstore.fetch.reader import TreeBudget
 from dstore.format import unixfs
-from dstore.format.cid import CID, DAG_CBOR, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest
+from dstore.format.cid import CID, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest
+from dstore.peer import gateway_ipld as ipld
+from dstore.peer.blockindex import GatewayReader as DatasetReader
 
-__all__ = ["Resolved", "block_bytes", "entity_blocks", "resolve", "verified"]
+__all__ = [
+    "PathRemainder",
+    "Resolved",
+    "tree_budget",
+    "block_bytes",
+    "entity_blocks",
+    "file_bytes",
+    "resolve",
+    "verified",
+]
 
 Block = tuple[CID, bytes]
+
+
+class PathRemainder(DstoreError):
+    """A path that ends inside an IPLD block, not at a link (reading other IPLD kinds is not served: 501)."""
 
 
 def verified(cid: CID, data: bytes) -> bytes:
@@ -41,6 +56,9 @@ def block_bytes(reader: DatasetReader, cid: CID, *, sequential: bool = False) ->
 
     ``sequential``: more chunks of the same pack are coming (a CAR stream of a file).
     """
+    held = reader.held(cid)
+    if held is not None:
+        return verified(cid, held)
     if cid.codec == RAW and cid.hash.code == reader.manifest.root.hash.code:
         return verified(cid, reader.read_chunk(bytes(cid.hash.digest), sequential=sequential))
     return verified(cid, reader.block(cid))
@@ -61,6 +79,17 @@ def _node(reader: DatasetReader, cid: CID) -> unixfs.Node | None:
     return reader.node(cid) if cid.codec in (RAW, DAG_PB) else None
 
 
+def _terminal_node(reader: DatasetReader, cid: CID) -> unixfs.Node | None:
+    """The node at the end of a path; None for a block that is not UnixFS (a dag-pb node without
+    UnixFS Data is still a block: served as one, never walked)."""
+    if cid.codec == DAG_PB:
+        try:
+            return unixfs.parse_node(cid, reader.block(cid))
+        except FormatError:
+            return None
+    return _node(reader, cid)
+
+
 def resolve(reader: DatasetReader, cid: CID, segments: list[str], *, through_manifest: bool) -> Resolved:
     """Walk ``segments`` from ``cid``; ``through_manifest``: a bare dataset ID names its root folder."""
     out = Resolved(cid, None, roots=[cid])
@@ -68,9 +97,9 @@ def resolve(reader: DatasetReader, cid: CID, segments: list[str], *, through_man
         out.path_blocks.append((cid, verified(cid, reader.block(cid))))
         cid = reader.manifest.root
         out.roots.append(cid)
-    elif cid.codec == DAG_CBOR and segments:
-        raise NotFound(f"{cid_to_text(cid)} is not a UnixFS folder: no path inside it")
-    node = _node(reader, cid)
+    elif cid.codec in ipld.IPLD_CODECS and segments:
+        cid, segments = _ipld_walk(reader, cid, segments, out)
+    node = _node(reader, cid) if segments else _terminal_node(reader, cid)
 
     def recording(c: CID) -> bytes:  # HAMT shards read by a lookup are part of the path's proof
         data = verified(c, reader.block(c))
@@ -86,11 +115,64 @@ def resolve(reader: DatasetReader, cid: CID, segments: list[str], *, through_man
         if link is None:
             raise NotFound(f"no such file or folder: /{'/'.join(segments[: i + 1])}")
         cid = link.cid
-        node = _node(reader, cid)
+        node = _node(reader, cid) if i + 1 < len(segments) else _terminal_node(reader, cid)
         out.roots.append(cid)
         out.name = seg
     out.cid, out.node = cid, node
     return out
+
+
+def _ipld_walk(reader: DatasetReader, cid: CID, segments: list[str], out: Resolved) -> tuple[CID, list[str]]:
+    """Follow ``segments`` through DAG-CBOR / DAG-JSON blocks and their links, until a block of
+    another codec (its own path goes on, UnixFS) or the path's end, which must be a link."""
+    consumed = 0
+    while cid.codec in ipld.IPLD_CODECS and consumed < len(segments):
+        data = verified(cid, reader.block(cid))
+        out.path_blocks.append((cid, data))
+        value: object = ipld.decode_ipld(cid.codec, data)
+        while consumed < len(segments):
+            seg = segments[consumed]
+            if isinstance(value, dict) and seg in value:
+                value = value[seg]
+            elif isinstance(value, list) and seg.isdigit() and int(seg) < len(value):
+                value = value[int(seg)]
+            else:
+                raise NotFound(f"no such field or link: /{'/'.join(segments[: consumed + 1])}")
+            consumed += 1
+            out.name = seg
+            if isinstance(value, CID):
+                break
+        if not isinstance(value, CID):
+            raise PathRemainder(f"/{'/'.join(segments)} ends inside block {cid_to_text(cid)}, not at a link")
+        cid = value.to_v1() if value.version == 0 else value
+        out.roots.append(cid)
+    return cid, segments[consumed:]
+
+
+class _Budget(TreeBudget):
+    """The tree budget of the gateway's reader: the manifest's, plus what the metadata holds beyond it."""
+
+    def __init__(self, reader: DatasetReader) -> None:
+        self.max_entries, self.max_bytes = reader.max_entries, reader.max_bytes
+        self.entries = self.bytes = 0
+
+
+def tree_budget(reader: DatasetReader) -> TreeBudget:
+    """A budget for a walk of a tree of ``reader``'s dataset (its manifest's, plus its held blocks)."""
+    return _Budget(reader)
+
+
+def file_bytes(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of a file read block by block (its raw leaves, its nodes' Data).
+
+    For files whose leaves are blocks the dataset's metadata holds, not chunks of its locator.
+    """
+    for block_cid, data, start in _file_walk(reader, cid, node, first, last):
+        if block_cid.codec != RAW:
+            data = unixfs.parse_node(block_cid, data).data
+        end = start + len(data)
+        if data and end > first and start <= last:
+            yield data[max(0, first - start) : min(len(data), last + 1 - start)]
 
 
 def _hamt_pad(node: unixfs.Node) -> int:
@@ -99,11 +181,19 @@ def _hamt_pad(node: unixfs.Node) -> int:
 
 def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[Block]:
     """A file's blocks depth first, only those whose bytes meet ``[first, last]`` (inclusive)."""
+    for block_cid, data, _ in _file_walk(reader, cid, node, first, last):
+        yield block_cid, data
+
+
+def _file_walk(
+    reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int
+) -> Iterator[tuple[CID, bytes, int]]:
+    """(block, its bytes, the file offset of its own file bytes) for :func:`_file_blocks`."""
     if node.data and node.links:
         raise FormatError("UnixFS file: inline data and links together are not written by dstore")
-    if (node.filesize or 0) > reader.manifest.size:
-        raise FormatError(f"a file claims {node.filesize} bytes, more than its dataset's {reader.manifest.size}")
-    yield cid, block_bytes(reader, cid)
+    if (node.filesize or 0) > reader.max_bytes:
+        raise FormatError(f"a file claims {node.filesize} bytes, more than its dataset's {reader.max_bytes}")
+    yield cid, block_bytes(reader, cid), 0
     if cid.codec == RAW:
         return
     # (iterator over (link, its size, its first byte)) per open node: no recursion.
@@ -120,14 +210,16 @@ def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int,
             data = block_bytes(reader, link.cid, sequential=True)
             if len(data) != size:
                 raise FormatError(f"UnixFS file: a leaf of {len(data)} bytes where its parent says {size}")
-            yield link.cid, data
+            yield link.cid, data, start
             continue
         child = reader.node(link.cid)
         if child.kind != "file" or child.filesize != size:
             raise FormatError(f"UnixFS file: a link of {size} bytes leads to a {child.kind} of {child.filesize}")
+        if child.data and child.links:
+            raise FormatError("UnixFS file: inline data and links together are not written by dstore")
         if len(stack) >= unixfs.MAX_FILE_DEPTH:
             raise FormatError(f"a file's DAG is deeper than {unixfs.MAX_FILE_DEPTH} levels")
-        yield link.cid, block_bytes(reader, link.cid)
+        yield link.cid, block_bytes(reader, link.cid), start
         stack.append(_children(child, start))
 
 
@@ -142,7 +234,7 @@ def _children(node: unixfs.Node, start: int) -> Iterator[tuple[unixfs.Link, int,
 
 def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: bool) -> Iterator[Block]:
     """A folder's own blocks (HAMT shards included); with ``recurse``, everything under it too."""
-    budget = TreeBudget(reader.manifest)
+    budget = _Budget(reader)
     budget.take(node)
     stack: list[tuple[CID, unixfs.Node | None, bool]] = [(cid, node, True)]  # (block, node, is it an entry)
     depth_of: dict[bytes, int] = {cid.to_bytes(): 0}

@@ -9,14 +9,16 @@ HTML.
 from __future__ import annotations
 
 import html
+import json
 import mimetypes
 import re
 from collections.abc import Iterator
 from urllib.parse import quote
 
-from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID
+from dstore.peer.blockindex import GatewayReader as DatasetReader
+from dstore.peer.gateway_car import file_bytes
 
 __all__ = ["Unsatisfiable", "type_by_name", "iter_range", "listing_html", "listing_json", "parse_range", "sniff"]
 
@@ -53,12 +55,15 @@ class Unsatisfiable(ValueError):
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte range one ``bytes=`` range asks of a ``size``-byte file; None: the whole file.
 
-    Several ranges are answered with the whole file (the HTTP-allowed choice); a malformed header
+    Of several ranges only the first is answered (as the path gateway spec allows); a malformed header
     is ignored as RFC 9110 says; a range selecting no byte raises Unsatisfiable.
     """
     if header is None:
         return None
-    m = _RANGE_RE.match(header.strip())
+    header = header.strip()
+    if header.startswith("bytes=") and "," in header:  # several ranges: the first one only (206 of it)
+        header = header.split(",", 1)[0]
+    m = _RANGE_RE.match(header)
     if m is None:
         return None
     first, last = m.group(1), m.group(2)
@@ -101,6 +106,12 @@ def sniff(head: bytes) -> str:
     sample = head[:SNIFF_BYTES]
     if not sample:
         return "text/plain; charset=utf-8"
+    if sample.lstrip()[:1] in (b"{", b"[") and len(head) < SNIFF_BYTES:  # the whole file is here
+        try:
+            json.loads(sample)
+            return "application/json"
+        except ValueError:
+            pass
     if b"\x00" in sample:
         return "application/octet-stream"
     try:
@@ -113,6 +124,9 @@ def sniff(head: bytes) -> str:
 
 def iter_range(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[bytes]:
     """Bytes ``first..last`` (inclusive) of a file: only the chunks that cover them are read."""
+    if reader.holds_raw:  # its leaves may be blocks held in the metadata, not chunks
+        yield from file_bytes(reader, cid, node, first, last)
+        return
     pos = 0
     for digest, size in reader.leaves(cid, node):
         end = pos + size
@@ -129,20 +143,35 @@ def listing_json(path: str, cid: str, entries: list[dict[str, object]]) -> dict[
 
 
 def listing_html(path: str, cid: str, entries: list[dict[str, object]]) -> str:
-    base = path if path.endswith("/") else path + "/"
+    """A folder's page: breadcrumbs of the path, a link up, and per entry its content path and CID.
+
+    Links are percent-encoded paths under ``/ipfs``, as gateways write them; the CID link carries
+    the entry's name as ``?filename=`` (encoded once more, as Kubo's listing does).
+    """
+    parts = [p for p in path.split("/") if p][1:]  # the CID, then the names
+    crumbs = []
+    href = "/ipfs"
+    for part in parts:
+        href += "/" + quote(part, safe="")
+        crumbs.append(f'<a href="{html.escape(href, quote=True)}">{html.escape(part)}</a>')
+    base = href
     rows = []
+    if len(parts) > 1:
+        rows.append(f'<tr><td><a href="{html.escape(base, quote=True)}/..">..</a></td><td></td><td></td></tr>')
     for e in entries:
         name = str(e["name"])
         suffix = "/" if e["type"] == "dir" else ""
+        link = html.escape(f"{base}/{quote(name, safe='')}", quote=True)
         size = "" if e["size"] is None else str(e["size"])
-        href = html.escape(base + quote(name) + suffix, quote=True)
+        entry_cid = html.escape(str(e["cid"]))
+        by_cid = html.escape(f"/ipfs/{e['cid']}?filename={quote(quote(name, safe=''), safe='')}", quote=True)
         rows.append(
-            f'<tr><td><a href="{href}">{html.escape(name)}{suffix}</a></td>'
-            f"<td>{size}</td><td><code>{html.escape(str(e['cid']))}</code></td></tr>"
+            f'<tr><td><a href="{link}">{html.escape(name)}</a>{suffix}</td><td>{size}</td>'
+            f'<td><a class="ipfs-hash" translate="no" href="{by_cid}">{entry_cid}</a></td></tr>'
         )
     title = html.escape(path)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Index of "
-        f"{title}</title></head><body><h1>Index of {title}</h1><p><code>{html.escape(cid)}</code></p>"
+        f"{title}</title></head><body><h1>Index of /ipfs/{'/'.join(crumbs)}</h1><p><code>{html.escape(cid)}</code></p>"
         "<table><tr><th>Name</th><th>Size</th><th>CID</th></tr>" + "".join(rows) + "</table></body></html>\n"
     )
