@@ -267,6 +267,10 @@ def rows(res: dict) -> list[dict]:
                     }
                 )
     _new_rows(S, out)
+    if S.get("train"):
+        import train  # the train section (bench/train.py) formats its own rows
+
+        out += train.rows(S["train"])
     return out
 
 

@@ -19,7 +19,7 @@ Environment:
   BENCH_MAX_LOAD  if set, wait before each section until the 1-min load average is below it
                   (at most BENCH_MAX_WAIT_S, default 600 s)
   BENCH_ONLY      comma-separated subset of:
-                  add_tmpfs,add_disk,get_tmpfs,get_disk,rss,csv,dedup,small,scaling,stages,peers
+                  add_tmpfs,add_disk,get_tmpfs,get_disk,rss,csv,dedup,small,scaling,stages,peers,train
   BENCH_CHECKOUT  run `python -m dstore` from this checkout (default: the one holding bench/)
   BENCH_MERGE     1 (default): sections not run keep their results from BENCH_RESULTS/results.json;
                   0: results.json holds only this run's sections
@@ -48,6 +48,7 @@ import measure as M
 import peers
 import report
 import small
+import train
 
 SECTIONS = [
     "add_tmpfs",
@@ -61,6 +62,7 @@ SECTIONS = [
     "scaling",
     "stages",
     "peers",
+    "train",
 ]
 SHARDS = "10+4"
 SHARDS_NO_PARITY = "10+0"
@@ -212,7 +214,7 @@ class Bench:
         t0 = time.perf_counter()
         need = set(self.only)
         self.inputs = {}
-        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "peers"}:
+        if need & {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "peers", "train"}:
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
             self.inputs["random"] = dict(
@@ -853,6 +855,9 @@ class Bench:
 
     def peers(self) -> dict:
         return peers.section(self)
+
+    def train(self) -> dict:
+        return train.section(self)
 
     def wait_for_quiet(self) -> None:
         """With BENCH_MAX_LOAD set, wait (at most BENCH_MAX_WAIT_S, default 600 s) until the
