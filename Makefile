@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # the interop tests.
 install: install-system
 	$(PIP) install --upgrade 'pip>=24' 'maturin==1.16.0'
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,torch]'
 	cd tests/interop && npm ci --no-audit --no-fund
 
 install-system:

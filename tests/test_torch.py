@@ -1,0 +1,404 @@
+"""dstore.torch: FileDataset and SampleStream read by real DataLoaders (2 workers) from real peer processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from peerutil import running_peers  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+
+import dstore  # noqa: E402
+from dstore.torch import FileDataset, SampleStream  # noqa: E402
+from dstore.torch.files import matcher  # noqa: E402
+from dstore.torch.prefetch import prefetched  # noqa: E402
+from dstore.torch.tars import index_tar, sample_from_span  # noqa: E402
+
+from treeutil import random_bytes  # noqa: E402
+
+TOKEN = "torch-token"
+TRAIN = {f"train/{i // 10}/{i:03d}.bin": random_bytes(1000 + 997 * (i % 23), i) for i in range(37)}
+VAL = {f"val/{i}.txt": f"validation sample {i}\n".encode() for i in range(5)}
+TAR_SAMPLES = 9  # per shard; 3 shards
+
+
+def wds_tar(shard: int) -> tuple[bytes, list[dict]]:
+    """A WebDataset-style tar (key.jpg, key.cls, key.json per sample) and its samples as webdataset reads them."""
+    buf = io.BytesIO()
+    samples = []
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for i in range(TAR_SAMPLES):
+            key = f"s{shard}/{i:04d}" if i != 4 else f"s{shard}/{'long-' * 30}{i:04d}"  # one GNU long name
+            sample = {
+                "__key__": key,
+                "jpg": random_bytes(700 + 5000 * (i % 3), 1000 * shard + i),
+                "cls": str(i % 4).encode(),
+                "json": json.dumps({"shard": shard, "i": i}).encode(),
+            }
+            for ext in ("jpg", "cls", "json"):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(sample[ext])
+                tar.addfile(info, io.BytesIO(sample[ext]))
+            samples.append(sample)
+    return buf.getvalue(), samples
+
+
+SHARDS = {f"shards/train-{j:03d}.tar": wds_tar(j) for j in range(3)}
+EVERYTHING = {**TRAIN, **VAL, **{path: tar for path, (tar, _) in SHARDS.items()}}
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory):
+    """Six peers holding one 4+2 dataset (files, and WebDataset tars) added through the CLI by another store."""
+    root = tmp_path_factory.mktemp("torchpeers")
+    src = root / "src"
+    for path, data in EVERYTHING.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(data)
+    (root / "peers").mkdir()
+    with running_peers(root / "peers", 6, token=TOKEN, scrub_rate=0) as peers:
+        env = {
+            **os.environ,
+            "DSTORE_HOME": str(root / "adder"),
+            "DSTORE_PEERS": ",".join(p.url for p in peers),
+            "DSTORE_TOKEN": TOKEN,
+        }
+        add = subprocess.run(
+            [sys.executable, "-m", "dstore", "add", str(src), "--shards", "4+2", "-q"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        yield peers, add.stdout.strip()
+
+
+@pytest.fixture
+def opts(tmp_path, six, monkeypatch):
+    """Keyword arguments that read the dataset from the peers into an empty store, with a cache of its own."""
+    monkeypatch.delenv("DSTORE_PEERS", raising=False)
+    peers, _ = six
+    return {"peers": [p.url for p in peers], "home": tmp_path / "fresh", "cache": tmp_path / "cache"}
+
+
+@pytest.fixture
+def cid(six):
+    return six[1]
+
+
+@pytest.fixture
+def make(opts, cid):
+    """``make(FileDataset, "train", …)``: made on the fixture's peers and store, closed after the test."""
+    made = []
+
+    def make_(cls, *args, of=None, **kw):
+        obj = cls(of or cid, *args, **{**opts, **kw})
+        made.append(obj)
+        return obj
+
+    yield make_
+    for obj in made:
+        obj.close()
+
+
+def paths_of(items):
+    return [path for path, _ in items]
+
+
+def epoch_paths(loader):
+    """Paths a DataLoader of (path, bytes) items hands over, checking every byte against the source."""
+    out = []
+    for paths, datas in loader:
+        for path, data in zip(paths, datas, strict=True):
+            assert bytes(data) == EVERYTHING[path], path
+            out.append(path)
+    return out
+
+
+def collate_files(batch):
+    return [p for p, _ in batch], [d for _, d in batch]
+
+
+# -- the module and its import ------------------------------------------------------------------------
+
+
+def test_import_dstore_never_imports_torch():
+    code = "import sys, dstore; dstore.open; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_torch_the_error_names_the_extra():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "try:\n    import dstore.torch\nexcept ImportError as e:\n    print(e)\nelse:\n    print('imported')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'dstore[torch]'" in out
+
+
+# -- FileDataset -------------------------------------------------------------------------------------
+
+
+def test_file_dataset_items_patterns_and_decode(make):
+    with make(FileDataset) as everything:
+        assert everything.paths == sorted(EVERYTHING)
+        assert everything[0] == (everything.paths[0], EVERYTHING[everything.paths[0]])
+    with make(FileDataset, "train/**/*.bin") as train:
+        assert train.paths == sorted(TRAIN) and len(train) == len(TRAIN)
+    assert make(FileDataset, "train").paths == sorted(TRAIN)  # a folder: everything under it
+    assert make(FileDataset, "train/1/*").paths == sorted(p for p in TRAIN if p.startswith("train/1/"))
+    assert make(FileDataset, "val/[0-2].txt").paths == ["val/0.txt", "val/1.txt", "val/2.txt"]
+    assert make(FileDataset, "val/3.txt").paths == ["val/3.txt"]  # a file: itself
+    assert make(FileDataset, "**/?.txt").paths == sorted(VAL)
+    words = make(FileDataset, "val", lambda data, path: (path.upper(), data.decode().split()))
+    assert words[2] == ("VAL/2.TXT", ["validation", "sample", "2"])
+    assert words[-1] == ("VAL/4.TXT", ["validation", "sample", "4"])
+
+
+def test_file_dataset_in_a_dataloader_with_two_workers(make):
+    ds = make(FileDataset, "train")
+    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate_files)
+    assert sorted(epoch_paths(loader)) == sorted(TRAIN)
+
+
+def test_unknown_dataset_and_patterns_are_file_not_found(make):
+    other = dstore.format.cid.cid_to_text(dstore.format.cid.make_cid(0x71, b"no such dataset"))
+    with pytest.raises(FileNotFoundError):
+        make(FileDataset, of=other)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        make(FileDataset, "train/nope")
+    with pytest.raises(FileNotFoundError, match=r"\*\.png"):
+        make(SampleStream, "train/**/*.png")
+    with pytest.raises(FileNotFoundError, match="absent"):
+        make(SampleStream, "absent/*.bin")
+    with pytest.raises(dstore.errors.FormatError, match="not a tar"):
+        make(SampleStream, "val/0.txt", tar=True)
+
+
+# -- SampleStream: order and partition ---------------------------------------------------------------
+
+
+def rank_run(make, rank, world_size, *, workers=2, batch_size=4, epoch=0, **kw):
+    stream = make(SampleStream, "train", rank=rank, world_size=world_size, **kw)
+    stream.set_epoch(epoch)
+    return epoch_paths(stream.loader(batch_size=batch_size, num_workers=workers, collate_fn=collate_files))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_two_ranks_of_two_workers_see_every_sample_once(make, drop_last):
+    files = sorted(TRAIN)
+    runs = [rank_run(make, r, 2, drop_last=drop_last, seed=7, epoch=3) for r in range(2)]
+    assert len(runs[0]) == len(runs[1]) == (18 if drop_last else 19)
+    # The order is DistributedSampler's over the sorted files, whatever the workers.
+    for r, run in enumerate(runs):
+        sampler = DistributedSampler(range(len(files)), num_replicas=2, rank=r, seed=7, drop_last=drop_last)
+        sampler.set_epoch(3)
+        assert run == [files[i] for i in sampler]
+    seen = runs[0] + runs[1]
+    if drop_last:  # no sample twice; one (37 = 2 * 18 + 1) dropped
+        assert len(set(seen)) == len(seen) == 36
+    else:  # every sample, and one padded by repeating the epoch's first
+        assert set(seen) == set(files) and len(seen) == 38
+        (twice,) = [p for p in set(seen) if seen.count(p) == 2]
+        assert twice == runs[0][0]
+
+
+def test_same_seed_and_epoch_same_order_other_epoch_other_order(make):
+    stream = make(SampleStream, "train", seed=3)
+    first = paths_of(stream)
+    assert paths_of(stream) == first  # a second pass of the same epoch
+    assert paths_of(make(SampleStream, "train", seed=3)) == first
+    stream.set_epoch(1)
+    second = paths_of(stream)
+    assert second != first and sorted(second) == sorted(first) == sorted(TRAIN)
+    assert paths_of(make(SampleStream, "train", seed=4)) != first
+    assert paths_of(make(SampleStream, "train", shuffle=False)) == sorted(TRAIN)
+
+
+def test_workers_and_batch_sizes_do_not_change_the_order(make):
+    stream = make(SampleStream, "train", seed=5)
+    alone = paths_of(stream)
+    for workers, batch_size in [(0, 3), (2, 1), (2, 5)]:
+        assert epoch_paths(stream.loader(batch_size=batch_size, num_workers=workers, collate_fn=collate_files)) == alone
+
+
+def test_state_dict_counts_what_was_yielded(make):
+    stream = make(SampleStream, "train")
+    it = iter(stream)
+    for _ in range(5):
+        next(it)
+    assert stream.state_dict()["position"] == 5
+    rest = make(SampleStream, "train")
+    rest.load_state_dict(stream.state_dict())
+    assert paths_of(rest) == paths_of(make(SampleStream, "train"))[5:]
+    assert rest.state_dict()["position"] == len(TRAIN)
+    done = make(SampleStream, "train")
+    done.load_state_dict(rest.state_dict())
+    assert list(done) == []  # a finished epoch resumes finished
+    other = make(SampleStream, "train", seed=99)
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(stream.state_dict())
+
+
+def test_consumed_count_with_a_plain_dataloader(make):
+    """With workers of a plain DataLoader, `state_dict(consumed=n)` maps what the loop took to the position."""
+    stream = make(SampleStream, "train", seed=1, batch_size=4)
+    loader = DataLoader(stream, batch_size=4, num_workers=2, collate_fn=collate_files)
+    taken = []
+    for paths, _ in loader:
+        taken += paths
+        if len(taken) == 12:
+            break
+    state = stream.state_dict(consumed=len(taken))
+    rest = make(SampleStream, "train", seed=1)
+    rest.load_state_dict(state)
+    assert taken + paths_of(rest) == paths_of(make(SampleStream, "train", seed=1))
+
+
+# -- resuming in a new process -------------------------------------------------------------------------
+
+RESUME = """
+import json, sys
+from dstore.torch import SampleStream
+cid, opts, workers, stop, state = json.loads(sys.argv[1])
+with SampleStream(cid, "train", seed=11, rank=1, world_size=2, **opts) as stream:
+    stream.set_epoch(2)
+    if state:
+        stream.load_state_dict(state)
+        stream.set_epoch(2)  # a training loop's set_epoch for the epoch it resumes: stays where it was
+    got = []
+    for paths, _ in stream.loader(batch_size=3, num_workers=workers, collate_fn=lambda b: ([p for p, _ in b], 0)):
+        got += paths
+        if len(got) == stop:
+            break
+    print(json.dumps([got, stream.state_dict()]))
+"""
+
+
+def run_resume(cid, opts, workers, stop, state):
+    args = json.dumps([cid, {k: str(v) if k != "peers" else v for k, v in opts.items()}, workers, stop, state])
+    out = subprocess.run([sys.executable, "-c", RESUME, args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_in_a_new_process_gives_the_rest_of_the_epoch(cid, opts, workers):
+    whole, _ = run_resume(cid, opts, workers, -1, None)
+    assert len(whole) == 19
+    first, state = run_resume(cid, opts, workers, 9, None)
+    assert state["position"] == 9 and state["epoch"] == 2
+    rest, end = run_resume(cid, opts, workers, -1, state)
+    assert first + rest == whole  # the uninterrupted order; no sample twice, none skipped
+    assert end["position"] == 19
+
+
+# -- tar shards ----------------------------------------------------------------------------------------
+
+
+def test_tar_shards_give_webdataset_samples(make):
+    want = {s["__key__"]: s for _, samples in SHARDS.values() for s in samples}
+    stream = make(SampleStream, "shards/*.tar", tar=True, seed=2)
+    assert stream.samples == len(want) == 27
+    got = list(stream)
+    assert sorted(s["__key__"] for s in got) == sorted(want)
+    for s in got:
+        url = s.pop("__url__")
+        assert url.startswith(f"dstore://{stream.cid}/shards/train-")
+        assert s == want[s["__key__"]]
+    # Through two workers, in the same order.
+    loader = stream.loader(batch_size=4, num_workers=2, collate_fn=lambda b: [s["__key__"] for s in b])
+    assert [k for keys in loader for k in keys] == [s["__key__"] for s in got]
+    decoded = make(SampleStream, "shards", tar=True, decode=lambda s, path: (path, int(s["cls"])))
+    assert sorted(decoded) == sorted((f"shards/train-{j:03d}.tar", i % 4) for j in range(3) for i in range(9))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=4096), st.integers(0, 3))
+def test_tar_index_of_hostile_bytes_fails_cleanly_or_stays_in_bounds(data, shard):
+    tar, _ = wds_tar(shard)
+    for raw in (data, tar[: len(data)], tar[:512] + data):
+        try:
+            spans = index_tar(io.BytesIO(raw), "x.tar")
+        except dstore.errors.FormatError:
+            continue
+        for start, end in spans:
+            assert 0 <= start < end
+            try:
+                sample_from_span(raw[start:end], "x.tar")
+            except dstore.errors.FormatError:
+                pass
+
+
+# -- pieces ----------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("ab*?[]!.^-", max_size=8), st.text("ab.!]^-", max_size=8))
+def test_a_glob_segment_matches_as_fnmatch_does(pattern, name):
+    import fnmatch
+
+    assume(pattern not in ("", ".") and name not in ("", "."))  # empty and "." segments name the folder itself
+    assert matcher(pattern)(name) == fnmatch.fnmatchcase(name, pattern)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", "*", "**", "?", "[ab]"]), max_size=5),
+    st.lists(st.sampled_from("ab"), max_size=5),
+)
+def test_a_double_star_segment_matches_any_run_of_segments(parts, names):
+    """Against the definition: some way to give each ``**`` zero or more names and each other segment one."""
+    import fnmatch
+
+    def ways(ps, ns):
+        if not ps:
+            return not ns
+        if ps[0] == "**":
+            return any(ways(ps[1:], ns[k:]) for k in range(len(ns) + 1))
+        return bool(ns) and fnmatch.fnmatchcase(ns[0], ps[0]) and ways(ps[1:], ns[1:])
+
+    assert matcher("/".join(parts))("/".join(names)) == ways(parts, names)
+
+
+def test_prefetch_keeps_order_and_its_bounds():
+    import threading
+    import time
+
+    lock = threading.Lock()
+    now = {"count": 0, "bytes": 0}
+    peak = {"count": 0, "bytes": 0}
+    released = []
+
+    def read(item):
+        with lock:
+            now["count"] += 1
+            now["bytes"] += item[1]
+            peak["count"] = max(peak["count"], now["count"])
+            peak["bytes"] = max(peak["bytes"], now["bytes"])
+        time.sleep(0.002)
+        return item[0] * 2
+
+    got = []
+    for item, result in prefetched(
+        [(i, 10 + i % 7) for i in range(200)], read, lambda it: it[1], max_samples=6, max_bytes=50, threads=4
+    ):
+        with lock:  # the consumer has it: it is no longer in flight
+            now["count"] -= 1
+            now["bytes"] -= item[1]
+        got.append(result)
+        released.append(item[0])
+    assert got == [2 * i for i in range(200)]
+    assert peak["count"] <= 6 and peak["bytes"] <= 50
