@@ -853,7 +853,7 @@ def cmd_epoch(a: dict) -> dict:
             ds = _minimal_stream(a["cid"], a["peers"], a["cache"], seed)
             impl = "bench minimal IterableDataset over dstore.open (dstore.torch not on this branch)"
         else:
-            ds = SampleStream(a["cid"], seed=seed, shuffle=True, peers=a["peers"], cache=a["cache"])
+            ds = SampleStream(a["cid"], seed=seed, shuffle=True, peers=a["peers"], cache=a["cache"], batch_size=BATCH)
             impl = "dstore.torch.SampleStream"
     elif kind == "webdataset":
         import webdataset as wds
