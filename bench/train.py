@@ -149,6 +149,8 @@ def section(b) -> dict:
         for name, fn in (("random", _random), ("sequential", _sequential), ("mount", _mount), ("epoch", _epoch)):
             b.log(f"  train: {name}")
             sec[name] = b.attempt(fn, b, ctx)
+            if name == "mount":
+                M.rm(local_home)  # ~1.4x the file on tmpfs, not needed by the epochs: less memory pressure
         sec["cache_designs"] = b.attempt(_worker, b, "designs", {"reads": READS})
     finally:
         for s in servers:
