@@ -278,6 +278,10 @@ def rows(res: dict) -> list[dict]:
                 )
     _new_rows(S, out)
     kubo.rows(S, lambda *cells: out.append(dict(zip(_COLUMNS, cells))), _f)
+    if S.get("train"):
+        import train  # the train section (bench/train.py) formats its own rows
+
+        out += train.rows(S["train"])
     return out
 
 

@@ -19,7 +19,7 @@ Environment:
   BENCH_MAX_LOAD  if set, wait before each section until the 1-min load average is below it
                   (at most BENCH_MAX_WAIT_S, default 600 s)
   BENCH_ONLY      comma-separated subset of:
-                  add_tmpfs,add_disk,get_tmpfs,get_disk,rss,csv,dedup,small,scaling,stages,peers
+                  add_tmpfs,add_disk,get_tmpfs,get_disk,rss,csv,dedup,small,scaling,stages,peers,train
   BENCH_CHECKOUT  run `python -m dstore` from this checkout (default: the one holding bench/)
   BENCH_MERGE     1 (default): sections not run keep their results from BENCH_RESULTS/results.json;
                   0: results.json holds only this run's sections
@@ -50,6 +50,7 @@ import measure as M
 import peers
 import report
 import small
+import train
 
 SECTIONS = [
     "add_tmpfs",
@@ -65,6 +66,7 @@ SECTIONS = [
     "get_stages",
     "peers",
     "kubo",
+    "train",
 ]
 SHARDS = "10+4"
 SHARDS_NO_PARITY = "10+0"
@@ -217,7 +219,7 @@ class Bench:
         need = set(self.only)
         self.inputs = {}
         big_file_sections = {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "get_stages"}
-        if need & (big_file_sections | {"peers", "kubo"}):
+        if need & (big_file_sections | {"peers", "kubo", "train"}):
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
             self.inputs["random"] = dict(
@@ -864,6 +866,9 @@ class Bench:
 
     def peers(self) -> dict:
         return peers.section(self)
+
+    def train(self) -> dict:
+        return train.section(self)
 
     def wait_for_quiet(self) -> None:
         """With BENCH_MAX_LOAD set, wait (at most BENCH_MAX_WAIT_S, default 600 s) until the
