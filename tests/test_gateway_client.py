@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 from hostile_gateway import hostile_gateway
 from peerutil import running_peers
-from treeutil import csv_like, random_bytes
 
 from dstore.errors import IntegrityError, NotFound
 from dstore.format.cid import parse_cid
 from dstore.net.config import gateways_from_env
 from dstore.net.gateways import GatewayClient
+
+from treeutil import csv_like, random_bytes
 
 TOKEN = "gateway-client-token"
 
