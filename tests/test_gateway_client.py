@@ -239,3 +239,13 @@ def test_gateway_addresses_from_option_and_environment(monkeypatch) -> None:
 def test_a_bad_gateway_address_is_one_line(dstore, served) -> None:
     result = dstore("ls", served["dataset"], "--gateways", "ftp://nope", check=False, env={"DSTORE_PEERS": ""})
     assert result.code == 2 and result.err.count("\n") == 1 and "not a gateway address" in result.err
+
+
+def test_peers_that_lack_the_dataset_leave_it_to_the_gateways(served, dstore, tmp_path: Path) -> None:
+    """With storage peers configured that know nothing of the dataset, the gateways are asked next."""
+    with running_peers(tmp_path, 1, token=TOKEN) as (empty,):
+        env = {"DSTORE_PEERS": empty.url, "DSTORE_GATEWAYS": served["peers"][0].url}
+        dstore("get", served["dataset"], "-o", tmp_path / "out", env=env)
+        assert _tree(tmp_path / "out") == FILES
+        alone = dstore("ls", served["dataset"], check=False, env={"DSTORE_PEERS": empty.url, "DSTORE_GATEWAYS": ""})
+    assert alone.code == 3 and "no storage peer knows" in alone.err
