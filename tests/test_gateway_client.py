@@ -248,4 +248,9 @@ def test_peers_that_lack_the_dataset_leave_it_to_the_gateways(served, dstore, tm
         dstore("get", served["dataset"], "-o", tmp_path / "out", env=env)
         assert _tree(tmp_path / "out") == FILES
         alone = dstore("ls", served["dataset"], check=False, env={"DSTORE_PEERS": empty.url, "DSTORE_GATEWAYS": ""})
+        # The empty peer as a gateway too: the error says what both said.
+        both = dstore(
+            "ls", served["dataset"], check=False, env={"DSTORE_PEERS": empty.url, "DSTORE_GATEWAYS": empty.url}
+        )
     assert alone.code == 3 and "no storage peer knows" in alone.err
+    assert both.code == 3 and "no storage peer knows" in both.err and "on none of the 1 gateways" in both.err

@@ -129,15 +129,17 @@ class DatasetReader:
         self._homes: dict[bytes, bytes | CID] = {}
         hints: dict[bytes, list[str | None]] = {}
         locator_cid: CID | None = None
+        peers_failed: DstoreError | None = None
         locator = store.index.dataset_locator(self.cid.to_bytes()) if self.cid.codec == DAG_CBOR else None
         if locator is not None:
             locator_cid = CID.from_bytes(locator)
         elif peers is not None and self.cid.codec == DAG_CBOR:
             try:
                 remote = load_from_peers(peers, self.cid)
-            except DstoreError:
+            except DstoreError as e:
                 if gateways is None:
                     raise
+                peers_failed = e
                 self.gateway = GatewayBlocks(gateways)  # no peer leads to verified metadata: the gateways may
             else:
                 locator_cid, self._fetched, hints = remote.locator, remote.blocks, remote.hints
@@ -152,7 +154,12 @@ class DatasetReader:
         #: The manifest states the tree's totals exactly (a plain UnixFS root states only bounds).
         self.exact_totals = self.cid.codec == DAG_CBOR
         if self.exact_totals:
-            self.manifest = Manifest.decode(self.block(self.cid, what="dataset"))
+            try:
+                self.manifest = Manifest.decode(self.block(self.cid, what="dataset"))
+            except NotFound as e:
+                if peers_failed is None:
+                    raise
+                raise type(peers_failed)(f"{peers_failed}; and {e}") from e  # say why the peers did not do
         else:
             assert self.gateway is not None
             self.manifest = unixfs_manifest(self.cid, self.gateway)
