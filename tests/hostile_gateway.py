@@ -10,9 +10,11 @@ Every ``GET /ipfs/…`` is passed to the ``upstream`` gateway (a dstore peer) an
 ``endless``       no ``Content-Length`` (chunked), junk until the client stops reading (at most 64 MiB)
 ``missing``       404 for everything
 ``wrong-raw``     ``wrong-bytes`` for raw blocks (chunks: ``bafk…`` CIDs) only, the metadata passed through
+``wrong-car``     ``wrong-bytes`` for CAR streams (``format=car``) only, single blocks passed through
 ================  ==================================================================================
 
-``GET /_stats`` answers ``{"requests": n, "lies": n}``, so a test can check the client really met the lie.
+``GET /_stats`` answers ``{"requests": n, "car_requests": n, "lies": n}``, so a test can check the client
+really met the lie.
 
 Usage from a test::
 
@@ -33,19 +35,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-MODES = ("honest", "wrong-bytes", "extra-bytes", "huge", "endless", "missing", "wrong-raw")
+MODES = ("honest", "wrong-bytes", "extra-bytes", "huge", "endless", "missing", "wrong-raw", "wrong-car")
 
 
 def _serve(upstream: str, mode: str, port: int, huge_bytes: int) -> None:
     from aiohttp import ClientSession, web
 
-    counts = {"requests": 0, "lies": 0}
+    counts = {"requests": 0, "car_requests": 0, "lies": 0}
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(counts)
 
     async def ipfs(request: web.Request) -> web.StreamResponse:
         counts["requests"] += 1
+        car = request.query.get("format") == "car"
+        counts["car_requests"] += car
         if mode == "missing":
             counts["lies"] += 1
             return web.json_response({"error": "not here"}, status=404)
@@ -54,11 +58,15 @@ def _serve(upstream: str, mode: str, port: int, huge_bytes: int) -> None:
         async with session.get(upstream + request.path_qs, headers=headers) as up:
             body = await up.read()
             status, content_type = up.status, up.headers.get("Content-Type", "application/octet-stream")
-        honest = mode == "honest" or (mode == "wrong-raw" and not request.match_info["rest"].startswith("bafk"))
+        honest = (
+            mode == "honest"
+            or (mode == "wrong-raw" and not request.match_info["rest"].startswith("bafk"))
+            or (mode == "wrong-car" and not car)
+        )
         if status != 200 or honest:
             return web.Response(body=body, status=status, headers={"Content-Type": content_type})
         counts["lies"] += 1
-        if mode in ("wrong-bytes", "wrong-raw"):
+        if mode in ("wrong-bytes", "wrong-raw", "wrong-car"):
             return web.Response(body=bytes(b ^ 0xFF for b in body) or b"junk", headers={"Content-Type": content_type})
         if mode == "extra-bytes":
             return web.Response(body=body + b"\x00" * 1024, headers={"Content-Type": content_type})

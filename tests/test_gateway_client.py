@@ -254,3 +254,29 @@ def test_peers_that_lack_the_dataset_leave_it_to_the_gateways(served, dstore, tm
         )
     assert alone.code == 3 and "no storage peer knows" in alone.err
     assert both.code == 3 and "no storage peer knows" in both.err and "on none of the 1 gateways" in both.err
+
+
+def test_a_large_file_comes_as_one_car_stream(served, dstore, tmp_path: Path) -> None:
+    """big.bin (about 18 chunks) is one CAR request (dag-scope=entity), not a request per chunk."""
+    with hostile_gateway(tmp_path, upstream=served["peers"][0].url, mode="honest") as proxy:
+        got = subprocess.run(
+            [sys.executable, "-m", "dstore", "cat", f"{served['dataset']}/big.bin"],
+            capture_output=True,
+            env={**os.environ, "DSTORE_HOME": str(tmp_path / "h"), **_reader_env([proxy.url])},
+            timeout=300,
+        )
+        stats = proxy.stats()
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == FILES["big.bin"]
+    assert stats["car_requests"] == 1
+    assert stats["requests"] < 10  # manifest, folder, file nodes and the CAR: far fewer than the chunks
+
+
+def test_a_lying_car_stream_falls_back_to_single_blocks(served, dstore, tmp_path: Path) -> None:
+    with hostile_gateway(tmp_path, upstream=served["peers"][0].url, mode="wrong-car") as liar:
+        out = tmp_path / "out"
+        dstore("get", served["dataset"], "-o", out, env=_reader_env([liar.url]))
+        stats = liar.stats()
+    assert _tree(out) == FILES
+    assert stats["car_requests"] >= 1 and stats["lies"] == stats["car_requests"]
+    assert stats["requests"] > 20  # the chunks of big.bin, one by one after the CAR failed

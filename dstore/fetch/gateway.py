@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dstore.errors import BadCID, FormatError
+from dstore.errors import BadCID, DstoreError, FormatError
 from dstore.format import unixfs
 from dstore.format.cid import CID, DAG_CBOR, HASH_NAMES, RAW, cid_to_text, inline_block
 from dstore.format.manifest import IMPORTED_CHUNKER, PROFILE_CAR_IMPORT, ChunkerParams, Manifest
@@ -39,6 +39,11 @@ GATEWAY_CACHE_BYTES = 64 << 20
 READ_AHEAD_BLOCKS = 4 * GATEWAY_CONCURRENCY
 #: Raw blocks whose verified length is remembered (a few dozen bytes each).
 MAX_KNOWN_SIZES = 1 << 20
+#: Files at least this large are asked for as one CAR stream (``dag-scope=entity``) before block by block:
+#: a request per chunk costs a gateway more than the chunk.
+STREAM_FILE_BYTES = 1 << 20
+#: Blocks of a file's stream read before they are needed (out of order) at most; past that it is dropped.
+STREAM_AHEAD_BYTES = 64 << 20
 
 
 class GatewayBlocks:
@@ -63,7 +68,7 @@ class GatewayBlocks:
             future = self._inflight.pop(key, None) if data is None else None
         if data is None:
             data = future.result() if future is not None else self.client.get_block(cid, max_bytes)
-            self._keep(key, data)
+            self.keep(key, data)
         if len(data) > max_bytes:  # fetched ahead under a looser bound
             raise FormatError(f"block {cid_to_text(cid)} holds {len(data)} bytes, more than the {max_bytes} expected")
         return data
@@ -97,7 +102,7 @@ class GatewayBlocks:
                 return
             self._inflight[key] = self.client.submit(cid, max_bytes)
 
-    def _keep(self, key: bytes, data: bytes) -> None:
+    def keep(self, key: bytes, data: bytes) -> None:
         with self._lock:
             if len(self._sizes) < MAX_KNOWN_SIZES:
                 self._sizes[key] = len(data)
@@ -109,11 +114,67 @@ class GatewayBlocks:
                 _, old = self._cache.popitem(last=False)
                 self._cache_bytes -= len(old)
 
+    def file_stream(self, cid: CID, node: unixfs.Node, max_block_bytes: int) -> FileStream | None:
+        """A CAR stream of a large file's blocks, or None for a small one (its chunks come block by block)."""
+        if node.kind != "file" or (node.filesize or 0) < STREAM_FILE_BYTES:
+            return None
+        return FileStream(self.client.entity_blocks(cid, max_block_bytes), self)
+
     def close(self) -> None:
         with self._lock:
             pending, self._inflight = list(self._inflight.values()), {}
         for future in pending:
             future.cancel()
+
+
+class FileStream:
+    """A file's verified blocks from one CAR stream, handed out by CID in the order the reader wants them.
+
+    Blocks read before they are wanted wait (up to :data:`STREAM_AHEAD_BYTES`); the file's nodes go to
+    the block cache, where the reader's walk of the file finds them. When the stream ends, fails, or
+    would need more waiting room, it is dropped: :meth:`take` then answers None and the reader
+    fetches the remaining chunks block by block from every gateway.
+    """
+
+    def __init__(self, blocks: Iterator[tuple[CID, bytes]], cache: GatewayBlocks) -> None:
+        self._blocks: Iterator[tuple[CID, bytes]] | None = blocks
+        self._cache = cache
+        self._ahead: dict[bytes, bytes] = {}
+        self._ahead_bytes = 0
+
+    def take(self, cid: CID) -> bytes | None:
+        key = cid.to_bytes()
+        data = self._ahead.pop(key, None)
+        if data is not None:
+            self._ahead_bytes -= len(data)
+            return data
+        while self._blocks is not None:
+            try:
+                got, block = next(self._blocks)
+            except StopIteration:
+                self._drop()
+                break
+            except DstoreError:
+                self._drop()  # a gateway that lies or breaks: the rest block by block, from all of them
+                break
+            got_key = got.to_bytes()
+            if got_key == key:
+                return block
+            if got.codec != RAW:
+                self._cache.keep(got_key, block)
+            elif self._ahead_bytes + len(block) > STREAM_AHEAD_BYTES:
+                self._drop()
+            else:
+                self._ahead[got_key] = block
+                self._ahead_bytes += len(block)
+        return None
+
+    def _drop(self) -> None:
+        if self._blocks is not None:
+            close = getattr(self._blocks, "close", None)
+            if close is not None:
+                close()
+            self._blocks = None
 
 
 def unixfs_manifest(root: CID, blocks: GatewayBlocks) -> Manifest:

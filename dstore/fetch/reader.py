@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from dstore.errors import BadCID, DstoreError, FormatError, IntegrityError, NotFound
-from dstore.fetch.gateway import GatewayBlocks, chunks_ahead, metadata_bound, unixfs_manifest
+from dstore.fetch.gateway import FileStream, GatewayBlocks, chunks_ahead, metadata_bound, unixfs_manifest
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
 from dstore.fetch.remote import load_from_peers
 from dstore.format import unixfs
@@ -498,14 +498,18 @@ class DatasetReader:
             raise FormatError(f"chunk {digest.hex()[:16]}… holds {len(data)} bytes, its file says {size}")
         return data
 
-    def gateway_chunks(self, leaves: Iterable[tuple[bytes, int]]) -> Iterator[bytes]:
-        """Read from gateways: the chunks of ``leaves`` in order, each of exactly its size, fetched ahead."""
+    def gateway_chunks(self, leaves: Iterable[tuple[bytes, int]], stream: FileStream | None = None) -> Iterator[bytes]:
+        """Read from gateways: the chunks of ``leaves`` in order, each of exactly its size: from ``stream``
+        (the file's CAR) while it delivers them, else fetched one by one, ahead."""
         assert self.gateway is not None
         gateway = self.gateway
 
         def fetch(digest: bytes, size: int) -> Future[bytes] | bytes:
             where = self.gateway_chunk(digest, size)
-            return where if isinstance(where, bytes) else gateway.start(where, size)
+            if isinstance(where, bytes):
+                return where
+            streamed = stream.take(where) if stream is not None else None
+            return streamed if streamed is not None else gateway.start(where, size)
 
         for digest, size, data in chunks_ahead(fetch, leaves):
             if len(data) != size:
@@ -569,7 +573,9 @@ class DatasetReader:
         until the generator has been advanced twice more.
         """
         if self.gateway is not None:
-            for data in self.gateway_chunks(self.leaves(cid, node)):
+            node = node or self.node(cid)
+            stream = self.gateway.file_stream(cid, node, self.manifest.chunker.max)
+            for data in self.gateway_chunks(self.leaves(cid, node), stream):
                 yield memoryview(data)
             return
         if not self._run_buffers:

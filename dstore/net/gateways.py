@@ -9,7 +9,10 @@ of the order for later blocks; a block fails only when no gateway has it.
 
 Blocks are spread over the gateways by rendezvous hashing of the CID (as shards are over peers), and
 fetched in parallel by :meth:`GatewayClient.submit` (a thread pool with one keep-alive connection per
-gateway and thread). Only the standard library is used: this module knows CIDs, nothing of datasets.
+gateway and thread). A large file's blocks also come as one stream, :meth:`GatewayClient.entity_blocks`
+(``?format=car&dag-scope=entity``), each block verified as it arrives; a stream that goes wrong is
+dropped and the caller asks for the blocks one by one. Only the standard library and dstore's CAR
+reader are used: this module knows CIDs and blocks, nothing of datasets.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from dstore.errors import DstoreError, IntegrityError, NotFound, PeerError
+from dstore.format.car import CarReader
 from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest, inline_block
 
 __all__ = ["GATEWAY_CONCURRENCY", "GATEWAY_TIMEOUT_S", "GatewayClient", "verify_block"]
@@ -33,6 +37,8 @@ GATEWAY_CONCURRENCY = 8
 GATEWAY_TIMEOUT_S = 30.0
 #: The MIME type of one block, as the Trustless Gateway specification names it.
 RAW_BLOCK_TYPE = "application/vnd.ipld.raw"
+#: The MIME type of a CAR stream (version 1, depth first, no duplicates: what dstore peers send).
+CAR_TYPE = "application/vnd.ipld.car; version=1; order=dfs; dups=n"
 _READ_PIECE_BYTES = 1 << 20
 
 
@@ -161,6 +167,36 @@ class GatewayClient:
         finally:
             for future in pending:
                 future.cancel()
+
+    def entity_blocks(self, cid: CID, max_block_bytes: int) -> Iterator[tuple[CID, bytes]]:
+        """The blocks of the entity ``cid`` (a file's DAG) as one CAR stream from the first gateway in order,
+        each checked against its CID as it arrives; ``max_block_bytes`` bounds each.
+
+        The caller decides which blocks it wanted; the stream may end early, or raise a DstoreError
+        (FormatError, IntegrityError, PeerError) when the gateway sends what is no CAR or a block that
+        does not verify: that gateway gets a strike, and the caller asks for the rest block by block.
+        """
+        gateway = self._order(cid)[0]
+        conn = _Gateway(gateway.url).connection(self.timeout_s)  # its own: other requests go on meanwhile
+        try:
+            path = f"{gateway.prefix}/ipfs/{cid_to_text(cid)}?format=car&dag-scope=entity"
+            try:
+                conn.request("GET", path, headers={"Accept": CAR_TYPE})
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise PeerError(f"{gateway.url}: {e or type(e).__name__}") from None
+            if response.status != 200:
+                raise PeerError(f"{gateway.url} answered HTTP {response.status} for a CAR of {cid_to_text(cid)}")
+            try:
+                yield from CarReader(response, verify=True, max_block_bytes=max_block_bytes)
+            except (OSError, http.client.HTTPException) as e:
+                raise PeerError(f"{gateway.url}: {e or type(e).__name__}") from None
+            except DstoreError:
+                with self._lock:
+                    gateway.strikes += 1
+                raise
+        finally:
+            conn.close()
 
     def close(self) -> None:
         if self.closed:
