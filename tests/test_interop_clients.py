@@ -202,3 +202,17 @@ def test_a_car_packed_by_ipfs_car_keeps_its_root_on_a_peer(peer, tmp_path: Path)
         {"DSTORE_HOME": str(tmp_path / "reader"), "DSTORE_PEERS": "", "DSTORE_GATEWAYS": peer["url"]},
     )
     assert _tree(back) == _tree(src)
+
+
+def test_a_cidv0_root_reads_from_a_gateway(peer, tmp_path: Path) -> None:
+    """The Qm… form IPFS tools print for a sha2-256 dag-pb root reads like its CIDv1."""
+    from multiformats import multibase
+
+    from dstore.format.cid import parse_cid
+
+    root = parse_cid(peer["sha256"]["root"])
+    qm = multibase.encode("base58btc", bytes([0x12, 0x20]) + bytes(root.hash.digest))[1:]  # CIDv0: the multihash
+    assert qm.startswith("Qm") and parse_cid(qm).to_v1() == root
+    env = {"DSTORE_HOME": str(tmp_path / "reader"), "DSTORE_PEERS": "", "DSTORE_GATEWAYS": peer["url"]}
+    _run([sys.executable, "-m", "dstore", "get", qm, "-o", tmp_path / "out"], env)
+    assert _tree(tmp_path / "out") == FILES
