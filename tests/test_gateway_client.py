@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from hostile_gateway import hostile_gateway
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from peerutil import running_peers
 
 from dstore.errors import IntegrityError, NotFound
@@ -280,3 +282,25 @@ def test_a_lying_car_stream_falls_back_to_single_blocks(served, dstore, tmp_path
     assert _tree(out) == FILES
     assert stats["car_requests"] >= 1 and stats["lies"] == stats["car_requests"]
     assert stats["requests"] > 20  # the chunks of big.bin, one by one after the CAR failed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    blobs=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=12, unique=True),
+    order=st.randoms(use_true_random=False),
+    cut=st.integers(min_value=0, max_value=12),
+)
+def test_a_file_stream_hands_out_each_block_under_its_own_cid(blobs, order, cut) -> None:
+    """Whatever order a CAR stream sends blocks in, and wherever it stops, take(cid) gives cid's block or None."""
+    from dstore.fetch.gateway import FileStream, GatewayBlocks
+    from dstore.format.cid import RAW, make_cid
+
+    blocks = [(make_cid(RAW, b, "sha2-256"), b) for b in blobs]
+    sent = list(blocks)
+    order.shuffle(sent)
+    with GatewayClient(["http://127.0.0.1:9"]) as client:
+        stream = FileStream(iter(sent[:cut]), GatewayBlocks(client))
+        for cid, block in blocks:
+            got = stream.take(cid)
+            assert got is None or got == block
+        assert all(stream.take(cid) is None for cid, _ in blocks)  # each handed out once, then the stream is done
