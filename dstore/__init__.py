@@ -15,7 +15,13 @@ if TYPE_CHECKING:
 
 
 def open(  # noqa: A001 - mirrors io.open / fsspec.open
-    cid: str, *, peers: Any = None, token: str | None = None, cache: Any = None, home: Any = None
+    cid: str,
+    *,
+    peers: Any = None,
+    token: str | None = None,
+    cache: Any = None,
+    home: Any = None,
+    gateways: Any = None,
 ) -> Dataset:
     """Open dataset ``cid`` for reading in place (see :class:`dstore.mount.dataset.Dataset`).
 
@@ -23,11 +29,13 @@ def open(  # noqa: A001 - mirrors io.open / fsspec.open
     ``$DSTORE_HOME``), else from the storage peers: ``peers`` (URLs, as a list
     or ``"http://a:1,http://b:2"``, or a :class:`dstore.net.PeerClient`), else
     ``$DSTORE_PEERS``; ``token`` as the CLI takes it (``$DSTORE_TOKEN``,
-    ``$DSTORE_TOKEN_FILE``; reads need none). File bytes read from peers are
+    ``$DSTORE_TOKEN_FILE``; reads need none); a dataset no peer knows is read
+    from trustless IPFS gateways: ``gateways`` (URLs, as for ``peers``), else
+    ``$DSTORE_GATEWAYS`` (a plain UnixFS root CID reads too). File bytes read from peers are
     kept in the machine's chunk cache: ``cache`` is a folder, ``False`` for
     none, or None for ``$DSTORE_CACHE`` capped at ``$DSTORE_CACHE_SIZE``
     (docs/training.md).
     """
     from dstore.mount.dataset import open_dataset
 
-    return open_dataset(cid, peers=peers, token=token, cache=cache, home=home)
+    return open_dataset(cid, peers=peers, token=token, cache=cache, home=home, gateways=gateways)

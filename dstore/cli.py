@@ -21,6 +21,7 @@ import click
 from dstore.errors import DstoreError
 
 if TYPE_CHECKING:  # the network client is loaded only when peers are used
+    from dstore.net.gateways import GatewayClient
     from dstore.net.protocol import PeerClient
 
 DEFAULT_SHARDS = "10+2"
@@ -174,6 +175,35 @@ def _peers(peer_urls: str | None, token: str | None) -> Iterator[PeerClient | No
         peers.close()
 
 
+def _remember_gateways(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # Kept aside like --token-file: only _gateways needs it.
+    ctx.meta["dstore.gateways"] = value
+
+
+gateways_option = click.option(
+    "--gateways",
+    metavar="URL,URL",
+    expose_value=False,
+    callback=_remember_gateways,
+    help="Trustless IPFS gateways to read what no peer has from, every block verified (else $DSTORE_GATEWAYS).",
+)
+
+
+@contextmanager
+def _gateways() -> Iterator[GatewayClient | None]:
+    """A GatewayClient for ``--gateways`` / ``$DSTORE_GATEWAYS``, or None when none is given."""
+    from dstore.net.config import gateways_from_env
+
+    urls = gateways_from_env(click.get_current_context().meta.get("dstore.gateways"))
+    if not urls:
+        yield None
+        return
+    from dstore.net.gateways import GatewayClient
+
+    with GatewayClient(urls) as client:
+        yield client
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dstore")
 def main() -> None:
@@ -301,6 +331,7 @@ def import_(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @home_option
 @peers_options
+@gateways_option
 def get(
     cid: str, output: Path, quiet: bool, as_json: bool, home: str | None, peer_urls: str | None, token: str | None
 ) -> None:
@@ -311,9 +342,10 @@ def get(
         _sigterm_interrupts(),
         _store(home) as store,
         _peers(peer_urls, token) as peers,
+        _gateways() as gateways,
         _progress("getting", quiet) as (start, advance),
     ):
-        summary = do_get(store, cid, output, progress=advance, on_start=start, peers=peers)
+        summary = do_get(store, cid, output, progress=advance, on_start=start, peers=peers, gateways=gateways)
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -324,13 +356,19 @@ def get(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
 @home_option
 @peers_options
+@gateways_option
 def ls_(target: str, long: bool, as_json: bool, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """List a folder of a dataset."""
     from dstore.fetch.reader import DatasetReader
 
     cid, _, path = target.partition("/")
     tty = sys.stdout.isatty()
-    with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
+    with (
+        _store(home) as store,
+        _peers(peer_urls, token) as peers,
+        _gateways() as gateways,
+        DatasetReader(store, cid, peers=peers, gateways=gateways) as reader,
+    ):
         for entry in reader.ls(path):
             if as_json:
                 click.echo(
@@ -349,6 +387,7 @@ def ls_(target: str, long: bool, as_json: bool, home: str | None, peer_urls: str
 @click.argument("target", metavar="CID/PATH")
 @home_option
 @peers_options
+@gateways_option
 def cat(target: str, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """Write one file of a dataset to stdout."""
     from dstore.fetch.reader import DatasetReader
@@ -359,7 +398,8 @@ def cat(target: str, home: str | None, peer_urls: str | None, token: str | None)
         _sigterm_interrupts(),
         _store(home) as store,
         _peers(peer_urls, token) as peers,
-        DatasetReader(store, cid, peers=peers) as reader,
+        _gateways() as gateways,
+        DatasetReader(store, cid, peers=peers, gateways=gateways) as reader,
     ):
         for piece in reader.iter_file(path):
             _write_stdout(out.write, piece)
@@ -403,12 +443,13 @@ def stat(as_json: bool, home: str | None) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="CAR file to write.")
 @home_option
 @peers_options
+@gateways_option
 def export(cid: str, output: Path, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """Write the dataset's blocks as a CAR v1 file (readable by IPFS tools)."""
     from dstore.fetch.export import export_car
 
-    with _sigterm_interrupts(), _store(home) as store, _peers(peer_urls, token) as peers:
-        export_car(store, cid, output, peers=peers)
+    with _sigterm_interrupts(), _store(home) as store, _peers(peer_urls, token) as peers, _gateways() as gateways:
+        export_car(store, cid, output, peers=peers, gateways=gateways)
 
 
 @main.command()
@@ -416,13 +457,24 @@ def export(cid: str, output: Path, home: str | None, peer_urls: str | None, toke
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pack.")
 @home_option
 @peers_options
+@gateways_option
 def verify(cid: str, as_json: bool, home: str | None, peer_urls: str | None, token: str | None) -> None:
-    """Check every shard of dataset CID against its ID (on the peers, with --peers); exit 6 if any is missing or bad."""
+    """Check every shard of dataset CID against its ID (on the peers, with --peers); exit 6 if any is missing or bad.
+
+    A dataset read from gateways (--gateways) has no shards: every block of it is fetched and checked instead."""
     from dstore.errors import IntegrityError, NotEnoughShards
     from dstore.fetch.reader import DatasetReader
     from dstore.fetch.verify import verify_local, verify_peers
 
-    with _store(home) as store, _peers(peer_urls, token) as peers, DatasetReader(store, cid, peers=peers) as reader:
+    with (
+        _store(home) as store,
+        _peers(peer_urls, token) as peers,
+        _gateways() as gateways,
+        DatasetReader(store, cid, peers=peers, gateways=gateways) as reader,
+    ):
+        if reader.gateway is not None:
+            _verify_gateway(reader, as_json)
+            return
         reports = verify_local(reader) if peers is None else verify_peers(reader, peers)
     _print_reports(reports, as_json)
     lost = [r for r in reports if r.good < r.needed]
@@ -457,6 +509,16 @@ def repair(cid: str, as_json: bool, home: str | None, peer_urls: str | None, tok
         click.echo(json.dumps({"cid": cid, "packs": len(reports), "damaged_packs": damaged, "shards_written": written}))
     else:
         click.echo(f"{len(reports)} packs checked, {damaged} damaged, {written} shards rewritten")
+
+
+def _verify_gateway(reader: Any, as_json: bool) -> None:
+    from dstore.fetch.gateway import verify_gateway
+
+    blocks, nbytes = verify_gateway(reader)  # raises on the first block no gateway gives verified
+    if as_json:
+        click.echo(json.dumps({"cid": reader.cid.encode("base32"), "blocks": blocks, "bytes": nbytes}))
+    else:
+        click.echo(f"{blocks} blocks ({nbytes} bytes) fetched from the gateways, every one verified")
 
 
 def _print_reports(reports: list[Any], as_json: bool) -> None:
@@ -588,6 +650,7 @@ def fsck(rebuild: bool, as_json: bool, home: str | None) -> None:
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @home_option
 @peers_options
+@gateways_option
 def mount(cid: str, mountpoint: Path, home: str | None, peer_urls: str | None, token: str | None) -> None:
     """Mount dataset CID read-only at MOUNTPOINT (FUSE) until Ctrl-C or SIGTERM, then unmount."""
     from dstore.errors import UsageError
@@ -606,7 +669,8 @@ def mount(cid: str, mountpoint: Path, home: str | None, peer_urls: str | None, t
         click.echo(f"mounted {dataset.cid} at {mountpoint} (Ctrl-C to unmount)")
         sys.stdout.flush()
 
-    with dstore.open(cid, peers=peer_urls, token=token, home=home) as dataset:
+    gateways = click.get_current_context().meta.get("dstore.gateways")
+    with dstore.open(cid, peers=peer_urls, token=token, home=home, gateways=gateways) as dataset:
         try:
             fuse.mount(dataset, str(mountpoint), on_mounted=mounted)
         except RuntimeError as e:

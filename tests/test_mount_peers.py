@@ -97,7 +97,7 @@ def test_metadata_from_peers_without_reading_file_bytes(fresh):
             ds.listdir("big.bin")
         with pytest.raises(FileNotFoundError):
             ds.info("sub/nope")
-        assert ds.chunks.stats == {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0}
+        assert ds.chunks.stats == {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0, "gateway": 0}
 
 
 def test_peers_and_token_from_the_environment(fresh, six, monkeypatch, tmp_path):

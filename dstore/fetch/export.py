@@ -14,16 +14,25 @@ from pathlib import Path
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format.car import CarWriter
+from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
 
-def export_car(store: Store, dataset: str, output: Path, *, peers: PeerClient | None = None) -> int:
+def export_car(
+    store: Store,
+    dataset: str,
+    output: Path,
+    *,
+    peers: PeerClient | None = None,
+    gateways: GatewayClient | None = None,
+) -> int:
     """Write the CAR; returns its size in bytes."""
     shown = Path(output)
-    with DatasetReader(store, dataset, peers=peers) as reader:
+    with DatasetReader(store, dataset, peers=peers, gateways=gateways) as reader:
         output = check_output(shown)
-        reader.check_totals()  # the CAR holds each block once; the manifest must still tell the truth
+        if reader.exact_totals:
+            reader.check_totals()  # the CAR holds each block once; the manifest must still tell the truth
         tmp = temporary_name(output)
         try:
             try:
@@ -42,7 +51,8 @@ def export_car(store: Store, dataset: str, output: Path, *, peers: PeerClient | 
                 for cid, node in reader.dag_blocks():
                     block = reader.read_chunk(cid.hash.digest) if node is None else reader.block(cid)
                     car.put(cid, block)
-                car.put(reader.cid, reader.block(reader.cid))
+                if reader.cid != reader.root:  # a dataset's manifest (a plain UnixFS root is its own)
+                    car.put(reader.cid, reader.block(reader.cid))
                 try:
                     f.flush()
                 except OSError as e:

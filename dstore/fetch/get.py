@@ -20,10 +20,12 @@ from pathlib import Path
 from dstore.errors import DstoreError, FormatError
 from dstore.fetch import partial
 from dstore.fetch.batch import BatchWriter
+from dstore.fetch.gateway import GatewayWriter
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID, cid_to_text
+from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
@@ -36,12 +38,14 @@ def get(
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     peers: PeerClient | None = None,
+    gateways: GatewayClient | None = None,
 ) -> dict[str, object]:
-    """Write ``target`` (``CID`` or ``CID/path``) to ``output`` (from peers where the store lacks it); a summary."""
+    """Write ``target`` (``CID`` or ``CID/path``) to ``output`` (from peers where the store lacks it, else from
+    gateways); a summary."""
     dataset, _, path = target.partition("/")
     path = "/".join(p for p in path.split("/") if p)
     shown = Path(output)
-    with DatasetReader(store, dataset, peers=peers) as reader:
+    with DatasetReader(store, dataset, peers=peers, gateways=gateways) as reader:
         cid, node = reader.resolve(path)
         output = check_output(shown)
         total = reader.manifest.size if not path else node.filesize
@@ -106,7 +110,8 @@ class _TreeWriter:
         # The reader's walk refuses unsafe names and stops at what the manifest declares; folders are
         # made as the walk reaches them, before the batch that holds their files is written.
         try:
-            with BatchWriter(self.reader, self.tmp.parent, self.progress, on_done=self._written) as out:
+            writer = BatchWriter if self.reader.gateway is None else GatewayWriter  # no packs behind gateways
+            with writer(self.reader, self.tmp.parent, self.progress, on_done=self._written) as out:
                 for rel, cid, node in self.reader.walk(path):
                     if node.is_dir:
                         self._dir(self.tmp / rel if rel else self.tmp, rel)
@@ -137,7 +142,7 @@ class _TreeWriter:
         except OSError as e:
             raise write_error(self.shown / rel, e) from e
 
-    def _file(self, rel: str, cid: CID, node: unixfs.Node, out: BatchWriter) -> None:
+    def _file(self, rel: str, cid: CID, node: unixfs.Node, out: BatchWriter | GatewayWriter) -> None:
         cid_text = cid_to_text(cid)
         size = node.filesize or 0
         where = f"{self.tmp.name}/{rel}" if rel else self.tmp.name  # relative to the output's folder

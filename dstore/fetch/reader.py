@@ -10,23 +10,40 @@ FormatError as soon as the tree yields more files and folders than
 ``entries`` or more file bytes than ``size``, and a walk of the whole dataset
 fails unless it yields exactly those. Every walk is iterative and refuses
 trees deeper than MAX_TREE_DEPTH (file DAGs: MAX_FILE_DEPTH).
+
+A dataset that neither the store nor a peer knows is read from trustless
+gateways, when some are given, block by block (dstore/fetch/gateway.py).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
-from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
+from dstore.errors import BadCID, DstoreError, FormatError, IntegrityError, NotFound
+from dstore.fetch.gateway import FileStream, GatewayBlocks, chunks_ahead, metadata_bound, unixfs_manifest
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
 from dstore.fetch.remote import load_from_peers
 from dstore.format import unixfs
-from dstore.format.cid import CID, DAG_CBOR, HASH_CODES, RAW, cid_to_text, hash_digest, inline_block, parse_cid
+from dstore.format.cid import (
+    CID,
+    DAG_CBOR,
+    DAG_PB,
+    HASH_CODES,
+    RAW,
+    cid_from_digest,
+    cid_to_text,
+    hash_digest,
+    inline_block,
+    parse_cid,
+)
 from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer
+from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
@@ -87,37 +104,73 @@ class Entry:
 class DatasetReader:
     """A dataset of the local store, opened by dataset ID."""
 
-    def __init__(self, store: Store, dataset: str | CID, *, peers: PeerClient | None = None) -> None:
-        """Open ``dataset`` from the local store, else (with ``peers``, a SyncPeerSet) from peers."""
+    def __init__(
+        self,
+        store: Store,
+        dataset: str | CID,
+        *,
+        peers: PeerClient | None = None,
+        gateways: GatewayClient | None = None,
+    ) -> None:
+        """Open ``dataset`` from the local store, else (with ``peers``, a SyncPeerSet) from peers, else (with
+        ``gateways``) from trustless gateways, which also read a plain UnixFS root CID."""
         self.store = store
         self.cid = parse_cid(dataset)
-        if self.cid.codec != DAG_CBOR:
+        if self.cid.version == 0:
+            self.cid = self.cid.to_v1()  # a Qm… root from IPFS tools
+        if self.cid.codec != DAG_CBOR and (gateways is None or self.cid.codec not in (DAG_PB, RAW)):
             raise BadCID(
                 f"{cid_to_text(self.cid)} is not a dataset ID (dataset IDs are dag-cbor manifests, "
-                "as printed by `dstore add`)"
+                "as printed by `dstore add`; with --gateways, a UnixFS root CID reads too)"
             )
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
         self._dirs: OrderedDict[bytes, tuple[unixfs.Node, int]] = OrderedDict()  # CID -> (folder, block bytes)
         self._dirs_bytes = 0
         self._fetched: dict[bytes, bytes] = {}  # metadata blocks from peers
         self.pointer: Pointer | None = None  # the peers' pointer that led to verified metadata, if read from peers
+        #: Where blocks come from when the dataset is read from gateways (no locator, no packs); else None.
+        self.gateway: GatewayBlocks | None = None
+        #: Chunks of a dataset read from gateways that are no raw block: digest -> inline bytes or dag-pb node.
+        self._homes: dict[bytes, bytes | CID] = {}
         hints: dict[bytes, list[str | None]] = {}
-        locator = store.index.dataset_locator(self.cid.to_bytes())
+        locator_cid: CID | None = None
+        peers_failed: DstoreError | None = None
+        locator = store.index.dataset_locator(self.cid.to_bytes()) if self.cid.codec == DAG_CBOR else None
         if locator is not None:
             locator_cid = CID.from_bytes(locator)
-        elif peers is not None:
-            remote = load_from_peers(peers, self.cid)
-            locator_cid, self._fetched, hints = remote.locator, remote.blocks, remote.hints
-            self.pointer = remote.pointer
+        elif peers is not None and self.cid.codec == DAG_CBOR:
+            try:
+                remote = load_from_peers(peers, self.cid)
+            except DstoreError as e:
+                if gateways is None:
+                    raise
+                peers_failed = e
+                self.gateway = GatewayBlocks(gateways)  # no peer leads to verified metadata: the gateways may
+            else:
+                locator_cid, self._fetched, hints = remote.locator, remote.blocks, remote.hints
+                self.pointer = remote.pointer
+        elif gateways is not None:
+            self.gateway = GatewayBlocks(gateways)
         else:
             raise NotFound(
                 f"dataset {cid_to_text(self.cid)} is not in this store "
                 "(to fetch it from storage peers, pass --peers or set DSTORE_PEERS)"
             )
-        self.manifest = Manifest.decode(self.block(self.cid, what="dataset"))
+        #: The manifest states the tree's totals exactly (a plain UnixFS root states only bounds).
+        self.exact_totals = self.cid.codec == DAG_CBOR
+        if self.exact_totals:
+            try:
+                self.manifest = Manifest.decode(self.block(self.cid, what="dataset"))
+            except NotFound as e:
+                if peers_failed is None:
+                    raise
+                raise type(peers_failed)(f"{peers_failed}; and {e}") from e  # say why the peers did not do
+        else:
+            assert self.gateway is not None
+            self.manifest = unixfs_manifest(self.cid, self.gateway)
         self.hash_name = self.manifest.hash_name
-        self.locator = Locator(self.block, locator_cid)
-        if self.locator.dataset != self.cid:
+        self._locator = None if locator_cid is None else Locator(self.block, locator_cid)
+        if self._locator is not None and self._locator.dataset != self.cid:
             raise IntegrityError(f"the locator found for {cid_to_text(self.cid)} belongs to another dataset")
         self.hints = hints  # pack ID -> peer holding each shard, from the dataset's placement block
         local = LocalShards(store, self.hash_name)
@@ -130,7 +183,18 @@ class DatasetReader:
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
     def close(self) -> None:
+        if self.gateway is not None:
+            self.gateway.close()
         self.packs.close()
+
+    @property
+    def locator(self) -> Locator:
+        """The dataset's locator; a dataset read from gateways has none (its chunks are fetched by CID)."""
+        if self._locator is None:
+            raise NotFound(
+                f"dataset {cid_to_text(self.cid)} is read from gateways: it has no locator, packs or shards here"
+            )
+        return self._locator
 
     def __enter__(self) -> DatasetReader:
         return self
@@ -152,6 +216,8 @@ class DatasetReader:
         if cached is not None:
             return cached
         data = self._fetched.get(key) or self.store.get_block(key)
+        if data is None and self.gateway is not None:
+            data = self.gateway.get(cid, metadata_bound(cid))
         if data is None:
             raise NotFound(f"{what} {cid_to_text(cid)} is not in this store")
         if hash_digest(data, _hash_name_of(cid)) != cid.hash.digest:
@@ -254,6 +320,10 @@ class DatasetReader:
             digest = self.chunk_digest(cid)
             if digest == self._empty_digest:
                 return unixfs.Node(kind="raw", filesize=0)  # the empty file: no chunk, no pack
+            if self.gateway is not None:  # no locator: the size is the verified block's own
+                inline = inline_block(cid)
+                size = len(inline) if inline is not None else self.gateway.size(cid, self.manifest.chunker.max)
+                return unixfs.Node(kind="raw", filesize=size)
             # A one-chunk file: its size comes from the locator, its bytes from a pack.
             return unixfs.Node(kind="raw", filesize=self._ref(digest)[2].size)
         key = cid.to_bytes()
@@ -342,12 +412,12 @@ class DatasetReader:
         yield "", cid, node
         if node.is_dir:
             yield from self._walk_under(node, budget)
-        if not any(path.split("/")):
+        if not any(path.split("/")) and self.exact_totals:
             budget.finish()
 
     def _walk_under(self, node: unixfs.Node, budget: TreeBudget) -> Iterator[tuple[str, CID, unixfs.Node]]:
         # One frame per open folder: (its path prefix, its entries still to visit). No recursion.
-        stack = [("", iter(self.entries(node)))]
+        stack = [("", self._ahead(self.entries(node)))]
         while stack:
             prefix, pending = stack[-1]
             item = next(pending, None)
@@ -362,7 +432,22 @@ class DatasetReader:
             if child.is_dir:
                 if len(stack) >= unixfs.MAX_TREE_DEPTH:
                     raise FormatError(f"the dataset's folders nest deeper than {unixfs.MAX_TREE_DEPTH} levels")
-                stack.append((rel + "/", iter(self.entries(child))))
+                stack.append((rel + "/", self._ahead(self.entries(child))))
+
+    def _ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
+        """A folder's entries; read from gateways, the blocks of the next few are fetched meanwhile."""
+        if self.gateway is None:
+            return iter(entries)
+        return self._gateway_ahead(entries)
+
+    def _gateway_ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
+        assert self.gateway is not None
+        from dstore.fetch.gateway import READ_AHEAD_BLOCKS
+
+        for i, item in enumerate(entries):
+            for _, cid in entries[i : i + READ_AHEAD_BLOCKS]:
+                self.gateway.ahead(cid, self.manifest.chunker.max if cid.codec == RAW else metadata_bound(cid))
+            yield item
 
     # -- file bytes ---------------------------------------------------------
 
@@ -382,12 +467,12 @@ class DatasetReader:
             )
         if cid.codec == RAW:
             if node.filesize:
-                yield self.chunk_digest(cid), node.filesize
+                yield self._home(self.chunk_digest(cid), inline_block(cid)), node.filesize
             return
         # A File node's bytes are its inline Data, then its children's. dstore writes no Data;
         # an imported DAG's (dag-pb leaves) is stored as the chunk of its digest.
         if node.data:
-            yield hash_digest(node.data, self.hash_name), len(node.data)
+            yield self._home(hash_digest(node.data, self.hash_name), cid), len(node.data)
         stack = [iter(zip(node.links, node.blocksizes, strict=True))]
         while stack:
             item = next(stack[-1], None)
@@ -401,7 +486,7 @@ class DatasetReader:
                 inline = inline_block(link.cid)
                 if inline is not None and len(inline) != size:
                     raise FormatError(f"UnixFS file: a link of {size} bytes to an inline block of {len(inline)}")
-                yield self.chunk_digest(link.cid), size
+                yield self._home(self.chunk_digest(link.cid), inline), size
                 continue
             child = self.node(link.cid)
             if child.kind != "file" or child.filesize != size:
@@ -409,10 +494,45 @@ class DatasetReader:
                     f"UnixFS file: a link of {size} bytes leads to a {child.kind} of {child.filesize} bytes"
                 )
             if child.data:
-                yield hash_digest(child.data, self.hash_name), len(child.data)
+                yield self._home(hash_digest(child.data, self.hash_name), link.cid), len(child.data)
             if len(stack) >= unixfs.MAX_FILE_DEPTH:
                 raise FormatError(f"a file's DAG is deeper than {unixfs.MAX_FILE_DEPTH} levels")
             stack.append(iter(zip(child.links, child.blocksizes, strict=True)))
+
+    def _home(self, digest: bytes, home: bytes | CID | None) -> bytes:
+        """Read from gateways, remember where a chunk that is no raw block of its own is (``home``)."""
+        if self.gateway is not None and home is not None:
+            self._homes[digest] = home
+        return digest
+
+    def gateway_chunk(self, digest: bytes, size: int | None) -> bytes | CID:
+        """Read from gateways: a chunk's bytes when they are at hand (inline, or a dag-pb node's Data),
+        else the raw CID to fetch. ``size``, from a verified parent, is checked when known."""
+        home = self._homes.get(digest)
+        if home is None:
+            return cid_from_digest(RAW, digest, self.hash_name)
+        data = home if isinstance(home, bytes) else unixfs.parse_node(home, self.block(home)).data
+        if size is not None and len(data) != size:
+            raise FormatError(f"chunk {digest.hex()[:16]}… holds {len(data)} bytes, its file says {size}")
+        return data
+
+    def gateway_chunks(self, leaves: Iterable[tuple[bytes, int]], stream: FileStream | None = None) -> Iterator[bytes]:
+        """Read from gateways: the chunks of ``leaves`` in order, each of exactly its size: from ``stream``
+        (the file's CAR) while it delivers them, else fetched one by one, ahead."""
+        assert self.gateway is not None
+        gateway = self.gateway
+
+        def fetch(digest: bytes, size: int) -> Future[bytes] | bytes:
+            where = self.gateway_chunk(digest, size)
+            if isinstance(where, bytes):
+                return where
+            streamed = stream.take(where) if stream is not None else None
+            return streamed if streamed is not None else gateway.start(where, size)
+
+        for digest, size, data in chunks_ahead(fetch, leaves):
+            if len(data) != size:
+                raise FormatError(f"chunk {digest.hex()[:16]}… holds {len(data)} bytes, its file says {size}")
+            yield data
 
     def chunk_ref(self, digest: bytes) -> tuple[bytes, PackRecord, ChunkEntry]:
         """Where a chunk is: (pack ID, pack record, locator entry), its sizes bounded; NotFound if nowhere."""
@@ -470,6 +590,12 @@ class DatasetReader:
         Runs are views of two reused buffers, alternately: a view stays valid
         until the generator has been advanced twice more.
         """
+        if self.gateway is not None:
+            node = node or self.node(cid)
+            stream = self.gateway.file_stream(cid, node, self.manifest.chunker.max)
+            for data in self.gateway_chunks(self.leaves(cid, node), stream):
+                yield memoryview(data)
+            return
         if not self._run_buffers:
             # A run never passes RUN_BYTES unless it is one chunk larger than that.
             size = max(RUN_BYTES, self.manifest.chunker.max)
@@ -496,6 +622,9 @@ class DatasetReader:
         (the next chunks are likely in the same pack) maps the whole pack, as file reads do."""
         if digest == self._empty_digest:
             return b""  # the empty file's raw block is in no pack
+        if self.gateway is not None:
+            where = self.gateway_chunk(digest, None)
+            return where if isinstance(where, bytes) else self.gateway.get(where, self.manifest.chunker.max)
         pack_id, record, ref = self._ref(digest)
         if sequential:
             return bytes(self.packs.read_run(pack_id, record, [ref], bytearray(ref.size)))

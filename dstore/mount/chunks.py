@@ -4,7 +4,8 @@ In order: the disk cache (checked against the chunk ID), the local store's
 shard files (only the bytes covering the chunk), the peers' data shards by
 HTTP ``Range`` (only those bytes), and last the whole pack through the
 reader's fetch path (hedged, rebuilt from parity when a data shard is not to
-be had). Every chunk is decoded and checked against its ID before a byte of
+be had). A dataset read from gateways has no packs: its chunks are fetched
+by CID from the gateways instead. Every chunk is decoded and checked against its ID before a byte of
 it is returned; range bytes that fail the check score their peer down and
 the chunk is read again through the whole pack.
 
@@ -41,7 +42,7 @@ class ChunkSource:
         self.on_fork: Callable[[], None] | None = None
         self.rebind(reader, peers)
         #: Where chunks came from (counts, for tests and benchmarks).
-        self.stats = {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0}
+        self.stats = {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0, "gateway": 0}
 
     def rebind(self, reader: DatasetReader, peers: PeerClient | None) -> None:
         """Read through this reader and these peers from now on (in this process)."""
@@ -65,6 +66,9 @@ class ChunkSource:
         self.check_process()
         if self.cache is not None and self.cache.get_into(self.hash_name, digest, out):
             self.stats["cache"] += 1
+            return
+        if self.reader.gateway is not None:
+            self._from_gateway(digest, out)
             return
         with self._lock:
             pack_id, record, ref = self.reader.chunk_ref(digest)
@@ -92,6 +96,19 @@ class ChunkSource:
         self.stats["pack"] += 1
         if self.peers is not None:
             self._keep(digest, out)
+
+    def _from_gateway(self, digest: bytes, out: memoryview) -> None:
+        """The chunk by its CID from the reader's gateways (verified there), outside the lock."""
+        gateway = self.reader.gateway
+        assert gateway is not None
+        with self._lock:
+            where = self.reader.gateway_chunk(digest, len(out))
+        data = where if isinstance(where, bytes) else gateway.get(where, len(out))
+        if len(data) != len(out):
+            raise IntegrityError(f"chunk {digest.hex()[:16]}… holds {len(data)} bytes, its file says {len(out)}")
+        out[:] = data
+        self.stats["gateway"] += 1
+        self._keep(digest, out)
 
     def read(self, digest: bytes, size: int) -> bytes:
         buf = bytearray(size)

@@ -1,7 +1,8 @@
 """``dstore.open(cid)``: a dataset handle, from the local store or from peers, and its files.
 
 Metadata comes from the local store, else from the peers (``peers=``, else
-``$DSTORE_PEERS``). File bytes come chunk by chunk through a
+``$DSTORE_PEERS``), else from trustless gateways (``gateways=``, else
+``$DSTORE_GATEWAYS``), which also read a plain UnixFS root CID. File bytes come chunk by chunk through a
 :class:`~dstore.mount.chunks.ChunkSource` (the disk cache, local shards,
 ranged reads of peers' data shards, the whole pack as a last resort), every
 chunk checked against its ID. Listing and walking read metadata only.
@@ -19,10 +20,14 @@ from dstore.fetch.reader import DatasetReader, Entry, TreeBudget
 from dstore.mount.cache import ChunkCache, cache_from_env
 from dstore.mount.chunks import ChunkSource
 from dstore.mount.fileobj import DatasetFile
+from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 
-__all__ = ["READAHEAD_THREADS", "Dataset", "connect_peers", "open_dataset"]
+__all__ = ["READAHEAD_THREADS", "Dataset", "connect_gateways", "connect_peers", "open_dataset"]
+
+#: What a dataset opens again in a forked child: the store, the peers, the gateways, and what it must close.
+Opened = tuple[Store, PeerClient | None, GatewayClient | None, list[Any]]
 
 #: Threads reading chunks ahead of sequential readers, per open dataset.
 READAHEAD_THREADS = 8
@@ -39,13 +44,14 @@ class Dataset:
         peers: PeerClient | None = None,
         cache: ChunkCache | None = None,
         owns: Sequence[Any] = (),
-        reopen: Callable[[], tuple[Store, PeerClient | None, list[Any]]] | None = None,
+        reopen: Callable[[], Opened] | None = None,
+        gateways: GatewayClient | None = None,
     ) -> None:
         """``owns``: closed with the dataset (the store, a peer set opened for it); ``reopen``: makes them
         again in a forked child (DataLoader workers), which cannot use its parent's."""
         self._owns = list(owns)
         self._reopen = reopen
-        self.reader = DatasetReader(store, cid, peers=peers)
+        self.reader = DatasetReader(store, cid, peers=peers, gateways=gateways)
         self.cid = self.reader.cid.encode("base32")
         self.manifest = self.reader.manifest
         self.chunks = ChunkSource(self.reader, peers, cache)
@@ -63,9 +69,9 @@ class Dataset:
                 # be used: close the child's copy (this touches only the child's reader slots and
                 # descriptors; the parent's handle and locks stay as they are).
                 thing.close()
-        store, peers, owns = self._reopen()
+        store, peers, gateways, owns = self._reopen()
         try:
-            reader = DatasetReader(store, self.cid, peers=peers)
+            reader = DatasetReader(store, self.cid, peers=peers, gateways=gateways)
         except BaseException:
             for thing in reversed(owns):
                 thing.close()
@@ -196,6 +202,17 @@ def connect_peers(peers: object, token: str | None) -> tuple[PeerClient | None, 
     return SyncPeerSet.connect(urls, token_from_env(token)), True
 
 
+def connect_gateways(gateways: object) -> GatewayClient | None:
+    """The gateways to read from: ``gateways`` (URLs as a list or ``"u1,u2"``), else ``$DSTORE_GATEWAYS``."""
+    from dstore.net.config import gateways_from_env
+
+    text = ",".join(gateways) if isinstance(gateways, list | tuple) else gateways
+    if text is not None and not isinstance(text, str):
+        raise TypeError("gateways= takes URLs: a list, or one string 'http://a,http://b'")
+    urls = gateways_from_env(text)
+    return GatewayClient(urls) if urls else None
+
+
 def open_dataset(
     cid: str,
     *,
@@ -203,26 +220,38 @@ def open_dataset(
     token: str | None = None,
     cache: str | os.PathLike[str] | bool | ChunkCache | None = None,
     home: str | Path | None = None,
+    gateways: object = None,
 ) -> Dataset:
     """Open dataset ``cid``: see :func:`dstore.open`."""
     disk_cache = cache_from_env(cache)
 
-    def make() -> tuple[Store, PeerClient | None, list[Any]]:
+    def make() -> Opened:
         client, owned = connect_peers(peers, token)
         owns: list[Any] = [client] if owned else []
         try:
+            gateway_client = connect_gateways(gateways)
+            if gateway_client is not None:
+                owns.append(gateway_client)
             store = Store(home)
         except BaseException:
             for thing in owns:
                 thing.close()
             raise
-        return store, client, [store, *owns]
+        return store, client, gateway_client, [store, *owns]
 
-    store, client, owns = make()
+    store, client, gateway_client, owns = make()
     # A PeerClient the caller gave cannot be made again in a forked child; URLs (or the environment) can.
     caller_client = peers is not None and not isinstance(peers, str | list | tuple)
     try:
-        return Dataset(store, cid, peers=client, cache=disk_cache, owns=owns, reopen=None if caller_client else make)
+        return Dataset(
+            store,
+            cid,
+            peers=client,
+            cache=disk_cache,
+            owns=owns,
+            reopen=None if caller_client else make,
+            gateways=gateway_client,
+        )
     except BaseException:
         for thing in reversed(owns):
             thing.close()

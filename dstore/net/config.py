@@ -1,4 +1,5 @@
-"""Where the peers are and how to write to them: ``--peers`` / ``$DSTORE_PEERS``, ``--token`` / ``$DSTORE_TOKEN``.
+"""Where the peers are and how to write to them: ``--peers`` / ``$DSTORE_PEERS``, ``--token`` / ``$DSTORE_TOKEN``;
+trustless IPFS gateways to read from as well: ``--gateways`` / ``$DSTORE_GATEWAYS``.
 
 A token can also come from a file (``--token-file`` / ``$DSTORE_TOKEN_FILE``): unlike an argument, it is not
 visible to other users in ``ps``.
@@ -11,12 +12,12 @@ from urllib.parse import urlsplit
 
 from dstore.errors import UsageError
 
-__all__ = ["normalize_url", "peers_from_env", "read_token_file", "token_from_env"]
+__all__ = ["gateways_from_env", "normalize_url", "peers_from_env", "read_token_file", "token_from_env"]
 
 MAX_TOKEN_FILE_BYTES = 4096  # a token is a line; anything longer is the wrong file
 
 
-def normalize_url(url: str) -> str:
+def normalize_url(url: str, what: str = "peer") -> str:
     """``host:port`` or ``http(s)://host:port[/prefix]`` → ``scheme://host:port[/prefix]`` without a trailing slash.
 
     Raises :class:`UsageError` for anything that is not an HTTP(S) address.
@@ -26,21 +27,29 @@ def normalize_url(url: str) -> str:
         text = "http://" + text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise UsageError(f"not a peer address: {url!r} (expected http://host:port)")
+        raise UsageError(f"not a {what} address: {url!r} (expected http://host:port)")
     try:
         parts.port  # noqa: B018 - validates the port number
     except ValueError:
-        raise UsageError(f"not a peer address: {url!r} (bad port)") from None
+        raise UsageError(f"not a {what} address: {url!r} (bad port)") from None
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
 def peers_from_env(cli_value: str | None) -> list[str]:
     """Peer URLs from ``--peers URL,URL`` if given, else ``$DSTORE_PEERS``; duplicates dropped, order kept."""
-    value = cli_value if cli_value is not None else os.environ.get("DSTORE_PEERS", "")
+    return _urls(cli_value if cli_value is not None else os.environ.get("DSTORE_PEERS", ""), "peer")
+
+
+def gateways_from_env(cli_value: str | None) -> list[str]:
+    """Gateway URLs from ``--gateways URL,URL`` if given, else ``$DSTORE_GATEWAYS``; as :func:`peers_from_env`."""
+    return _urls(cli_value if cli_value is not None else os.environ.get("DSTORE_GATEWAYS", ""), "gateway")
+
+
+def _urls(value: str, what: str) -> list[str]:
     urls: list[str] = []
     for item in value.replace(" ", ",").split(","):
         if item.strip():
-            url = normalize_url(item)
+            url = normalize_url(item, what)
             if url not in urls:
                 urls.append(url)
     return urls
