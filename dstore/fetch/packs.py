@@ -142,10 +142,10 @@ class LocalThenPeers:
         self.local.read_range(record, shard, offset, buf)
 
 
-def data_region(shards: Sequence[bytes | None], record: PackRecord) -> memoryview:
+def data_region(shards: Sequence[bytes | bytearray | None], record: PackRecord) -> memoryview:
     """The k data shards end to end, reconstructed from parity when some are missing."""
     if all(s is not None for s in shards[: record.k]):
-        data_shards: Sequence[bytes] = [s for s in shards[: record.k] if s is not None]
+        data_shards: Sequence[bytes | bytearray] = [s for s in shards[: record.k] if s is not None]
     else:
         data_shards = _native.reconstruct(shards, record.k, record.m)
     return memoryview(b"".join(data_shards))
