@@ -409,7 +409,8 @@ def test_transport_rejects_a_right_length_wrong_bytes_answer() -> None:
 
 def test_transport_gets_verified_bytes_from_a_chunked_answer() -> None:
     def chunked(n: int, head: bytes, conn: socket.socket) -> bool:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        conn.sendall(head + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n")
         return True
 
     with raw_server(chunked) as srv:
