@@ -181,8 +181,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         reason = f"connection lost ({type(exc).__name__})" if exc else "connection closed by the peer"
         self._fail(ProtocolFault(reason + (" mid-response" if self.got_bytes else "")))
-        if self.can_write is not None and not self.can_write.done():
-            self.can_write.set_exception(ProtocolFault(reason))
+        self.resume_writing()  # wake a writer: drain() sees the connection is closed
 
     def pause_writing(self) -> None:
         if self.can_write is None or self.can_write.done():
@@ -211,8 +210,11 @@ class _Connection(asyncio.BufferedProtocol):
         return self.done
 
     async def drain(self) -> None:
+        """Wait while the transport holds more than the high-water mark; ProtocolFault if it closes meanwhile."""
         if self.can_write is not None and not self.can_write.done():
             await self.can_write
+            if self.closed:
+                raise ProtocolFault("connection closed by the peer while sending")
 
     def close(self) -> None:
         self.state = _BROKEN
@@ -522,7 +524,12 @@ class H1Client:
             conn.transport.write(head)
             if body is not None and memoryview(body).nbytes:
                 conn.transport.write(body)  # sent from the caller's buffer; only what the socket refuses is copied
-            await conn.drain()
+            try:
+                await conn.drain()
+            except ProtocolFault:
+                if done.done() and not done.cancelled() and done.exception() is None:
+                    return done.result()  # answered before taking the whole body (e.g. 401): the answer counts
+                raise
             while True:
                 wait_until = min(deadline, max(conn.last_read, started) + read_s)
                 timeout = wait_until - loop.time()
