@@ -115,6 +115,7 @@ def client_cpu(root: str, n_packs: int) -> None:
 
     packs = [pack(s) for s in range(n_packs)]
     gib = n_packs * k * ss / (1 << 30)
+    Path(root).mkdir(parents=True, exist_ok=True)
     peers = [PeerProcess(Path(root) / f"peer{i}", token=token) for i in range(14)]
     out: dict = {"gib": gib}
     try:
