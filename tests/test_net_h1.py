@@ -371,8 +371,10 @@ def test_header_values_cannot_smuggle_lines() -> None:
 # -- through the transport: misses with the peer's health kept ------------------------------------------------------
 
 
-def transport_get(url: str, data: bytes, read_timeout_s: float = 2.0) -> tuple[Peer, Exception | bytes]:
-    cid = make_cid(RAW, data)
+def transport_get(
+    url: str, data: bytes, read_timeout_s: float = 2.0, hash_name: str = "blake3"
+) -> tuple[Peer, Exception | bytes]:
+    cid = make_cid(RAW, data, hash_name)
 
     async def main() -> tuple[Peer, Exception | bytes]:
         t = Transport.open(None, timeout_s=2.0, read_timeout_s=read_timeout_s)
@@ -401,9 +403,13 @@ def test_transport_retries_a_dropped_body_then_misses() -> None:
     assert len(srv.requests) == 3 and peer.errors == 3 and peer.bad_bytes == 0  # READ_RETRIES = 2 more tries
 
 
-def test_transport_rejects_a_right_length_wrong_bytes_answer() -> None:
+@pytest.mark.parametrize("hash_name", ["blake3", "sha2-256"])
+def test_transport_checks_the_received_buffer_against_the_cid(hash_name: str) -> None:
+    with raw_server(serve_body) as srv:
+        peer, got = transport_get(srv.url, BODY, hash_name=hash_name)
+    assert got == BODY and peer.bad_bytes == 0
     with raw_server(lambda n, head, conn: (conn.sendall(ok_head(LIMIT) + BODY[::-1]), True)[1]) as srv:
-        peer, got = transport_get(srv.url, BODY)
+        peer, got = transport_get(srv.url, BODY, hash_name=hash_name)
     assert isinstance(got, Miss) and "bad bytes" in str(got) and peer.bad_bytes == 1
 
 
