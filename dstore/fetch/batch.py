@@ -176,6 +176,7 @@ class BatchWriter:
         batch, self._batch = self._batch, _Batch()
         if not batch.paths:
             return
+        self.reader.packs.source.prefetch([(p, r) for p, (_, r) in batch.packs.items() if p not in self._maps])
         parts = []
         for pack_id, (index, record) in batch.packs.items():
             try:

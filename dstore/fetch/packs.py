@@ -30,6 +30,8 @@ from dstore.store import Store
 
 # Packs kept mapped (or rebuilt in memory) for sequential reads.
 PACK_CACHE_SIZE = 2
+# Packs fetched from peers ahead of use, at most (a write batch's worth: BATCH_BYTES / ~10 MiB packs).
+PEER_PREFETCH_PACKS = 8
 
 Parts = list[mmap.mmap] | list[memoryview]
 # MAP_POPULATE maps every page up front (on the helper thread, which also
@@ -49,6 +51,9 @@ class PackSource(Protocol):
 
     def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` from data shard ``shard`` at ``offset`` (unverified: callers check chunks)."""
+
+    def prefetch(self, packs: Sequence[tuple[bytes, PackRecord]]) -> None:
+        """These packs will be mapped soon: start loading them now, all at once (where that helps)."""
 
 
 class LocalShards:
@@ -101,6 +106,13 @@ class LocalShards:
     def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
         self.store.shards.read_into(record.shards[shard].encode("base32"), buf, offset)
 
+    def prefetch(self, packs: Sequence[tuple[bytes, PackRecord]]) -> None:
+        pass  # mapping a local pack is cheap
+
+    def has(self, record: PackRecord) -> bool:
+        """Whether every data shard of the pack has a file here (what :meth:`map` needs first)."""
+        return all(os.path.exists(self.store.shards.path(c.encode("base32"))) for c in record.shards[: record.k])
+
 
 class PeerShards:
     """Shards from storage peers: data shards first, hedged with parity, each verified on arrival."""
@@ -108,12 +120,28 @@ class PeerShards:
     def __init__(self, peers: PeerClient, hints: dict[bytes, list[str | None]] | None = None) -> None:
         self.peers = peers  # a dstore.net SyncPeerSet
         self.hints = hints or {}
+        self._pending: dict[bytes, Future[list[bytes | bytearray | None]]] = {}
+
+    def prefetch(self, packs: Sequence[tuple[bytes, PackRecord]]) -> None:
+        """Fetch these packs concurrently (one pack's k requests alone leave the peers mostly idle)."""
+        for pack_id, record in packs:
+            if pack_id not in self._pending and len(self._pending) < PEER_PREFETCH_PACKS:
+                self._pending[pack_id] = self.peers.submit_fetch_pack(record, pack_id, self.hints.get(pack_id))
 
     def map(self, pack_id: bytes, record: PackRecord) -> Parts:
-        shards = self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))
+        pending = self._pending.pop(pack_id, None)
+        if pending is None:
+            shards = self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))
+        else:
+            try:
+                shards = pending.result()
+            except BaseException:
+                pending.cancel()  # e.g. KeyboardInterrupt: do not leave the transfer running
+                raise
         if all(s is not None for s in shards[: record.k]):
             return [memoryview(s) for s in shards[: record.k] if s is not None]
-        return [data_region(shards, record)]
+        # The rebuilt data shards as the pack's parts, end to end: no join into one buffer.
+        return [memoryview(s) for s in _native.reconstruct(shards, record.k, record.m)]
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         parts = self.map(pack_id, record)
@@ -141,11 +169,14 @@ class LocalThenPeers:
     def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:
         self.local.read_range(record, shard, offset, buf)
 
+    def prefetch(self, packs: Sequence[tuple[bytes, PackRecord]]) -> None:
+        self.remote.prefetch([(pack_id, record) for pack_id, record in packs if not self.local.has(record)])
 
-def data_region(shards: Sequence[bytes | None], record: PackRecord) -> memoryview:
+
+def data_region(shards: Sequence[bytes | bytearray | None], record: PackRecord) -> memoryview:
     """The k data shards end to end, reconstructed from parity when some are missing."""
     if all(s is not None for s in shards[: record.k]):
-        data_shards: Sequence[bytes] = [s for s in shards[: record.k] if s is not None]
+        data_shards: Sequence[bytes | bytearray] = [s for s in shards[: record.k] if s is not None]
     else:
         data_shards = _native.reconstruct(shards, record.k, record.m)
     return memoryview(b"".join(data_shards))

@@ -103,7 +103,7 @@ def _load(peers: PeerClient, dataset: CID, pointer: Pointer) -> RemoteMetadata:
 
 
 def _spool_data_region(
-    spool: IO[bytes], shards: list[bytes | None], k: int, m: int, shard_size: int, size: int
+    spool: IO[bytes], shards: list[bytes | bytearray | None], k: int, m: int, shard_size: int, size: int
 ) -> None:
     """Write the first ``size`` bytes of the pack's data region, rebuilt from parity where shards are missing."""
     if any(s is not None and len(s) != shard_size for s in shards):

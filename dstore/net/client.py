@@ -26,6 +26,7 @@ from dstore.format.pack import PackRecord
 from dstore.limits import MAX_SHARD_BYTES
 from dstore.net.config import normalize_url
 from dstore.net.fetching import Fetcher
+from dstore.net.h1 import H1Client
 from dstore.net.health import HealthChecker
 from dstore.net.peers import Peer, PeerTable
 from dstore.net.pins import PinReport, pin_on, unpin_on
@@ -49,10 +50,11 @@ class PeerSet:
         *,
         timeout_s: float = 5.0,
         max_concurrency: int = 16,
+        data: H1Client | None = None,
     ) -> None:
         """Prefer :meth:`connect`; a PeerSet built here without a session can only :meth:`rank`."""
         self.table = PeerTable(peers)
-        self.transport = Transport(session, token)
+        self.transport = Transport(session, token, data)
         self.timeout_s = timeout_s
         self.health = HealthChecker(self.transport, self.table, timeout_s=timeout_s)
         self.placement = Placement(self.transport, self.table, self.health, max_concurrency=max_concurrency)
@@ -84,7 +86,9 @@ class PeerSet:
             if all(p.url != url for p in peers):
                 peers.append(Peer(url))
         transport = Transport.open(token, timeout_s=timeout_s, read_timeout_s=read_timeout_s)
-        self = cls(peers, token, transport.session, timeout_s=timeout_s, max_concurrency=max_concurrency)
+        self = cls(
+            peers, token, transport.session, timeout_s=timeout_s, max_concurrency=max_concurrency, data=transport.data
+        )
         try:
             await self.refresh()
         except BaseException:
@@ -147,7 +151,7 @@ class PeerSet:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
-    ) -> list[bytes | None]:
+    ) -> list[bytes | bytearray | None]:
         """See :meth:`dstore.net.fetching.Fetcher.fetch_pack`."""
         return await self.fetcher.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s)
 
@@ -189,7 +193,7 @@ class PeerSet:
     async def get_from(self, peer: Peer, cid: CID, limit: int = MAX_SHARD_BYTES) -> bytes:
         """``cid``'s bytes from this one peer, verified; PeerError saying why not (for verify)."""
         try:
-            return await get_verified(self.transport, peer, cid, limit)
+            return bytes(await get_verified(self.transport, peer, cid, limit))  # one shard, for verify
         except Miss as e:
             raise PeerError(str(e), status=e.status, url=peer.url) from e
 

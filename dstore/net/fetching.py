@@ -69,7 +69,7 @@ class Fetcher:
 
     async def fetch_one(
         self, cid: CID, candidates: Sequence[Peer], exclude: set[Peer], attempt: _Attempt, limit: int
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """A verified copy of ``cid``: GET from the first live candidate; else HEAD the others, GET from holders."""
         misses: list[Miss] = []
         cands = [p for p in candidates if p.alive and p not in exclude]
@@ -102,7 +102,7 @@ class Fetcher:
         hedge_after_s: float,
         *,
         exact_len: int | None = None,
-    ) -> tuple[dict[int, bytes], dict[int, list[Miss]]]:
+    ) -> tuple[dict[int, bytes | bytearray], dict[int, list[Miss]]]:
         """Get ``need`` of the blocks ``cids`` (verified), hedged; return them by index, and the misses.
 
         Starts the first ``need`` of ``order``; a failed block is replaced by
@@ -115,11 +115,11 @@ class Fetcher:
         ``exact_len``, a verified block of another length is a miss (its
         record is wrong about it) rather than a result.
         """
-        results: dict[int, bytes] = {}
+        results: dict[int, bytes | bytearray] = {}
         misses: dict[int, list[Miss]] = {}
         pending = list(order)
-        running: dict[asyncio.Future[bytes], _Attempt] = {}
-        abandoned: list[asyncio.Future[bytes]] = []
+        running: dict[asyncio.Future[bytes | bytearray], _Attempt] = {}
+        abandoned: list[asyncio.Future[bytes | bytearray]] = []
         keys = [c.to_bytes() for c in cids]
         same: dict[bytes, list[int]] = {}
         for i, key in enumerate(keys):
@@ -241,7 +241,7 @@ class Fetcher:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
-    ) -> list[bytes | None]:
+    ) -> list[bytes | bytearray | None]:
         """At least k verified shards of the pack ``record`` (None elsewhere), as a list of k + m.
 
         ``key`` is the pack's rendezvous key (its ID as binary CID); ``hints``
@@ -281,7 +281,7 @@ class Fetcher:
         hedge = hedge_after_s if hedge_after_s is not None else self.hedge_delay(TYPICAL_BLOCK_BYTES)
         results, misses = await self.gather([cid], 1, [candidates], [0], MAX_SHARD_BYTES, hedge)
         if 0 in results:
-            return results[0]
+            return bytes(results[0])  # a metadata block: small, and its readers want bytes
         found = misses.get(0, [])
         text = cid_to_text(cid)
         if not candidates:
@@ -291,7 +291,9 @@ class Fetcher:
         raise PeerError(f"block {text}: no peer gave a verified copy: " + "; ".join(map(str, found)))
 
 
-def _not_enough(record: PackRecord, results: dict[int, bytes], misses: dict[int, list[Miss]]) -> NotEnoughShards:
+def _not_enough(
+    record: PackRecord, results: dict[int, bytes | bytearray], misses: dict[int, list[Miss]]
+) -> NotEnoughShards:
     """The error naming the pack and, per shard still missing, what each peer asked said."""
     try:
         name = cid_to_text(record.cid(HASH_NAMES.get(record.shards[0].hash.code, "blake3")))

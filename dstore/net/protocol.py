@@ -65,7 +65,7 @@ class PeerClient(Protocol):
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
-    ) -> list[bytes | None]:
+    ) -> list[bytes | bytearray | None]:
         """At least k verified shards of a pack (None elsewhere), hedged; NotEnoughShards otherwise."""
         ...
 
@@ -76,7 +76,7 @@ class PeerClient(Protocol):
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
-    ) -> concurrent.futures.Future[list[bytes | None]]:
+    ) -> concurrent.futures.Future[list[bytes | bytearray | None]]:
         """:meth:`fetch_pack` started in the background (for read-ahead)."""
         ...
 

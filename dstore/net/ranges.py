@@ -37,7 +37,7 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 class RangeRead:
     """Bytes a peer said are ``length`` bytes of a shard at ``offset`` (unverified), and who said so."""
 
-    data: bytes
+    data: bytes | bytearray
     peer_id: str | None
 
 
@@ -84,7 +84,7 @@ class Ranges:
             raise NotFound(f"shard {text}: the peers asked do not hold it")
         raise PeerError(f"shard {text}: no range from the peers asked: " + "; ".join(map(str, misses)))
 
-    async def _one(self, peer: Peer, record: PackRecord, shard: int, offset: int, length: int) -> bytes:
+    async def _one(self, peer: Peer, record: PackRecord, shard: int, offset: int, length: int) -> bytes | bytearray:
         cid = record.shards[shard]
         end = offset + length - 1
         ans = await self.transport.call(
@@ -93,9 +93,10 @@ class Ranges:
             f"/shards/{cid_to_text(cid)}",
             limit=record.shard_size,
             headers={"Range": f"bytes={offset}-{end}"},
+            data_plane=True,
         )
         if ans.status == 206:
-            got = _CONTENT_RANGE.match(ans.headers.get("Content-Range", ""))
+            got = _CONTENT_RANGE.match(ans.header("Content-Range") or "")
             expected = (offset, end, record.shard_size)
             if got is None or tuple(map(int, got.groups())) != expected or len(ans.body) != length:
                 peer.record_bad_bytes()

@@ -7,11 +7,12 @@ pack's shards really are on the peers that took them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Sequence
 
 from dstore._native import blake3
-from dstore.format.cid import CID, HASH_NAMES, cid_to_text, hash_digest
+from dstore.format.cid import CID, HASH_NAMES, cid_to_text
 from dstore.net.peers import Peer, PeerTable
 from dstore.net.tasks import run_all
 from dstore.net.transport import Miss, Transport
@@ -39,18 +40,24 @@ CONFIRM_CACHE_ENTRIES = 1 << 16
 THREAD_HASH_BYTES = 4 * 1024 * 1024
 
 
-def verify_block(cid: CID, data: bytes | memoryview) -> bool:
-    """True if ``data`` hashes to ``cid``'s multihash (BLAKE3 or SHA2-256; False for any other hash)."""
+def verify_block(cid: CID, data: bytes | bytearray | memoryview) -> bool:
+    """True if ``data`` hashes to ``cid``'s multihash (BLAKE3 or SHA2-256; False for any other hash).
+
+    Both hash the buffer in place with the GIL released (native BLAKE3; hashlib's SHA-256 above 2 KiB).
+    """
     name = HASH_NAMES.get(cid.hash.code)
-    if name is None:
+    if name == "blake3":
+        digest = blake3(data)
+    elif name == "sha2-256":
+        digest = hashlib.sha256(data).digest()
+    else:
         return False
-    digest = blake3(data) if name == "blake3" else hash_digest(bytes(data), name)
     return digest == bytes(cid.hash.digest)
 
 
 async def head(transport: Transport, peer: Peer, cid: CID) -> bool:
     """Whether ``peer`` says it holds ``cid`` (``HEAD /shards/{cid}``); :class:`Miss` if it cannot say."""
-    ans = await transport.call(peer, "HEAD", f"/shards/{cid_to_text(cid)}")
+    ans = await transport.call(peer, "HEAD", f"/shards/{cid_to_text(cid)}", data_plane=True)
     if ans.status in (200, 204):
         return True
     if ans.status == 404:
@@ -58,9 +65,12 @@ async def head(transport: Transport, peer: Peer, cid: CID) -> bool:
     raise Miss(peer, f"HTTP {ans.status}{ans.error}", status=ans.status)
 
 
-async def get_verified(transport: Transport, peer: Peer, cid: CID, limit: int) -> bytes:
-    """``cid``'s bytes from ``peer`` (at most ``limit``), checked against the CID; :class:`Miss` if not."""
-    ans = await transport.call(peer, "GET", f"/shards/{cid_to_text(cid)}", limit=limit)
+async def get_verified(transport: Transport, peer: Peer, cid: CID, limit: int) -> bytes | bytearray:
+    """``cid``'s bytes from ``peer`` (at most ``limit``), checked against the CID; :class:`Miss` if not.
+
+    The bytes are the buffer the body was received into (no copy).
+    """
+    ans = await transport.call(peer, "GET", f"/shards/{cid_to_text(cid)}", limit=limit, data_plane=True)
     if ans.status == 200:
         if len(ans.body) >= THREAD_HASH_BYTES:
             good = await asyncio.to_thread(verify_block, cid, ans.body)

@@ -128,7 +128,7 @@ class SyncPeerSet:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
-    ) -> list[bytes | None]:
+    ) -> list[bytes | bytearray | None]:
         return self._call(self._ps.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s))
 
     def submit_fetch_pack(
@@ -138,7 +138,7 @@ class SyncPeerSet:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
-    ) -> concurrent.futures.Future[list[bytes | None]]:
+    ) -> concurrent.futures.Future[list[bytes | bytearray | None]]:
         """Start :meth:`fetch_pack` and return at once (for read-ahead)."""
         return self._submit(self._ps.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s))
 

@@ -134,8 +134,8 @@ class BlockIndex:
 
     # -- loading -----------------------------------------------------------------------------------
 
-    def _metadata_shards(self, record: PackRecord, key: bytes) -> list[bytes | None]:
-        local = [_verified_shard(self.store.files, c) for c in record.shards]
+    def _metadata_shards(self, record: PackRecord, key: bytes) -> list[bytes | bytearray | None]:
+        local: list[bytes | bytearray | None] = [_verified_shard(self.store.files, c) for c in record.shards]
         if sum(s is not None for s in local) >= record.k:
             return local
         peers = self.peers

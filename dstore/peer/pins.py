@@ -130,13 +130,13 @@ def _verified_local(store: PeerStore, cid: CID) -> bytes | None:
 
 async def _metadata_shards(
     store: PeerStore, record: PackRecord, key: bytes, peerset: PeerSet | None
-) -> list[bytes | None]:
-    local = [await asyncio.to_thread(_verified_local, store, c) for c in record.shards]
+) -> list[bytes | bytearray | None]:
+    local: list[bytes | bytearray | None] = [await asyncio.to_thread(_verified_local, store, c) for c in record.shards]
     if sum(s is not None for s in local) >= record.k:
         return local
     if peerset is None:
         raise NotFound(f"this peer holds {sum(s is not None for s in local)} of the {record.k} metadata shards needed")
-    fetched: list[bytes | None] = await peerset.fetch_pack(record, key)
+    fetched: list[bytes | bytearray | None] = await peerset.fetch_pack(record, key)
     return [a if a is not None else b for a, b in zip(local, fetched, strict=True)]
 
 
