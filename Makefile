@@ -12,6 +12,9 @@ PYTEST_ARGS ?=
 install: install-system
 	$(PIP) install --upgrade 'pip>=24' 'maturin==1.16.0'
 	$(PIP) install -e '.[test,torch]'
+	# Bytecode now, as pip does for an installed package: with PYTHONDONTWRITEBYTECODE set, every
+	# `python -m dstore` (hundreds in the tests) would otherwise compile the package again.
+	$(PYTHON) -m compileall -q dstore
 	cd tests/interop && npm ci --no-audit --no-fund
 	$(PYTHON) -m venv tests/interop/.venv-ipfsspec
 	tests/interop/.venv-ipfsspec/bin/pip install -q -r tests/interop/ipfsspec-requirements.txt
