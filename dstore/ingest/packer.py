@@ -10,6 +10,7 @@ shards are durable (shards, then index: docs/format.md, "Order of writes").
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -73,7 +74,15 @@ def encode_pack(buf: bytearray, fill: int, k: int, m: int, hash_name: str) -> En
 class Packer:
     """Accumulates new chunks into packs of ``k × 1 MiB`` and stores them."""
 
-    def __init__(self, store: Store, sink: ShardSink, k: int, m: int, hash_name: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sink: ShardSink,
+        k: int,
+        m: int,
+        hash_name: str,
+        on_durable: Callable[[bytes, list[tuple[bytes, ChunkLoc]]], None] | None = None,
+    ) -> None:
         self.store = store
         self.sink = sink
         self.k, self.m, self.hash_name = k, m, hash_name
@@ -81,9 +90,12 @@ class Packer:
         self.buf = bytearray(self.capacity)
         self.fill = 0
         self.sealed: deque[Future[SealedPack]] = deque()
-        # Filled as packs become durable: what the locator of this add needs.
+        # Filled as packs become durable: their records (for the locator's pack table), and each
+        # pack's chunks handed to ``on_durable`` once the index has them.
         self.packs: dict[bytes, PackRecord] = {}
-        self.locations: dict[bytes, ChunkLoc] = {}
+        self.on_durable = on_durable
+        # Chunk CIDs of the open pack and of the packs in flight: not in the index yet.
+        self.pending: set[bytes] = set()
         self.placement: dict[bytes, list[str | None]] = {}  # pack ID -> where each shard went
         self.bytes_stored = 0
         self._sealer = ThreadPoolExecutor(1, thread_name_prefix="dstore-seal")
@@ -110,6 +122,7 @@ class Packer:
                 self.seal()
                 meta, fill = self._chunk_meta, 0
             meta.append((cids[i], fill, n, lengths[i], codecs[i]))
+            self.pending.add(cids[i])
             batch.append(i)
             fill += n
         self.fill = seg.copy_into(batch, self.buf, self.fill)
@@ -152,7 +165,9 @@ class Packer:
             [(sealed.pack_id, sealed.record_block, shard_cids, holders if on_peers else None)], sealed.chunks
         )
         self.packs[sealed.pack_id] = sealed.record
-        self.locations.update(sealed.chunks)
+        self.pending.difference_update(cid for cid, _ in sealed.chunks)
+        if self.on_durable is not None:
+            self.on_durable(sealed.pack_id, sealed.chunks)
         self._free.append(sealed.buf)
 
     def finish(self) -> None:
