@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
-from dstore.fetch.remote import load_from_peers
+from dstore.fetch.remote import BlockTable, load_from_peers
 from dstore.format import unixfs
 from dstore.format.cid import CID, DAG_CBOR, HASH_CODES, RAW, cid_to_text, hash_digest, inline_block, parse_cid
 from dstore.format.locator import ChunkEntry, Locator
@@ -94,7 +94,7 @@ class DatasetReader:
                 "as printed by `dstore add`)"
             )
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
-        self._fetched: dict[bytes, bytes] = {}  # metadata blocks from peers
+        self._fetched: BlockTable | None = None  # verified metadata blocks from peers (on disk)
         self.pointer: Pointer | None = None  # the peers' pointer that led to verified metadata, if read from peers
         hints: dict[bytes, list[str | None]] = {}
         locator = store.index.dataset_locator(self.cid.to_bytes())
@@ -126,6 +126,8 @@ class DatasetReader:
 
     def close(self) -> None:
         self.packs.close()
+        if self._fetched is not None:
+            self._fetched.close()
 
     def __enter__(self) -> DatasetReader:
         return self
@@ -146,7 +148,9 @@ class DatasetReader:
         cached = self._blocks.get(key)
         if cached is not None:
             return cached
-        data = self._fetched.get(key) or self.store.get_block(key)
+        data = self._fetched.get(key) if self._fetched is not None else None
+        if data is None:
+            data = self.store.get_block(key)
         if data is None:
             raise NotFound(f"{what} {cid_to_text(cid)} is not in this store")
         if hash_digest(data, _hash_name_of(cid)) != cid.hash.digest:

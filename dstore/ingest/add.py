@@ -43,6 +43,7 @@ from dstore.ingest.walk import Enter, Event, FileEntry, survey, walk
 from dstore.limits import MAX_SHARDS
 from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
+from dstore.store.mapping import release_file_mapping
 from dstore.store.metadata import (
     METADATA_PACK_BYTES,
     MetadataPack,
@@ -246,6 +247,7 @@ class _Adder:
         pending = self.packer.pending
         unseen = list(dict.fromkeys(c for c in cids if c not in pending))
         stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen), strict=True))
+        self._release_index_pages()
         self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
         taken: set[bytes] = set()
@@ -275,6 +277,11 @@ class _Adder:
         for cid, loc in chunks:
             self._table_entry(cid, loc)
         self.new_chunks += len(chunks)
+        self._release_index_pages()
+
+    def _release_index_pages(self) -> None:
+        """Unmap the index pages a lookup or commit touched (they stay cached): RSS stays flat in index size."""
+        release_file_mapping(self.store.index.path / "data.mdb")
 
     def _judge_packs(self, pack_ids: dict[bytes, None]) -> None:
         """Decide, for the packs not judged yet, whether this add may reuse their chunks.

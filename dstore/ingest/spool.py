@@ -19,8 +19,8 @@ from typing import IO, cast
 
 # A block spool is read back in pieces of this size.
 _READ_BYTES = 1 << 20
-# Chunk entries sorted in memory before a run goes to disk (61 bytes each on disk: about 12 MiB a run).
-RUN_ENTRIES = 200_000
+# Chunk entries sorted in memory before a run goes to disk (61 bytes each on disk, about 100 in memory).
+RUN_ENTRIES = 100_000
 _HEAD = struct.Struct(">HI")  # CID length, block length
 # digest, pack number (this add's), offset, stored length, size, codec
 _ENTRY = struct.Struct(">32sIQQQB")
@@ -121,4 +121,4 @@ class _Unclosing(io.RawIOBase):
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        return self._f.readinto(b)  # type: ignore[attr-defined, no-any-return]
+        return self._f.readinto(b)  # type: ignore[attr-defined]

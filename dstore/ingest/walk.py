@@ -26,11 +26,11 @@ class FileEntry:
     """A regular file to add."""
 
     name: str
-    path: Path
+    path: str  # a string, not a Path: pathlib interns every name it parses, which grows with the tree
     size: int
 
 
-def _file_entry(name: str, path: Path, st: os.stat_result) -> FileEntry:
+def _file_entry(name: str, path: str, st: os.stat_result) -> FileEntry:
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"cannot add special file (not a regular file or folder): {path}")
     if not os.access(path, os.R_OK):
@@ -38,15 +38,15 @@ def _file_entry(name: str, path: Path, st: os.stat_result) -> FileEntry:
     return FileEntry(name, path, st.st_size)
 
 
-def _check_name(name: str, parent: Path) -> None:
+def _check_name(name: str, parent: str) -> None:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError as e:
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-        raise InputError(f"file name is not valid UTF-8: {parent / shown}") from e
+        raise InputError(f"file name is not valid UTF-8: {os.path.join(parent, shown)}") from e
 
 
-def _sorted_children(path: Path) -> list[str]:
+def _sorted_children(path: str) -> list[str]:
     try:
         names = os.listdir(path)
     except OSError as e:
@@ -60,7 +60,7 @@ class Enter(NamedTuple):
     """A folder begins: its entries follow, then its :class:`Leave`."""
 
     name: str
-    path: Path
+    path: str
 
 
 class Leave(NamedTuple):
@@ -84,12 +84,13 @@ def walk(path: Path) -> Iterator[Event]:
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from e
     name = path.resolve().name or "root"
+    top = os.fspath(path)
     if not stat.S_ISDIR(st.st_mode):
-        yield _file_entry(name, path, st)
+        yield _file_entry(name, top, st)
         return
-    yield Enter(name, path)
+    yield Enter(name, top)
     # One frame per open folder: (its path, its children still to visit, its (dev, inode)).
-    stack = [(path, iter(_sorted_children(path)), (st.st_dev, st.st_ino))]
+    stack = [(top, iter(_sorted_children(top)), (st.st_dev, st.st_ino))]
     ancestors = {stack[0][2]}
     while stack:
         folder, pending, key = stack[-1]
@@ -99,7 +100,7 @@ def walk(path: Path) -> Iterator[Event]:
             ancestors.discard(key)
             yield LEAVE
             continue
-        child_path = folder / child
+        child_path = os.path.join(folder, child)
         try:
             cst = os.stat(child_path)
         except FileNotFoundError as e:
