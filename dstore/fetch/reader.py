@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from dstore.errors import BadCID, FormatError, IntegrityError, NotFound
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
@@ -29,6 +30,7 @@ from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
+from dstore.store.mapping import release_file_mapping
 
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
 RUN_BYTES = 16 << 20
@@ -159,6 +161,12 @@ class DatasetReader:
         if len(self._blocks) > _BLOCK_CACHE:
             self._blocks.popitem(last=False)
         return data
+
+    def release_index_pages(self) -> None:
+        """Unmap the store index's pages read so far (they stay in the page cache): a long read's RSS stays flat."""
+        path = getattr(self.store.index, "path", None)  # a peer's in-memory store view has no index file
+        if isinstance(path, Path):
+            release_file_mapping(path / "data.mdb")
 
     def placement(self, pack_id: bytes) -> list[str | None] | None:
         """Which peer holds each shard of a pack: the dataset's hints, else this store's record."""
