@@ -58,7 +58,7 @@ BATCH_BYTES = 32 << 20
 BATCH_MAX_FILES = 8192
 BATCH_MAX_EVENTS = 4 * BATCH_MAX_FILES  # walk events (files, folders entered and left) held per batch
 # Metadata blocks written to the index per transaction (LMDB keeps a transaction's pages in memory).
-INDEX_TXN_BYTES = 16 << 20
+INDEX_TXN_BYTES = 4 << 20
 GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 1  # docs/cli.md: as small as per-chunk level 3 on CSV, and faster
 
