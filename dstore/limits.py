@@ -42,7 +42,7 @@ MAX_POINTER_BYTES = 64 * KIB
 #: One dataset's metadata pack (manifest, UnixFS nodes, locator, placement as a CAR), as written and as
 #: read: a reader refuses a pointer claiming more before fetching anything (about 130 bytes per file).
 MAX_METADATA_PACK_BYTES = 256 * MIB
-#: Metadata packs one pointer may list (a big tree's metadata is written in packs of 32 MiB).
+#: Metadata packs one pointer may list (a big tree's metadata is written in packs of 16 MiB).
 MAX_METADATA_PACKS = 64
 #: A dataset manifest block.
 MAX_MANIFEST_BYTES = 256 * KIB

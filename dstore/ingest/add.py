@@ -483,6 +483,7 @@ def add(
         try:
             root, _ = adder.add_tree(walk(Path(path)))
             adder.packer.finish()
+            adder._release_index_pages()
         finally:
             sys.setswitchinterval(interval)
             adder.close()
@@ -567,6 +568,7 @@ def _index_blocks(store: Store, blocks: Iterable[tuple[bytes, bytes]], dataset: 
         batch_bytes += len(block)
         if batch_bytes >= INDEX_TXN_BYTES:
             new_bytes += store.index.put_blocks(batch)
+            release_file_mapping(store.index.path / "data.mdb")
             batch, batch_bytes = [], 0
     return new_bytes + store.index.commit_dataset(batch, dataset.to_bytes(), locator.to_bytes())
 

@@ -20,7 +20,7 @@ from typing import IO, cast
 # A block spool is read back in pieces of this size.
 _READ_BYTES = 1 << 20
 # Chunk entries sorted in memory before a run goes to disk (61 bytes each on disk, about 100 in memory).
-RUN_ENTRIES = 100_000
+RUN_ENTRIES = 50_000
 _HEAD = struct.Struct(">HI")  # CID length, block length
 # digest, pack number (this add's), offset, stored length, size, codec
 _ENTRY = struct.Struct(">32sIQQQB")

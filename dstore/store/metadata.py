@@ -44,7 +44,7 @@ POINTER_DIRS = ("pointers", "pointers/copy")
 _SUFFIX = ".json"
 MAX_METADATA_SHARD_BYTES = 16 << 20
 #: What an add puts in one metadata pack: a pack is encoded in memory, so this bounds the memory it takes.
-METADATA_PACK_BYTES = 32 << 20
+METADATA_PACK_BYTES = 16 << 20
 
 
 # -- the metadata pack --------------------------------------------------------
