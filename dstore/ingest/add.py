@@ -57,6 +57,8 @@ SEGMENT_BYTES = 16 << 20
 BATCH_BYTES = 32 << 20
 BATCH_MAX_FILES = 8192
 BATCH_MAX_EVENTS = 4 * BATCH_MAX_FILES  # walk events (files, folders entered and left) held per batch
+# Chunks looked up in the index per read transaction (each touches up to that many pages of its map).
+LOOKUP_CHUNKS = 2048
 # Metadata blocks written to the index per transaction (LMDB keeps a transaction's pages in memory).
 INDEX_TXN_BYTES = 4 << 20
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -246,8 +248,11 @@ class _Adder:
         self.chunks_total += len(cids)
         pending = self.packer.pending
         unseen = list(dict.fromkeys(c for c in cids if c not in pending))
-        stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen), strict=True))
-        self._release_index_pages()
+        stored_before: dict[bytes, ChunkLoc | None] = {}
+        for start in range(0, len(unseen), LOOKUP_CHUNKS):  # each lookup's touched index pages released
+            part = unseen[start : start + LOOKUP_CHUNKS]
+            stored_before.update(zip(part, self.store.index.lookup_chunks(part), strict=True))
+            self._release_index_pages()
         self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
         taken: set[bytes] = set()

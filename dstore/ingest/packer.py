@@ -20,11 +20,14 @@ from dstore.format.cid import CID, HASH_CODES, RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.ingest.sinks import ShardSink
 from dstore.store import ChunkLoc, Store
+from dstore.store.mapping import release_file_mapping
 
 SHARD_TARGET_BYTES = 1 << 20
 # Sealed packs whose shards are still being written; bounds memory (each pack
 # holds up to (k + m) MiB).
 MAX_PACKS_IN_FLIGHT = 3
+# Chunk entries committed to the index per transaction.
+INDEX_TXN_CHUNKS = 2048
 
 
 @dataclass
@@ -161,9 +164,18 @@ class Packer:
         if on_peers:
             self.placement[sealed.pack_id] = holders
         shard_cids = [c.to_bytes() for c in sealed.record.shards]
-        self.store.index.commit_packs(
-            [(sealed.pack_id, sealed.record_block, shard_cids, holders if on_peers else None)], sealed.chunks
+        index = self.store.index
+        chunks = sealed.chunks
+        # The pack's record first, then its chunk entries in slices: every transaction touches at most
+        # INDEX_TXN_CHUNKS pages of the index's map, released after each (peak RSS flat in index size).
+        # A crash between two leaves some chunks unindexed: a later add stores them again, nothing breaks.
+        index.commit_packs(
+            [(sealed.pack_id, sealed.record_block, shard_cids, holders if on_peers else None)],
+            chunks[:INDEX_TXN_CHUNKS],
         )
+        for start in range(INDEX_TXN_CHUNKS, len(chunks), INDEX_TXN_CHUNKS):
+            release_file_mapping(index.path / "data.mdb")
+            index.commit_packs([], chunks[start : start + INDEX_TXN_CHUNKS])
         self.packs[sealed.pack_id] = sealed.record
         self.pending.difference_update(cid for cid, _ in sealed.chunks)
         if self.on_durable is not None:
