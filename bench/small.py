@@ -5,6 +5,10 @@
   `hf_xet.hash_files` of every file; get vs `cp -r` (target >= 0.5x), `restic restore` (info).
 - tiny: 100,000 files of 0.2-2 KB in 100 folders. add vs `restic backup`, get vs `cp -r`
   (target >= 0.3x) and `restic restore`; peak RSS of dstore add and get (target <= 400 MiB).
+- memory_by_files: peak RSS of one dstore add and get of 10,000 and 100,000 files of 0.2-2 KB
+  (1,000 a folder): flat in the number of files (target <= 400 MiB whatever the count).
+  Section `files1m` (opt-in, BENCH_ONLY=files1m) does the same for 1,000,000 files on disk
+  (BENCH_DISK, not tmpfs).
 
 Every dstore and restic command runs under measure.run_peak_rss (GNU time + a 10 ms poll of
 its process tree), so each timing comes with its peak RSS; cp and the xet reference under
@@ -34,7 +38,10 @@ def section(b) -> dict:
     for name in datagen.TREES:
         b.log(f"  tree {name}")
         trees[name] = b.attempt(_tree, b, name)
+    b.log("  memory by file count")
+    memory = b.attempt(memory_by_files, b, (10_000, 100_000), b.tmp)
     return {
+        "memory_by_files": memory,
         "description": "trees of many small files on tmpfs: dstore add --shards 10+4 vs restic backup "
         "(and hf_xet.hash_files of every file), dstore get vs cp -r (and restic restore)",
         "trees": trees,
@@ -180,4 +187,76 @@ def _tree(b, name: str) -> dict:
         "pass": passed,
         "output_verified_identical": verified.get("identical"),
         "errors": b.errors(runs),
+    }
+
+
+# ---- memory by file count ---------------------------------------------------------
+
+
+def tiny_tree(path: Path, files: int, seed: int) -> int:
+    """``files`` distinct files of 0.2-2 KB, 1,000 a folder, made once (a sidecar marks it complete)."""
+    import json
+    import random
+
+    done = path.with_name(path.name + ".done.json")
+    if path.is_dir() and done.exists():
+        return json.loads(done.read_text())["bytes"]
+    M.rm(path)
+    rng = random.Random(seed * 1_000_003 + files)
+    total = 0
+    for i in range(files):
+        folder = path / f"class_{i // 1000:04d}"
+        if i % 1000 == 0:
+            folder.mkdir(parents=True)
+        data = rng.randbytes(rng.randint(200, 2000))
+        (folder / f"{i:07d}.bin").write_bytes(data)
+        total += len(data)
+    done.write_text(json.dumps({"files": files, "bytes": total}))
+    return total
+
+
+def memory_by_files(b, counts: tuple[int, ...], root: Path) -> dict:
+    """Peak RSS (GNU time, and the polled tree) of one dstore add and one get per file count, store and
+    input under ``root``; the output is checked identical to the input."""
+    out: dict = {"where": str(root), "fs": M.fs_type(root), "target_rss_mib": MAX_RSS_MIB, "rows": {}}
+    for n in counts:
+        src = root / f"tiny-{n}"
+        b.log(f"    {n} files in {src}")
+        nbytes = tiny_tree(src, n, b.seed)
+        home, dest = root / f"home-tiny-{n}", root / f"out-tiny-{n}"
+        M.rm(home)
+        M.rm(dest)
+        maxrss = root / "maxrss.txt"
+        env = {"DSTORE_HOME": str(home)}
+        try:
+            add = M.run_peak_rss(
+                b.dstore_cmd() + ["add", str(src), "--shards", SHARDS, "--json", "-q"], env=env, maxrss_file=maxrss
+            )
+            cid = M.last_json(add["stdout"])["cid"]
+            get = M.run_peak_rss(b.dstore_cmd() + ["get", cid, "-o", str(dest), "-q"], env=env, maxrss_file=maxrss)
+            same = subprocess.run(["diff", "-r", "-q", str(src), str(dest)], capture_output=True).returncode == 0
+        finally:
+            M.rm(home)
+            M.rm(dest)
+        keep = ("seconds", "cpu_s", "peak_rss_mib", "gnu_time_maxrss_mib", "peak_tree_rss_mib")
+        out["rows"][str(n)] = {
+            "files": n,
+            "bytes": nbytes,
+            "add": {k: add.get(k) for k in keep},
+            "get": {k: get.get(k) for k in keep},
+            "output_verified_identical": same,
+            "pass": {
+                "add_rss": add.get("peak_rss_mib") is not None and add["peak_rss_mib"] <= MAX_RSS_MIB,
+                "get_rss": get.get("peak_rss_mib") is not None and get["peak_rss_mib"] <= MAX_RSS_MIB,
+            },
+        }
+    return out
+
+
+def files1m(b) -> dict:
+    """Opt-in section (BENCH_ONLY=files1m): memory_by_files at 1,000,000 files, on disk."""
+    return {
+        "description": "peak RSS of dstore add --shards 10+4 and get of 1,000,000 files of 0.2-2 KB "
+        "(1,000 a folder), input and store on disk (BENCH_DISK)",
+        "memory_by_files": memory_by_files(b, (1_000_000,), b.disk),
     }

@@ -14,6 +14,7 @@ __all__ = [
     "MAX_ERROR_BODY_BYTES",
     "MAX_HEALTH_BYTES",
     "MAX_MANIFEST_BYTES",
+    "MAX_METADATA_PACKS",
     "MAX_META_VALUE_BYTES",
     "MAX_POINTER_BYTES",
     "MAX_SHARDS",
@@ -41,6 +42,8 @@ MAX_POINTER_BYTES = 64 * KIB
 #: One dataset's metadata pack (manifest, UnixFS nodes, locator, placement as a CAR), as written and as
 #: read: a reader refuses a pointer claiming more before fetching anything (about 130 bytes per file).
 MAX_METADATA_PACK_BYTES = 256 * MIB
+#: Metadata packs one pointer may list (a big tree's metadata is written in packs of 16 MiB).
+MAX_METADATA_PACKS = 64
 #: A dataset manifest block.
 MAX_MANIFEST_BYTES = 256 * KIB
 #: One value of a manifest's ``meta`` map, UTF-8 (a description is prose, not a payload).

@@ -228,13 +228,13 @@ def test_batch_size_does_not_change_the_dataset(tmp_path, mixed_tree, monkeypatc
 
 
 def _racing_walk(change):
-    """The real walk, then ``change`` (a file vanishes or is rewritten before it is read)."""
+    """The real walk lists the tree, then ``change`` (a file vanishes or is rewritten before it is read)."""
     real = add_module.walk
 
     def walk(path: Path):
-        tree = real(path)
+        listed = list(real(path))
         change()
-        return tree
+        yield from listed
 
     return walk
 

@@ -187,6 +187,8 @@ class BatchWriter:
         previous, self._pending = self._pending, (batch, parts, job)
         self._settle(previous)
         self._release()
+        # The index pages this batch's metadata reads touched: unmapped, still cached (flat RSS).
+        self.reader.release_index_pages()
 
     def _settle(self, pending: tuple[_Batch, list[Parts], Future[list[int]]] | None) -> None:
         """Wait for a batch's native call; retry its failed chunks from rebuilt packs."""

@@ -21,11 +21,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 from dstore.errors import BadCID, DstoreError, FormatError, IntegrityError, NotFound
 from dstore.fetch.gateway import FileStream, GatewayBlocks, chunks_ahead, metadata_bound, unixfs_manifest
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
-from dstore.fetch.remote import load_from_peers
+from dstore.fetch.remote import BlockTable, load_from_peers
 from dstore.format import unixfs
 from dstore.format.cid import (
     CID,
@@ -46,6 +47,7 @@ from dstore.format.pointer import Pointer
 from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
+from dstore.store.mapping import release_file_mapping
 
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
 RUN_BYTES = 16 << 20
@@ -126,7 +128,7 @@ class DatasetReader:
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
         self._dirs: OrderedDict[bytes, tuple[unixfs.Node, int]] = OrderedDict()  # CID -> (folder, block bytes)
         self._dirs_bytes = 0
-        self._fetched: dict[bytes, bytes] = {}  # metadata blocks from peers
+        self._fetched: BlockTable | None = None  # verified metadata blocks from peers (on disk)
         self.pointer: Pointer | None = None  # the peers' pointer that led to verified metadata, if read from peers
         #: Where blocks come from when the dataset is read from gateways (no locator, no packs); else None.
         self.gateway: GatewayBlocks | None = None
@@ -186,6 +188,8 @@ class DatasetReader:
         if self.gateway is not None:
             self.gateway.close()
         self.packs.close()
+        if self._fetched is not None:
+            self._fetched.close()
 
     @property
     def locator(self) -> Locator:
@@ -215,7 +219,9 @@ class DatasetReader:
         cached = self._blocks.get(key)
         if cached is not None:
             return cached
-        data = self._fetched.get(key) or self.store.get_block(key)
+        data = self._fetched.get(key) if self._fetched is not None else None
+        if data is None:
+            data = self.store.get_block(key)
         if data is None and self.gateway is not None:
             data = self.gateway.get(cid, metadata_bound(cid))
         if data is None:
@@ -226,6 +232,12 @@ class DatasetReader:
         if len(self._blocks) > _BLOCK_CACHE:
             self._blocks.popitem(last=False)
         return data
+
+    def release_index_pages(self) -> None:
+        """Unmap the store index's pages read so far (they stay in the page cache): a long read's RSS stays flat."""
+        path = getattr(self.store.index, "path", None)  # a peer's in-memory store view has no index file
+        if isinstance(path, Path):
+            release_file_mapping(path / "data.mdb")
 
     def placement(self, pack_id: bytes) -> list[str | None] | None:
         """Which peer holds each shard of a pack: the dataset's hints, else this store's record."""

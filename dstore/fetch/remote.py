@@ -1,4 +1,4 @@
-"""A dataset's metadata from storage peers: pointers → metadata pack → verified blocks.
+"""A dataset's metadata from storage peers: pointers → metadata packs → verified blocks on disk.
 
 Peers are untrusted (docs/format.md, "Datasets on peers"). A pointer is only a
 hint: every distinct pointer the ranked peers hold is tried, newest (highest
@@ -12,7 +12,11 @@ peer's claim never decides how much a reader allocates.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import tempfile
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, BinaryIO, cast
 
@@ -22,34 +26,73 @@ from dstore.format.car import CarReader
 from dstore.format.cid import CID, cid_to_text
 from dstore.format.locator import Locator
 from dstore.format.pointer import Pointer, decode_placement
-from dstore.limits import MAX_METADATA_PACK_BYTES
+from dstore.limits import MAX_METADATA_PACK_BYTES, MAX_METADATA_PACKS
 from dstore.net.protocol import PeerClient
 
-__all__ = ["RemoteMetadata", "check_pointer", "load_from_peers"]
+__all__ = ["BlockTable", "RemoteMetadata", "check_pointer", "load_from_peers"]
+
+# Blocks inserted per SQLite transaction while a metadata pack is parsed.
+_INSERT_BYTES = 4 << 20
+
+
+class BlockTable:
+    """Verified metadata blocks by CID bytes, in a temporary SQLite file: memory stays flat in their number.
+
+    A dataset's metadata from peers can be hundreds of megabytes; only
+    SQLite's page cache of it is in memory. Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="dstore-metadata-")
+        self._db = sqlite3.connect(os.path.join(self._dir.name, "blocks.db"), check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE blocks (cid BLOB PRIMARY KEY, block BLOB NOT NULL) WITHOUT ROWID")
+        self._lock = threading.Lock()
+
+    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> None:
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR IGNORE INTO blocks VALUES (?, ?)", blocks)
+
+    def get(self, cid: bytes) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT block FROM blocks WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def __contains__(self, cid: bytes) -> bool:
+        return self.get(cid) is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        self._dir.cleanup()
 
 
 @dataclass
 class RemoteMetadata:
-    """What a verified metadata pack gave: the locator root, every block by CID bytes, placement hints."""
+    """What verified metadata packs gave: the locator root, every block by CID bytes, placement hints."""
 
     pointer: Pointer
     locator: CID
-    blocks: dict[bytes, bytes]
+    blocks: BlockTable
     hints: dict[bytes, list[str | None]]
 
 
 def check_pointer(pointer: Pointer) -> None:
-    """FormatError unless the pointer's metadata pack is within the documented bounds (before any fetch)."""
-    record = pointer.metadata
-    if record.size == 0:
-        raise FormatError("dataset pointer names an empty metadata pack")
-    if record.size > MAX_METADATA_PACK_BYTES:
-        raise FormatError(
-            f"dataset pointer claims a metadata pack of {record.size} bytes, over the limit of "
-            f"{MAX_METADATA_PACK_BYTES} (docs/format.md)"
-        )
-    if len(pointer.hints) > record.k + record.m:
-        raise FormatError("dataset pointer has more hints than metadata shards")
+    """FormatError unless every metadata pack the pointer lists is within the documented bounds (before any fetch)."""
+    packs = pointer.metadata_packs
+    if len(packs) > MAX_METADATA_PACKS:
+        raise FormatError(f"dataset pointer lists {len(packs)} metadata packs, over the limit of {MAX_METADATA_PACKS}")
+    for record, hints in packs:
+        if record.size == 0:
+            raise FormatError("dataset pointer names an empty metadata pack")
+        if record.size > MAX_METADATA_PACK_BYTES:
+            raise FormatError(
+                f"dataset pointer claims a metadata pack of {record.size} bytes, over the limit of "
+                f"{MAX_METADATA_PACK_BYTES} (docs/format.md)"
+            )
+        if len(hints) > record.k + record.m:
+            raise FormatError("dataset pointer has more hints than metadata shards")
 
 
 def load_from_peers(peers: PeerClient, dataset: CID) -> RemoteMetadata:
@@ -80,26 +123,38 @@ def load_from_peers(peers: PeerClient, dataset: CID) -> RemoteMetadata:
 
 
 def _load(peers: PeerClient, dataset: CID, pointer: Pointer) -> RemoteMetadata:
-    record = pointer.metadata
-    shards = peers.fetch_pack(record, dataset.to_bytes(), list(pointer.hints) or None)
-    with tempfile.TemporaryFile(prefix="dstore-metadata-") as spool:
-        _spool_data_region(spool, shards, record.k, record.m, record.shard_size, record.size)
-        del shards  # the spool holds the pack now: memory is one block at a time from here
-        spool.seek(0)
-        blocks = _read_blocks(spool, dataset)
-    key = pointer.locator.to_bytes()
-    if key not in blocks:
-        raise FormatError("the metadata pack lacks the locator its pointer names")
-    locator = Locator(lambda c: blocks[c.to_bytes()], pointer.locator)
-    if locator.dataset != dataset:
-        raise IntegrityError(f"the locator found for {cid_to_text(dataset)} belongs to another dataset")
-    hints: dict[bytes, list[str | None]] = {}
-    if pointer.placement is not None:
-        placement = blocks.get(pointer.placement.to_bytes())
-        if placement is None:
-            raise FormatError("the metadata pack lacks the placement block its pointer names")
-        hints = decode_placement(placement)
-    return RemoteMetadata(pointer, pointer.locator, blocks, hints)
+    """Every metadata pack in turn (the manifest's first), spooled to disk and parsed block by block."""
+    blocks = BlockTable()
+    try:
+        for i, (record, hints) in enumerate(pointer.metadata_packs):
+            shards = peers.fetch_pack(record, dataset.to_bytes(), list(hints) or None)
+            with tempfile.TemporaryFile(prefix="dstore-metadata-") as spool:
+                _spool_data_region(spool, shards, record.k, record.m, record.shard_size, record.size)
+                del shards  # the spool holds the pack now: memory is one block at a time from here
+                spool.seek(0)
+                _read_blocks(spool, dataset, blocks, first=i == 0)
+        if pointer.locator.to_bytes() not in blocks:
+            raise FormatError("the metadata packs lack the locator their pointer names")
+        locator = Locator(lambda c: _block_of(blocks, c), pointer.locator)
+        if locator.dataset != dataset:
+            raise IntegrityError(f"the locator found for {cid_to_text(dataset)} belongs to another dataset")
+        hints_by_pack: dict[bytes, list[str | None]] = {}
+        if pointer.placement is not None:
+            placement = blocks.get(pointer.placement.to_bytes())
+            if placement is None:
+                raise FormatError("the metadata packs lack the placement block their pointer names")
+            hints_by_pack = decode_placement(placement)
+    except BaseException:
+        blocks.close()
+        raise
+    return RemoteMetadata(pointer, pointer.locator, blocks, hints_by_pack)
+
+
+def _block_of(blocks: BlockTable, cid: CID) -> bytes:
+    block = blocks.get(cid.to_bytes())
+    if block is None:
+        raise FormatError(f"the metadata packs lack block {cid_to_text(cid)}")
+    return block
 
 
 def _spool_data_region(
@@ -121,14 +176,26 @@ def _spool_data_region(
             break
 
 
-def _read_blocks(spool: IO[bytes], dataset: CID) -> dict[bytes, bytes]:
-    """Every block of the metadata CAR, each checked against its CID; FormatError unless rooted at the dataset."""
+def _read_blocks(spool: IO[bytes], dataset: CID, blocks: BlockTable, *, first: bool) -> None:
+    """Every block of one metadata CAR into ``blocks``, each checked against its CID.
+
+    FormatError unless rooted at the dataset, or if it is the ``first`` pack and lacks the manifest.
+    """
     reader = CarReader(cast(BinaryIO, spool), verify=True)
     if [r.to_bytes() for r in reader.roots] != [dataset.to_bytes()]:
         raise FormatError("metadata pack is not rooted at the dataset ID")
-    blocks: dict[bytes, bytes] = {}
+    manifest = dataset.to_bytes()
+    has_manifest = False
+    batch: list[tuple[bytes, bytes]] = []
+    batch_bytes = 0
     for cid, block in reader:
-        blocks.setdefault(cid.to_bytes(), block)
-    if dataset.to_bytes() not in blocks:
+        key = cid.to_bytes()
+        has_manifest = has_manifest or key == manifest
+        batch.append((key, block))
+        batch_bytes += len(block)
+        if batch_bytes >= _INSERT_BYTES:
+            blocks.put_many(batch)
+            batch, batch_bytes = [], 0
+    blocks.put_many(batch)
+    if first and not has_manifest:
         raise FormatError("metadata pack lacks the manifest")
-    return blocks

@@ -17,10 +17,11 @@ the bytes); the result is the same canonical DAG-CBOR that :mod:`cbor` writes.
 
 from __future__ import annotations
 
+import array
 import bisect
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from dstore.errors import FormatError
@@ -40,6 +41,7 @@ __all__ = [
     "ChunkEntry",
     "Locator",
     "build_locator",
+    "build_locator_streaming",
 ]
 
 LOCATOR_TYPE = "dstore/locator"
@@ -54,10 +56,12 @@ CHUNKS_PER_PAGE = 4096
 PACKS_PER_PAGE = 1024
 # Decoded pages a reader keeps. Reading a file looks its chunks up in file
 # order, which is random digest order, so a cache smaller than the dataset's
-# page count decodes a page per chunk. 256 pages of about 1024 entries is
-# some 64 MiB of Python objects and covers datasets up to about 16 GiB of
-# unique chunks; past that a full read decodes pages again.
-DEFAULT_CACHE_PAGES = 256
+# page count decodes a page per chunk. A page is kept compact (80 bytes an
+# entry: its digests in one bytes object, its numbers in arrays), so
+# CACHE_BYTES holds some 1.2 million chunks' entries: an ImageNet-sized tree
+# of small files is read with each page decoded once.
+DEFAULT_CACHE_PAGES = 4096
+CACHE_BYTES = 96 << 20
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 _U64 = 1 << 64
@@ -197,6 +201,93 @@ def build_locator(
     return root_cid, blocks
 
 
+def build_locator_streaming(
+    dataset: CID,
+    chunks: Iterable[Sequence[Any]],
+    packs: Sequence[tuple[CID, PackRecord]],
+    emit: Callable[[CID, bytes], None],
+    hash_name: str = "blake3",
+) -> tuple[CID, bytes, int]:
+    """:func:`build_locator` for chunks already sorted by digest, one per digest, in any number.
+
+    Pages go to ``emit(cid, block)`` as they are made, in the order
+    :func:`build_locator` lists them (chunk pages, pack pages); returns the
+    root's CID and block (not emitted) and the number of chunks. Same blocks as
+    :func:`build_locator` for the same input; memory is one page.
+    """
+    n_packs = len(packs)
+    chunk_refs: list[list[Any]] = []
+    page: list[Sequence[Any]] = []
+    last: bytes | None = None
+    count = 0
+
+    def close_page() -> None:
+        block = _encode_chunk_page(page)
+        cid = cbor.block_cid(block, hash_name)
+        emit(cid, block)
+        chunk_refs.append([page[0][0], cid])
+        page.clear()
+
+    for e in chunks:
+        if last is not None and e[0] <= last:
+            raise ValueError("locator chunks must be sorted by digest, one entry per digest")
+        _check_entry(e, n_packs)
+        if e[2] + e[3] > packs[e[1]][1].size:
+            raise ValueError(f"chunk {e[0].hex()} ends past its pack ({e[2]} + {e[3]} > {packs[e[1]][1].size})")
+        last = e[0]
+        count += 1
+        page.append(e)
+        if ends_page(e[0]) or len(page) == CHUNKS_PER_PAGE:
+            close_page()
+    if page:
+        close_page()
+    pack_refs: list[CID] = []
+    for i in range(0, n_packs, PACKS_PER_PAGE):
+        block = cbor.encode([[pid, rec.to_cbor()] for pid, rec in packs[i : i + PACKS_PER_PAGE]])
+        cid = cbor.block_cid(block, hash_name)
+        emit(cid, block)
+        pack_refs.append(cid)
+    root = cbor.encode(
+        {"type": LOCATOR_TYPE, "version": LOCATOR_VERSION, "dataset": dataset, "packs": pack_refs, "chunks": chunk_refs}
+    )
+    return cbor.block_cid(root, hash_name), root, count
+
+
+class _Page:
+    """One validated chunk page, compact: digests joined, their first 8 bytes as integers (searched
+    by bisect, in C), the five numbers of each entry in an array: 80 bytes an entry."""
+
+    __slots__ = ("digests", "prefixes", "numbers", "count")
+
+    def __init__(self, entries: Sequence[ChunkEntry]) -> None:
+        self.count = len(entries)
+        self.digests = b"".join(e.digest for e in entries)
+        self.prefixes = array.array("Q", [int.from_bytes(e.digest[:8], "big") for e in entries])
+        self.numbers = array.array("Q", [v for e in entries for v in e[1:]])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.digests) + 8 * (len(self.prefixes) + len(self.numbers)) + 300
+
+    def entry(self, j: int) -> ChunkEntry:
+        d = DIGEST_BYTES * j
+        return ChunkEntry(self.digests[d : d + DIGEST_BYTES], *self.numbers[5 * j : 5 * j + 5])
+
+    def find(self, digest: bytes) -> ChunkEntry | None:
+        key = int.from_bytes(digest[:8], "big")
+        j = bisect.bisect_left(self.prefixes, key)  # the page is sorted by digest (checked when read)
+        w = DIGEST_BYTES
+        while j < self.count and self.prefixes[j] == key:
+            if self.digests[j * w : j * w + w] == digest:
+                return self.entry(j)
+            j += 1
+        return None
+
+    def entries(self) -> Iterator[ChunkEntry]:
+        for j in range(self.count):
+            yield self.entry(j)
+
+
 class Locator:
     """Reads a locator through ``get_block(cid) -> bytes`` (which must verify hashes).
 
@@ -212,7 +303,8 @@ class Locator:
         self._get = get_block
         self.root_cid = root_cid
         self._cache_pages = max(1, cache_pages)
-        self._chunk_pages: OrderedDict[int, tuple[list[bytes], list[ChunkEntry]]] = OrderedDict()
+        self._chunk_pages: OrderedDict[int, _Page] = OrderedDict()
+        self._cached_bytes = 0
         self._pack_pages: OrderedDict[int, list[tuple[CID, PackRecord]]] = OrderedDict()
         root = cbor.decode(get_block(root_cid))
         if not isinstance(root, dict) or set(root) != {
@@ -258,7 +350,7 @@ class Locator:
     def num_pack_pages(self) -> int:
         return len(self._pack_page_cids)
 
-    def _chunk_page(self, i: int) -> tuple[list[bytes], list[ChunkEntry]]:
+    def _chunk_page(self, i: int) -> _Page:
         hit = self._chunk_pages.get(i)
         if hit is not None:
             self._chunk_pages.move_to_end(i)
@@ -290,10 +382,13 @@ class Locator:
             raise FormatError("locator chunk page does not start with the root's first digest")
         if i + 1 < len(self._firsts) and digests[-1] >= self._firsts[i + 1]:
             raise FormatError("locator chunk page overlaps the next page")
-        page = (digests, entries)
+        page = _Page(entries)
         self._chunk_pages[i] = page
-        if len(self._chunk_pages) > self._cache_pages:
-            self._chunk_pages.popitem(last=False)
+        self._cached_bytes += page.nbytes
+        while len(self._chunk_pages) > 1 and (
+            len(self._chunk_pages) > self._cache_pages or self._cached_bytes > CACHE_BYTES
+        ):
+            self._cached_bytes -= self._chunk_pages.popitem(last=False)[1].nbytes
         return page
 
     def find(self, digest: bytes) -> ChunkEntry | None:
@@ -301,16 +396,12 @@ class Locator:
         i = bisect.bisect_right(self._firsts, digest) - 1
         if i < 0:
             return None
-        digests, entries = self._chunk_page(i)
-        j = bisect.bisect_left(digests, digest)
-        if j < len(digests) and digests[j] == digest:
-            return entries[j]
-        return None
+        return self._chunk_page(i).find(digest)
 
     def chunks(self) -> Iterator[ChunkEntry]:
         """Every chunk entry, in digest order (reads every chunk page)."""
         for i in range(len(self._chunk_page_cids)):
-            yield from self._chunk_page(i)[1]
+            yield from self._chunk_page(i).entries()
 
     def _pack_page(self, i: int) -> list[tuple[CID, PackRecord]]:
         hit = self._pack_pages.get(i)

@@ -1,5 +1,11 @@
 """``dstore add``: walk → native pipeline → packs → shards → index → manifest.
 
+Memory does not grow with the number of files: the walk is a stream, the
+UnixFS nodes and the locator's chunk-table entries go to disk spools as they
+are made (dstore.ingest.spool), folders are built bottom up as soon as they
+are complete, and the metadata is written out in packs of at most
+METADATA_PACK_BYTES (docs/format.md, "Metadata in several packs").
+
 Files are taken in batches: up to BATCH_BYTES of files below SEGMENT_BYTES
 go to one Rust call that reads, chunks, hashes and compresses them on all
 cores (GIL released) and hands back every chunk of the batch at once. A
@@ -14,9 +20,10 @@ hashes) and writing shards run on other threads.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,22 +31,36 @@ from dstore import _native
 from dstore.errors import DstoreError, InputError, PeerError, StoreError, UsageError
 from dstore.format import unixfs
 from dstore.format.cid import CID, HASH_CODES, cid_to_text, raw_cid_bytes
-from dstore.format.locator import build_locator
+from dstore.format.locator import build_locator_streaming
 from dstore.format.manifest import PROFILE_DSTORE, ChunkerParams, Manifest, Profile, profile_named
-from dstore.format.pack import PackRecord, shard_size
-from dstore.format.pointer import Pointer, encode_placement, metadata_car, next_seq
-from dstore.ingest.packer import Packer, encode_pack
+from dstore.format.pack import PackRecord
+from dstore.format.pointer import Pointer, encode_placement
+from dstore.ingest.packer import Packer
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
-from dstore.ingest.walk import DirEntry, FileEntry, count_entries, total_size, walk
-from dstore.limits import MAX_CHUNK_BYTES, MAX_METADATA_PACK_BYTES, MAX_SHARDS
+from dstore.ingest.spool import BlockSpool, ChunkSpool
+from dstore.ingest.walk import Enter, Event, FileEntry, survey, walk
+from dstore.limits import MAX_SHARDS
 from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
+from dstore.store.mapping import release_file_mapping
+from dstore.store.metadata import (
+    METADATA_PACK_BYTES,
+    MetadataPack,
+    encode_metadata_packs,
+    metadata_pointer,
+    write_pointer,
+)
 
 SEGMENT_BYTES = 16 << 20
 # A batch of whole files read by one native call: bounds the file bytes held at once.
 BATCH_BYTES = 32 << 20
 BATCH_MAX_FILES = 8192
+BATCH_MAX_EVENTS = 4 * BATCH_MAX_FILES  # walk events (files, folders entered and left) held per batch
+# Chunks looked up in the index per read transaction (each touches up to that many pages of its map).
+LOOKUP_CHUNKS = 2048
+# Metadata blocks written to the index per transaction (LMDB keeps a transaction's pages in memory).
+INDEX_TXN_BYTES = 4 << 20
 GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 1  # docs/cli.md: as small as per-chunk level 3 on CSV, and faster
 
@@ -116,23 +137,26 @@ class _Adder:
     packer: Packer = field(init=False)
     hash_code: int = field(init=False)  # multihash code the native kernels hash chunks with
     reader: SegmentReader | None = field(init=False, default=None)  # made for the first big file
-    # Every distinct chunk of this dataset, by chunk CID, in first-use order
-    # (a dict, not a set: the locator's pack order must not depend on hashing).
-    seen: dict[bytes, None] = field(default_factory=dict)
-    # Chunks found already stored before this add: chunk CID -> location.
-    old_locations: dict[bytes, ChunkLoc] = field(default_factory=dict)
-    blocks: list[tuple[CID | bytes, bytes]] = field(default_factory=list)
+    # The dataset's metadata blocks and chunk-table entries, on disk as they are made (memory stays flat).
+    meta: BlockSpool = field(default_factory=BlockSpool)
+    chunk_table: ChunkSpool = field(default_factory=ChunkSpool)
+    # This add's number for each pack its chunk table names, in order of first use.
+    pack_numbers: dict[bytes, int] = field(default_factory=dict)
     # Packs found through dedup: whether this add may reuse each (still where
     # it stores, and strong enough), and the peers confirmed to hold their shards.
     usable_packs: dict[bytes, bool] = field(default_factory=dict)
     old_placement: dict[bytes, list[str | None]] = field(default_factory=dict)
     chunks_total: int = 0
+    new_chunks: int = 0
     new_chunk_bytes: int = 0
     compressed_bytes: int = 0
     files: int = 0
+    size: int = 0  # file bytes met (the manifest's size)
+    entries: int = 0  # files and folders met (the manifest's entries)
+    unique_chunks: int = 0  # chunks in the locator (known once it is written)
 
     def __post_init__(self) -> None:
-        self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name)
+        self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name, self._pack_durable)
         self.hash_code = HASH_CODES[self.hash_name]
 
     def close(self) -> None:
@@ -140,28 +164,15 @@ class _Adder:
         if self.reader is not None:
             self.reader.close()
 
+    def close_spools(self) -> None:
+        self.meta.close()
+        self.chunk_table.close()
+
+    def add_blocks(self, blocks: list[tuple[CID, bytes]]) -> None:
+        for cid, block in blocks:
+            self.meta.add(cid.to_bytes(), block)
+
     # -- files --------------------------------------------------------------
-
-    def file_results(self, files: Iterator[FileEntry]) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
-        """Store the files' chunks in order; yields each file's UnixFS root CID, new dag-pb blocks and Tsize.
-
-        Consecutive files below SEGMENT_BYTES are read together, up to
-        BATCH_BYTES (or BATCH_MAX_FILES) per native call; a bigger file streams.
-        """
-        batch: list[FileEntry] = []
-        batch_bytes = 0
-        for entry in files:
-            if entry.size >= SEGMENT_BYTES:
-                yield from self._add_batch(batch)
-                batch, batch_bytes = [], 0
-                yield self.add_big_file(entry)
-                continue
-            if batch and (batch_bytes + entry.size > BATCH_BYTES or len(batch) >= BATCH_MAX_FILES):
-                yield from self._add_batch(batch)
-                batch, batch_bytes = [], 0
-            batch.append(entry)
-            batch_bytes += entry.size
-        yield from self._add_batch(batch)
 
     def _add_batch(self, entries: list[FileEntry]) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
         if not entries:
@@ -224,24 +235,35 @@ class _Adder:
         return unixfs.build_file(leaves, self.hash_name, self.links_per_node)
 
     def _take_chunks(self, seg: _native.Segment | _native.FileBatch) -> list[bytes]:
-        """Look the chunks up (one index transaction) and pack the new ones; returns their chunk CIDs."""
+        """Look the chunks up (one index transaction) and pack the new ones; returns their chunk CIDs.
+
+        A chunk met before in this add is in a pack being written (the
+        packer's ``pending``) or, once that pack is durable, in the index,
+        which is what makes it found again: no per-chunk set grows with the add.
+        """
         digests = seg.digests
         hash_name = self.hash_name
         sizes = seg.lengths
         cids = [raw_cid_bytes(digests[32 * i : 32 * i + 32], hash_name) for i in range(len(sizes))]
         self.chunks_total += len(cids)
-        seen = self.seen
-        unseen = list(dict.fromkeys(c for c in cids if c not in seen))
-        stored_before = dict(zip(unseen, self.store.index.lookup_chunks(unseen), strict=True))
+        pending = self.packer.pending
+        unseen = list(dict.fromkeys(c for c in cids if c not in pending))
+        stored_before: dict[bytes, ChunkLoc | None] = {}
+        for start in range(0, len(unseen), LOOKUP_CHUNKS):  # each lookup's touched index pages released
+            part = unseen[start : start + LOOKUP_CHUNKS]
+            stored_before.update(zip(part, self.store.index.lookup_chunks(part), strict=True))
+            self._release_index_pages()
         self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
+        taken: set[bytes] = set()
         for i, cid in enumerate(cids):
-            if cid in seen:
+            if cid in pending or cid in taken:
                 continue  # repeated within this add
-            seen[cid] = None
+            taken.add(cid)
             old = stored_before[cid]
             if old is not None and self.usable_packs[old.pack_id]:
-                self.old_locations[cid] = old
+                if old.pack_id not in self.packer.packs:  # stored before this add: into the chunk table now
+                    self._table_entry(cid, old)
                 continue
             picks.append(i)  # new, or its pack is too weak or gone: store it again
         stored_lengths = seg.stored_lengths
@@ -249,6 +271,22 @@ class _Adder:
         self.compressed_bytes += sum(stored_lengths[i] for i in picks)
         self.packer.add_chunks(seg, picks, cids)
         return cids
+
+    def _table_entry(self, cid: bytes, loc: ChunkLoc) -> None:
+        number = self.pack_numbers.setdefault(loc.pack_id, len(self.pack_numbers))
+        self.chunk_table.add(cid[4:], number, loc.offset, loc.stored_len, loc.size, loc.codec)
+
+    def _pack_durable(self, pack_id: bytes, chunks: list[tuple[bytes, ChunkLoc]]) -> None:
+        """A pack this add wrote is durable and indexed: its chunks go to the chunk table, it may be reused."""
+        self.usable_packs[pack_id] = True
+        for cid, loc in chunks:
+            self._table_entry(cid, loc)
+        self.new_chunks += len(chunks)
+        self._release_index_pages()
+
+    def _release_index_pages(self) -> None:
+        """Unmap the index pages a lookup or commit touched (they stay cached): RSS stays flat in index size."""
+        release_file_mapping(self.store.index.path / "data.mdb")
 
     def _judge_packs(self, pack_ids: dict[bytes, None]) -> None:
         """Decide, for the packs not judged yet, whether this add may reuse their chunks.
@@ -296,81 +334,115 @@ class _Adder:
             record = PackRecord.decode(block)
         return record
 
-    def forget_chunks(self) -> None:
-        """Drop the per-chunk maps once the locator's inputs are made (peak memory of big trees)."""
-        self.seen.clear()
-        self.old_locations.clear()
-        self.packer.locations.clear()
-
     # -- folders ------------------------------------------------------------
 
-    def add_tree(self, node: FileEntry | DirEntry) -> tuple[CID, int]:
-        """Store a file or folder; returns its UnixFS root CID and Tsize.
+    def add_tree(self, events: Iterator[Event]) -> tuple[CID, int]:
+        """Store the walk's files and folders; returns the root's UnixFS CID and Tsize.
 
-        Folders are built children first without recursion (deep trees cost
-        no stack): one frame per open folder holds its built entries. Files
-        are stored ahead in batches (``file_results``), in the order this
-        walk meets them, so chunks, packs and blocks keep one order.
+        Files below SEGMENT_BYTES are read in batches of up to BATCH_BYTES (or
+        BATCH_MAX_FILES) by one native call; a bigger file streams. The walk's
+        events of a batch are kept until its files are stored, then replayed to
+        build the folders bottom up, each as soon as it is complete (a folder
+        needs its children's CIDs and sizes, not their subtrees).
         """
-        results = self.file_results(_files_in_order(node))
-        if isinstance(node, FileEntry):
-            root, blocks, tsize = next(results)
-            self.blocks.extend(blocks)
-            return root, tsize
-        stack: list[tuple[DirEntry, Iterator[FileEntry | DirEntry], list[tuple[str, CID, int]]]]
-        stack = [(node, iter(node.children), [])]
-        while True:
-            folder, pending, built = stack[-1]
-            child = next(pending, None)
-            if isinstance(child, FileEntry):
-                root, blocks, tsize = next(results)
-                self.blocks.extend(blocks)
-                built.append((child.name, root, tsize))
-            elif child is not None:
-                stack.append((child, iter(child.children), []))
+        folders = _Folders(self)
+        files: list[FileEntry] = []
+        pending: list[Event] = []
+        batch_bytes = 0
+        for event in events:
+            if isinstance(event, FileEntry):
+                self.size += event.size
+                self.entries += 1
+                if event.size >= SEGMENT_BYTES:
+                    self._replay(files, pending, folders)
+                    files, pending, batch_bytes = [], [], 0
+                    folders.file(event.name, self.add_big_file(event))
+                    continue
+                if files and (batch_bytes + event.size > BATCH_BYTES or len(files) >= BATCH_MAX_FILES):
+                    self._replay(files, pending, folders)
+                    files, pending, batch_bytes = [], [], 0
+                files.append(event)
+                batch_bytes += event.size
+            elif isinstance(event, Enter):
+                self.entries += 1
+            pending.append(event)
+            if len(pending) >= BATCH_MAX_EVENTS:  # a tree of empty folders holds no files to batch
+                self._replay(files, pending, folders)
+                files, pending, batch_bytes = [], [], 0
+        self._replay(files, pending, folders)
+        return folders.result()
+
+    def _replay(self, files: list[FileEntry], events: list[Event], folders: _Folders) -> None:
+        results = self._add_batch(files)
+        for event in events:
+            if isinstance(event, FileEntry):
+                folders.file(event.name, next(results))
+            elif isinstance(event, Enter):
+                folders.enter(event.name)
             else:
-                root, blocks, tsize = unixfs.build_directory(built, self.hash_name)
-                self.blocks.extend(blocks)
-                folder.children = []  # built: let the walk's entries go (memory grows less per file)
-                stack.pop()
-                if not stack:
-                    return root, tsize
-                stack[-1][2].append((folder.name, root, tsize))
+                folders.leave()
+        for _ in results:
+            raise AssertionError("a batch yielded more files than it was given")
 
     # -- locator ------------------------------------------------------------
 
-    def locator_inputs(
-        self,
-    ) -> tuple[list[tuple[bytes, int, int, int, int, int]], list[tuple[CID, PackRecord]]]:
-        """Chunk-table entries and pack table for the locator of this dataset.
+    def write_locator(self, dataset: CID) -> CID:
+        """Write the locator's pages to the metadata spool from the chunk table; returns its root CID.
 
         Packs this add found already stored come first, in order of first use,
         then the packs it wrote: a new version of a dataset keeps its parent's
         pack indices, so its chunk-table pages stay the same where its chunks do.
         """
-        locations = {**self.old_locations, **self.packer.locations}
-        order = {loc.pack_id: None for loc in (locations[cid] for cid in self.seen)}
-        ordered = [p for p in order if p not in self.packer.packs] + [p for p in order if p in self.packer.packs]
-        pack_index = {pack_id: i for i, pack_id in enumerate(ordered)}
+        numbers = self.pack_numbers
+        new = self.packer.packs
+        ordered = [p for p in numbers if p not in new] + [p for p in numbers if p in new]
+        index_of = {numbers[pack_id]: i for i, pack_id in enumerate(ordered)}
         packs = [(CID.from_bytes(pack_id), self._pack_record(pack_id)) for pack_id in ordered]
-        entries = []
-        for cid in self.seen:
-            loc = locations[cid]
-            entries.append((cid[4:], pack_index[loc.pack_id], loc.offset, loc.stored_len, loc.size, loc.codec))
-        return entries, packs
+        entries = (
+            (digest, index_of[number], offset, stored_len, size, codec)
+            for digest, number, offset, stored_len, size, codec in self.chunk_table.sorted_unique()
+        )
+        spool = self.meta
+        root, root_block, self.unique_chunks = build_locator_streaming(
+            dataset, entries, packs, lambda c, b: spool.add(c.to_bytes(), b), self.hash_name
+        )
+        self.chunk_table.close()
+        spool.add(root.to_bytes(), root_block)
+        return root
 
 
-def _files_in_order(node: FileEntry | DirEntry) -> Iterator[FileEntry]:
-    """The files under ``node`` in the order ``_Adder.add_tree`` meets them (children in name order, depth first)."""
-    stack: list[Iterator[FileEntry | DirEntry]] = [iter((node,))]
-    while stack:
-        child = next(stack[-1], None)
-        if child is None:
-            stack.pop()
-        elif isinstance(child, FileEntry):
-            yield child
+class _Folders:
+    """Builds folders bottom up as the walk's events are replayed: one open list per folder on the path."""
+
+    def __init__(self, adder: _Adder) -> None:
+        self.adder = adder
+        self.stack: list[tuple[str, list[tuple[str, CID, int]]]] = []
+        self.root: tuple[CID, int] | None = None
+
+    def enter(self, name: str) -> None:
+        self.stack.append((name, []))
+
+    def file(self, name: str, built: tuple[CID, list[tuple[CID, bytes]], int]) -> None:
+        root, blocks, tsize = built
+        self.adder.add_blocks(blocks)
+        self._done(name, root, tsize)
+
+    def leave(self) -> None:
+        name, entries = self.stack.pop()
+        root, blocks, tsize = unixfs.build_directory(entries, self.adder.hash_name)
+        self.adder.add_blocks(blocks)
+        self._done(name, root, tsize)
+
+    def _done(self, name: str, root: CID, tsize: int) -> None:
+        if self.stack:
+            self.stack[-1][1].append((name, root, tsize))
         else:
-            stack.append(iter(child.children))
+            self.root = (root, tsize)
+
+    def result(self) -> tuple[CID, int]:
+        if self.root is None or self.stack:
+            raise AssertionError("the walk ended inside a folder")
+        return self.root
 
 
 def add(
@@ -386,6 +458,7 @@ def add(
     progress: Progress | None = None,
     on_start: Callable[[int], None] | None = None,
     peers: PeerClient | None = None,
+    metadata_pack_bytes: int = METADATA_PACK_BYTES,
 ) -> AddResult:
     """Add the file or folder at ``path`` to ``store``; returns the dataset ID and figures.
 
@@ -394,69 +467,131 @@ def add(
     and the metadata blocks. ``on_start`` is called with the total input bytes
     once the tree is walked. ``profile`` (docs/format.md, "Profiles") fixes the
     hashes allowed (``hash_name``: its default when None) and may fix the chunker.
+    ``metadata_pack_bytes`` bounds each metadata pack (docs/format.md,
+    "Metadata in several packs"; tests pass a small one).
     """
     layout = _profile(profile, hash_name, chunker)
     hash_name = hash_name or layout.default_hash
     chunker = layout.chunker or chunker or ChunkerParams()
     store.lock_for_add()  # no gc runs while this store is open (docs/lifetime.md)
-    tree = walk(Path(path))
-    size = total_size(tree)
-    entries_count = count_entries(tree)  # before add_tree, which empties the folders it has built
+    size, _ = survey(Path(path))  # a faulty tree fails here, before anything is stored
     if on_start:
         on_start(size)
     sink = PeerSink(peers) if peers is not None else LocalSink(store)
     adder = _Adder(store, sink, spec, chunker, hash_name, progress, layout.links_per_node)
-    # Reader, sealer and writer threads each hold the GIL only briefly between
-    # long GIL-free calls; the default 5 ms switch interval makes them queue
-    # behind each other (measured: 1 GiB add took 3.7 s instead of 1.7 s).
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
-        root, _ = adder.add_tree(tree)
-        adder.packer.finish()
+        # Reader, sealer and writer threads each hold the GIL only briefly between
+        # long GIL-free calls; the default 5 ms switch interval makes them queue
+        # behind each other (measured: 1 GiB add took 3.7 s instead of 1.7 s).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        try:
+            root, _ = adder.add_tree(walk(Path(path)))
+            adder.packer.finish()
+            adder._release_index_pages()
+        finally:
+            sys.setswitchinterval(interval)
+            adder.close()
+        manifest = Manifest(
+            root=root,
+            hash_name=hash_name,
+            chunker=adder.chunker,
+            size=adder.size,
+            entries=adder.entries,
+            meta=meta or {},
+            parent=parent,
+            profile=profile,
+        )
+        new_metadata_bytes = store_dataset(store, adder, manifest, peers, metadata_pack_bytes=metadata_pack_bytes)
     finally:
-        sys.setswitchinterval(interval)
-        adder.close()
-    manifest = Manifest(
-        root=root,
-        hash_name=hash_name,
-        chunker=adder.chunker,
-        size=size,
-        entries=entries_count,
-        meta=meta or {},
-        parent=parent,
-        profile=profile,
-    )
-    manifest_block = manifest.encode()
-    dataset = manifest.cid
-    entries, packs = adder.locator_inputs()
-    unique_chunks, new_chunks = len(adder.seen), len(adder.packer.locations)
-    adder.forget_chunks()  # the locator's entries hold what is needed from here on
-    locator_root, locator_blocks = build_locator(dataset, entries, packs, hash_name)
-    del entries
-    blocks = [(c if isinstance(c, bytes) else c.to_bytes(), b) for c, b in adder.blocks]
-    adder.blocks.clear()
-    blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
-    blocks.append((dataset.to_bytes(), manifest_block))
-    if peers is not None:
-        placement = {**adder.old_placement, **adder.packer.placement}
-        publish_metadata(peers, dataset, locator_root, blocks, placement, spec, hash_name)
-    store.keep_metadata(dataset, locator_root, blocks, adder.old_placement | adder.packer.placement, spec.k, spec.m)
-    new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
+        adder.close_spools()
     return AddResult(
-        dataset=dataset,
+        dataset=manifest.cid,
         root=root,
-        bytes_in=size,
+        bytes_in=adder.size,
         files=adder.files,
         chunks=adder.chunks_total,
-        unique_chunks=unique_chunks,
-        new_chunks=new_chunks,
+        unique_chunks=adder.unique_chunks,
+        new_chunks=adder.new_chunks,
         new_chunk_bytes=adder.new_chunk_bytes,
         new_stored_bytes=adder.packer.bytes_stored,
         compressed_bytes=adder.compressed_bytes,
         new_metadata_bytes=new_metadata_bytes,
         shards=spec,
     )
+
+
+def store_dataset(
+    store: Store,
+    adder: _Adder,
+    manifest: Manifest,
+    peers: PeerClient | None,
+    *,
+    metadata_pack_bytes: int = METADATA_PACK_BYTES,
+) -> int:
+    """Write the locator, the metadata packs, the pointer(s) and the index entry; returns new metadata bytes.
+
+    Order of writes (docs/format.md): metadata packs (local shard files, and
+    peers), then the pointers, then the index's blocks and, last, the dataset
+    entry. The metadata is read back from the add's spool pack by pack, so
+    memory is one metadata pack whatever the dataset's size.
+    """
+    dataset = manifest.cid
+    locator = adder.write_locator(dataset)
+    adder.meta.add(dataset.to_bytes(), manifest.encode())
+    placement = {**adder.old_placement, **adder.packer.placement}
+    write_metadata(
+        store, dataset, locator, adder.meta, placement, adder.spec, manifest.hash_name, peers, metadata_pack_bytes
+    )
+    return index_blocks(store, adder.meta, dataset, locator)
+
+
+def write_metadata(
+    store: Store,
+    dataset: CID,
+    locator: CID,
+    blocks: Iterable[tuple[bytes, bytes]],
+    placement: dict[bytes, list[str | None]],
+    spec: ShardSpec,
+    hash_name: str,
+    peers: PeerClient | None,
+    metadata_pack_bytes: int = METADATA_PACK_BYTES,
+) -> None:
+    """The metadata packs of ``blocks`` (plus the placement block) to local shard files and to peers, then the
+    pointers: the peers' and the local one. ``blocks`` is read once, pack by pack."""
+    placement_cid, placement_block = encode_placement(placement, hash_name)
+    # The placement block travels in the metadata packs only (the index keeps placement per pack).
+    every_block = itertools.chain(blocks, [(placement_cid.to_bytes(), placement_block)])
+    written: list[tuple[MetadataPack, tuple[str | None, ...]]] = []
+    for pack in encode_metadata_packs(dataset, every_block, spec.k, spec.m, pack_bytes=metadata_pack_bytes):
+        for shard_cid, part in pack.shards:
+            store.metadata_shards.write(shard_cid.encode("base32"), (part,))
+        holders = tuple(peers.put_pack(dataset.to_bytes(), pack.shards)) if peers is not None else ()
+        written.append((MetadataPack(pack.record, [], pack.has_manifest), holders))
+        del pack  # its buffers: the next pack reuses the memory
+    store.metadata_shards.sync_dirs()
+    if peers is not None:
+        pointer = metadata_pointer(locator, written, placement_cid)
+        publish_pointer(peers, dataset, pointer, placement, spec.k + spec.m)
+    try:
+        write_pointer(store.home, dataset, metadata_pointer(locator, [(p, ()) for p, _ in written], placement_cid))
+    except OSError as e:
+        raise StoreError(f"cannot write the pointer of {cid_to_text(dataset)}: {e.strerror or e}") from e
+
+
+def index_blocks(store: Store, blocks: Iterable[tuple[bytes, bytes]], dataset: CID, locator: CID) -> int:
+    """Metadata blocks into the index in transactions of INDEX_TXN_BYTES, then the dataset entry."""
+    new_bytes = 0
+    batch: list[tuple[bytes, bytes]] = []
+    batch_bytes = 0
+    for cid, block in blocks:
+        batch.append((cid, block))
+        batch_bytes += len(block)
+        if batch_bytes >= INDEX_TXN_BYTES:
+            new_bytes += store.index.put_blocks(batch)
+            release_file_mapping(store.index.path / "data.mdb")
+            batch, batch_bytes = [], 0
+    return new_bytes + store.index.commit_dataset(batch, dataset.to_bytes(), locator.to_bytes())
 
 
 def _profile(name: str, hash_name: str | None, chunker: ChunkerParams | None) -> Profile:
@@ -484,36 +619,41 @@ def publish_metadata(
     *,
     replaces_seq: int | None = None,
 ) -> None:
-    """Put the dataset's metadata on peers with the data's redundancy, then the pointer to it.
+    """Put a dataset's metadata (blocks in hand) on peers with the data's redundancy, then the pointer to it.
 
-    The metadata pack (a CAR of every metadata block plus the placement
-    hints) is erasure-coded with the same k+m and placed by rendezvous on the
-    dataset ID; the pointer goes to the first k+m peers of that ranking
-    (docs/format.md, "Datasets on peers"). The pointer's ``seq`` is past
+    The metadata packs (CARs of the metadata blocks plus the placement
+    hints, docs/format.md "Datasets on peers") are erasure-coded with the
+    same k+m and placed by rendezvous on the dataset ID; the pointer goes to
+    the first k+m peers of that ranking. The pointer's ``seq`` is past
     ``replaces_seq`` (repair publishes over the pointer it read).
     """
     placement_cid, placement_block = encode_placement(placement, hash_name)
-    car = metadata_car(dataset, [*blocks, (placement_cid, placement_block)])
-    if len(car) > MAX_METADATA_PACK_BYTES:
-        raise UsageError(
-            f"the dataset's metadata ({len(car)} bytes) is over the {MAX_METADATA_PACK_BYTES}-byte limit of one "
-            "metadata pack on peers; split the dataset into several"
-        )
-    # More data shards, not bigger ones, for big metadata: a shard stays within what a peer takes.
-    k = max(spec.k, -(-len(car) // MAX_CHUNK_BYTES))
-    if k + spec.m > MAX_SHARDS:
-        raise UsageError(f"--shards {spec}: the metadata pack needs {k} data shards, over {MAX_SHARDS} with parity")
-    buf = bytearray(k * shard_size(len(car), k))
-    buf[: len(car)] = car
-    encoded = encode_pack(buf, len(car), k, spec.m, hash_name)
-    holders = peers.put_pack(dataset.to_bytes(), encoded.shards)
-    pointer = Pointer(locator, encoded.record, tuple(holders), placement_cid, next_seq(replaces_seq))
+    written: list[tuple[MetadataPack, tuple[str | None, ...]]] = []
+    all_blocks = [*blocks, (placement_cid.to_bytes(), placement_block)]
+    for pack in encode_metadata_packs(dataset, all_blocks, spec.k, spec.m):
+        holders = tuple(peers.put_pack(dataset.to_bytes(), pack.shards))
+        written.append((MetadataPack(pack.record, [], pack.has_manifest), holders))
+    pointer = metadata_pointer(locator, written, placement_cid, replaces_seq)
+    publish_pointer(peers, dataset, pointer, placement, spec.k + spec.m, replaces_seq=replaces_seq)
+
+
+def publish_pointer(
+    peers: PeerClient,
+    dataset: CID,
+    pointer: Pointer,
+    placement: dict[bytes, list[str | None]],
+    copies: int,
+    *,
+    replaces_seq: int | None = None,
+) -> None:
+    """Put the pointer on the first ``copies`` (k+m) peers of the dataset's ranking, then pin on every holder."""
     try:
-        peers.put_pointer(dataset, pointer.to_json(), spec.k + spec.m)
+        peers.put_pointer(dataset, pointer.to_json(), copies)
     except PeerError as e:  # 409: every peer asked keeps a newer pointer (dstore.net.pointers.StalePointer)
         if e.status != 409 or replaces_seq is not None:
             raise  # repair: its new placement went nowhere; run it again over the newest pointer
         # add: the peers already publish this very dataset ID under a newer pointer; that one stays.
+    holders = [h for _, hints in pointer.metadata_packs for h in hints if h]
     pin_holders(peers, dataset, [*holders, *(h for row in placement.values() for h in row if h)])
 
 

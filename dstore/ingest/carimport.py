@@ -50,7 +50,7 @@ from dstore.format.cid import (
 )
 from dstore.format.locator import build_locator
 from dstore.format.manifest import IMPORTED_CHUNKER, PROFILE_CAR_IMPORT, ChunkerParams, Manifest
-from dstore.ingest.add import ZSTD_LEVEL, ShardSpec, _Adder, publish_metadata
+from dstore.ingest.add import ZSTD_LEVEL, ShardSpec, _Adder, index_blocks, store_dataset, write_metadata
 from dstore.ingest.sinks import LocalSink, PeerSink
 from dstore.limits import MAX_METADATA_PACK_BYTES
 from dstore.net.protocol import PeerClient
@@ -366,21 +366,15 @@ def _store_plan(
         entries=plan.entries,
         profile=PROFILE_CAR_IMPORT,
     )
-    manifest_block = manifest.encode()
+    try:
+        for key in plan.nodes:  # the nodes as they came
+            adder.meta.add(key, car.block(CID.from_bytes(key)))
+        for key, block in extra:
+            adder.meta.add(key, block)
+        new_metadata_bytes = store_dataset(store, adder, manifest, peers)
+    finally:
+        adder.close_spools()
     dataset = manifest.cid
-    entries, packs = adder.locator_inputs()
-    new_chunks = len(adder.packer.locations)
-    adder.forget_chunks()
-    locator_root, locator_blocks = build_locator(dataset, entries, packs, hash_name)
-    blocks = [(key, car.block(CID.from_bytes(key))) for key in plan.nodes]  # the nodes as they came
-    blocks += extra
-    blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
-    blocks.append((dataset.to_bytes(), manifest_block))
-    placement = {**adder.old_placement, **adder.packer.placement}
-    if peers is not None:
-        publish_metadata(peers, dataset, locator_root, blocks, placement, spec, hash_name)
-    store.keep_metadata(dataset, locator_root, blocks, placement, spec.k, spec.m)
-    new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
     return ImportResult(
         dataset=dataset,
         root=plan.root,
@@ -388,7 +382,7 @@ def _store_plan(
         entries=plan.entries,
         files=plan.files,
         chunks=len(plan.chunks),
-        new_chunks=new_chunks,
+        new_chunks=adder.new_chunks,
         new_stored_bytes=adder.packer.bytes_stored,
         new_metadata_bytes=new_metadata_bytes,
         extra_blocks=len(extra),
@@ -538,10 +532,8 @@ def import_car_blocks(
     blocks += [(c.to_bytes(), b) for c, b in locator_blocks]
     blocks.append((dataset.to_bytes(), manifest.encode()))
     store.lock_for_add()  # no gc runs while this store is open (docs/lifetime.md)
-    if peers is not None:
-        publish_metadata(peers, dataset, locator_root, blocks, {}, spec, "sha2-256")
-    store.keep_metadata(dataset, locator_root, blocks, {}, spec.k, spec.m)
-    new_metadata_bytes = store.index.commit_dataset(blocks, dataset.to_bytes(), locator_root.to_bytes())
+    write_metadata(store, dataset, locator_root, blocks, {}, spec, "sha2-256", peers)
+    new_metadata_bytes = index_blocks(store, blocks, dataset, locator_root)
     return BlocksImportResult(
         dataset=dataset,
         roots=roots,

@@ -10,6 +10,7 @@ shards are durable (shards, then index: docs/format.md, "Order of writes").
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -19,11 +20,14 @@ from dstore.format.cid import CID, HASH_CODES, RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.ingest.sinks import ShardSink
 from dstore.store import ChunkLoc, Store
+from dstore.store.mapping import release_file_mapping
 
 SHARD_TARGET_BYTES = 1 << 20
 # Sealed packs whose shards are still being written; bounds memory (each pack
 # holds up to (k + m) MiB).
 MAX_PACKS_IN_FLIGHT = 3
+# Chunk entries committed to the index per transaction.
+INDEX_TXN_CHUNKS = 2048
 
 
 @dataclass
@@ -73,7 +77,15 @@ def encode_pack(buf: bytearray, fill: int, k: int, m: int, hash_name: str) -> En
 class Packer:
     """Accumulates new chunks into packs of ``k × 1 MiB`` and stores them."""
 
-    def __init__(self, store: Store, sink: ShardSink, k: int, m: int, hash_name: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sink: ShardSink,
+        k: int,
+        m: int,
+        hash_name: str,
+        on_durable: Callable[[bytes, list[tuple[bytes, ChunkLoc]]], None] | None = None,
+    ) -> None:
         self.store = store
         self.sink = sink
         self.k, self.m, self.hash_name = k, m, hash_name
@@ -81,9 +93,12 @@ class Packer:
         self.buf = bytearray(self.capacity)
         self.fill = 0
         self.sealed: deque[Future[SealedPack]] = deque()
-        # Filled as packs become durable: what the locator of this add needs.
+        # Filled as packs become durable: their records (for the locator's pack table), and each
+        # pack's chunks handed to ``on_durable`` once the index has them.
         self.packs: dict[bytes, PackRecord] = {}
-        self.locations: dict[bytes, ChunkLoc] = {}
+        self.on_durable = on_durable
+        # Chunk CIDs of the open pack and of the packs in flight: not in the index yet.
+        self.pending: set[bytes] = set()
         self.placement: dict[bytes, list[str | None]] = {}  # pack ID -> where each shard went
         self.bytes_stored = 0
         self._sealer = ThreadPoolExecutor(1, thread_name_prefix="dstore-seal")
@@ -110,6 +125,7 @@ class Packer:
                 self.seal()
                 meta, fill = self._chunk_meta, 0
             meta.append((cids[i], fill, n, lengths[i], codecs[i]))
+            self.pending.add(cids[i])
             batch.append(i)
             fill += n
         self.fill = seg.copy_into(batch, self.buf, self.fill)
@@ -148,11 +164,22 @@ class Packer:
         if on_peers:
             self.placement[sealed.pack_id] = holders
         shard_cids = [c.to_bytes() for c in sealed.record.shards]
-        self.store.index.commit_packs(
-            [(sealed.pack_id, sealed.record_block, shard_cids, holders if on_peers else None)], sealed.chunks
+        index = self.store.index
+        chunks = sealed.chunks
+        # The pack's record first, then its chunk entries in slices: every transaction touches at most
+        # INDEX_TXN_CHUNKS pages of the index's map, released after each (peak RSS flat in index size).
+        # A crash between two leaves some chunks unindexed: a later add stores them again, nothing breaks.
+        index.commit_packs(
+            [(sealed.pack_id, sealed.record_block, shard_cids, holders if on_peers else None)],
+            chunks[:INDEX_TXN_CHUNKS],
         )
+        for start in range(INDEX_TXN_CHUNKS, len(chunks), INDEX_TXN_CHUNKS):
+            release_file_mapping(index.path / "data.mdb")
+            index.commit_packs([], chunks[start : start + INDEX_TXN_CHUNKS])
         self.packs[sealed.pack_id] = sealed.record
-        self.locations.update(sealed.chunks)
+        self.pending.difference_update(cid for cid, _ in sealed.chunks)
+        if self.on_durable is not None:
+            self.on_durable(sealed.pack_id, sealed.chunks)
         self._free.append(sealed.buf)
 
     def finish(self) -> None:

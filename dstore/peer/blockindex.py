@@ -147,10 +147,11 @@ class BlockIndex:
     def _load(self, dataset: CID, raw_pointer: Any) -> DatasetMeta:
         pointer = Pointer.from_json(raw_pointer)
         check_pointer(pointer)
-        record = pointer.metadata
-        shards = self._metadata_shards(record, dataset.to_bytes())
-        region = bytes(data_region(shards, record)[: record.size])
-        blocks = read_metadata_car(region, dataset)
+        blocks: dict[bytes, bytes] = {}
+        for i, (record, _) in enumerate(pointer.metadata_packs):  # several for a big tree (docs/format.md)
+            shards = self._metadata_shards(record, dataset.to_bytes())
+            region = bytes(data_region(shards, record)[: record.size])
+            blocks.update(read_metadata_car(region, dataset, first=i == 0))
         manifest = Manifest.decode(blocks[dataset.to_bytes()])
         locator = Locator(functools.partial(_block_of, blocks), pointer.locator)
         if locator.dataset != dataset:

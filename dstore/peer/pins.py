@@ -141,13 +141,18 @@ async def _metadata_shards(
 
 
 async def _shards_of(store: PeerStore, dataset: CID, pointer: Pointer, peerset: PeerSet | None) -> frozenset[str]:
-    """The shards ``pointer`` leads to: its metadata pack's, and those of every pack of the locator."""
-    record = pointer.metadata
-    shards = await _metadata_shards(store, record, dataset.to_bytes(), peerset)
+    """The shards ``pointer`` leads to: its metadata packs', and those of every pack of the locator."""
+    packs = [
+        (record, await _metadata_shards(store, record, dataset.to_bytes(), peerset))
+        for record, _ in pointer.metadata_packs
+    ]
 
     def walk() -> frozenset[str]:
-        region = bytes(data_region(shards, record)[: record.size])
-        blocks = read_metadata_car(region, dataset)  # every block checked, rooted at the dataset
+        blocks: dict[bytes, bytes] = {}
+        for i, (record, shards) in enumerate(packs):
+            region = bytes(data_region(shards, record)[: record.size])
+            # every block checked, rooted at the dataset
+            blocks.update(read_metadata_car(region, dataset, first=i == 0))
 
         def block(cid: CID) -> bytes:
             try:
@@ -158,7 +163,7 @@ async def _shards_of(store: PeerStore, dataset: CID, pointer: Pointer, peerset: 
         locator = Locator(block, pointer.locator)
         if locator.dataset != dataset:
             raise FormatError("the pointer's locator belongs to another dataset")
-        out = {cid_to_text(c) for c in record.shards}
+        out = {cid_to_text(c) for record, _ in packs for c in record.shards}
         for i in range(locator.num_packs):
             out.update(cid_to_text(c) for c in locator.pack(i)[1].shards)
         return frozenset(out)

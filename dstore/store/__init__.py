@@ -13,11 +13,9 @@ from dstore.store.index import FSCK_HINT, ChunkLoc, Index
 from dstore.store.locks import GcLock
 from dstore.store.metadata import (
     METADATA_DIR,
-    encode_metadata_pack,
     pointer_datasets,
     read_metadata_pack,
     read_pointer,
-    write_pointer,
 )
 from dstore.store.shards import ShardFiles
 from dstore.store.swap import INDEX_DIR, finish_swap
@@ -86,25 +84,6 @@ class Store:
                 self.index.heal_blocks(blocks.items())
                 return blocks[cid]
         return None
-
-    def keep_metadata(
-        self,
-        dataset: CID,
-        locator: CID,
-        blocks: list[tuple[bytes, bytes]],
-        placement: dict[bytes, list[str | None]],
-        k: int,
-        m: int,
-    ) -> None:
-        """Store the dataset's metadata pack as shard files, then its pointer file (before the index entry)."""
-        pointer, shards = encode_metadata_pack(dataset, locator, blocks, placement, k, m)
-        for shard_cid, part in shards:
-            self.metadata_shards.write(shard_cid.encode("base32"), (part,))
-        self.metadata_shards.sync_dirs()
-        try:
-            write_pointer(self.home, dataset, pointer)
-        except OSError as e:
-            raise StoreError(f"cannot write the pointer of {cid_to_text(dataset)}: {e.strerror or e}") from e
 
     def lock_for_add(self) -> None:
         """Hold the gc lock shared until :meth:`close` (gc never runs in the middle of an add)."""

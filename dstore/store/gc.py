@@ -136,7 +136,8 @@ def mark(store: Store, live: dict[bytes, tuple[CID, CID]]) -> _Marks:
             marks.shard_names.update(s.encode("base32") for s in record.shards)
         pointer = read_pointer(store.home, dataset)
         if pointer is not None:
-            marks.metadata_names.update(s.encode("base32") for s in pointer.metadata.shards)
+            for record, _ in pointer.metadata_packs:
+                marks.metadata_names.update(s.encode("base32") for s in record.shards)
     return marks
 
 

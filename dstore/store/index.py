@@ -243,6 +243,18 @@ class Index:
             raise StoreError(f"cannot write the store index: {e}") from e
         return new_bytes
 
+    def put_blocks(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
+        """Write metadata blocks ahead of :meth:`commit_dataset` (one transaction); returns the new bytes."""
+        new_bytes = 0
+        try:
+            with self.env.begin(write=True, db=self.blocks) as txn:
+                for cid, block in blocks:
+                    if txn.put(cid, block, overwrite=False):
+                        new_bytes += len(block)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot write the store index: {e}") from e
+        return new_bytes
+
     def heal_blocks(self, blocks: Iterable[tuple[bytes, bytes]]) -> None:
         """Overwrite blocks with copies already checked against their CIDs (from a metadata pack)."""
         try:

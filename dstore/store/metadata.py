@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstore import _native
 from dstore.errors import DstoreError, FormatError, NotFound, StoreError
 from dstore.format import dagpb
+from dstore.format.car import car_block, car_header
 from dstore.format.cid import (
     CID,
     DAG_CBOR,
@@ -34,16 +35,95 @@ from dstore.format.cid import (
 from dstore.format.locator import Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import MAX_SHARDS, PackRecord, shard_size
-from dstore.format.pointer import MAX_POINTER_BYTES, Pointer, encode_placement, metadata_car, read_metadata_car
+from dstore.format.pointer import Pointer, encode_placement, next_seq, read_metadata_car
+from dstore.limits import MAX_METADATA_PACKS, MAX_POINTER_BYTES
 from dstore.store.shards import ShardFiles, fsync_dir, write_atomically
 
 METADATA_DIR = "metadata"  # the metadata packs' shard files, laid out like shards/
 POINTER_DIRS = ("pointers", "pointers/copy")
 _SUFFIX = ".json"
 MAX_METADATA_SHARD_BYTES = 16 << 20
+#: What an add puts in one metadata pack: a pack is encoded in memory, so this bounds the memory it takes.
+METADATA_PACK_BYTES = 16 << 20
 
 
 # -- the metadata pack --------------------------------------------------------
+
+
+@dataclass
+class MetadataPack:
+    """One erasure-coded metadata pack: its record and all k + m shards (views of its buffers)."""
+
+    record: PackRecord
+    shards: list[tuple[CID, memoryview]]
+    has_manifest: bool
+
+
+def encode_metadata_packs(
+    dataset: CID,
+    blocks: Iterable[tuple[bytes, bytes]],
+    k: int,
+    m: int,
+    *,
+    pack_bytes: int = METADATA_PACK_BYTES,
+) -> Iterator[MetadataPack]:
+    """The dataset's metadata packs, one at a time: CARs rooted at the dataset, in block order.
+
+    A pack is closed before the next block would take it past ``pack_bytes``
+    (a pack holds at least one block), so memory is one pack whatever the
+    dataset's size. The same bytes go to peers and to the local store.
+    """
+    header = car_header([dataset])
+    car = bytearray(header)
+    has_manifest = False
+    manifest_key = dataset.to_bytes()
+    for cid, block in blocks:
+        section = car_block(cid, block)
+        if len(car) > len(header) and len(car) + len(section) > pack_bytes:
+            yield _encode_car(dataset, car, k, m, has_manifest)
+            car, has_manifest = bytearray(header), False
+        car += section
+        has_manifest = has_manifest or cid == manifest_key
+    yield _encode_car(dataset, car, k, m, has_manifest)
+
+
+def _encode_car(dataset: CID, car: bytearray, k: int, m: int, has_manifest: bool) -> MetadataPack:
+    hash_name = HASH_NAMES[dataset.hash.code]  # every CID of a dataset uses the dataset's hash
+    size = len(car)
+    # Shards are bounded (MAX_SHARD_BYTES); the metadata of a huge dataset at a small k gets more data shards.
+    k = max(k, -(-size // MAX_METADATA_SHARD_BYTES))
+    if k + m > MAX_SHARDS:
+        raise StoreError(f"the metadata of {cid_to_text(dataset)} is too large to keep ({size} bytes in one pack)")
+    ss = shard_size(size, k)
+    car.extend(bytes(k * ss - size))  # the padded data region, in place
+    parity, digests = _native.encode_pack(car, k, m, dataset.hash.code)
+    cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], hash_name) for i in range(k + m)]
+    record = PackRecord(k=k, m=m, size=size, shard_size=ss, shards=tuple(cids))
+    record.validate()
+    data, par = memoryview(car), memoryview(parity)
+    parts = [data[i * ss : (i + 1) * ss] for i in range(k)] + [par[j * ss : (j + 1) * ss] for j in range(m)]
+    return MetadataPack(record, list(zip(cids, parts, strict=True)), has_manifest)
+
+
+def metadata_pointer(
+    locator: CID,
+    packs: list[tuple[MetadataPack, tuple[str | None, ...]]],
+    placement: CID | None,
+    seq: int | None = None,
+) -> Pointer:
+    """The pointer to these packs (with the peers holding each shard): the manifest's pack first."""
+    first = next((i for i, (p, _) in enumerate(packs) if p.has_manifest), None)
+    if first is None:
+        raise StoreError("no metadata pack holds the manifest")
+    rest = tuple((p.record, h) for i, (p, h) in enumerate(packs) if i != first)
+    head, hints = packs[first]
+    pointer = Pointer(locator, head.record, hints, placement, next_seq(seq), rest)
+    if len(rest) + 1 > MAX_METADATA_PACKS or len(json.dumps(pointer.to_json())) > MAX_POINTER_BYTES:
+        raise StoreError(
+            f"the dataset's metadata takes {len(packs)} metadata packs, more than one pointer may list; "
+            "split the dataset into several"
+        )
+    return pointer
 
 
 def encode_metadata_pack(
@@ -54,32 +134,27 @@ def encode_metadata_pack(
     k: int,
     m: int,
 ) -> tuple[Pointer, list[tuple[CID, memoryview]]]:
-    """The pointer and k + m shards of a dataset's metadata pack (same bytes as the one for peers)."""
-    hash_name = HASH_NAMES[dataset.hash.code]  # every CID of a dataset uses the dataset's hash
+    """The pointer and the shards of every metadata pack of a dataset whose blocks are in hand (fsck)."""
+    hash_name = HASH_NAMES[dataset.hash.code]
     placement_cid, placement_block = encode_placement(placement, hash_name)
-    car = metadata_car(dataset, [*blocks, (placement_cid, placement_block)])
-    # Shards are bounded (MAX_SHARD_BYTES); the metadata of a huge dataset at a small k gets more data shards.
-    k = max(k, -(-len(car) // MAX_METADATA_SHARD_BYTES))
-    if k + m > MAX_SHARDS:
-        raise StoreError(f"the metadata of {cid_to_text(dataset)} is too large to keep ({len(car)} bytes)")
-    ss = shard_size(len(car), k)
-    buf = bytearray(k * ss)
-    buf[: len(car)] = car
-    parity, digests = _native.encode_pack(buf, k, m, dataset.hash.code)
-    cids = [cid_from_digest(RAW, digests[32 * i : 32 * i + 32], hash_name) for i in range(k + m)]
-    record = PackRecord(k=k, m=m, size=len(car), shard_size=ss, shards=tuple(cids))
-    record.validate()
-    data, par = memoryview(buf), memoryview(parity)
-    parts = [data[i * ss : (i + 1) * ss] for i in range(k)] + [par[j * ss : (j + 1) * ss] for j in range(m)]
-    return Pointer(locator, record, (), placement_cid), list(zip(cids, parts, strict=True))
+    packs = list(encode_metadata_packs(dataset, [*blocks, (placement_cid.to_bytes(), placement_block)], k, m))
+    pointer = metadata_pointer(locator, [(p, ()) for p in packs], placement_cid)
+    return pointer, [shard for p in packs for shard in p.shards]
 
 
 def read_metadata_pack(shards: ShardFiles, dataset: CID, pointer: Pointer) -> dict[bytes, bytes]:
-    """Blocks of a dataset's metadata pack from any k good local shards, each checked against its CID.
+    """Blocks of a dataset's metadata packs (all of them) from local shards, each checked against its CID.
 
-    NotFound if fewer than k shards are intact; FormatError if the CAR is bad.
+    NotFound if a pack has fewer than k intact shards; FormatError if a CAR is bad.
     """
-    record = pointer.metadata
+    out: dict[bytes, bytes] = {}
+    for i, (record, _) in enumerate(pointer.metadata_packs):
+        out.update(read_metadata_car(_local_region(shards, dataset, record), dataset, first=i == 0))
+    return out
+
+
+def _local_region(shards: ShardFiles, dataset: CID, record: PackRecord) -> bytes:
+    """A metadata pack's CAR bytes from any k good local shards."""
     found: list[bytes | None] = []
     for cid in record.shards:
         try:
@@ -96,8 +171,7 @@ def read_metadata_pack(shards: ShardFiles, dataset: CID, pointer: Pointer) -> di
     data_shards: list[bytes | None] | list[bytes] = found[: record.k]
     if any(s is None for s in data_shards):
         data_shards = _native.reconstruct(found, record.k, record.m)
-    region = b"".join(s for s in data_shards if s is not None)[: record.size]
-    return read_metadata_car(region, dataset)
+    return b"".join(s for s in data_shards if s is not None)[: record.size]
 
 
 # -- pointer files --------------------------------------------------------------
