@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
+import signal
+import time
 from pathlib import Path
 
 import blake3 as blake3_py
@@ -488,3 +491,32 @@ def test_decode_chunks_bad_arguments() -> None:
         with pytest.raises(ValueError) as info:
             native.decode_chunks(pack, *args)
         assert not isinstance(info.value, native.IntegrityError), args[:1]
+
+
+def test_native_calls_work_in_a_forked_child() -> None:
+    """A process forked after the native thread pool ran (a DataLoader worker) gets a pool of its own.
+
+    The child inherits the parent's pool without its threads; before the fix its first
+    multithreaded call waited for them forever. The parent waits for the child with a bound
+    on the wait (a hang guard, not a timing assertion) and kills it if it hangs.
+    """
+    big = os.urandom(4 << 20)
+    want = native.blake3(big)  # runs on the parent's pool
+    seg_want = native.process_segment(big, True, 16384, 65536, 262144, 1).digests
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if both multithreaded calls come back right
+        ok = (
+            native.blake3(big) == want
+            and native.process_segment(big, True, 16384, 65536, 262144, 1).digests == seg_want
+        )
+        os._exit(0 if ok else 1)
+    deadline = 60  # seconds of polling, generous for a loaded machine
+    for _ in range(deadline * 10):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung in a native call (the parent's thread pool)")

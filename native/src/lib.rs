@@ -21,6 +21,7 @@ pub mod write;
 
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyOSError, PyValueError};
@@ -32,6 +33,44 @@ use rayon::prelude::*;
 
 use hash::ChunkHash;
 use pack::{PackParts, PackSource};
+
+/// The thread pool of this process, made again in a forked child.
+///
+/// A child forked after the pool ran (a DataLoader worker, a `multiprocessing`
+/// fork) inherits the pool's bookkeeping but none of its threads: rayon's global
+/// pool would wait for them forever. Every call runs in a pool keyed by process ID.
+fn pool() -> Arc<rayon::ThreadPool> {
+    static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut slot = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((owner, pool)) = slot.as_ref() {
+        if *owner == pid {
+            return pool.clone();
+        }
+    }
+    if let Some((_, inherited)) = slot.take() {
+        // Its threads live in the parent only: dropping it here would wait for them.
+        std::mem::forget(inherited);
+    }
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("dstore-native-{i}"))
+            .build()
+            .expect("cannot start the native thread pool"),
+    );
+    *slot = Some((pid, pool.clone()));
+    pool
+}
+
+/// `py.detach(f)` with `f` run in this process's pool (so its parallel loops never use rayon's global one).
+fn detach_pooled<T, F>(py: Python<'_>, f: F) -> T
+where
+    T: Send + pyo3::marker::Ungil,
+    F: FnOnce() -> T + Send + pyo3::marker::Ungil,
+{
+    let pool = pool();
+    py.detach(move || pool.install(f))
+}
 
 /// Below this many bytes `blake3` keeps the GIL (releasing costs more than hashing).
 const GIL_RELEASE_MIN_BYTES: usize = 2048;
@@ -157,9 +196,9 @@ fn blake3_digest<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bou
     let digest = if bytes.len() < GIL_RELEASE_MIN_BYTES {
         blake3::hash(bytes)
     } else if bytes.len() < MULTITHREAD_HASH_MIN_BYTES {
-        py.detach(|| blake3::hash(bytes))
+        detach_pooled(py, || blake3::hash(bytes))
     } else {
-        py.detach(|| blake3::Hasher::new().update_rayon(bytes).finalize())
+        detach_pooled(py, || blake3::Hasher::new().update_rayon(bytes).finalize())
     };
     Ok(PyBytes::new(py, digest.as_bytes()))
 }
@@ -178,7 +217,9 @@ fn chunk_lengths(
     let p = params(min_size, avg_size, max_size)?;
     let buf = ByteBuf::get(data)?;
     let bytes = buf.as_slice();
-    Ok(py.detach(|| chunk::chunk_lengths(bytes, r#final, &p)))
+    Ok(detach_pooled(py, || {
+        chunk::chunk_lengths(bytes, r#final, &p)
+    }))
 }
 
 /// The chunks cut from one buffer, hashed and (maybe) compressed.
@@ -268,7 +309,7 @@ impl Segment {
         // contiguous bytes alive for this call; the caller does not touch them
         // concurrently (as for any buffer consumer).
         let dest = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr().cast::<u8>(), end) };
-        py.detach(|| {
+        detach_pooled(py, || {
             let mut pos = start;
             for (zstd, off, len) in spans {
                 let src = if zstd { compressed } else { input };
@@ -313,7 +354,9 @@ fn process_segment(
     let input = byte_view(data)?;
     let buf = ByteBuf::get(&input)?;
     let bytes = buf.as_slice();
-    let seg = py.detach(|| pipeline::process_segment(bytes, r#final, &cut, level, hash));
+    let seg = detach_pooled(py, || {
+        pipeline::process_segment(bytes, r#final, &cut, level, hash)
+    });
     drop(buf);
     let compressed = byte_view(PyBytes::new(py, &seg.compressed).as_any())?;
     Ok(Segment {
@@ -366,7 +409,7 @@ fn encode_pack<'py>(
     erasure::check_geometry(k, m, shard_size).map_err(value_error)?;
     let mut digests = Vec::new();
     let parity = PyBytes::new_with(py, m * shard_size, |parity| {
-        py.detach(|| {
+        detach_pooled(py, || {
             erasure::encode_into(bytes, k, m, parity)?;
             digests = erasure::shard_digests(bytes, parity, shard_size, hash);
             Ok::<(), erasure::ErasureError>(())
@@ -402,8 +445,7 @@ fn reconstruct<'py>(
         rebuilt.push(obj);
         outs.push(buf);
     }
-    py.detach(|| erasure::reconstruct_into(&slices, k, m, outs))
-        .map_err(value_error)?;
+    detach_pooled(py, || erasure::reconstruct_into(&slices, k, m, outs)).map_err(value_error)?;
     let mut rebuilt = rebuilt.into_iter();
     Ok(slices[..k]
         .iter()
@@ -553,7 +595,9 @@ fn decode_chunks<'py>(
     let buf = unsafe {
         std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(raw).cast::<MaybeUninit<u8>>(), total)
     };
-    let failure = py.detach(|| decode_into(pack_bytes, &jobs, digest_bytes, buf, hash));
+    let failure = detach_pooled(py, || {
+        decode_into(pack_bytes, &jobs, digest_bytes, buf, hash)
+    });
     integrity_result(py, failure)?;
     // SAFETY: `out` was created as a bytes object above.
     Ok(unsafe { out.cast_into_unchecked::<PyBytes>() })
@@ -602,7 +646,7 @@ fn decode_chunks_into(
     let buf = unsafe {
         std::slice::from_raw_parts_mut(out_buf.buf_ptr().cast::<MaybeUninit<u8>>(), total)
     };
-    let failure = py.detach(|| decode_into(&pack, &jobs, digest_bytes, buf, hash));
+    let failure = detach_pooled(py, || decode_into(&pack, &jobs, digest_bytes, buf, hash));
     integrity_result(py, failure)?;
     Ok(total)
 }
@@ -741,11 +785,13 @@ fn write_files(
     let pack_refs: Vec<&PackParts<'_>> = pack_list.iter().collect();
     let digest_buf = ByteBuf::get(digests)?;
     let digest_bytes = digest_buf.as_slice();
-    py.detach(|| write::write_files(&folder, &pack_refs, &files, &chunks, digest_bytes, hash))
-        .map_err(|e| match e {
-            write::WriteError::Invalid(msg) => value_error(msg),
-            write::WriteError::Os { path, error } => os_error(&path, &error),
-        })
+    detach_pooled(py, || {
+        write::write_files(&folder, &pack_refs, &files, &chunks, digest_bytes, hash)
+    })
+    .map_err(|e| match e {
+        write::WriteError::Invalid(msg) => value_error(msg),
+        write::WriteError::Os { path, error } => os_error(&path, &error),
+    })
 }
 
 /// Checks a zstd level: 0 (never compress) or one zstd accepts.
@@ -821,7 +867,7 @@ impl FileBatch {
         // contiguous bytes alive for this call; the caller does not touch them
         // concurrently (as for any buffer consumer).
         let dest = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr().cast::<u8>(), end) };
-        py.detach(|| {
+        detach_pooled(py, || {
             let mut pos = start;
             for i in spans {
                 let src = b.stored(i);
@@ -889,7 +935,7 @@ fn process_files(
         .zip(sizes)
         .map(|(path, size)| ingest::FileJob { path, size })
         .collect();
-    let batch = py.detach(|| ingest::process_files(&jobs, &cut, level, hash));
+    let batch = detach_pooled(py, || ingest::process_files(&jobs, &cut, level, hash));
     let errors = PyList::empty(py);
     for (i, e) in &batch.errors {
         let errno = match e {
