@@ -186,7 +186,9 @@ def test_reading_every_file_of_a_folder_parses_the_folder_once(make, monkeypatch
 
 def test_file_dataset_in_a_dataloader_with_two_workers(make):
     ds = make(FileDataset, "train")
-    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate_files)
+    loader = DataLoader(
+        ds, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate_files, multiprocessing_context="forkserver"
+    )
     assert sorted(epoch_paths(loader)) == sorted(TRAIN)
 
 
@@ -273,7 +275,9 @@ def test_state_dict_counts_what_was_yielded(make):
 def test_consumed_count_with_a_plain_dataloader(make):
     """With workers of a plain DataLoader, `state_dict(consumed=n)` maps what the loop took to the position."""
     stream = make(SampleStream, "train", seed=1, batch_size=4)
-    loader = DataLoader(stream, batch_size=4, num_workers=2, collate_fn=collate_files)
+    loader = DataLoader(
+        stream, batch_size=4, num_workers=2, collate_fn=collate_files, multiprocessing_context="forkserver"
+    )
     taken = []
     for paths, _ in loader:
         taken += paths
