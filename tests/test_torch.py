@@ -30,6 +30,7 @@ TOKEN = "torch-token"
 TRAIN = {f"train/{i // 10}/{i:03d}.bin": random_bytes(1000 + 997 * (i % 23), i) for i in range(37)}
 VAL = {f"val/{i}.txt": f"validation sample {i}\n".encode() for i in range(5)}
 TAR_SAMPLES = 9  # per shard; 3 shards
+FAIL_NOT_HANG_S = 200  # a DataLoader batch not ready by then fails the test rather than hanging it
 
 
 def wds_tar(shard: int) -> tuple[bytes, list[dict]]:
@@ -129,6 +130,10 @@ def collate_files(batch):
     return [p for p, _ in batch], [d for _, d in batch]
 
 
+def collate_keys(batch):
+    return [s["__key__"] for s in batch]
+
+
 # -- the module and its import ------------------------------------------------------------------------
 
 
@@ -181,7 +186,9 @@ def test_reading_every_file_of_a_folder_parses_the_folder_once(make, monkeypatch
 
 def test_file_dataset_in_a_dataloader_with_two_workers(make):
     ds = make(FileDataset, "train")
-    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate_files)
+    loader = DataLoader(
+        ds, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate_files, multiprocessing_context="forkserver"
+    )
     assert sorted(epoch_paths(loader)) == sorted(TRAIN)
 
 
@@ -268,7 +275,9 @@ def test_state_dict_counts_what_was_yielded(make):
 def test_consumed_count_with_a_plain_dataloader(make):
     """With workers of a plain DataLoader, `state_dict(consumed=n)` maps what the loop took to the position."""
     stream = make(SampleStream, "train", seed=1, batch_size=4)
-    loader = DataLoader(stream, batch_size=4, num_workers=2, collate_fn=collate_files)
+    loader = DataLoader(
+        stream, batch_size=4, num_workers=2, collate_fn=collate_files, multiprocessing_context="forkserver"
+    )
     taken = []
     for paths, _ in loader:
         taken += paths
@@ -292,8 +301,8 @@ with SampleStream(cid, "train", seed=11, rank=1, world_size=2, **opts) as stream
         stream.load_state_dict(state)
         stream.set_epoch(2)  # a training loop's set_epoch for the epoch it resumes: stays where it was
     got = []
-    for paths, _ in stream.loader(batch_size=3, num_workers=workers, collate_fn=lambda b: ([p for p, _ in b], 0)):
-        got += paths
+    for paths, _ in stream.loader(batch_size=3, num_workers=workers):  # default_collate: (paths, bytes)
+        got += list(paths)
         if len(got) == stop:
             break
     print(json.dumps([got, stream.state_dict()]))
@@ -413,8 +422,13 @@ def test_peers_killed_during_an_epoch_change_no_sample(make, six):
     def loader():
         # Every byte from the peers, and little read ahead: most of the epoch is read after the kill.
         stream = make(SampleStream, "**", seed=21, cache=False, prefetch_samples=2)
-        return stream.loader(batch_size=4, num_workers=2, prefetch_factor=1, collate_fn=collate_files)
+        return stream.loader(
+            batch_size=4, num_workers=2, prefetch_factor=1, collate_fn=collate_files, timeout=FAIL_NOT_HANG_S
+        )
 
+    from dstore import _native
+
+    _native.blake3(bytes(32 << 20))  # runs the native thread pool here, as a training script's reads would
     undisturbed = epoch_paths(loader())
     got = []
     victims = peers[1:3]
@@ -447,7 +461,7 @@ def test_tar_shards_give_webdataset_samples(make):
         assert url.startswith(f"dstore://{stream.cid}/shards/train-")
         assert s == want[s["__key__"]]
     # Through two workers, in the same order.
-    loader = stream.loader(batch_size=4, num_workers=2, collate_fn=lambda b: [s["__key__"] for s in b])
+    loader = stream.loader(batch_size=4, num_workers=2, collate_fn=collate_keys)
     assert [k for keys in loader for k in keys] == [s["__key__"] for s in got]
     decoded = make(SampleStream, "shards", tar=True, decode=lambda s, path: (path, int(s["cls"])))
     assert sorted(decoded) == sorted((f"shards/train-{j:03d}.tar", i % 4) for j in range(3) for i in range(9))
