@@ -423,7 +423,12 @@ def test_peers_killed_during_an_epoch_change_no_sample(make, six):
         # Every byte from the peers, and little read ahead: most of the epoch is read after the kill.
         stream = make(SampleStream, "**", seed=21, cache=False, prefetch_samples=2)
         return stream.loader(
-            batch_size=4, num_workers=2, prefetch_factor=1, collate_fn=collate_files, timeout=FAIL_NOT_HANG_S
+            batch_size=4,
+            num_workers=2,
+            prefetch_factor=1,
+            collate_fn=collate_files,
+            timeout=FAIL_NOT_HANG_S,
+            multiprocessing_context="fork",  # forked after the native pool ran: the child needs a pool of its own
         )
 
     from dstore import _native

@@ -33,8 +33,6 @@ __all__ = ["STATE_VERSION", "FileDataset", "SampleStream", "StreamLoader"]
 
 #: The version of :meth:`SampleStream.state_dict`'s layout.
 STATE_VERSION = 1
-#: How StreamLoader starts its workers unless told otherwise (see StreamLoader).
-WORKER_START = "forkserver"
 #: Threads indexing tar shards (headers only) when a tar-mode stream is made.
 INDEX_THREADS = 8
 
@@ -370,12 +368,9 @@ class StreamLoader(DataLoader[Any]):
     ``state_dict()`` is then exact with any number of workers. Batches come in
     order (``in_order=False`` is refused) and workers are made for each pass
     (``persistent_workers=True`` is refused: a worker kept across epochs would
-    never see ``set_epoch`` or ``load_state_dict``). Workers start by
-    ``forkserver`` unless ``multiprocessing_context`` says otherwise: a child
-    forked from a process where dstore's native thread pool ran inherits that
-    pool without its threads and hangs at its first parallel hash or parity
-    rebuild. The stream, ``collate_fn`` and ``decode`` are then pickled, so
-    they must be module-level functions, not lambdas.
+    never see ``set_epoch`` or ``load_state_dict``). Workers start as
+    DataLoader starts them (``fork`` on Linux; dstore's native thread pool is
+    made again in a forked child).
     """
 
     def __init__(self, stream: SampleStream, batch_size: int | None = 1, **kwargs: Any) -> None:
@@ -384,10 +379,6 @@ class StreamLoader(DataLoader[Any]):
         if kwargs.get("persistent_workers"):
             raise ValueError("persistent workers would not see set_epoch or load_state_dict: make them per pass")
         stream.batch_size = batch_size or 1
-        if kwargs.get("num_workers", 0) > 0 and kwargs.get("multiprocessing_context") is None:
-            # Not fork: dstore's native code runs a thread pool (rayon) that a forked child inherits without
-            # its threads, so a worker that hashes a large block or rebuilds a pack from parity would hang.
-            kwargs["multiprocessing_context"] = WORKER_START
         super().__init__(stream, batch_size=batch_size, **kwargs)
         self.stream = stream
 
