@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gateway
 import get_stages
 import kubo
 
@@ -278,6 +279,7 @@ def rows(res: dict) -> list[dict]:
                 )
     _new_rows(S, out)
     kubo.rows(S, lambda *cells: out.append(dict(zip(_COLUMNS, cells))), _f)
+    gateway.rows(S, lambda *cells: out.append(dict(zip(_COLUMNS, cells))), _f)
     if S.get("train"):
         import train  # the train section (bench/train.py) formats its own rows
 

@@ -19,7 +19,7 @@ Environment:
   BENCH_MAX_LOAD  if set, wait before each section until the 1-min load average is below it
                   (at most BENCH_MAX_WAIT_S, default 600 s)
   BENCH_ONLY      comma-separated subset of:
-                  add_tmpfs,add_disk,get_tmpfs,get_disk,rss,csv,dedup,small,scaling,stages,get_stages,peers,kubo,train
+                  add_tmpfs,add_disk,get_tmpfs,get_disk,rss,csv,dedup,small,scaling,stages,get_stages,peers,kubo,gateway,train
                   and, only when named: files1m (peak RSS of add/get of 1,000,000 files on disk)
   BENCH_CHECKOUT  run `python -m dstore` from this checkout (default: the one holding bench/)
   BENCH_MERGE     1 (default): sections not run keep their results from BENCH_RESULTS/results.json;
@@ -45,6 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import datagen
+import gateway
 import get_stages
 import kubo
 import measure as M
@@ -67,6 +68,7 @@ SECTIONS = [
     "get_stages",
     "peers",
     "kubo",
+    "gateway",
     "train",
 ]
 # Run only when named in BENCH_ONLY (too long for every `make bench`).
@@ -225,7 +227,7 @@ class Bench:
         need = set(self.only)
         self.inputs = {}
         big_file_sections = {"add_tmpfs", "add_disk", "get_tmpfs", "get_disk", "scaling", "stages", "get_stages"}
-        if need & (big_file_sections | {"peers", "kubo", "train"}):
+        if need & (big_file_sections | {"peers", "kubo", "gateway", "train"}):
             self.random_path = self.data / f"random-{self.size // M.MiB}MiB.bin"
             self.log(f"data: {self.random_path}")
             self.inputs["random"] = dict(
@@ -869,6 +871,9 @@ class Bench:
 
     def get_stages(self) -> dict:
         return get_stages.section(self)
+
+    def gateway(self) -> dict:
+        return gateway.section(self)
 
     def kubo(self) -> dict:
         return kubo.section(self)

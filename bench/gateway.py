@@ -1,0 +1,139 @@
+"""The `gateway` section: a big file read with curl through a peer's IPFS gateway (issue 9's targets).
+
+Two cases, each against its reference in the same run:
+
+- one peer holding every shard of the dataset itself: `curl /ipfs/{dataset}` (the file's bytes, the
+  deserialized path) and `curl /ipfs/{dataset}?format=car` (a CAR of every block) against curl fetching
+  the same file as a static file from a plain aiohttp server;
+- the shards spread over 14 peers (10+4): the same two requests to one of them, which reads the other
+  peers' shards, against `dstore get` from those peers.
+
+Called from run.py as `Bench.gateway`; returns the section dict of results.json.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import measure as M
+from peers import N_PEERS, SHARDS, TOKEN, Fleet, Server
+
+#: (item, reference) pairs and the target ratio of each.
+PAIRS = {
+    "solo_file/static": 0.7,
+    "solo_car/static": 0.7,
+    "fleet_file/dstore_get": 0.7,
+    "fleet_car/dstore_get": 0.7,
+}
+
+
+def section(b: Any) -> dict:
+    if not b.dstore_ok:
+        raise RuntimeError(f"dstore unavailable: {b.dstore_error}")
+    f, size = b.random_path, b.size
+    base = b.tmp / "gateway"
+    M.rm(base)
+    (base / "static").mkdir(parents=True)
+    shutil.copyfile(f, base / "static" / "file.bin")
+    solo, fleet = Fleet(base / "solo", 1), Fleet(base / "fleet", N_PEERS)
+    out = base / "out.bin"
+    server = None
+    checked: dict[str, bool] = {}
+    try:
+        server = Server(["serve", str(base / "static")])
+        solo.fresh()
+        fleet.fresh()
+        cids = {}
+        for name, peers in (("solo", solo), ("fleet", fleet)):
+            env = {"DSTORE_HOME": str(base / f"home-{name}"), "DSTORE_PEERS": peers.urls, "DSTORE_TOKEN": TOKEN}
+            r = M.run_timed(b.dstore_cmd() + ["add", str(f), "--shards", SHARDS, "--json", "-q"], env=env)
+            cids[name] = M.last_json(r["stdout"])["cid"]
+            M.rm(base / f"home-{name}")  # the get and the gateways read from the peers only
+
+        def curl(url: str, label: str, same: bool):
+            def run(i):
+                M.rm(out)
+                r = M.run_timed(["curl", "-sSf", "-o", str(out), url])
+                if label not in checked:
+                    checked[label] = b.same_bytes(f, out) if same else out.stat().st_size >= size
+                    if not checked[label]:
+                        raise RuntimeError(f"{label}: curl got the wrong bytes")
+                M.rm(out)
+                return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+
+            return run
+
+        def dstore_get(i):
+            home = base / "home-get"
+            M.rm(home)
+            M.rm(out)
+            env = {"DSTORE_HOME": str(home), "DSTORE_PEERS": fleet.urls, "DSTORE_TOKEN": TOKEN}
+            r = M.run_timed(b.dstore_cmd() + ["get", cids["fleet"], "-o", str(out), "-q"], env=env)
+            if "dstore_get" not in checked:
+                checked["dstore_get"] = b.same_bytes(f, out)
+            M.rm(out)
+            M.rm(home)
+            return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+
+        solo_url, fleet_url = solo.peers[0].url, fleet.peers[0].url
+        items = {
+            "static": curl(f"{server.url}/file.bin", "static", True),
+            "solo_file": curl(f"{solo_url}/ipfs/{cids['solo']}", "solo_file", True),
+            "solo_car": curl(f"{solo_url}/ipfs/{cids['solo']}?format=car", "solo_car", False),
+            "fleet_file": curl(f"{fleet_url}/ipfs/{cids['fleet']}", "fleet_file", True),
+            "fleet_car": curl(f"{fleet_url}/ipfs/{cids['fleet']}?format=car", "fleet_car", False),
+            "dstore_get": dstore_get,
+        }
+        runs = b.interleaved(items, size)
+    finally:
+        if server is not None:
+            server.kill()
+        solo.close()
+        fleet.close()
+        M.rm(base)
+    ratio_runs = {k: b.ratios(runs, *k.split("/")) for k in PAIRS}
+    ratio = {k: M.median(v) for k, v in ratio_runs.items()}
+    return {
+        "description": f"{size >> 20} MiB incompressible, added --shards {SHARDS}: curl of a peer's /ipfs/{{dataset}} "
+        "(the file) and ?format=car, from one peer holding every shard (vs curl of the file from a plain aiohttp "
+        f"static server) and from one of {N_PEERS} peers holding the shards spread (vs dstore get from them)",
+        "bytes": size,
+        "verified": checked,
+        "runs": runs,
+        "median_gbps": {n: b.med(runs, n) for n in items},
+        "ratio_runs": ratio_runs,
+        "ratio": ratio,
+        "target": {k: f">= {v}" for k, v in PAIRS.items()},
+        "pass": {k: None if ratio[k] is None else ratio[k] >= v for k, v in PAIRS.items()},
+        "errors": b.errors(runs),
+    }
+
+
+LABELS = {
+    "solo_file/static": ("peer holding every shard: /ipfs/{dataset} with curl", "curl of the static file"),
+    "solo_car/static": ("peer holding every shard: ?format=car with curl", "curl of the static file"),
+    "fleet_file/dstore_get": (f"shards over {N_PEERS} peers: /ipfs/{{dataset}} from one", "dstore get"),
+    "fleet_car/dstore_get": (f"shards over {N_PEERS} peers: ?format=car from one", "dstore get"),
+}
+
+
+def rows(S: dict, row: Any, fmt: Any) -> None:
+    s = S.get("gateway")
+    if not s:
+        return
+    if "error" in s and "runs" not in s:
+        row("gateway reads", "ERROR", str(s["error"])[:80], "n/a", "", "n/a")
+        return
+    g = s["median_gbps"]
+    for key, (what, ref) in LABELS.items():
+        a, r = key.split("/")
+        ratio = s["ratio"].get(key)
+        row(
+            f"{s['bytes'] >> 20:,} MiB through a gateway, {what} (GB/s)",
+            fmt(g.get(a)),
+            f"{ref} {fmt(g.get(r))}",
+            fmt(ratio, "{:.2f}"),
+            s["target"][key],
+            "n/a" if ratio is None else ("PASS" if s["pass"][key] else "FAIL"),
+        )
