@@ -21,12 +21,13 @@ import resource
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the dstore of this checkout
+
+from stages import Clock  # noqa: E402 - the add replay's per-stage clock
 
 from dstore import _native  # noqa: E402
 from dstore.fetch import batch as batch_mod  # noqa: E402
@@ -46,21 +47,6 @@ FLOOR_CP = "floor: cp of the output file (command)"
 
 #: Stage -> the floor it is compared with.
 FLOORS = {OPEN: None, PLAN: None, MAP: FLOOR_READ, WRITE: FLOOR_HASH}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.cpu: dict[str, float] = {}
-        self.wall: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        c0, w0 = time.process_time(), time.perf_counter()
-        try:
-            yield
-        finally:
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c0
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w0
 
 
 def replay_get(home: Path, cid: str, out: Path, clock: Clock) -> dict[str, int]:

@@ -547,7 +547,7 @@ def store_dataset(
 
 
 def write_metadata(
-    store: Store,
+    store: Store | None,
     dataset: CID,
     locator: CID,
     blocks: Iterable[tuple[bytes, bytes]],
@@ -556,23 +556,33 @@ def write_metadata(
     hash_name: str,
     peers: PeerClient | None,
     metadata_pack_bytes: int = METADATA_PACK_BYTES,
+    *,
+    replaces_seq: int | None = None,
 ) -> None:
-    """The metadata packs of ``blocks`` (plus the placement block) to local shard files and to peers, then the
-    pointers: the peers' and the local one. ``blocks`` is read once, pack by pack."""
+    """The metadata packs of ``blocks`` (plus the placement block) to local shard files (unless ``store`` is
+    None) and to peers, then the pointers: the peers' and the local one. ``blocks`` is read once, pack by pack.
+
+    The packs (CARs of the metadata blocks plus the placement hints, docs/format.md "Datasets on peers")
+    are erasure-coded with the data's k+m and placed by rendezvous on the dataset ID; the pointer goes to
+    the first k+m peers of that ranking.
+    """
     placement_cid, placement_block = encode_placement(placement, hash_name)
     # The placement block travels in the metadata packs only (the index keeps placement per pack).
     every_block = itertools.chain(blocks, [(placement_cid.to_bytes(), placement_block)])
     written: list[tuple[MetadataPack, tuple[str | None, ...]]] = []
     for pack in encode_metadata_packs(dataset, every_block, spec.k, spec.m, pack_bytes=metadata_pack_bytes):
-        for shard_cid, part in pack.shards:
-            store.metadata_shards.write(shard_cid.encode("base32"), (part,))
+        if store is not None:
+            for shard_cid, part in pack.shards:
+                store.metadata_shards.write(shard_cid.encode("base32"), (part,))
         holders = tuple(peers.put_pack(dataset.to_bytes(), pack.shards)) if peers is not None else ()
         written.append((MetadataPack(pack.record, [], pack.has_manifest), holders))
         del pack  # its buffers: the next pack reuses the memory
-    store.metadata_shards.sync_dirs()
     if peers is not None:
-        pointer = metadata_pointer(locator, written, placement_cid)
-        publish_pointer(peers, dataset, pointer, placement, spec.k + spec.m)
+        pointer = metadata_pointer(locator, written, placement_cid, replaces_seq)
+        publish_pointer(peers, dataset, pointer, placement, spec.k + spec.m, replaces_seq=replaces_seq)
+    if store is None:
+        return
+    store.metadata_shards.sync_dirs()
     try:
         write_pointer(store.home, dataset, metadata_pointer(locator, [(p, ()) for p, _ in written], placement_cid))
     except OSError as e:
@@ -619,22 +629,9 @@ def publish_metadata(
     *,
     replaces_seq: int | None = None,
 ) -> None:
-    """Put a dataset's metadata (blocks in hand) on peers with the data's redundancy, then the pointer to it.
-
-    The metadata packs (CARs of the metadata blocks plus the placement
-    hints, docs/format.md "Datasets on peers") are erasure-coded with the
-    same k+m and placed by rendezvous on the dataset ID; the pointer goes to
-    the first k+m peers of that ranking. The pointer's ``seq`` is past
-    ``replaces_seq`` (repair publishes over the pointer it read).
-    """
-    placement_cid, placement_block = encode_placement(placement, hash_name)
-    written: list[tuple[MetadataPack, tuple[str | None, ...]]] = []
-    all_blocks = [*blocks, (placement_cid.to_bytes(), placement_block)]
-    for pack in encode_metadata_packs(dataset, all_blocks, spec.k, spec.m):
-        holders = tuple(peers.put_pack(dataset.to_bytes(), pack.shards))
-        written.append((MetadataPack(pack.record, [], pack.has_manifest), holders))
-    pointer = metadata_pointer(locator, written, placement_cid, replaces_seq)
-    publish_pointer(peers, dataset, pointer, placement, spec.k + spec.m, replaces_seq=replaces_seq)
+    """Put a dataset's metadata (blocks in hand) on peers only, then the pointer to it (repair publishes over
+    the pointer it read: the new pointer's ``seq`` is past ``replaces_seq``)."""
+    write_metadata(None, dataset, locator, blocks, placement, spec, hash_name, peers, replaces_seq=replaces_seq)
 
 
 def publish_pointer(
