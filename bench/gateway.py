@@ -5,8 +5,8 @@ Two cases, each against its reference in the same run:
 - one peer holding every shard of the dataset itself: `curl /ipfs/{dataset}` (the file's bytes, the
   deserialized path) and `curl /ipfs/{dataset}?format=car` (a CAR of every block) against curl fetching
   the same file as a static file from a plain aiohttp server;
-- the shards spread over 14 peers (10+4): the same two requests to one of them, which reads the other
-  peers' shards, against `dstore get` from those peers.
+- the shards spread over 14 peers (10+4): the same two requests to one of them that holds the dataset's pointer,
+  which reads the other peers' shards, against `dstore get` from those peers.
 
 Called from run.py as `Bench.gateway`; returns the section dict of results.json.
 """
@@ -14,6 +14,7 @@ Called from run.py as `Bench.gateway`; returns the section dict of results.json.
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from typing import Any
 
 import measure as M
@@ -26,6 +27,19 @@ PAIRS = {
     "fleet_file/dstore_get": 0.7,
     "fleet_car/dstore_get": 0.7,
 }
+
+
+def _pointer_holder(fleet: Fleet, cid: str) -> str:
+    """A peer that holds the dataset's pointer (a peer's gateway serves the datasets it has pointers for)."""
+    for p in fleet.peers:
+        req = urllib.request.Request(f"{p.url}/datasets/{cid}", headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                if r.status == 200:
+                    return p.url
+        except OSError:
+            continue
+    raise RuntimeError(f"no peer of the fleet holds the pointer of {cid}")
 
 
 def section(b: Any) -> dict:
@@ -76,7 +90,7 @@ def section(b: Any) -> dict:
             M.rm(home)
             return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
 
-        solo_url, fleet_url = solo.peers[0].url, fleet.peers[0].url
+        solo_url, fleet_url = solo.peers[0].url, _pointer_holder(fleet, cids["fleet"])
         items = {
             "static": curl(f"{server.url}/file.bin", "static", True),
             "solo_file": curl(f"{solo_url}/ipfs/{cids['solo']}", "solo_file", True),
