@@ -58,6 +58,13 @@ def section(b: Any) -> dict:
         server = Server(["serve", str(base / "static")])
         solo.fresh()
         fleet.fresh()
+        # A peer's gateway reads the shards it lacks from its --peers: restart each knowing the others
+        # (a restart keeps its port).
+        urls = [p.url for p in fleet.peers]
+        fleet.close()
+        for p in fleet.peers:
+            p.options["peers"] = ",".join(u for u in urls if u != p.url)
+        fleet.start(range(fleet.n))
         cids = {}
         for name, peers in (("solo", solo), ("fleet", fleet)):
             env = {"DSTORE_HOME": str(base / f"home-{name}"), "DSTORE_PEERS": peers.urls, "DSTORE_TOKEN": TOKEN}
