@@ -358,3 +358,20 @@ def test_forked_workers_reopen_what_a_fork_does_not_keep(fresh):
             w.join(60)
         assert got == {0: True, 1: True}
         assert f.read(1000) == BIG[1 << 20 : (1 << 20) + 1000]  # the parent's file goes on
+
+
+@pytest.mark.parametrize("how", ["dropped", "left open at exit"])
+def test_a_dataset_never_closed_leaves_no_unclosed_session(six, tmp_path, how):
+    """A script that opens a dataset from peers and never closes it (as a SampleStream does) exits quietly:
+    its peer set is closed when collected or at exit, not reported by aiohttp as an unclosed session."""
+    peers, cid = six
+    drop = "del ds\nimport gc; gc.collect()\n" if how == "dropped" else ""
+    script = (
+        "import dstore\n"
+        f"ds = dstore.open({cid!r}, peers={','.join(urls(peers))!r}, token={TOKEN!r}, cache=False,"
+        f" home={str(tmp_path / 'home')!r})\n"
+        "assert ds.read_bytes('sub/deeper/note.txt') == b'hello'\n" + drop
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Unclosed" not in r.stderr, r.stderr

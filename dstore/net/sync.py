@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -45,6 +47,26 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
+#: How long a peer set left open may take to close when collected or at exit.
+ABANDONED_CLOSE_TIMEOUT_S = 5.0
+
+
+def _shut_down(peerset: PeerSet, loop: asyncio.AbstractEventLoop, thread: threading.Thread, pid: int) -> None:
+    """Close an abandoned peer set's session and stop its loop, bounded (never in a forked child: the
+    loop thread is the parent's; never waiting from the loop's own thread)."""
+    if os.getpid() != pid or loop.is_closed():
+        return
+    try:
+        fut = asyncio.run_coroutine_threadsafe(peerset.close(), loop)
+        if threading.current_thread() is not thread:
+            fut.result(timeout=ABANDONED_CLOSE_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - abandoned: nobody to report to
+        pass
+    loop.call_soon_threadsafe(loop.stop)
+    if threading.current_thread() is not thread:
+        thread.join(timeout=ABANDONED_CLOSE_TIMEOUT_S)
+
+
 class SyncPeerSet:
     """The :class:`PeerSet` API, blocking: a :class:`dstore.net.protocol.PeerClient`.
 
@@ -56,6 +78,9 @@ class SyncPeerSet:
         self._loop = loop
         self._thread = thread
         self._closed = False
+        # A peer set nobody closed (a SampleStream, a dstore.open without `with`) is closed when it is
+        # collected or at exit, so aiohttp does not complain of an unclosed session.
+        self._finalizer = weakref.finalize(self, _shut_down, peerset, loop, thread, os.getpid())
 
     @classmethod
     def connect(cls, urls: Sequence[str], token: str | None, *, timeout_s: float = 5.0, **kwargs: Any) -> SyncPeerSet:
@@ -195,6 +220,7 @@ class SyncPeerSet:
         """Close the session, stop the loop and join its thread (idempotent)."""
         if self._closed:
             return
+        self._finalizer.detach()
         try:
             self._call(self._ps.close())
         finally:
