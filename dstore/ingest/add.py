@@ -577,12 +577,13 @@ def write_metadata(
         holders = tuple(peers.put_pack(dataset.to_bytes(), pack.shards)) if peers is not None else ()
         written.append((MetadataPack(pack.record, [], pack.has_manifest), holders))
         del pack  # its buffers: the next pack reuses the memory
+    if store is not None:
+        store.metadata_shards.sync_dirs()
     if peers is not None:
         pointer = metadata_pointer(locator, written, placement_cid, replaces_seq)
         publish_pointer(peers, dataset, pointer, placement, spec.k + spec.m, replaces_seq=replaces_seq)
     if store is None:
         return
-    store.metadata_shards.sync_dirs()
     try:
         write_pointer(store.home, dataset, metadata_pointer(locator, [(p, ()) for p, _ in written], placement_cid))
     except OSError as e:
