@@ -5,7 +5,7 @@
 
 Serves SOURCE_DIR at MOUNTPOINT with mfusepy and the options `dstore mount` uses
 (dstore/mount/fuse.py): high-level Operations with ``raw_fi``, libfuse's multi-threaded
-loop, ``-o ro``, ``max_read`` 1 MiB (and the connection's max_read / max_readahead),
+loop, ``-o ro``, ``max_read`` 1 MiB (and the connection's max_read, max_write / max_readahead),
 ``keep_cache`` on every open. Each read is one ``os.pread`` of the source file, so what
 it costs beyond the kernel's page cache is FUSE and Python alone: the least any Python
 FUSE file system can spend. Prints ``mounted`` once the mount is up and stays in the
@@ -36,6 +36,8 @@ class Passthrough(mfusepy.Operations):
     def init_with_config(self, conn: Any, config: Any) -> None:
         if conn is not None:
             conn.max_read = MAX_READ_BYTES
+            # libfuse sizes the kernel's requests (max_pages) from max_write: 128 KiB reads without it.
+            conn.max_write = MAX_READ_BYTES
             conn.max_readahead = min(conn.max_readahead, MAX_READ_BYTES) if conn.max_readahead else MAX_READ_BYTES
         print("mounted", flush=True)
 

@@ -54,6 +54,40 @@ def test_random_access(dataset, offset, length, whence):
         assert f.tell() == min(len(DATA), offset + length)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.integers(0, len(DATA))), st.integers(0, 1_500_000)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_any_sequence_of_reads(dataset, reads):
+    """Reads going on where the last ended (None) or jumping anywhere, of any size, in one file object:
+    the runs it reads whole, the chunks it keeps and its streaming state never change a byte."""
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds, ds.open("sub/data.bin") as f:
+        for offset, length in reads:
+            if offset is not None:
+                f.seek(offset)
+            pos = f.tell()
+            buf = bytearray(length)
+            n = f.readinto(buf)
+            assert bytes(buf[:n]) == DATA[pos : pos + length]
+
+
+def test_sequential_reads_go_by_runs(dataset):
+    """Read to the end in 1 MiB pieces: the chunks come in runs read and decoded together, not one by one."""
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds, ds.open("sub/data.bin") as f:
+        got = bytearray()
+        while piece := f.read(1 << 20):
+            got += piece
+        assert bytes(got) == DATA
+        stats = ds.chunks.stats
+        assert stats["local"] >= 20 and stats["runs"] <= stats["local"] // 4
+
+
 def test_reads_only_covering_chunks(dataset, monkeypatch):
     """A 10-byte read in the middle of a 5 MiB file touches one chunk's bytes, not the pack."""
     home, cid = dataset

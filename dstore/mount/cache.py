@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dstore import _native
+from dstore.units import parse_size
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "cache_from_env", "default_cache_dir"]
 
@@ -67,8 +68,6 @@ def cache_from_env(cache: str | os.PathLike[str] | bool | ChunkCache | None = No
     (e.g. ``10G``; default 10 GiB; ``0`` turns it off); False: no disk cache;
     a path: that folder; a :class:`ChunkCache`: itself.
     """
-    from dstore.peer.config import parse_size
-
     if cache is False:
         return None
     if cache is True:

@@ -9,6 +9,12 @@ by CID from the gateways instead. Every chunk is decoded and checked against its
 it is returned; range bytes that fail the check score their peer down and
 the chunk is read again through the whole pack.
 
+Reads of several consecutive chunks (:meth:`ChunkSource.read_run_into`, what
+the file object asks for) read the stored bytes of the whole run at once (a
+few ``pread`` calls or one range request per data shard) and decode and
+verify every chunk of it in one native call, on all cores, straight into the
+caller's buffer.
+
 Thread-safe: the read-ahead pool calls it from several threads. Network and
 file reads run concurrently; the reader's metadata and pack reader (not
 thread-safe) are used under one lock.
@@ -24,6 +30,7 @@ from dstore import _native
 from dstore.errors import DstoreError, IntegrityError
 from dstore.fetch.packs import LocalShards
 from dstore.fetch.reader import DatasetReader
+from dstore.format.cid import HASH_CODES
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 from dstore.mount.cache import ChunkCache
@@ -38,11 +45,14 @@ class ChunkSource:
     def __init__(self, reader: DatasetReader, peers: PeerClient | None, cache: ChunkCache | None) -> None:
         self.cache = cache
         self.hash_name = reader.hash_name
+        self.hash_code = HASH_CODES[reader.hash_name]  # chunks are checked with the dataset's own hash
         #: Called in a forked child before its first read (the dataset opens its store and peers again there).
         self.on_fork: Callable[[], None] | None = None
         self.rebind(reader, peers)
         #: Where chunks came from (counts, for tests and benchmarks).
         self.stats = {"cache": 0, "local": 0, "range": 0, "pack": 0, "bad_range": 0, "gateway": 0}
+        #: Range requests sent to peers, and runs of several chunks read at once (locally or by range).
+        self.stats |= {"range_requests": 0, "runs": 0}
 
     def rebind(self, reader: DatasetReader, peers: PeerClient | None) -> None:
         """Read through this reader and these peers from now on (in this process)."""
@@ -53,6 +63,11 @@ class ChunkSource:
         #: Held around every use of the reader (metadata, pack reader): the dataset's calls take it too.
         self.lock = self._lock
         self._pid = os.getpid()
+
+    @property
+    def remote(self) -> bool:
+        """Whether chunks the local store lacks can come from peers or gateways."""
+        return self.peers is not None or self.reader.gateway is not None
 
     def check_process(self) -> None:
         """In a forked child, have the dataset reopen what does not survive a fork (threads, LMDB, sockets)."""
@@ -77,13 +92,13 @@ class ChunkSource:
                 f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {len(out)} in the file"
             )
         stored = bytearray(ref.stored_len)
-        if self._local_range(record, ref, memoryview(stored)) and _decode(stored, ref, out):
+        if self._local_range(record, ref, memoryview(stored)) and self._decode(stored, [ref], out):
             self.stats["local"] += 1
             return
         if self.peers is not None:
             served = self._peer_range(pack_id, record, ref, memoryview(stored))
             if served is not None:
-                if _decode(stored, ref, out):
+                if self._decode(stored, [ref], out):
                     self.stats["range"] += 1
                     self._keep(digest, out)
                     return
@@ -116,50 +131,111 @@ class ChunkSource:
         return bytes(buf)
 
     def read_run(self, leaves: list[tuple[bytes, int]]) -> list[bytes]:
-        """Consecutive chunks of a file, with one range request per data shard when they lie back to back in one
-        pack (what a sequential reader reads ahead); otherwise, or if that fails, chunk by chunk."""
-        self.check_process()
-        if len(leaves) > 1 and self.peers is not None:
-            out = self._run_by_range(leaves)
-            if out is not None:
-                return out
-        return [self.read(digest, size) for digest, size in leaves]
+        """Consecutive chunks of a file, each as bytes (:meth:`read_run_into` does the reading)."""
+        buf = bytearray(sum(size for _, size in leaves))
+        self.read_run_into(leaves, memoryview(buf))
+        out, pos = [], 0
+        for _, size in leaves:
+            out.append(bytes(buf[pos : pos + size]))
+            pos += size
+        return out
 
-    def _run_by_range(self, leaves: list[tuple[bytes, int]]) -> list[bytes] | None:
-        assert self.peers is not None
-        cache = self.cache
-        if cache is not None and any(cache.path(self.hash_name, d).exists() for d, _ in leaves):
-            return None  # some are cached: chunk by chunk takes those from the cache
+    def read_run_into(self, leaves: list[tuple[bytes, int]], out: memoryview) -> None:
+        """Fill ``out`` with consecutive chunks of a file, verified, end to end (``out`` holds exactly their sizes).
+
+        Cached chunks come from the cache; each run of the others that lies back to back in one pack is read at
+        once (local shard files, else one range request per data shard) and decoded in one native call. A run that
+        cannot be had that way, or fails its check, is read chunk by chunk (:meth:`read_into`: whole packs, parity).
+        """
+        self.check_process()
+        starts = []
+        pos = 0
+        for _, size in leaves:
+            starts.append(pos)
+            pos += size
+        if pos != len(out):
+            raise ValueError(f"a run of {pos} bytes asked into a buffer of {len(out)}")
+
+        def piece(i: int) -> memoryview:
+            return out[starts[i] : starts[i] + leaves[i][1]]
+
+        missing = list(range(len(leaves)))
+        if self.cache is not None:
+            missing = [i for i in missing if not self.cache.get_into(self.hash_name, leaves[i][0], piece(i))]
+            self.stats["cache"] += len(leaves) - len(missing)
+        if not missing:
+            return
+        if self.reader.gateway is not None:
+            for i in missing:
+                self.read_into(leaves[i][0], piece(i))
+            return
         with self._lock:
-            places = [self.reader.chunk_ref(digest) for digest, _ in leaves]
+            places = dict(zip(missing, (self.reader.chunk_ref(leaves[i][0]) for i in missing), strict=True))
+        run: list[int] = []  # indices of chunks back to back in the file, the pack and `out`
+
+        def read(run: list[int]) -> None:
+            whole = out[starts[run[0]] : starts[run[-1]] + leaves[run[-1]][1]]
+            sizes = [leaves[i][1] for i in run]
+            if len(run) < 2 or not self._run_from_shards([places[i] for i in run], sizes, whole):
+                for i in run:
+                    self.read_into(leaves[i][0], piece(i))
+
+        for i in missing:
+            if run and not (i == run[-1] + 1 and _follows(places[run[-1]], places[i])):
+                read(run)
+                run = []
+            run.append(i)
+        read(run)
+
+    def _run_from_shards(
+        self, places: list[tuple[bytes, PackRecord, ChunkEntry]], sizes: list[int], out: memoryview
+    ) -> bool:
+        """Chunks back to back in one pack, from the local shard files or the peers' ranges, into ``out``."""
         pack_id, record, first = places[0]
         refs = [ref for _, _, ref in places]
-        if any(p != pack_id for p, _, _ in places) or any(
-            a.offset + a.stored_len != b.offset for a, b in zip(refs, refs[1:], strict=False)
-        ):
-            return None
-        if any(ref.size != size for ref, (_, size) in zip(refs, leaves, strict=True)):
-            return None
+        if any(ref.size != size for ref, size in zip(refs, sizes, strict=True)):
+            return False  # a locator size that is not the file's: chunk by chunk says which
         span = first._replace(stored_len=refs[-1].offset + refs[-1].stored_len - first.offset)
         stored = bytearray(span.stored_len)
+        if self._local_range(record, span, memoryview(stored)) and self._decode(stored, refs, out):
+            self.stats["local"] += len(refs)
+            self.stats["runs"] += 1
+            return True
+        if self.peers is None:
+            return False
         served = self._peer_range(pack_id, record, span, memoryview(stored))
         if served is None:
-            return None
-        out = []
+            return False
+        if not self._decode(stored, refs, out):
+            self.stats["bad_range"] += 1
+            for peer_id in served:
+                self.peers.report_bad_range(peer_id)
+            return False
+        self.stats["range"] += len(refs)
+        self.stats["runs"] += 1
+        pos = 0
         for ref in refs:
-            try:
-                data = _native.decode_chunks(
-                    stored, [ref.offset - first.offset], [ref.stored_len], [ref.size], [ref.codec], ref.digest
-                )
-            except (_native.IntegrityError, ValueError):
-                self.stats["bad_range"] += 1
-                for peer_id in served:
-                    self.peers.report_bad_range(peer_id)
-                return None  # chunk by chunk then, each through the whole pack if its range fails again
-            out.append(data)
-            self._keep(ref.digest, memoryview(data))
-        self.stats["range"] += len(out)
-        return out
+            self._keep(ref.digest, out[pos : pos + ref.size])
+            pos += ref.size
+        return True
+
+    def _decode(self, stored: bytearray, refs: list[ChunkEntry], out: memoryview) -> bool:
+        """Decode chunks stored back to back from ``refs[0].offset`` on into ``out``, each checked against its
+        ID (one native call, all cores); False if any fails."""
+        base = refs[0].offset
+        try:
+            return _native.decode_chunks_into(
+                out,
+                [stored],
+                [r.offset - base for r in refs],
+                [r.stored_len for r in refs],
+                [r.size for r in refs],
+                [r.codec for r in refs],
+                b"".join(r.digest for r in refs),
+                self.hash_code,
+            ) == len(out)
+        except (_native.IntegrityError, ValueError):
+            return False
 
     def _keep(self, digest: bytes, data: memoryview) -> None:
         if self.cache is not None:
@@ -198,6 +274,7 @@ class ChunkSource:
         served: list[str | None] = []
         try:
             for shard, within, n, at in segments:
+                self.stats["range_requests"] += 1
                 answer = self.peers.fetch_range(record, pack_id, shard, within, n, hints)
                 if len(answer.data) != n:
                     return None
@@ -208,11 +285,6 @@ class ChunkSource:
         return served if segments else None
 
 
-def _decode(stored: bytearray, ref: ChunkEntry, out: memoryview) -> bool:
-    """Decode the stored chunk into ``out`` and check it against its ID; False if it fails."""
-    try:
-        return _native.decode_chunks_into(
-            out, [stored], [0], [ref.stored_len], [ref.size], [ref.codec], ref.digest
-        ) == len(out)
-    except (_native.IntegrityError, ValueError):
-        return False
+def _follows(before: tuple[bytes, PackRecord, ChunkEntry], after: tuple[bytes, PackRecord, ChunkEntry]) -> bool:
+    """Whether ``after`` is stored right after ``before`` in the same pack."""
+    return before[0] == after[0] and before[2].offset + before[2].stored_len == after[2].offset

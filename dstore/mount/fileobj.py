@@ -1,10 +1,14 @@
 """A read-only, seekable binary file object over one file of a dataset.
 
-Reads only the chunks that cover the bytes asked for. ``readinto`` decodes
-a chunk the caller's buffer holds whole straight into that buffer (no copy
-in between); the others go through a few decoded chunks kept per file. A
-reader that goes on where its last read ended is sequential: the chunks of
-the next ``READAHEAD_BYTES`` are read on the dataset's read-ahead threads.
+Reads only the chunks that cover the bytes asked for. ``readinto`` reads the
+whole chunks the caller's buffer holds as runs (one pread or range request
+per data shard, one native decode for the run) straight into that buffer;
+chunks it holds only part of go through a few decoded chunks kept per file.
+A reader that goes on where its last read ended is sequential, and stays
+so while its reads start near where the last ended (the kernel's read-ahead
+for a mount sends reads slightly out of order): the
+chunks of the next ``READAHEAD_BYTES`` are read on the dataset's read-ahead
+threads, in runs of ``RUN_BYTES``, each window started only once.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from typing import Any
 
 from dstore.mount.chunks import ChunkSource
 
-__all__ = ["MEMORY_CHUNKS", "READAHEAD_BYTES", "RUN_BYTES", "DatasetFile"]
+__all__ = ["MEMORY_CHUNKS", "NEAR_BYTES", "READAHEAD_BYTES", "RUN_BYTES", "DatasetFile"]
 
-#: Decoded chunks kept per open file, so small reads within a chunk decode it once.
-MEMORY_CHUNKS = 4
-#: How far ahead of a sequential reader chunks are read (about 32 average chunks).
-READAHEAD_BYTES = 8 << 20
+#: Decoded chunks kept per open file, so small reads within a chunk decode it once (and a sequential
+#: reader without read-ahead threads keeps the run it read last).
+MEMORY_CHUNKS = 64
+#: How far ahead of a sequential reader chunks are read, from peers (about 200 average chunks).
+READAHEAD_BYTES = 16 << 20
 #: Read-ahead asks for runs of consecutive chunks up to this size at once (one range request per data shard).
-RUN_BYTES = 1 << 20
+RUN_BYTES = 2 << 20
+#: A read starting this close to where the last one ended is still sequential.
+NEAR_BYTES = 2 << 20
 
 
 class DatasetFile(io.BufferedIOBase):
@@ -52,10 +59,12 @@ class DatasetFile(io.BufferedIOBase):
             pos += size
         self._size = pos
         self._pos = 0
-        self._last_end = 0  # where the previous read stopped: a read starting there is sequential
-        self._memory: OrderedDict[int, bytes] = OrderedDict()
-        # chunk index -> (the read of the run of chunks holding it, its place in the run)
-        self._ahead: dict[int, tuple[Future[list[bytes]], int]] = {}
+        self._last_end = 0  # where the sequential reads got to: a read starting near it is sequential too
+        self._memory: OrderedDict[int, memoryview] = OrderedDict()
+        # chunk index -> (the read of the run of chunks holding it, where in the run's bytes it starts)
+        self._ahead: dict[int, tuple[Future[bytearray], int]] = {}
+        self._ahead_end = 0  # chunks before this index have had their read-ahead started (or were passed)
+        self._streaming = False  # the last read was sequential
         self._pool = pool
         self._readahead_bytes = readahead_bytes
         self.name = name
@@ -103,16 +112,25 @@ class DatasetFile(io.BufferedIOBase):
         self._check_open()
         if self._pid != os.getpid():  # forked: the parent's read-aheads will never finish here
             self._ahead.clear()
+            self._ahead_end = 0
             self._pid = os.getpid()
         view = memoryview(buffer).cast("B")
         pos = self._pos
         end = min(self._size, pos + len(view))
         if end <= pos:
             return 0
-        sequential = pos == self._last_end
+        # Exactly where the last read ended, or near it once reading is sequential (a mount's reads come
+        # slightly out of order): a first read somewhere else is a random read and starts no read-ahead.
+        sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
+        self._streaming = sequential
         if not sequential:
             self._forget_ahead(lambda i: True)  # jumped away: what was read ahead is not wanted now
+            self._ahead_end = 0
         index = bisect.bisect_right(self._starts, pos) - 1
+        if not sequential:
+            last = bisect.bisect_right(self._starts, end - 1) - 1
+            if last > index and all(i not in self._memory for i in range(index, last + 1)):
+                return self._random_run(view, pos, end, index, last)
         done = 0
         while pos < end:
             if sequential:  # the window after this chunk loads concurrently, also within one large read
@@ -121,18 +139,49 @@ class DatasetFile(io.BufferedIOBase):
             within = pos - self._starts[index]
             take = min(size - within, end - pos)
             if take == size and index not in self._memory and index not in self._ahead:
-                self._source.read_into(self._digests[index], view[done : done + take])  # straight in
-            else:
-                view[done : done + take] = memoryview(self._chunk(index))[within : within + take]
+                last = self._whole_run(index, end)
+                n = self._starts[last] + self._sizes[last] - pos
+                leaves = [(self._digests[i], self._sizes[i]) for i in range(index, last + 1)]
+                self._source.read_run_into(leaves, view[done : done + n])  # straight in
+                pos += n
+                done += n
+                index = last + 1
+                continue
+            view[done : done + take] = self._chunk(index)[within : within + take]
             pos += take
             done += take
             if pos == self._starts[index] + size:
                 index += 1
-        self._pos = self._last_end = pos
+        self._pos = pos
+        self._last_end = max(self._last_end, pos) if sequential else pos
         self._forget_ahead(lambda i: i < index)  # passed
         if sequential and pos < self._size:
             self._read_ahead(index)
         return done
+
+    def _random_run(self, view: memoryview, pos: int, end: int, first: int, last: int) -> int:
+        """A random read over several chunks: all of them in one run (one request per data shard, not one per
+        chunk); the chunks at its two ends are kept, for the reads that often follow inside them."""
+        block = memoryview(self._read_run(first, last + 1))
+        base = self._starts[first]
+        view[: end - pos] = block[pos - base : end - base]
+        for i in (first, last):
+            at = self._starts[i] - base
+            self._remember(i, block[at : at + self._sizes[i]])
+        self._pos = self._last_end = end
+        return end - pos
+
+    def _whole_run(self, index: int, end: int) -> int:
+        """The last chunk of the run from ``index`` on that ends by ``end`` and was not read already."""
+        last = index
+        while (
+            last + 1 < len(self._sizes)
+            and self._starts[last + 1] + self._sizes[last + 1] <= end
+            and last + 1 not in self._memory
+            and last + 1 not in self._ahead
+        ):
+            last += 1
+        return last
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
@@ -160,7 +209,7 @@ class DatasetFile(io.BufferedIOBase):
 
     # -- chunks -----------------------------------------------------------------
 
-    def _chunk(self, index: int) -> bytes:
+    def _chunk(self, index: int) -> memoryview:
         data = self._memory.get(index)
         if data is not None:
             self._memory.move_to_end(index)
@@ -169,41 +218,69 @@ class DatasetFile(io.BufferedIOBase):
         data = None
         if ahead is not None:
             try:
-                data = ahead[0].result()[ahead[1]]
+                run = ahead[0].result()
+                data = memoryview(run)[ahead[1] : ahead[1] + self._sizes[index]]
             except Exception:
                 data = None  # a read-ahead failed (or was cancelled): read it again here, errors and all
+        if data is None and self._streaming and self._pool is None:
+            # Sequential, local: the chunks up to RUN_BYTES on in one read and one decode, not one by one
+            # (a mount's reads of 128 KiB hold a part of a chunk at each end).
+            stop = index + 1
+            while (
+                stop < len(self._sizes)
+                and stop not in self._memory
+                and self._starts[stop] + self._sizes[stop] - self._starts[index] <= RUN_BYTES
+            ):
+                stop += 1
+            block = memoryview(self._read_run(index, stop))
+            for i in range(index + 1, stop):
+                at = self._starts[i] - self._starts[index]
+                self._remember(i, block[at : at + self._sizes[i]])
+            data = block[: self._sizes[index]]
         if data is None:
-            data = self._source.read(self._digests[index], self._sizes[index])
+            data = memoryview(self._source.read(self._digests[index], self._sizes[index]))
+        self._remember(index, data)
+        return data
+
+    def _remember(self, index: int, data: memoryview) -> None:
         self._memory[index] = data
         while len(self._memory) > MEMORY_CHUNKS:
             self._memory.popitem(last=False)
-        return data
 
     def _read_ahead(self, index: int) -> None:
-        """Start reading the chunks of the next ``READAHEAD_BYTES`` from ``index`` on, in runs of ``RUN_BYTES``."""
-        if self._pool is None or self._readahead_bytes <= 0:
+        """Start reading the chunks of the ``READAHEAD_BYTES`` from ``index`` on, in runs of ``RUN_BYTES``
+        (only those not started already: each chunk's read-ahead starts once)."""
+        if self._pool is None or self._readahead_bytes <= 0 or index >= len(self._sizes):
             return
+        limit = self._starts[index] + self._readahead_bytes
+        i = max(index, self._ahead_end)
+        if i > index and i < len(self._sizes) and self._starts[i] + RUN_BYTES > limit and limit < self._size:
+            return  # less than a run's worth of new room in the window: wait for more (runs, not single chunks)
         pool = None
-        ahead = 0
         run: list[int] = []
         run_bytes = 0
         while True:
-            more = index < len(self._sizes) and ahead < self._readahead_bytes
-            wanted = more and index not in self._memory and index not in self._ahead
-            if run and (not wanted or run_bytes + self._sizes[index] > RUN_BYTES):
+            more = i < len(self._sizes) and self._starts[i] < limit
+            wanted = more and i not in self._memory and i not in self._ahead
+            if run and (not wanted or run_bytes + self._sizes[i] > RUN_BYTES):
                 pool = pool or self._pool()
-                leaves = [(self._digests[i], self._sizes[i]) for i in run]
-                fut = pool.submit(self._source.read_run, leaves)
-                for k, i in enumerate(run):
-                    self._ahead[i] = (fut, k)
+                fut = pool.submit(self._read_run, run[0], run[-1] + 1)
+                for k in run:
+                    self._ahead[k] = (fut, self._starts[k] - self._starts[run[0]])
                 run, run_bytes = [], 0
             if not more:
-                return
+                break
             if wanted:
-                run.append(index)
-                run_bytes += self._sizes[index]
-            ahead += self._sizes[index]
-            index += 1
+                run.append(i)
+                run_bytes += self._sizes[i]
+            i += 1
+        self._ahead_end = max(self._ahead_end, i)
+
+    def _read_run(self, first: int, stop: int) -> bytearray:
+        buf = bytearray(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])
+        leaves = [(self._digests[i], self._sizes[i]) for i in range(first, stop)]
+        self._source.read_run_into(leaves, memoryview(buf))
+        return buf
 
     def _forget_ahead(self, which: Callable[[int], bool]) -> None:
         for i in [i for i in self._ahead if which(i)]:

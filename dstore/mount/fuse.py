@@ -63,6 +63,8 @@ class DatasetFS(mfusepy.Operations):
     def init_with_config(self, conn: Any, config: Any) -> None:
         if conn is not None:  # libfuse insists the session's max_read and the connection's agree
             conn.max_read = MAX_READ_BYTES
+            # libfuse sizes the kernel's requests (max_pages) from max_write: 128 KiB reads without it.
+            conn.max_write = MAX_READ_BYTES
             conn.max_readahead = min(conn.max_readahead, MAX_READ_BYTES) if conn.max_readahead else MAX_READ_BYTES
         self.mounted = True
         if self.on_mounted is not None:
@@ -201,4 +203,7 @@ def _serve(fs: DatasetFS, mountpoint: str) -> None:
         fsname=f"dstore:{dataset.cid}",
         subtype="dstore",
         max_read=MAX_READ_BYTES,
+        # A dataset read from this machine alone is CPU work under one GIL: one thread serves it faster than
+        # several handing the GIL and the file's lock around. From peers, reads wait on the network: threads.
+        nothreads=not dataset.chunks.remote,
     )

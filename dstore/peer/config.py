@@ -11,6 +11,7 @@ from pathlib import Path
 from dstore.errors import StoreError, UsageError
 from dstore.limits import MAX_POINTER_BYTES, MAX_SHARD_BYTES
 from dstore.peer.identity import write_private_file
+from dstore.units import parse_size
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -42,9 +43,6 @@ DEFAULT_GC_GRACE_S = 24 * 3600.0
 DEFAULT_GC_INTERVAL_S = 3600.0
 TOKEN_FILE = "token"
 
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-
 
 @dataclass
 class PeerConfig:
@@ -71,15 +69,6 @@ class PeerConfig:
     gc_enabled: bool = True
     gc_grace_s: float = DEFAULT_GC_GRACE_S
     gc_interval_s: float = DEFAULT_GC_INTERVAL_S
-
-
-def parse_size(text: str) -> int:
-    """``10G``, ``512M``, ``1.5K``, ``4096`` → bytes (binary units; a trailing ``B``/``iB`` is allowed)."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise UsageError(f"not a size: {text!r} (expected e.g. 10G, 512M or a number of bytes)")
-    number, unit = m.groups()
-    return int(float(number) * _SIZE_UNITS[unit.upper()])
 
 
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
