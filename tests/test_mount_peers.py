@@ -393,6 +393,43 @@ def test_forked_workers_reopen_what_a_fork_does_not_keep(fresh):
         assert f.read(1000) == BIG[1 << 20 : (1 << 20) + 1000]  # the parent's file goes on
 
 
+def test_threads_of_a_forked_child_reopen_the_dataset_once(fresh):
+    """Several threads of a forked worker read at once before anything reopened the dataset: one of them
+    reopens the store and peers, the others wait for it (two reopens would close what the first opened)."""
+    import multiprocessing
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    with fresh() as ds:
+        assert ds.open("big.bin").read(1000) == BIG[:1000]
+        reopen = ds.chunks.on_fork
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+
+        def child():
+            reopens = []
+
+            def slow_reopen():
+                reopens.append(threading.get_ident())
+                time.sleep(0.3)  # every other thread asks meanwhile
+                reopen()
+
+            ds.chunks.on_fork = slow_reopen
+            try:
+                with ThreadPoolExecutor(4) as pool:
+                    reads = list(pool.map(lambda i: ds.open("big.bin").read(50_000), range(4)))
+                results.put((len(reopens), all(r == BIG[:50_000] for r in reads)))
+            except BaseException as e:
+                results.put((len(reopens), repr(e)))
+
+        worker = ctx.Process(target=child)
+        worker.start()
+        got = results.get(timeout=120)
+        worker.join(60)
+        assert got == (1, True)
+
+
 @pytest.mark.parametrize("how", ["dropped", "left open at exit"])
 def test_a_dataset_never_closed_leaves_no_unclosed_session(six, tmp_path, how):
     """A script that opens a dataset from peers and never closes it (as a SampleStream does) exits quietly:

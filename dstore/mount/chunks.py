@@ -38,6 +38,19 @@ from dstore.net.protocol import PeerClient
 
 __all__ = ["ChunkSource"]
 
+#: Taken by the first thread of a forked child that finds the dataset opened in another process, so the
+#: others wait for its reopen instead of reopening too. Made anew in every child: a lock some thread of
+#: the parent held at fork time would stay held in the child for ever.
+_REOPEN_LOCK = threading.Lock()
+
+
+def _new_reopen_lock() -> None:
+    global _REOPEN_LOCK
+    _REOPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_reopen_lock)
+
 
 class ChunkSource:
     """Chunk bytes by digest for the files of one open dataset."""
@@ -72,9 +85,12 @@ class ChunkSource:
     def check_process(self) -> None:
         """In a forked child, have the dataset reopen what does not survive a fork (threads, LMDB, sockets)."""
         if self._pid != os.getpid():
-            if self.on_fork is None:
-                raise RuntimeError("this dataset was opened in another process: open it again in this one")
-            self.on_fork()
+            with _REOPEN_LOCK:
+                if self._pid == os.getpid():
+                    return  # another thread of this child reopened it meanwhile
+                if self.on_fork is None:
+                    raise RuntimeError("this dataset was opened in another process: open it again in this one")
+                self.on_fork()
 
     def read_into(self, digest: bytes, out: memoryview) -> None:
         """Fill ``out`` (exactly the chunk's size) with the chunk's verified bytes."""
