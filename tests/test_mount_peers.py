@@ -239,6 +239,7 @@ def test_unknown_dataset_without_peers_is_not_found(tmp_path, six, monkeypatch):
 def test_a_damaged_cache_entry_is_fetched_again(fresh, tmp_path):
     with fresh() as ds:
         assert ds.open("sub/table.csv").read() == CSV
+        ds.chunks.flush()  # cache writes run on a thread of their own
         entries = ds.chunks.cache.entries()
     assert entries
     for _, _, path in entries:

@@ -34,6 +34,7 @@ from dstore.format.cid import HASH_CODES
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 from dstore.mount.cache import ChunkCache
+from dstore.mount.cachewriter import CacheWriter
 from dstore.net.protocol import PeerClient
 
 __all__ = ["ChunkSource"]
@@ -73,6 +74,8 @@ class ChunkSource:
         self.peers = peers
         self._local = LocalShards(reader.store, reader.hash_name)
         self._lock = threading.RLock()  # new: a lock held by a thread at fork time stays held in the child
+        # New too: the parent's writer thread is not in this process, and its queue is the parent's to write.
+        self._writer = CacheWriter(self.cache) if self.cache is not None else None
         #: Held around every use of the reader (metadata, pack reader): the dataset's calls take it too.
         self.lock = self._lock
         self._pid = os.getpid()
@@ -254,8 +257,13 @@ class ChunkSource:
             return False
 
     def _keep(self, digest: bytes, data: memoryview) -> None:
-        if self.cache is not None:
-            self.cache.put(self.hash_name, digest, data)
+        if self._writer is not None:
+            self._writer.put(self.hash_name, digest, data)
+
+    def flush(self) -> None:
+        """Wait until the chunks read so far are in the cache (a closing dataset does)."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def _segments(self, record: PackRecord, ref: ChunkEntry) -> list[tuple[int, int, int, int]]:
         """(data shard, offset in it, length, offset in the stored chunk) of the shard bytes holding ``ref``."""

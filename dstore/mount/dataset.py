@@ -171,6 +171,7 @@ class Dataset:
         self.closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        self.chunks.flush()
         self.reader.close()
         for thing in reversed(self._owns):
             thing.close()

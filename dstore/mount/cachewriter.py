@@ -1,0 +1,79 @@
+"""Chunk-cache writes on a thread of their own: a read returns once its chunks are verified, not once they
+are on disk (a cache entry costs a dozen system calls under a lock shared by every process).
+
+Best effort, like the cache itself: at most ``MAX_PENDING_BYTES`` wait to be written (beyond that a chunk
+is just not cached), and what is still waiting when the process ends unflushed is not cached. A dataset
+flushes its writer when it is closed, and at exit. One writer per process: a forked child makes its own
+(the parent's thread and queue stay the parent's).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import weakref
+from collections import deque
+
+from dstore.mount.cache import ChunkCache
+
+__all__ = ["FLUSH_AT_EXIT_S", "MAX_PENDING_BYTES", "CacheWriter"]
+
+#: Bytes of chunks waiting to be written, at most.
+MAX_PENDING_BYTES = 32 << 20
+#: How long the end of a process waits for the chunks still queued.
+FLUSH_AT_EXIT_S = 10.0
+
+
+class CacheWriter:
+    """Queues verified chunks (copied: the caller's buffer is the reader's) and writes them to ``cache``."""
+
+    def __init__(self, cache: ChunkCache, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+        self.cache = cache
+        self.max_pending_bytes = max_pending_bytes
+        self.skipped = 0  # chunks not cached because the queue was full
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, bytes, bytes]] = deque()
+        self._pending_bytes = 0
+        self._writing = 0  # chunks taken off the queue and not yet written
+        self._thread: threading.Thread | None = None
+        atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
+        size = len(data)
+        with self._cond:
+            if self._pending_bytes + size > self.max_pending_bytes:
+                self.skipped += 1
+                return
+            self._queue.append((hash_name, digest, bytes(data)))
+            self._pending_bytes += size
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dstore-cache-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued chunk is written; False if ``timeout_s`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._writing, timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._queue))
+                batch = list(self._queue)
+                self._queue.clear()
+                self._writing = len(batch)
+            try:
+                for hash_name, digest, data in batch:
+                    self.cache.put(hash_name, digest, data)  # never raises for a disk problem
+            finally:
+                with self._cond:
+                    self._pending_bytes -= sum(len(d) for _, _, d in batch)
+                    self._writing = 0
+                    self._cond.notify_all()
+
+
+def _flush_at_exit(ref: weakref.ref[CacheWriter]) -> None:
+    writer = ref()
+    if writer is not None and writer._thread is not None and writer._thread.is_alive():
+        writer.flush(FLUSH_AT_EXIT_S)
