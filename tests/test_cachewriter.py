@@ -56,3 +56,25 @@ def test_a_script_that_never_flushes_still_caches_at_exit(tmp_path):
     for i in range(50):
         data = bytes([i]) * 100_000
         assert cache.get("blake3", _native.blake3(data), len(data)) == data
+
+
+def test_a_multiprocessing_worker_caches_what_it_read_before_it_ends(tmp_path):
+    """DataLoader workers end with os._exit (no atexit): their queued chunks are written all the same."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    worker = ctx.Process(target=_queue_chunks, args=(str(tmp_path / "c"),))
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    cache = ChunkCache(tmp_path / "c", 1 << 30)
+    for i in range(50):
+        data = bytes([i]) * 100_000
+        assert cache.get("blake3", _native.blake3(data), len(data)) == data
+
+
+def _queue_chunks(root: str) -> None:
+    writer = CacheWriter(ChunkCache(root, 1 << 30))
+    for i in range(50):
+        data = bytes([i]) * 100_000
+        writer.put("blake3", _native.blake3(data), data)

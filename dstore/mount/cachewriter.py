@@ -3,13 +3,14 @@ are on disk (a cache entry costs a dozen system calls under a lock shared by eve
 
 Best effort, like the cache itself: at most ``MAX_PENDING_BYTES`` wait to be written (beyond that a chunk
 is just not cached), and what is still waiting when the process ends unflushed is not cached. A dataset
-flushes its writer when it is closed, and at exit. One writer per process: a forked child makes its own
-(the parent's thread and queue stay the parent's).
+flushes its writer when it is closed, and at exit (also the exit of a multiprocessing worker). One writer
+per process: a forked child makes its own (the parent's thread and queue stay the parent's).
 """
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util
 import threading
 import weakref
 from collections import deque
@@ -36,7 +37,10 @@ class CacheWriter:
         self._pending_bytes = 0
         self._writing = 0  # chunks taken off the queue and not yet written
         self._thread: threading.Thread | None = None
-        atexit.register(_flush_at_exit, weakref.ref(self))
+        ref = weakref.ref(self)
+        atexit.register(_flush_at_exit, ref)
+        # A multiprocessing child (a DataLoader worker) ends with os._exit, after its finalizers, not atexit.
+        multiprocessing.util.Finalize(None, _flush_at_exit, args=(ref,), exitpriority=10)
 
     def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
         size = len(data)
