@@ -216,16 +216,18 @@ def rank_run(make, rank, world_size, *, workers=2, batch_size=4, epoch=0, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shuffle", ["uniform", "block"])
 @pytest.mark.parametrize("drop_last", [False, True])
-def test_two_ranks_of_two_workers_see_every_sample_once(make, drop_last):
+def test_two_ranks_of_two_workers_see_every_sample_once(make, drop_last, shuffle):
     files = sorted(TRAIN)
-    runs = [rank_run(make, r, 2, drop_last=drop_last, seed=7, epoch=3) for r in range(2)]
+    kw = {"shuffle_block": 4, "shuffle_window": 2} if shuffle == "block" else {}
+    runs = [rank_run(make, r, 2, drop_last=drop_last, seed=7, epoch=3, shuffle=shuffle, **kw) for r in range(2)]
     assert len(runs[0]) == len(runs[1]) == (18 if drop_last else 19)
-    # The order is DistributedSampler's over the sorted files, whatever the workers.
-    for r, run in enumerate(runs):
-        sampler = DistributedSampler(range(len(files)), num_replicas=2, rank=r, seed=7, drop_last=drop_last)
-        sampler.set_epoch(3)
-        assert run == [files[i] for i in sampler]
+    if shuffle == "uniform":  # DistributedSampler's order over the sorted files, whatever the workers
+        for r, run in enumerate(runs):
+            sampler = DistributedSampler(range(len(files)), num_replicas=2, rank=r, seed=7, drop_last=drop_last)
+            sampler.set_epoch(3)
+            assert run == [files[i] for i in sampler]
     seen = runs[0] + runs[1]
     if drop_last:  # no sample twice; one (37 = 2 * 18 + 1) dropped
         assert len(set(seen)) == len(seen) == 36
@@ -379,7 +381,7 @@ from dstore.torch import SampleStream
 cid, opts, rank, store_file = json.loads(sys.argv[1])
 dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
 try:
-    with SampleStream(cid, "train", seed=5, drop_last=True, **opts) as stream:  # rank and world from dist
+    with SampleStream(cid, "train", seed=5, drop_last=True, shuffle="uniform", **opts) as stream:  # world from dist
         stream.set_epoch(1)
         got = [p for p, _ in stream]
         print(json.dumps([stream.rank, stream.world_size, got]))

@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 from dstore import _native
 from dstore.errors import DstoreError, IntegrityError
 from dstore.fetch.packs import LocalShards
 from dstore.fetch.reader import DatasetReader
+from dstore.format.cid import HASH_CODES
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 from dstore.mount.cache import ChunkCache
 from dstore.net.protocol import PeerClient
+
+if TYPE_CHECKING:
+    from dstore.net.ranges import RangeRead
 
 __all__ = ["ChunkSource"]
 
@@ -207,6 +213,144 @@ class ChunkSource:
             return None  # a holder is down or lacks it: the whole pack, from parity if need be
         return served if segments else None
 
+    # -- many chunks at once (a prefetcher's next samples) ------------------------
+
+    def read_chunks(self, wants: Sequence[tuple[bytes, int]], pool: Executor | None = None) -> dict[bytes, memoryview]:
+        """Verified bytes of many chunks, by digest: what the next samples of a data loader need.
+
+        The disk cache is asked for all of them in one batch (:meth:`ChunkCache.get_many`). The rest are
+        read pack by pack: one range request per stretch of a data shard that holds them (stretches
+        less than ``RANGE_GAP_BYTES`` apart are one request, up to ``RANGE_MAX_BYTES``), all of them
+        concurrently on ``pool``; a pack's chunks are then decoded and checked against their IDs in one
+        native call and cached in one batch. A pack whose ranges cannot be had (a peer down) or whose
+        bytes fail their check (their senders are scored down) is read whole through the reader's pack
+        path (hedged, rebuilt from parity). Chunks in packs of the local store, and everything of a
+        dataset read from gateways, go one by one through :meth:`read_into`. The caller bounds the
+        bytes asked for at once: about that much (plus merged gaps) is in flight.
+        """
+        self.check_process()
+        need = dict(wants)
+        got: dict[bytes, memoryview] = {}
+        if self.cache is not None and need:
+            got = self.cache.get_many(self.hash_name, list(need.items()))
+            self.stats["cache"] += len(got)
+        missing = [(d, s) for d, s in need.items() if d not in got]
+        one_by_one: list[tuple[bytes, int]] = []
+        packs: dict[bytes, tuple[PackRecord, list[ChunkEntry]]] = {}
+        if self.peers is None or self.reader.gateway is not None:
+            one_by_one = missing
+        elif missing:
+            with self._lock:
+                places = [self.reader.chunk_ref(d) for d, _ in missing]
+            local: dict[bytes, bool] = {}
+            for (digest, size), (pack_id, record, ref) in zip(missing, places, strict=True):
+                if ref.size != size:
+                    raise IntegrityError(
+                        f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file"
+                    )
+                if local.setdefault(pack_id, self._local.has(record)):
+                    one_by_one.append((digest, size))
+                else:
+                    packs.setdefault(pack_id, (record, []))[1].append(ref)
+        for digest, size in one_by_one:
+            buf = bytearray(size)
+            self.read_into(digest, memoryview(buf))
+            got[digest] = memoryview(buf)
+        if packs:
+            got.update(self._packs_by_range(packs, pool))
+        return got
+
+    def _packs_by_range(
+        self, packs: dict[bytes, tuple[PackRecord, list[ChunkEntry]]], pool: Executor | None
+    ) -> dict[bytes, memoryview]:
+        assert self.peers is not None
+        peers = self.peers
+        plans = []
+        for pack_id, (record, refs) in packs.items():
+            refs = sorted(refs, key=lambda r: r.offset)
+            with self._lock:
+                hints = self.reader.placement(pack_id)
+            ranges, pieces = _plan_ranges(record, refs, self._segments)
+            calls = [(record, pack_id, shard, start, end - start, hints) for shard, start, end in ranges]
+            if pool is None or ranges is None:
+                futures = None
+            else:
+                futures = [pool.submit(peers.fetch_range, *call) for call in calls]
+            plans.append((pack_id, record, refs, calls, pieces, futures))
+        out: dict[bytes, memoryview] = {}
+        for pack_id, record, refs, calls, pieces, futures in plans:
+            answers = []
+            try:
+                if pieces is None:
+                    raise DstoreError("a chunk lies outside its pack")  # the pack path says what is wrong
+                for i, call in enumerate(calls):
+                    answers.append(futures[i].result() if futures is not None else peers.fetch_range(*call))
+            except DstoreError:
+                answers = []  # a holder is down or lacks it: the whole pack, from parity if need be
+            view = self._decode_ranges(refs, pieces, answers) if answers else None
+            if view is None:
+                view = self._whole_pack(pack_id, record, refs)
+            else:
+                self.stats["range"] += len(refs)
+            pos = 0
+            kept = []
+            for ref in refs:
+                out[ref.digest] = view[pos : pos + ref.size]
+                kept.append((ref.digest, out[ref.digest]))
+                pos += ref.size
+            if self.cache is not None:
+                self.cache.put_many(self.hash_name, kept)
+        return out
+
+    def _decode_ranges(
+        self, refs: list[ChunkEntry], pieces: list[list[tuple[int, int, int, int]]], answers: list[RangeRead]
+    ) -> memoryview | None:
+        """The chunks of ``refs`` decoded back to back from the range answers; None if one fails its check."""
+        stored = bytearray(sum(r.stored_len for r in refs))
+        offsets = []
+        at = 0
+        for ref, parts in zip(refs, pieces, strict=True):
+            offsets.append(at)
+            for index, within, n, into in parts:
+                data = answers[index].data
+                if len(data) < within + n:
+                    return self._bad_ranges([answers[i].peer_id for i, _, _, _ in parts])
+                stored[at + into : at + into + n] = memoryview(data)[within : within + n]
+            at += ref.stored_len
+        out = bytearray(sum(r.size for r in refs))
+        try:
+            _native.decode_chunks_into(
+                out,
+                [stored],
+                offsets,
+                [r.stored_len for r in refs],
+                [r.size for r in refs],
+                [r.codec for r in refs],
+                b"".join(r.digest for r in refs),
+                HASH_CODES[self.hash_name],
+            )
+        except _native.IntegrityError as e:
+            bad = pieces[e.args[0]] if e.args and isinstance(e.args[0], int) and e.args[0] < len(pieces) else []
+            return self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad] or [a.peer_id for a in answers])
+        except ValueError:
+            return self._bad_ranges([a.peer_id for a in answers])
+        return memoryview(out)
+
+    def _bad_ranges(self, peer_ids: list[str | None]) -> None:
+        assert self.peers is not None
+        self.stats["bad_range"] += 1
+        for peer_id in dict.fromkeys(peer_ids):
+            self.peers.report_bad_range(peer_id)
+        return None
+
+    def _whole_pack(self, pack_id: bytes, record: PackRecord, refs: list[ChunkEntry]) -> memoryview:
+        """The chunks of ``refs`` (sorted by offset) decoded back to back from the whole pack, verified."""
+        out = bytearray(sum(r.size for r in refs))
+        with self._lock:
+            view = self.reader.packs.read_run(pack_id, record, refs, out)
+        self.stats["pack"] += len(refs)
+        return view
+
 
 def _decode(stored: bytearray, ref: ChunkEntry, out: memoryview) -> bool:
     """Decode the stored chunk into ``out`` and check it against its ID; False if it fails."""
@@ -216,3 +360,43 @@ def _decode(stored: bytearray, ref: ChunkEntry, out: memoryview) -> bool:
         ) == len(out)
     except (_native.IntegrityError, ValueError):
         return False
+
+
+#: Stretches of one data shard closer than this are asked for in one range request (the bytes between
+#: are read and dropped): fewer round trips for the samples of a window that other workers take.
+RANGE_GAP_BYTES = 256 << 10
+#: One range request asks for at most this much.
+RANGE_MAX_BYTES = 4 << 20
+
+
+def _plan_ranges(
+    record: PackRecord,
+    refs: list[ChunkEntry],
+    segments: Callable[[PackRecord, ChunkEntry], list[tuple[int, int, int, int]]],
+) -> tuple[list[tuple[int, int, int]], list[list[tuple[int, int, int, int]]] | None]:
+    """Range requests ``(shard, start, end)`` covering the chunks of ``refs`` (sorted by offset), and for
+    each chunk its pieces ``(request index, offset in the answer, length, offset in the stored chunk)``;
+    ``None`` pieces if a chunk lies outside the pack."""
+    ranges: list[list[int]] = []
+    last: dict[int, int] = {}  # shard -> index of its latest range
+    pieces: list[list[tuple[int, int, int, int]]] = []
+    for ref in refs:
+        segs = segments(record, ref)
+        if not segs:
+            return [], None
+        mine = []
+        for shard, within, n, at in segs:
+            i = last.get(shard)
+            if i is not None:
+                r = ranges[i]
+                if within - r[2] <= RANGE_GAP_BYTES and max(r[2], within + n) - r[1] <= RANGE_MAX_BYTES:
+                    r[2] = max(r[2], within + n)
+                else:
+                    i = None
+            if i is None:
+                i = len(ranges)
+                ranges.append([shard, within, within + n])
+                last[shard] = i
+            mine.append((i, within - ranges[i][1], n, at))
+        pieces.append(mine)
+    return [(s, a, b) for s, a, b in ranges], pieces
