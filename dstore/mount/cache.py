@@ -24,12 +24,11 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from dstore import _native
-from dstore.format.cid import HASH_CODES
+import blake3
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "cache_from_env", "default_cache_dir"]
 
@@ -86,10 +85,17 @@ def cache_from_env(cache: str | os.PathLike[str] | bool | ChunkCache | None = No
     return ChunkCache(root, cap)
 
 
-def _digest(data: memoryview | bytes, hash_name: str) -> bytes:
+def _hasher(hash_name: str) -> Callable[[bytes | memoryview], bytes]:
+    """The digest function of a chunk hash. The blake3 package, not ``_native.blake3``: for a chunk
+    (16-256 KiB) handing the work to the native thread pool costs more than the hash itself."""
     if hash_name == "blake3":
-        return _native.blake3(data)
-    return hashlib.new(hash_name.replace("sha2-", "sha"), data).digest()
+        return lambda data: blake3.blake3(data).digest()
+    name = hash_name.replace("sha2-", "sha")
+    return lambda data: hashlib.new(name, data).digest()
+
+
+def _digest(data: memoryview | bytes, hash_name: str) -> bytes:
+    return _hasher(hash_name)(data)
 
 
 class ChunkCache:
@@ -99,7 +105,7 @@ class ChunkCache:
         self.root = Path(root) / LAYOUT
         self.cap_bytes = cap_bytes
         self._ready = False
-        self._folders: set[Path] = set()  # fan-out folders known to exist
+        self._folders: set[str] = set()  # fan-out folders known to exist
         self.hits = 0
         self.misses = 0
         self.dropped = 0  # entries that failed their check
@@ -149,19 +155,17 @@ class ChunkCache:
         buf = bytearray(size)
         return bytes(buf) if self.get_into(hash_name, digest, memoryview(buf)) else None
 
-    def get_many(self, hash_name: str, wants: Sequence[tuple[bytes, int]]) -> dict[bytes, memoryview]:
-        """The cached chunks among ``wants`` (digest, size), checked, by digest; misses are left out.
+    def get_many(self, hash_name: str, wants: Sequence[tuple[bytes, int]]) -> dict[bytes, bytes]:
+        """The cached chunks among ``wants`` (digest, size), each checked against its ID; misses are left out.
 
-        One read per entry into one buffer, then one native call checks them all against their IDs (a
-        data loader's next samples: no per-chunk hashing call). An entry that fails is dropped, as by
-        :meth:`get_into`. The caller bounds the sizes (they come from verified metadata).
+        What a data loader's next samples need, with as little Python per entry as can be: one read
+        into a ``bytes`` of its own (a one-chunk sample is then handed on without a copy) and one hash.
+        An entry that fails its check is dropped, as by :meth:`get_into`.
         """
-        stored = bytearray(sum(size for _, size in wants))
-        view = memoryview(stored)
-        found: list[tuple[bytes, int, int, str]] = []  # digest, offset in stored, size, path
+        out: dict[bytes, bytes] = {}
         now = time.time()
-        at = 0
         root = f"{self.root}/{hash_name}/"
+        digest_of = _hasher(hash_name)
         for digest, size in wants:
             text = digest.hex()
             path = f"{root}{text[:2]}/{text}"
@@ -171,18 +175,12 @@ class ChunkCache:
                 continue
             try:
                 st = os.fstat(fd)
-                got = 0
-                if st.st_size == size:
-                    while got < size:
-                        n = os.readv(fd, [view[at + got : at + size]])
-                        if n <= 0:
-                            break
-                        got += n
+                data = os.read(fd, size) if st.st_size == size else b""
             except OSError:
-                got = -1
+                data = b""
             finally:
                 os.close(fd)
-            if got != size:
+            if len(data) != size or digest_of(data) != digest:
                 self._drop_damaged(Path(path))
                 continue
             if now - st.st_mtime > TOUCH_INTERVAL_S:
@@ -190,31 +188,7 @@ class ChunkCache:
                     os.utime(path)
                 except OSError:
                     pass
-            found.append((digest, at, size, path))
-            at += size
-        out: dict[bytes, memoryview] = {}
-        while found:
-            checked = bytearray(sum(f[2] for f in found))
-            try:
-                _native.decode_chunks_into(
-                    checked,
-                    [view[:at]],
-                    [f[1] for f in found],
-                    [f[2] for f in found],
-                    [f[2] for f in found],
-                    [0] * len(found),
-                    b"".join(f[0] for f in found),
-                    HASH_CODES[hash_name],
-                )
-            except _native.IntegrityError as e:
-                self._drop_damaged(Path(found.pop(e.args[0])[3]))
-                continue
-            pos = 0
-            result = memoryview(checked)
-            for digest, _, size, _ in found:
-                out[digest] = result[pos : pos + size]
-                pos += size
-            break
+            out[digest] = data
         self.hits += len(out)
         self.misses += len(wants) - len(out)
         return out
@@ -225,63 +199,6 @@ class ChunkCache:
             self._drop(path)
 
     # -- writes ---------------------------------------------------------------
-    def put_many(self, hash_name: str, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
-        """Cache chunks the caller has verified, taking the lock once per ``PUT_BATCH_BYTES``.
-
-        Each entry is written and renamed into place under the lock, so as with :meth:`put` at most one
-        temporary file per process exists beyond the cap. Any failure just leaves entries uncached.
-        """
-        batch: list[tuple[Path, bytes | memoryview]] = []
-        batch_bytes = 0
-        for digest, data in items:
-            if len(data) > self.cap_bytes:
-                continue
-            path = self.path(hash_name, digest)
-            batch.append((path, data))
-            batch_bytes += len(data)
-            if batch_bytes >= PUT_BATCH_BYTES:
-                self._put_batch(batch)
-                batch, batch_bytes = [], 0
-        if batch:
-            self._put_batch(batch)
-
-    def _put_batch(self, batch: list[tuple[Path, bytes | memoryview]]) -> None:
-        try:
-            if not self._ready:
-                self.root.mkdir(parents=True, exist_ok=True)
-                self._ready = True
-            todo = []
-            for path, data in batch:
-                if path.parent not in self._folders:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    self._folders.add(path.parent)
-                if not path.exists():
-                    todo.append((path, data))
-            if not todo:
-                return
-            size = sum(len(d) for _, d in todo)
-            with self._locked() as lock_fd:
-                total = self._read_total(lock_fd)
-                if total is None or total + size > self.cap_bytes:
-                    total = self._evict(int(self.cap_bytes * LOW_WATER) - size)
-                for path, data in todo:
-                    tmp = path.with_name(f".tmp-{os.getpid()}-{time.monotonic_ns()}")
-                    try:
-                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-                        try:
-                            view = memoryview(data)
-                            while view:
-                                view = view[os.write(fd, view) :]
-                        finally:
-                            os.close(fd)
-                        os.rename(tmp, path)
-                    except OSError:
-                        _unlink(tmp)
-                        break  # a full disk: count what was cached, leave the rest
-                    total += len(data)
-                self._write_total(lock_fd, total)
-        except OSError:
-            pass  # full disk, read-only folder, …: the read goes on without the cache
 
     def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
         """Cache a chunk the caller has verified; any failure just leaves it uncached."""
@@ -312,6 +229,67 @@ class ChunkCache:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+    def put_many(self, hash_name: str, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
+        """Cache chunks the caller has verified, taking the lock once per ``PUT_BATCH_BYTES``.
+
+        Each entry is written and renamed into place under the lock, so as with :meth:`put` at most one
+        temporary file per process exists beyond the cap. Any failure just leaves entries uncached.
+        """
+        batch: list[tuple[str, bytes | memoryview]] = []
+        batch_bytes = 0
+        root = f"{self.root}/{hash_name}/"
+        for digest, data in items:
+            if len(data) > self.cap_bytes:
+                continue
+            text = digest.hex()
+            batch.append((f"{root}{text[:2]}/{text}", data))
+            batch_bytes += len(data)
+            if batch_bytes >= PUT_BATCH_BYTES:
+                self._put_batch(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            self._put_batch(batch)
+
+    def _put_batch(self, batch: list[tuple[str, bytes | memoryview]]) -> None:
+        try:
+            if not self._ready:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._ready = True
+            todo = []
+            for path, data in batch:
+                folder = path[: path.rindex("/")]
+                if folder not in self._folders:
+                    os.makedirs(folder, exist_ok=True)
+                    self._folders.add(folder)
+                if not os.path.exists(path):
+                    todo.append((path, data))
+            if not todo:
+                return
+            size = sum(len(d) for _, d in todo)
+            tmp_name = f"/.tmp-{os.getpid()}-{time.monotonic_ns()}"
+            with self._locked() as lock_fd:
+                total = self._read_total(lock_fd)
+                if total is None or total + size > self.cap_bytes:
+                    total = self._evict(int(self.cap_bytes * LOW_WATER) - size)
+                for path, data in todo:
+                    tmp = path[: path.rindex("/")] + tmp_name
+                    try:
+                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                        try:
+                            view = memoryview(data)
+                            while view:
+                                view = view[os.write(fd, view) :]
+                        finally:
+                            os.close(fd)
+                        os.rename(tmp, path)
+                    except OSError:
+                        _unlink(Path(tmp))
+                        break  # a full disk: count what was cached, leave the rest
+                    total += len(data)
+                self._write_total(lock_fd, total)
+        except OSError:
+            pass  # full disk, read-only folder, …: the read goes on without the cache
 
     def _drop(self, path: Path) -> None:
         try:

@@ -215,7 +215,9 @@ class ChunkSource:
 
     # -- many chunks at once (a prefetcher's next samples) ------------------------
 
-    def read_chunks(self, wants: Sequence[tuple[bytes, int]], pool: Executor | None = None) -> dict[bytes, memoryview]:
+    def read_chunks(
+        self, wants: Sequence[tuple[bytes, int]], pool: Executor | None = None
+    ) -> dict[bytes, bytes | memoryview]:
         """Verified bytes of many chunks, by digest: what the next samples of a data loader need.
 
         The disk cache is asked for all of them in one batch (:meth:`ChunkCache.get_many`). The rest are
@@ -230,9 +232,9 @@ class ChunkSource:
         """
         self.check_process()
         need = dict(wants)
-        got: dict[bytes, memoryview] = {}
+        got: dict[bytes, bytes | memoryview] = {}
         if self.cache is not None and need:
-            got = self.cache.get_many(self.hash_name, list(need.items()))
+            got.update(self.cache.get_many(self.hash_name, list(need.items())))
             self.stats["cache"] += len(got)
         missing = [(d, s) for d, s in need.items() if d not in got]
         one_by_one: list[tuple[bytes, int]] = []
@@ -272,7 +274,9 @@ class ChunkSource:
                 hints = self.reader.placement(pack_id)
             ranges, pieces = _plan_ranges(record, refs, self._segments)
             calls = [(record, pack_id, shard, start, end - start, hints) for shard, start, end in ranges]
-            if pool is None or ranges is None:
+            self.stats["range_requests"] = self.stats.get("range_requests", 0) + len(calls)
+            self.stats["range_bytes"] = self.stats.get("range_bytes", 0) + sum(c[4] for c in calls)
+            if pool is None or pieces is None:
                 futures = None
             else:
                 futures = [pool.submit(peers.fetch_range, *call) for call in calls]
@@ -287,7 +291,7 @@ class ChunkSource:
                     answers.append(futures[i].result() if futures is not None else peers.fetch_range(*call))
             except DstoreError:
                 answers = []  # a holder is down or lacks it: the whole pack, from parity if need be
-            view = self._decode_ranges(refs, pieces, answers) if answers else None
+            view = self._decode_ranges(refs, pieces, answers) if answers and pieces is not None else None
             if view is None:
                 view = self._whole_pack(pack_id, record, refs)
             else:
@@ -314,7 +318,8 @@ class ChunkSource:
             for index, within, n, into in parts:
                 data = answers[index].data
                 if len(data) < within + n:
-                    return self._bad_ranges([answers[i].peer_id for i, _, _, _ in parts])
+                    self._bad_ranges([answers[i].peer_id for i, _, _, _ in parts])
+                    return None
                 stored[at + into : at + into + n] = memoryview(data)[within : within + n]
             at += ref.stored_len
         out = bytearray(sum(r.size for r in refs))
@@ -331,9 +336,11 @@ class ChunkSource:
             )
         except _native.IntegrityError as e:
             bad = pieces[e.args[0]] if e.args and isinstance(e.args[0], int) and e.args[0] < len(pieces) else []
-            return self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad] or [a.peer_id for a in answers])
+            self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad] or [a.peer_id for a in answers])
+            return None
         except ValueError:
-            return self._bad_ranges([a.peer_id for a in answers])
+            self._bad_ranges([a.peer_id for a in answers])
+            return None
         return memoryview(out)
 
     def _bad_ranges(self, peer_ids: list[str | None]) -> None:

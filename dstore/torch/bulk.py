@@ -90,11 +90,15 @@ class SampleReader:
             for chunk, _, _ in plan:
                 wants[chunks.digest(chunk)] = chunks.sizes[chunk]
         got = self.ds.chunks.read_chunks(list(wants.items()), self._pool)
-        out = []
+        out: list[bytes] = []
         for plan in plans:
             if len(plan) == 1:
                 chunk, a, n = plan[0]
-                out.append(bytes(got[chunks.digest(chunk)][a : a + n]))
+                data = got[chunks.digest(chunk)]
+                whole = a == 0 and n == len(data)
+                out.append(
+                    data if whole and isinstance(data, bytes) else bytes(data[a : a + n])
+                )  # no copy of a cached one
             else:
                 out.append(b"".join(got[chunks.digest(chunk)][a : a + n] for chunk, a, n in plan))
         return out
