@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dstore import _native
 from dstore.errors import DstoreError, IntegrityError
@@ -216,7 +216,7 @@ class ChunkSource:
     # -- many chunks at once (a prefetcher's next samples) ------------------------
 
     def read_chunks(
-        self, wants: Sequence[tuple[bytes, int]], pool: Executor | None = None
+        self, wants: Sequence[tuple[bytes, int]], pool: Executor | None = None, keep: Container[bytes] | None = None
     ) -> dict[bytes, bytes | memoryview]:
         """Verified bytes of many chunks, by digest: what the next samples of a data loader need.
 
@@ -229,6 +229,9 @@ class ChunkSource:
         path (hedged, rebuilt from parity). Chunks in packs of the local store, and everything of a
         dataset read from gateways, go one by one through :meth:`read_into`. The caller bounds the
         bytes asked for at once: about that much (plus merged gaps) is in flight.
+
+        ``keep``: return only these (the others are read for the cache, for other readers); they are
+        then copies of their own, so the rest of their pack's bytes is freed at once.
         """
         self.check_process()
         need = dict(wants)
@@ -259,15 +262,18 @@ class ChunkSource:
             self.read_into(digest, memoryview(buf))
             got[digest] = memoryview(buf)
         if packs:
-            got.update(self._packs_by_range(packs, pool))
-        return got
+            got.update(self._packs_by_range(packs, pool, keep))
+        return got if keep is None else {d: v for d, v in got.items() if d in keep}
 
     def _packs_by_range(
-        self, packs: dict[bytes, tuple[PackRecord, list[ChunkEntry]]], pool: Executor | None
-    ) -> dict[bytes, memoryview]:
+        self,
+        packs: dict[bytes, tuple[PackRecord, list[ChunkEntry]]],
+        pool: Executor | None,
+        keep: Container[bytes] | None,
+    ) -> dict[bytes, bytes | memoryview]:
         assert self.peers is not None
         peers = self.peers
-        plans = []
+        plans: list[Any] = []
         for pack_id, (record, refs) in packs.items():
             refs = sorted(refs, key=lambda r: r.offset)
             with self._lock:
@@ -281,8 +287,10 @@ class ChunkSource:
             else:
                 futures = [pool.submit(peers.fetch_range, *call) for call in calls]
             plans.append((pack_id, record, refs, calls, pieces, futures))
-        out: dict[bytes, memoryview] = {}
-        for pack_id, record, refs, calls, pieces, futures in plans:
+        out: dict[bytes, bytes | memoryview] = {}
+        for index, plan in enumerate(plans):
+            pack_id, record, refs, calls, pieces, futures = plan
+            plans[index] = plan = None  # its range answers are freed once decoded
             answers = []
             try:
                 if pieces is None:
@@ -297,13 +305,18 @@ class ChunkSource:
             else:
                 self.stats["range"] += len(refs)
             pos = 0
-            kept = []
+            chunks = []
             for ref in refs:
-                out[ref.digest] = view[pos : pos + ref.size]
-                kept.append((ref.digest, out[ref.digest]))
+                chunks.append((ref.digest, view[pos : pos + ref.size]))
                 pos += ref.size
             if self.cache is not None:
-                self.cache.put_many(self.hash_name, kept)
+                self.cache.put_many(self.hash_name, chunks)
+            for digest, data in chunks:
+                if keep is None:
+                    out[digest] = data
+                elif digest in keep:
+                    out[digest] = bytes(data)
+            del answers, futures, view, chunks
         return out
 
     def _decode_ranges(

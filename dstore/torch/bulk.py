@@ -13,6 +13,8 @@ the files are read once, from metadata, when the stream is made
 from __future__ import annotations
 
 import bisect
+import os
+import time
 from array import array
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +23,16 @@ from dstore.format.cid import CID
 from dstore.format.unixfs import Node
 from dstore.mount.dataset import Dataset
 
-__all__ = ["DIGEST_BYTES", "RANGE_THREADS", "FileChunks", "SampleReader"]
+__all__ = ["DIGEST_BYTES", "RANGE_THREADS", "SHARE_STALL_S", "FileChunks", "SampleReader", "window_bounds"]
 
 #: Bytes of a chunk ID's digest (BLAKE3 and SHA2-256 alike).
 DIGEST_BYTES = 32
 #: Threads of an iterating process asking peers for ranges at once.
 RANGE_THREADS = 8
+#: A worker waiting for another to cache a window's chunks polls the cache this often at first.
+SHARE_POLL_S = 0.002
+#: ... and reads the chunks itself once this long passes with none arriving.
+SHARE_STALL_S = 2.0
 
 
 class FileChunks:
@@ -81,24 +87,72 @@ class SampleReader:
         self.chunks = chunks
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dstore-ranges") if threads > 1 else None
 
-    def read(self, spans: Sequence[tuple[int, int, int]]) -> list[bytes]:
-        """The bytes of every span, in order, each verified chunk by chunk."""
+    def read(self, spans: Sequence[tuple[int, int, int]], extra: Sequence[tuple[int, int, int]] = ()) -> list[bytes]:
+        """The bytes of every span, in order, each verified chunk by chunk.
+
+        ``extra`` spans are read along (one range request covers their neighbours too) and cached for
+        the other workers of this loader, but not returned.
+        """
+        plans = [self.chunks.pieces(*span) for span in spans]
+        if not extra:
+            return self._assemble(plans, self.ds.chunks.read_chunks(list(self._wants(plans).items()), self._pool))
+        mine = self._wants(plans)
+        wants = self._wants([self.chunks.pieces(*span) for span in extra]) | mine
+        return self._assemble(plans, self.ds.chunks.read_chunks(list(wants.items()), self._pool, keep=mine))
+
+    def read_when_cached(self, spans: Sequence[tuple[int, int, int]], stall_s: float = SHARE_STALL_S) -> list[bytes]:
+        """:meth:`read` once another worker that is reading these spans has put them in the disk cache.
+
+        Polls the cache while entries keep arriving; after ``stall_s`` without one, reads the rest itself.
+        """
+        cache = self.ds.chunks.cache
+        plans = [self.chunks.pieces(*span) for span in spans]
+        wants = self._wants(plans)
+        found: dict[bytes, bytes | memoryview] = {}
+        if cache is not None:
+            hash_name = self.ds.chunks.hash_name
+            progress = t_wait = time.monotonic()
+            delay = SHARE_POLL_S
+            missing = list(wants.items())
+            while missing:
+                # One stat of a chunk still missing per poll; all of them read once it is there.
+                if os.path.exists(cache.path(hash_name, missing[0][0])):
+                    got = cache.get_many(hash_name, missing)
+                    found.update(got)
+                    missing = [(d, n) for d, n in missing if d not in got]
+                    if got:
+                        progress, delay = time.monotonic(), SHARE_POLL_S
+                        continue
+                if time.monotonic() - progress > stall_s:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 16 * SHARE_POLL_S)
+            self.ds.chunks.stats["cache"] += len(found)
+            st = self.ds.chunks.stats
+            st["share_wait_ms"] = st.get("share_wait_ms", 0) + int((time.monotonic() - t_wait) * 1000)
+            st["share_fallback"] = st.get("share_fallback", 0) + (len(wants) - len(found))
+        rest = [(d, n) for d, n in wants.items() if d not in found]
+        if rest:
+            found.update(self.ds.chunks.read_chunks(rest, self._pool))
+        return self._assemble(plans, found)
+
+    def _wants(self, plans: list[list[tuple[int, int, int]]]) -> dict[bytes, int]:
         chunks = self.chunks
-        plans = [chunks.pieces(file, start, end) for file, start, end in spans]
-        wants = {}
+        wants: dict[bytes, int] = {}
         for plan in plans:
             for chunk, _, _ in plan:
                 wants[chunks.digest(chunk)] = chunks.sizes[chunk]
-        got = self.ds.chunks.read_chunks(list(wants.items()), self._pool)
+        return wants
+
+    def _assemble(self, plans: list[list[tuple[int, int, int]]], got: dict[bytes, bytes | memoryview]) -> list[bytes]:
+        chunks = self.chunks
         out: list[bytes] = []
         for plan in plans:
             if len(plan) == 1:
                 chunk, a, n = plan[0]
                 data = got[chunks.digest(chunk)]
-                whole = a == 0 and n == len(data)
-                out.append(
-                    data if whole and isinstance(data, bytes) else bytes(data[a : a + n])
-                )  # no copy of a cached one
+                whole = a == 0 and n == len(data) and isinstance(data, bytes)  # a cached chunk: no copy
+                out.append(data if whole and isinstance(data, bytes) else bytes(data[a : a + n]))
             else:
                 out.append(b"".join(got[chunks.digest(chunk)][a : a + n] for chunk, a, n in plan))
         return out
@@ -106,3 +160,14 @@ class SampleReader:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def window_bounds(window: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Window ID -> the positions ``[a, b)`` it covers in a rank's sequence (a window's positions are contiguous)."""
+    bounds: dict[int, tuple[int, int]] = {}
+    start = 0
+    for pos in range(1, len(window) + 1):
+        if pos == len(window) or window[pos] != window[start]:
+            bounds[window[start]] = (start, pos)
+            start = pos
+    return bounds

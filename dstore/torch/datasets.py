@@ -24,7 +24,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 import dstore
 from dstore.mount.dataset import Dataset
-from dstore.torch.bulk import FileChunks, SampleReader
+from dstore.torch.bulk import FileChunks, SampleReader, window_bounds
 from dstore.torch.files import match_nodes
 from dstore.torch.order import Order, shuffle_mode, worker_positions
 from dstore.torch.prefetch import (
@@ -344,32 +344,62 @@ class SampleStream(IterableDataset[Any]):
         if self._chunks is None:
             yield from self._one_by_one(ds, sequence, positions)
         else:
-            yield from self._in_groups(ds, self._chunks, sequence, window, positions)
+            yield from self._in_groups(ds, self._chunks, sequence, window, positions, worker, workers)
         if workers == 1:
             self._position, self._done = order.length, True
 
     def _in_groups(
-        self, ds: Dataset, chunks: FileChunks, sequence: array[int], window: array[int], positions: Iterator[int]
+        self,
+        ds: Dataset,
+        chunks: FileChunks,
+        sequence: array[int],
+        window: array[int],
+        positions: Iterator[int],
+        worker: int,
+        workers: int,
     ) -> Iterator[Any]:
         """Samples read a group at a time: this worker's samples of one shuffle window (or a run of them
-        when there are no windows), bounded by half the prefetch bounds; groups read ahead on threads."""
+        when there are no windows), bounded by half the prefetch bounds; groups read ahead on threads.
+
+        With several workers and a disk cache, a window's samples are fetched by one worker, the one
+        that yields its first sample: it reads the whole window (one range request per data shard
+        stretch, not one per worker) into the cache, and the others take their samples of it from there.
+        """
         max_samples, max_bytes = max(1, self.prefetch_samples), max(1, self.prefetch_bytes)
+        group_samples, group_bytes = max(1, max_samples // 2), max(1, max_bytes // 2)
+        start, batch = self._position, self.batch_size
+        share = workers > 1 and bool(window) and ds.chunks.cache is not None
+        bounds = window_bounds(window) if share else {}
 
         def span(pos: int) -> tuple[int, int, int, int]:
             return (pos, *self._file_span(sequence[pos]))
+
+        def read(group: list[tuple[int, int, int, int]]) -> list[bytes]:
+            spans = [s[1:] for s in group]
+            if not share:
+                return reader.read(spans)
+            a, b = bounds[window[group[0][0]]]
+            first = max(a, start)
+            whole = [self._file_span(sequence[p]) for p in range(first, b)]
+            if b - first > max_samples or sum(e - s for _, s, e in whole) > max_bytes:
+                return reader.read(spans)  # a window past the prefetch bounds: each worker reads its own
+            if ((first - start) // batch) % workers == worker:  # this worker fetches the window for all
+                mine = {s[0] for s in group}
+                return reader.read(spans, [whole[p - first] for p in range(first, b) if p not in mine])
+            return reader.read_when_cached(spans)
 
         groups = grouped(
             (span(pos) for pos in positions),
             (lambda s: window[s[0]]) if window else (lambda s: None),
             lambda s: s[3] - s[2],
-            max_items=max(1, max_samples // 2),
-            max_bytes=max(1, max_bytes // 2),
+            max_items=group_samples,
+            max_bytes=group_bytes,
         )
         reader = SampleReader(ds, chunks)
         try:
             for group, datas in prefetched(
                 groups,
-                lambda g: reader.read([s[1:] for s in g]),
+                read,
                 lambda g: sum(s[3] - s[2] for s in g),
                 max_samples=max_samples,
                 max_bytes=max_bytes,

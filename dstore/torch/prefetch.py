@@ -20,11 +20,11 @@ __all__ = ["GROUP_THREADS", "PREFETCH_BYTES", "PREFETCH_SAMPLES", "PREFETCH_THRE
 #: Samples read ahead per iterating process, at most.
 PREFETCH_SAMPLES = 1024
 #: Bytes of those samples (as the metadata declares them), at most; one read is always allowed.
-PREFETCH_BYTES = 32 << 20
+PREFETCH_BYTES = 24 << 20
 #: Threads doing reads of one sample each (datasets read from gateways).
 PREFETCH_THREADS = 8
 #: Threads reading groups of samples (each group's range requests run on threads of their own).
-GROUP_THREADS = 2
+GROUP_THREADS = 4
 
 T = TypeVar("T")
 R = TypeVar("R")
