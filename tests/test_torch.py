@@ -291,6 +291,128 @@ def test_consumed_count_with_a_plain_dataloader(make):
     assert taken + paths_of(rest) == paths_of(make(SampleStream, "train", seed=1))
 
 
+# -- block shuffle and bulk reads ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 300),
+    st.integers(1, 20),
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.booleans(),
+    st.integers(0, 50),
+)
+def test_block_shuffle_sees_every_sample_once_and_reads_windows_of_neighbours(n, block, window, world, drop_last, seed):
+    from dstore.torch.order import Order
+
+    def order(rank, epoch=1):
+        return Order(n, seed, epoch, "block", rank, world, drop_last, block, window)
+
+    runs = [order(r).sequence_and_windows() for r in range(world)]
+    seqs = [s.tolist() for s, _ in runs]
+    assert all(len(s) == order(0).length for s in seqs)
+    seen = [i for s in seqs for i in s]
+    if drop_last:
+        assert len(set(seen)) == len(seen) == (n // world) * world
+    else:
+        assert set(seen) == set(range(n)) and len(seen) == -(-n // world) * world
+        assert seen[n:] == seen[: len(seen) - n]  # the padding repeats the epoch's first samples
+    assert [s.tolist() for s, _ in (order(r).sequence_and_windows() for r in range(world))] == seqs  # determinism
+    for seq, (_, windows) in zip(seqs, runs, strict=True):
+        ws = windows.tolist()
+        bounds: dict[int, list[int]] = {}
+        for pos, w in enumerate(ws):
+            bounds.setdefault(w, []).append(pos)
+        for w, where in bounds.items():
+            assert where == list(range(where[0], where[-1] + 1))  # a window is a run of positions
+            assert len({seq[p] // block for p in where}) <= window  # of at most `window` blocks of neighbours
+
+
+def test_block_shuffle_is_shuffled_and_changes_with_the_epoch():
+    from dstore.torch.order import Order
+
+    def seq(epoch, seed=0):
+        return Order(2000, seed, epoch, "block", 0, 1, False, 10, 8).sequence().tolist()
+
+    first = seq(0)
+    assert sorted(first) == list(range(2000)) and first != sorted(first)
+    assert seq(0) == first and seq(1) != first and seq(0, seed=1) != first
+    blocks = [i // 10 for i in first]
+    assert blocks[:80] != sorted(blocks[:80])  # samples of the window's blocks interleave
+    assert len(set(blocks[:80])) == 8  # a window: 8 blocks, from all over the dataset
+    assert max(blocks[:80]) - min(blocks[:80]) > 20
+    leaps = sum(abs(a - b) > 10 for a, b in zip(first, first[1:], strict=False))
+    assert leaps > 1000  # most neighbours in the epoch are not neighbours in the dataset
+
+
+def test_block_windows_across_two_workers_keep_the_order_and_fetch_each_window_once(make):
+    """Windows of 6 samples over 2 workers (batches of 2): the worker that yields a window's first sample
+    reads it whole into the cache, the other takes its samples from there; the order is the in-process one."""
+    stream = make(SampleStream, "train", seed=4, shuffle_block=3, shuffle_window=2)
+    alone = paths_of(stream)
+    assert alone != sorted(TRAIN) and sorted(alone) == sorted(TRAIN)
+    loader = stream.loader(batch_size=2, num_workers=2, collate_fn=collate_files)
+    assert epoch_paths(loader) == alone
+
+
+def test_a_stream_reads_neighbouring_samples_with_few_range_requests(make):
+    stream = make(SampleStream, "train", seed=6, cache=False)  # one window: the whole folder
+    assert sorted(paths_of(stream)) == sorted(TRAIN)
+    stats = stream._opened.ds.chunks.stats
+    assert stats["range"] >= len(TRAIN) and stats["pack"] == 0
+    assert stats["range_requests"] <= 8  # 4 data shards a pack: one request per stretch, not one per chunk
+    uniform = make(SampleStream, "train", seed=6, cache=False, shuffle="uniform", prefetch_samples=1)
+    assert sorted(paths_of(uniform)) == sorted(TRAIN)
+    assert uniform._opened.ds.chunks.stats["range_requests"] >= len(TRAIN)  # one sample at a time
+
+
+def test_the_shuffle_mode_is_named_and_checked(make):
+    assert make(SampleStream, "train").state_dict()["shuffle"] == "block"
+    assert make(SampleStream, "train", shuffle=False).state_dict()["shuffle"] == "none"
+    with pytest.raises(ValueError, match="shuffle"):
+        make(SampleStream, "train", shuffle="sideways")
+    uniform = make(SampleStream, "train", seed=2, shuffle="uniform")
+    old = {**uniform.state_dict(), "version": 1, "shuffle": True, "position": 3}
+    del old["shuffle_block"], old["shuffle_window"]
+    uniform.load_state_dict(old)  # a state saved before block shuffle: shuffle=True meant uniform
+    assert paths_of(uniform) == paths_of(make(SampleStream, "train", seed=2, shuffle="uniform"))[3:]
+    block = make(SampleStream, "train", seed=2)
+    with pytest.raises(ValueError, match="shuffle"):
+        block.load_state_dict(old)
+    with pytest.raises(ValueError, match="shuffle_window"):
+        block.load_state_dict({**block.state_dict(), "shuffle_window": 3})
+
+
+def test_corrupt_range_bytes_are_caught_and_read_from_the_whole_pack(make, six, cid):
+    """One peer's data shards are damaged on its disk: the ranges it serves fail their chunk check, the
+    peer is scored down, and those packs are read whole (shards checked against their CIDs, rebuilt)."""
+    peers, _ = six
+    victim = peers[0]
+    with dstore.open(cid, peers=[p.url for p in peers], cache=False) as ds:
+        texts = []
+        for path in TRAIN:
+            for digest, _ in ds.reader.leaves(*ds.reader.resolve(path)):
+                _, record, _ = ds.reader.chunk_ref(digest)
+                texts += [c.encode("base32") for c in record.shards[: record.k]]
+    damaged = {}
+    for text in set(texts):
+        f = victim.home / "shards" / text[-2:] / text
+        if f.exists():
+            damaged[f] = f.read_bytes()
+            f.write_bytes(bytes(b ^ 0x5A for b in damaged[f]))
+    assert damaged, "the victim holds no data shard of the folder"
+    try:
+        stream = make(SampleStream, "train", seed=9, cache=False)
+        got = dict(stream)
+        assert got == TRAIN
+        stats = stream._opened.ds.chunks.stats
+        assert stats["bad_range"] >= 1 and stats["pack"] >= 1
+    finally:
+        for f, data in damaged.items():
+            f.write_bytes(data)
+
+
 # -- resuming in a new process -------------------------------------------------------------------------
 
 RESUME = """

@@ -231,21 +231,25 @@ class ChunkCache:
                 pass
 
     def put_many(self, hash_name: str, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
-        """Cache chunks the caller has verified, taking the lock once per ``PUT_BATCH_BYTES``.
+        """Cache chunks the caller has verified, taking the lock once per ``PUT_BATCH_BYTES`` (or an eighth of the cap).
 
         Each entry is written and renamed into place under the lock, so as with :meth:`put` at most one
         temporary file per process exists beyond the cap. Any failure just leaves entries uncached.
         """
         batch: list[tuple[str, bytes | memoryview]] = []
         batch_bytes = 0
+        limit = max(1, min(PUT_BATCH_BYTES, self.cap_bytes // 8))  # a batch fits the room eviction makes
         root = f"{self.root}/{hash_name}/"
         for digest, data in items:
             if len(data) > self.cap_bytes:
                 continue
             text = digest.hex()
+            if batch and batch_bytes + len(data) > limit:
+                self._put_batch(batch)
+                batch, batch_bytes = [], 0
             batch.append((f"{root}{text[:2]}/{text}", data))
             batch_bytes += len(data)
-            if batch_bytes >= PUT_BATCH_BYTES:
+            if batch_bytes >= limit:
                 self._put_batch(batch)
                 batch, batch_bytes = [], 0
         if batch:
