@@ -44,9 +44,9 @@ STATE_VERSION = 2
 #: Threads indexing tar shards (headers only) when a tar-mode stream is made.
 INDEX_THREADS = 8
 #: Block shuffle: a block is about this many bytes of consecutive samples (by the dataset's mean sample size).
-SHUFFLE_BLOCK_BYTES = 1 << 20
+SHUFFLE_BLOCK_BYTES = 2 << 20
 #: Block shuffle: the samples of this many consecutive blocks of the shuffled block order are shuffled together.
-SHUFFLE_WINDOW = 16
+SHUFFLE_WINDOW = 8
 
 
 def _chunk_lists(ds: Dataset, nodes: list[Any]) -> FileChunks | None:
@@ -359,14 +359,14 @@ class SampleStream(IterableDataset[Any]):
         workers: int,
     ) -> Iterator[Any]:
         """Samples read a group at a time: this worker's samples of one shuffle window (or a run of them
-        when there are no windows), bounded by half the prefetch bounds; groups read ahead on threads.
+        when there are no windows), within the prefetch bounds; groups read ahead on threads.
 
         With several workers and a disk cache, a window's samples are fetched by one worker, the one
         that yields its first sample: it reads the whole window (one range request per data shard
         stretch, not one per worker) into the cache, and the others take their samples of it from there.
         """
         max_samples, max_bytes = max(1, self.prefetch_samples), max(1, self.prefetch_bytes)
-        group_samples, group_bytes = max(1, max_samples // 2), max(1, max_bytes // 2)
+        group_samples, group_bytes = max_samples, max_bytes  # a whole window is one group
         start, batch = self._position, self.batch_size
         share = workers > 1 and bool(window) and ds.chunks.cache is not None
         bounds = window_bounds(window) if share else {}
