@@ -356,6 +356,14 @@ def test_block_windows_across_two_workers_keep_the_order_and_fetch_each_window_o
     assert epoch_paths(loader) == alone
 
 
+def test_workers_with_an_unusable_cache_read_their_own_samples(make, tmp_path):
+    """No cache to share windows through (a file where its folder should be): each worker reads its own."""
+    (tmp_path / "not-a-folder").write_bytes(b"x")
+    stream = make(SampleStream, "train", seed=4, shuffle_block=3, shuffle_window=2, cache=tmp_path / "not-a-folder")
+    alone = paths_of(stream)
+    assert epoch_paths(stream.loader(batch_size=2, num_workers=2, collate_fn=collate_files)) == alone
+
+
 def test_a_stream_reads_neighbouring_samples_with_few_range_requests(make):
     stream = make(SampleStream, "train", seed=6, cache=False)  # one window: the whole folder
     assert sorted(paths_of(stream)) == sorted(TRAIN)

@@ -106,6 +106,8 @@ class ChunkCache:
         self.cap_bytes = cap_bytes
         self._ready = False
         self._folders: set[str] = set()  # fan-out folders known to exist
+        #: A write of this process failed (full disk, read-only folder): others cannot count on its entries.
+        self.write_failed = False
         self.hits = 0
         self.misses = 0
         self.dropped = 0  # entries that failed their check
@@ -289,11 +291,22 @@ class ChunkCache:
                         os.rename(tmp, path)
                     except OSError:
                         _unlink(Path(tmp))
+                        self.write_failed = True
                         break  # a full disk: count what was cached, leave the rest
                     total += len(data)
                 self._write_total(lock_fd, total)
         except OSError:
-            pass  # full disk, read-only folder, …: the read goes on without the cache
+            self.write_failed = True  # full disk, read-only folder, …: the read goes on without the cache
+
+    def writable(self) -> bool:
+        """Whether entries can be written here (the folder exists or can be made, and takes writes)."""
+        if self.write_failed:
+            return False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(self.root, os.W_OK)
 
     def _drop(self, path: Path) -> None:
         try:

@@ -114,7 +114,7 @@ class SampleReader:
             progress = t_wait = time.monotonic()
             delay = SHARE_POLL_S
             missing = list(wants.items())
-            while missing:
+            while missing and not cache.write_failed:
                 # One stat of a chunk still missing per poll; all of them read once it is there.
                 if os.path.exists(cache.path(hash_name, missing[0][0])):
                     got = cache.get_many(hash_name, missing)

@@ -368,7 +368,8 @@ class SampleStream(IterableDataset[Any]):
         max_samples, max_bytes = max(1, self.prefetch_samples), max(1, self.prefetch_bytes)
         group_samples, group_bytes = max_samples, max_bytes  # a whole window is one group
         start, batch = self._position, self.batch_size
-        share = workers > 1 and bool(window) and ds.chunks.cache is not None
+        cache = ds.chunks.cache
+        share = workers > 1 and bool(window) and cache is not None and cache.writable()
         bounds = window_bounds(window) if share else {}
 
         def span(pos: int) -> tuple[int, int, int, int]:
@@ -376,7 +377,7 @@ class SampleStream(IterableDataset[Any]):
 
         def read(group: list[tuple[int, int, int, int]]) -> list[bytes]:
             spans = [s[1:] for s in group]
-            if not share:
+            if not share or (cache is not None and cache.write_failed):  # others could not count on the cache
                 return reader.read(spans)
             a, b = bounds[window[group[0][0]]]
             first = max(a, start)
