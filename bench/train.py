@@ -492,7 +492,9 @@ def _epoch(b, ctx) -> dict:
         f"per tar shard, shardshuffle + .shuffle({WDS_SHUFFLE_BUFFER}), over HTTP (webdataset's curl). Mosaic: "
         "MDSWriter(columns key:str, data:bytes, no compression), StreamingDataset(remote=<local folder>, "
         "local=<new folder>, shuffle=True, batch_size=64). local: map-style Dataset over the file list, "
-        "DataLoader(shuffle=True). dstore warm: the next epoch with the cold epoch's home and cache.",
+        "DataLoader(shuffle=True). dstore: SampleStream(shuffle=True), i.e. block shuffle (docs/training.md, "
+        '"Block shuffle and bulk reads"); warm: the next epoch with the cold epoch\'s home and cache. '
+        "main_cpu_s / workers_cpu_s: CPU seconds of the loop's process and of the DataLoader workers during the epoch.",
         "errors": {f"run{i}/{k}": v["error"] for i, r in enumerate(runs) for k, v in r.items() if "error" in v},
     }
 
