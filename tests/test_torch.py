@@ -364,6 +364,39 @@ def test_workers_with_an_unusable_cache_read_their_own_samples(make, tmp_path):
     assert epoch_paths(stream.loader(batch_size=2, num_workers=2, collate_fn=collate_files)) == alone
 
 
+def test_workers_reading_the_local_store_never_wait_for_each_other(tmp_path, monkeypatch):
+    """The store's own chunks are not cached, so workers must not wait for one another's cache entries."""
+    from dstore.torch.bulk import SampleReader
+
+    src = tmp_path / "src"
+    for path, data in TRAIN.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(data)
+    monkeypatch.delenv("DSTORE_PEERS", raising=False)
+    env = {**os.environ, "DSTORE_HOME": str(tmp_path / "home")}
+    add = subprocess.run(
+        [sys.executable, "-m", "dstore", "add", str(src), "-q"], env=env, capture_output=True, text=True
+    )
+    assert add.returncode == 0, add.stderr
+
+    def never(*args, **kw):
+        raise AssertionError("a worker waited for the cache")
+
+    monkeypatch.setattr(SampleReader, "read_when_cached", never)  # forked workers inherit the patch
+    with SampleStream(
+        add.stdout.strip(),
+        "train",
+        seed=4,
+        shuffle_block=3,
+        shuffle_window=2,
+        home=tmp_path / "home",
+        cache=tmp_path / "cache",
+    ) as stream:
+        alone = paths_of(stream)
+        loader = stream.loader(batch_size=2, num_workers=2, collate_fn=collate_files, multiprocessing_context="fork")
+        assert epoch_paths(loader) == alone
+
+
 def test_a_stream_reads_neighbouring_samples_with_few_range_requests(make):
     stream = make(SampleStream, "train", seed=6, cache=False)  # one window: the whole folder
     assert sorted(paths_of(stream)) == sorted(TRAIN)

@@ -361,15 +361,18 @@ class SampleStream(IterableDataset[Any]):
         """Samples read a group at a time: this worker's samples of one shuffle window (or a run of them
         when there are no windows), within the prefetch bounds; groups read ahead on threads.
 
-        With several workers and a disk cache, a window's samples are fetched by one worker, the one
-        that yields its first sample: it reads the whole window (one range request per data shard
-        stretch, not one per worker) into the cache, and the others take their samples of it from there.
+        With several workers, a disk cache and a dataset read from peers, a window's samples are fetched
+        by one worker, the one that yields its first sample: it reads the whole window (one range
+        request per data shard stretch, not one per worker) into the cache, and the others take their
+        samples of it from there.
         """
         max_samples, max_bytes = max(1, self.prefetch_samples), max(1, self.prefetch_bytes)
         group_samples, group_bytes = max_samples, max_bytes  # a whole window is one group
         start, batch = self._position, self.batch_size
         cache = ds.chunks.cache
-        share = workers > 1 and bool(window) and cache is not None and cache.writable()
+        # Sharing needs chunks that go through the cache: read from peers (the store's own are not cached).
+        from_peers = ds.chunks.peers is not None and ds.reader.pointer is not None
+        share = workers > 1 and bool(window) and from_peers and cache is not None and cache.writable()
         bounds = window_bounds(window) if share else {}
 
         def span(pos: int) -> tuple[int, int, int, int]:
