@@ -433,8 +433,9 @@ def test_corrupt_range_bytes_are_caught_and_read_from_the_whole_pack(make, six, 
         texts = set()
         for path in TRAIN:
             for digest, _ in ds.reader.leaves(*ds.reader.resolve(path)):
-                _, record, _ = ds.reader.chunk_ref(digest)
-                texts |= {c.encode("base32") for c in record.shards[: record.k]}
+                _, record, ref = ds.reader.chunk_ref(digest)  # the data shards holding the folder's bytes
+                first, last = ref.offset // record.shard_size, (ref.offset + ref.stored_len - 1) // record.shard_size
+                texts |= {record.shards[i].encode("base32") for i in range(first, last + 1)}
     held = [[p.home / "shards" / t[-2:] / t for t in sorted(texts)] for p in peers]
     victim_files = max(([f for f in files if f.exists()] for files in held), key=len)  # one peer: m = 2 covers it
     damaged = {}
