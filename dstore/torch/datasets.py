@@ -186,11 +186,15 @@ class SampleStream(IterableDataset[Any]):
     A sample is a file (item ``(path, bytes)``), or with ``tar=True`` a group of
     members of a tar shard, WebDataset style (item ``{"__key__": key,
     "__url__": "dstore://CID/shard.tar", ext: bytes, …}``); with ``decode`` the
-    item is ``decode(bytes or that dict, path)``. The epoch's order is
-    ``DistributedSampler``'s over the sorted samples (``randperm`` seeded
-    ``seed + epoch``), padded (``drop_last=False``) or cut (``drop_last=True``)
-    to equal counts per rank; a rank's share is split over DataLoader workers by
-    batches of ``batch_size`` so the loop receives it in order.
+    item is ``decode(bytes or that dict, path)``. The epoch's order comes from
+    ``seed + epoch``: by default (``shuffle=True`` or ``"block"``) blocks of
+    ``shuffle_block`` neighbouring samples in a random order, shuffled within
+    windows of ``shuffle_window`` blocks, so that what is read together lies
+    together in the data shards; ``shuffle="uniform"`` is ``DistributedSampler``'s
+    order, ``False`` path order (dstore/torch/order.py). It is padded
+    (``drop_last=False``) or cut (``drop_last=True``) to equal counts per rank;
+    a rank's share is split over DataLoader workers by batches of
+    ``batch_size`` so the loop receives it in order.
 
     ``state_dict()`` is the position reached (what was yielded so far, when
     iterated in this process or by :meth:`loader`); with a DataLoader of your
