@@ -492,7 +492,9 @@ def _epoch(b, ctx) -> dict:
         f"per tar shard, shardshuffle + .shuffle({WDS_SHUFFLE_BUFFER}), over HTTP (webdataset's curl). Mosaic: "
         "MDSWriter(columns key:str, data:bytes, no compression), StreamingDataset(remote=<local folder>, "
         "local=<new folder>, shuffle=True, batch_size=64). local: map-style Dataset over the file list, "
-        "DataLoader(shuffle=True). dstore warm: the next epoch with the cold epoch's home and cache.",
+        "DataLoader(shuffle=True). dstore: SampleStream(shuffle=True), i.e. block shuffle (docs/training.md, "
+        '"Block shuffle and bulk reads"); warm: the next epoch with the cold epoch\'s home and cache. '
+        "main_cpu_s / workers_cpu_s: CPU seconds of the loop's process and of the DataLoader workers during the epoch.",
         "errors": {f"run{i}/{k}": v["error"] for i, r in enumerate(runs) for k, v in r.items() if "error" in v},
     }
 
@@ -891,8 +893,12 @@ def cmd_epoch(a: dict) -> dict:
     keys: set[str] = set()
     total = n = 0
     first = None
+    import resource
+
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with _PssPoller() as pss:
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         for batch in loader:
             if first is None:
                 first = time.perf_counter() - t0
@@ -902,6 +908,10 @@ def cmd_epoch(a: dict) -> dict:
                 total += length
                 n += 1
         seconds = time.perf_counter() - t0
+        main_cpu = time.process_time() - cpu0
+    del loader  # its workers exit and are reaped: their CPU time is counted below
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers_cpu = children.ru_utime + children.ru_stime - children0.ru_utime - children0.ru_stime
     if n != a["files"] or len(keys) != a["files"] or total != a["bytes"]:
         raise SystemExit(
             f"{kind}: {n} samples, {len(keys)} distinct, {total} bytes; expected {a['files']}, {a['bytes']}"
@@ -912,6 +922,8 @@ def cmd_epoch(a: dict) -> dict:
         "seconds": seconds,
         "samples_per_s": n / seconds,
         "first_batch_s": first,
+        "main_cpu_s": main_cpu,
+        "workers_cpu_s": workers_cpu,
         "worker_pss_mib": max((w.get("Pss", 0) for w in workers), default=0) / 1024 or None,
         "worker_rss_mib": max((w.get("Rss", 0) for w in workers), default=0) / 1024 or None,
         "workers_seen": len(workers),

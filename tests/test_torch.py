@@ -216,16 +216,18 @@ def rank_run(make, rank, world_size, *, workers=2, batch_size=4, epoch=0, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shuffle", ["uniform", "block"])
 @pytest.mark.parametrize("drop_last", [False, True])
-def test_two_ranks_of_two_workers_see_every_sample_once(make, drop_last):
+def test_two_ranks_of_two_workers_see_every_sample_once(make, drop_last, shuffle):
     files = sorted(TRAIN)
-    runs = [rank_run(make, r, 2, drop_last=drop_last, seed=7, epoch=3) for r in range(2)]
+    kw = {"shuffle_block": 4, "shuffle_window": 2} if shuffle == "block" else {}
+    runs = [rank_run(make, r, 2, drop_last=drop_last, seed=7, epoch=3, shuffle=shuffle, **kw) for r in range(2)]
     assert len(runs[0]) == len(runs[1]) == (18 if drop_last else 19)
-    # The order is DistributedSampler's over the sorted files, whatever the workers.
-    for r, run in enumerate(runs):
-        sampler = DistributedSampler(range(len(files)), num_replicas=2, rank=r, seed=7, drop_last=drop_last)
-        sampler.set_epoch(3)
-        assert run == [files[i] for i in sampler]
+    if shuffle == "uniform":  # DistributedSampler's order over the sorted files, whatever the workers
+        for r, run in enumerate(runs):
+            sampler = DistributedSampler(range(len(files)), num_replicas=2, rank=r, seed=7, drop_last=drop_last)
+            sampler.set_epoch(3)
+            assert run == [files[i] for i in sampler]
     seen = runs[0] + runs[1]
     if drop_last:  # no sample twice; one (37 = 2 * 18 + 1) dropped
         assert len(set(seen)) == len(seen) == 36
@@ -287,6 +289,169 @@ def test_consumed_count_with_a_plain_dataloader(make):
     rest = make(SampleStream, "train", seed=1)
     rest.load_state_dict(state)
     assert taken + paths_of(rest) == paths_of(make(SampleStream, "train", seed=1))
+
+
+# -- block shuffle and bulk reads ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 300),
+    st.integers(1, 20),
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.booleans(),
+    st.integers(0, 50),
+)
+def test_block_shuffle_sees_every_sample_once_and_reads_windows_of_neighbours(n, block, window, world, drop_last, seed):
+    from dstore.torch.order import Order
+
+    def order(rank, epoch=1):
+        return Order(n, seed, epoch, "block", rank, world, drop_last, block, window)
+
+    runs = [order(r).sequence_and_windows() for r in range(world)]
+    seqs = [s.tolist() for s, _ in runs]
+    assert all(len(s) == order(0).length for s in seqs)
+    seen = [i for s in seqs for i in s]
+    if drop_last:
+        assert len(set(seen)) == len(seen) == (n // world) * world
+    else:
+        assert set(seen) == set(range(n)) and len(seen) == -(-n // world) * world
+        assert seen[n:] == seen[: len(seen) - n]  # the padding repeats the epoch's first samples
+    assert [s.tolist() for s, _ in (order(r).sequence_and_windows() for r in range(world))] == seqs  # determinism
+    for seq, (_, windows) in zip(seqs, runs, strict=True):
+        ws = windows.tolist()
+        bounds: dict[int, list[int]] = {}
+        for pos, w in enumerate(ws):
+            bounds.setdefault(w, []).append(pos)
+        for w, where in bounds.items():
+            assert where == list(range(where[0], where[-1] + 1))  # a window is a run of positions
+            assert len({seq[p] // block for p in where}) <= window  # of at most `window` blocks of neighbours
+
+
+def test_block_shuffle_is_shuffled_and_changes_with_the_epoch():
+    from dstore.torch.order import Order
+
+    def seq(epoch, seed=0):
+        return Order(2000, seed, epoch, "block", 0, 1, False, 10, 8).sequence().tolist()
+
+    first = seq(0)
+    assert sorted(first) == list(range(2000)) and first != sorted(first)
+    assert seq(0) == first and seq(1) != first and seq(0, seed=1) != first
+    blocks = [i // 10 for i in first]
+    assert blocks[:80] != sorted(blocks[:80])  # samples of the window's blocks interleave
+    assert len(set(blocks[:80])) == 8  # a window: 8 blocks, from all over the dataset
+    assert max(blocks[:80]) - min(blocks[:80]) > 20
+    leaps = sum(abs(a - b) > 10 for a, b in zip(first, first[1:], strict=False))
+    assert leaps > 1000  # most neighbours in the epoch are not neighbours in the dataset
+
+
+def test_block_windows_across_two_workers_keep_the_order_and_fetch_each_window_once(make):
+    """Windows of 6 samples over 2 workers (batches of 2): the worker that yields a window's first sample
+    reads it whole into the cache, the other takes its samples from there; the order is the in-process one."""
+    stream = make(SampleStream, "train", seed=4, shuffle_block=3, shuffle_window=2)
+    alone = paths_of(stream)
+    assert alone != sorted(TRAIN) and sorted(alone) == sorted(TRAIN)
+    loader = stream.loader(batch_size=2, num_workers=2, collate_fn=collate_files)
+    assert epoch_paths(loader) == alone
+
+
+def test_workers_with_an_unusable_cache_read_their_own_samples(make, tmp_path):
+    """No cache to share windows through (a file where its folder should be): each worker reads its own."""
+    (tmp_path / "not-a-folder").write_bytes(b"x")
+    stream = make(SampleStream, "train", seed=4, shuffle_block=3, shuffle_window=2, cache=tmp_path / "not-a-folder")
+    alone = paths_of(stream)
+    assert epoch_paths(stream.loader(batch_size=2, num_workers=2, collate_fn=collate_files)) == alone
+
+
+def test_workers_reading_the_local_store_never_wait_for_each_other(tmp_path, monkeypatch):
+    """The store's own chunks are not cached, so workers must not wait for one another's cache entries."""
+    from dstore.torch.bulk import SampleReader
+
+    src = tmp_path / "src"
+    for path, data in TRAIN.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(data)
+    monkeypatch.delenv("DSTORE_PEERS", raising=False)
+    env = {**os.environ, "DSTORE_HOME": str(tmp_path / "home")}
+    add = subprocess.run(
+        [sys.executable, "-m", "dstore", "add", str(src), "-q"], env=env, capture_output=True, text=True
+    )
+    assert add.returncode == 0, add.stderr
+
+    def never(*args, **kw):
+        raise AssertionError("a worker waited for the cache")
+
+    monkeypatch.setattr(SampleReader, "read_when_cached", never)  # forked workers inherit the patch
+    with SampleStream(
+        add.stdout.strip(),
+        "train",
+        seed=4,
+        shuffle_block=3,
+        shuffle_window=2,
+        home=tmp_path / "home",
+        cache=tmp_path / "cache",
+    ) as stream:
+        alone = paths_of(stream)
+        loader = stream.loader(batch_size=2, num_workers=2, collate_fn=collate_files, multiprocessing_context="fork")
+        assert epoch_paths(loader) == alone
+
+
+def test_a_stream_reads_neighbouring_samples_with_few_range_requests(make):
+    stream = make(SampleStream, "train", seed=6, cache=False)  # one window: the whole folder
+    assert sorted(paths_of(stream)) == sorted(TRAIN)
+    stats = stream._opened.ds.chunks.stats
+    assert stats["range"] >= len(TRAIN) and stats["pack"] == 0
+    assert stats["range_requests"] <= 8  # 4 data shards a pack: one request per stretch, not one per chunk
+    uniform = make(SampleStream, "train", seed=6, cache=False, shuffle="uniform", prefetch_samples=1)
+    assert sorted(paths_of(uniform)) == sorted(TRAIN)
+    assert uniform._opened.ds.chunks.stats["range_requests"] >= len(TRAIN)  # one sample at a time
+
+
+def test_the_shuffle_mode_is_named_and_checked(make):
+    assert make(SampleStream, "train").state_dict()["shuffle"] == "block"
+    assert make(SampleStream, "train", shuffle=False).state_dict()["shuffle"] == "none"
+    with pytest.raises(ValueError, match="shuffle"):
+        make(SampleStream, "train", shuffle="sideways")
+    uniform = make(SampleStream, "train", seed=2, shuffle="uniform")
+    old = {**uniform.state_dict(), "version": 1, "shuffle": True, "position": 3}
+    del old["shuffle_block"], old["shuffle_window"]
+    uniform.load_state_dict(old)  # a state saved before block shuffle: shuffle=True meant uniform
+    assert paths_of(uniform) == paths_of(make(SampleStream, "train", seed=2, shuffle="uniform"))[3:]
+    block = make(SampleStream, "train", seed=2)
+    with pytest.raises(ValueError, match="shuffle"):
+        block.load_state_dict(old)
+    with pytest.raises(ValueError, match="shuffle_window"):
+        block.load_state_dict({**block.state_dict(), "shuffle_window": 3})
+
+
+def test_corrupt_range_bytes_are_caught_and_read_from_the_whole_pack(make, six, cid):
+    """One peer's data shards are damaged on its disk: the ranges it serves fail their chunk check, the
+    peer is scored down, and those packs are read whole (shards checked against their CIDs, rebuilt)."""
+    peers, _ = six
+    with dstore.open(cid, peers=[p.url for p in peers], cache=False) as ds:
+        texts = set()
+        for path in TRAIN:
+            for digest, _ in ds.reader.leaves(*ds.reader.resolve(path)):
+                _, record, ref = ds.reader.chunk_ref(digest)  # the data shards holding the folder's bytes
+                first, last = ref.offset // record.shard_size, (ref.offset + ref.stored_len - 1) // record.shard_size
+                texts |= {record.shards[i].encode("base32") for i in range(first, last + 1)}
+    held = [[p.home / "shards" / t[-2:] / t for t in sorted(texts)] for p in peers]
+    victim_files = max(([f for f in files if f.exists()] for files in held), key=len)  # one peer: m = 2 covers it
+    damaged = {}
+    for f in victim_files:
+        damaged[f] = f.read_bytes()
+        f.write_bytes(bytes(b ^ 0x5A for b in damaged[f]))
+    assert damaged, "the victim holds no data shard of the folder"
+    try:
+        stream = make(SampleStream, "train", seed=9, cache=False)
+        got = dict(stream)
+        assert got == TRAIN
+        stats = stream._opened.ds.chunks.stats
+        assert stats["bad_range"] >= 1 and stats["pack"] >= 1
+    finally:
+        for f, data in damaged.items():
+            f.write_bytes(data)
 
 
 # -- resuming in a new process -------------------------------------------------------------------------
@@ -379,7 +544,7 @@ from dstore.torch import SampleStream
 cid, opts, rank, store_file = json.loads(sys.argv[1])
 dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
 try:
-    with SampleStream(cid, "train", seed=5, drop_last=True, **opts) as stream:  # rank and world from dist
+    with SampleStream(cid, "train", seed=5, drop_last=True, shuffle="uniform", **opts) as stream:  # world from dist
         stream.set_epoch(1)
         got = [p for p, _ in stream]
         print(json.dumps([stream.rank, stream.world_size, got]))

@@ -24,11 +24,12 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from dstore import _native
+import blake3
+
 from dstore.units import parse_size
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "cache_from_env", "default_cache_dir"]
@@ -40,6 +41,8 @@ LOW_WATER = 0.9
 TOUCH_INTERVAL_S = 60.0
 #: Temporary files older than this were left by a process that died while writing.
 STALE_TMP_S = 3600.0
+#: :meth:`ChunkCache.put_many` takes the lock once per this many bytes of entries.
+PUT_BATCH_BYTES = 1 << 20
 LAYOUT = "chunks-v1"
 _SIZE = struct.Struct("<Q")
 _IN_PROCESS = threading.Lock()
@@ -82,10 +85,17 @@ def cache_from_env(cache: str | os.PathLike[str] | bool | ChunkCache | None = No
     return ChunkCache(root, cap)
 
 
-def _digest(data: memoryview | bytes, hash_name: str) -> bytes:
+def _hasher(hash_name: str) -> Callable[[bytes | memoryview], bytes]:
+    """The digest function of a chunk hash. The blake3 package, not ``_native.blake3``: for a chunk
+    (16-256 KiB) handing the work to the native thread pool costs more than the hash itself."""
     if hash_name == "blake3":
-        return _native.blake3(data)
-    return hashlib.new(hash_name.replace("sha2-", "sha"), data).digest()
+        return lambda data: blake3.blake3(data).digest()
+    name = hash_name.replace("sha2-", "sha")
+    return lambda data: hashlib.new(name, data).digest()
+
+
+def _digest(data: memoryview | bytes, hash_name: str) -> bytes:
+    return _hasher(hash_name)(data)
 
 
 class ChunkCache:
@@ -95,6 +105,9 @@ class ChunkCache:
         self.root = Path(root) / LAYOUT
         self.cap_bytes = cap_bytes
         self._ready = False
+        self._folders: set[str] = set()  # fan-out folders known to exist
+        #: A write of this process failed (full disk, read-only folder): others cannot count on its entries.
+        self.write_failed = False
         self.hits = 0
         self.misses = 0
         self.dropped = 0  # entries that failed their check
@@ -144,6 +157,49 @@ class ChunkCache:
         buf = bytearray(size)
         return bytes(buf) if self.get_into(hash_name, digest, memoryview(buf)) else None
 
+    def get_many(self, hash_name: str, wants: Sequence[tuple[bytes, int]]) -> dict[bytes, bytes]:
+        """The cached chunks among ``wants`` (digest, size), each checked against its ID; misses are left out.
+
+        What a data loader's next samples need, with as little Python per entry as can be: one read
+        into a ``bytes`` of its own (a one-chunk sample is then handed on without a copy) and one hash.
+        An entry that fails its check is dropped, as by :meth:`get_into`.
+        """
+        out: dict[bytes, bytes] = {}
+        now = time.time()
+        root = f"{self.root}/{hash_name}/"
+        digest_of = _hasher(hash_name)
+        for digest, size in wants:
+            text = digest.hex()
+            path = f"{root}{text[:2]}/{text}"
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                data = os.read(fd, size) if st.st_size == size else b""
+            except OSError:
+                data = b""
+            finally:
+                os.close(fd)
+            if len(data) != size or digest_of(data) != digest:
+                self._drop_damaged(Path(path))
+                continue
+            if now - st.st_mtime > TOUCH_INTERVAL_S:
+                try:
+                    os.utime(path)
+                except OSError:
+                    pass
+            out[digest] = data
+        self.hits += len(out)
+        self.misses += len(wants) - len(out)
+        return out
+
+    def _drop_damaged(self, path: Path) -> None:
+        if path.exists():
+            self.dropped += 1
+            self._drop(path)
+
     # -- writes ---------------------------------------------------------------
 
     def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
@@ -175,6 +231,82 @@ class ChunkCache:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+    def put_many(self, hash_name: str, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
+        """Cache chunks the caller has verified, taking the lock once per ``PUT_BATCH_BYTES`` (or an eighth of the cap).
+
+        Each entry is written and renamed into place under the lock, so as with :meth:`put` at most one
+        temporary file per process exists beyond the cap. Any failure just leaves entries uncached.
+        """
+        batch: list[tuple[str, bytes | memoryview]] = []
+        batch_bytes = 0
+        limit = max(1, min(PUT_BATCH_BYTES, self.cap_bytes // 8))  # a batch fits the room eviction makes
+        root = f"{self.root}/{hash_name}/"
+        for digest, data in items:
+            if len(data) > self.cap_bytes:
+                continue
+            text = digest.hex()
+            if batch and batch_bytes + len(data) > limit:
+                self._put_batch(batch)
+                batch, batch_bytes = [], 0
+            batch.append((f"{root}{text[:2]}/{text}", data))
+            batch_bytes += len(data)
+            if batch_bytes >= limit:
+                self._put_batch(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            self._put_batch(batch)
+
+    def _put_batch(self, batch: list[tuple[str, bytes | memoryview]]) -> None:
+        try:
+            if not self._ready:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._ready = True
+            todo = []
+            for path, data in batch:
+                folder = path[: path.rindex("/")]
+                if folder not in self._folders:
+                    os.makedirs(folder, exist_ok=True)
+                    self._folders.add(folder)
+                if not os.path.exists(path):
+                    todo.append((path, data))
+            if not todo:
+                return
+            size = sum(len(d) for _, d in todo)
+            tmp_name = f"/.tmp-{os.getpid()}-{time.monotonic_ns()}"
+            with self._locked() as lock_fd:
+                total = self._read_total(lock_fd)
+                if total is None or total + size > self.cap_bytes:
+                    total = self._evict(int(self.cap_bytes * LOW_WATER) - size)
+                for path, data in todo:
+                    tmp = path[: path.rindex("/")] + tmp_name
+                    try:
+                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                        try:
+                            view = memoryview(data)
+                            while view:
+                                view = view[os.write(fd, view) :]
+                        finally:
+                            os.close(fd)
+                        os.rename(tmp, path)
+                    except OSError:
+                        _unlink(Path(tmp))
+                        self.write_failed = True
+                        break  # a full disk: count what was cached, leave the rest
+                    total += len(data)
+                self._write_total(lock_fd, total)
+        except OSError:
+            self.write_failed = True  # full disk, read-only folder, …: the read goes on without the cache
+
+    def writable(self) -> bool:
+        """Whether entries can be written here (the folder exists or can be made, and takes writes)."""
+        if self.write_failed:
+            return False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(self.root, os.W_OK)
 
     def _drop(self, path: Path) -> None:
         try:

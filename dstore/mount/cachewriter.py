@@ -68,8 +68,11 @@ class CacheWriter:
                 self._queue.clear()
                 self._writing = len(batch)
             try:
+                by_hash: dict[str, list[tuple[bytes, bytes]]] = {}
                 for hash_name, digest, data in batch:
-                    self.cache.put(hash_name, digest, data)  # never raises for a disk problem
+                    by_hash.setdefault(hash_name, []).append((digest, data))
+                for hash_name, items in by_hash.items():
+                    self.cache.put_many(hash_name, items)  # the lock once per batch; never raises for a disk problem
             finally:
                 with self._cond:
                     self._pending_bytes -= sum(len(d) for _, _, d in batch)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
 
 from dstore import _native
 from dstore.errors import DstoreError, IntegrityError
@@ -36,6 +38,9 @@ from dstore.format.pack import PackRecord
 from dstore.mount.cache import ChunkCache
 from dstore.mount.cachewriter import CacheWriter
 from dstore.net.protocol import PeerClient
+
+if TYPE_CHECKING:
+    from dstore.net.ranges import RangeRead
 
 __all__ = ["ChunkSource"]
 
@@ -308,7 +313,205 @@ class ChunkSource:
             return None  # a holder is down or lacks it: the whole pack, from parity if need be
         return served if segments else None
 
+    # -- many chunks at once (a prefetcher's next samples) ------------------------
+
+    def read_chunks(
+        self, wants: Sequence[tuple[bytes, int]], pool: Executor | None = None, keep: Container[bytes] | None = None
+    ) -> dict[bytes, bytes | memoryview]:
+        """Verified bytes of many chunks, by digest: what the next samples of a data loader need.
+
+        The disk cache is asked for all of them in one batch (:meth:`ChunkCache.get_many`). The rest are
+        read pack by pack: one range request per stretch of a data shard that holds them (stretches
+        less than ``RANGE_GAP_BYTES`` apart are one request, up to ``RANGE_MAX_BYTES``), all of them
+        concurrently on ``pool``; a pack's chunks are then decoded and checked against their IDs in one
+        native call and cached in one batch. A pack whose ranges cannot be had (a peer down) or whose
+        bytes fail their check (their senders are scored down) is read whole through the reader's pack
+        path (hedged, rebuilt from parity). Chunks in packs of the local store, and everything of a
+        dataset read from gateways, go one by one through :meth:`read_into`. The caller bounds the
+        bytes asked for at once: about that much (plus merged gaps) is in flight.
+
+        ``keep``: return only these (the others are read for the cache, for other readers); they are
+        then copies of their own, so the rest of their pack's bytes is freed at once.
+        """
+        self.check_process()
+        need = dict(wants)
+        got: dict[bytes, bytes | memoryview] = {}
+        if self.cache is not None and need:
+            got.update(self.cache.get_many(self.hash_name, list(need.items())))
+            self.stats["cache"] += len(got)
+        missing = [(d, s) for d, s in need.items() if d not in got]
+        one_by_one: list[tuple[bytes, int]] = []
+        packs: dict[bytes, tuple[PackRecord, list[ChunkEntry]]] = {}
+        if self.peers is None or self.reader.gateway is not None:
+            one_by_one = missing
+        elif missing:
+            with self._lock:
+                places = [self.reader.chunk_ref(d) for d, _ in missing]
+            local: dict[bytes, bool] = {}
+            for (digest, size), (pack_id, record, ref) in zip(missing, places, strict=True):
+                if ref.size != size:
+                    raise IntegrityError(
+                        f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file"
+                    )
+                if local.setdefault(pack_id, self._local.has(record)):
+                    one_by_one.append((digest, size))
+                else:
+                    packs.setdefault(pack_id, (record, []))[1].append(ref)
+        for digest, size in one_by_one:
+            buf = bytearray(size)
+            self.read_into(digest, memoryview(buf))
+            got[digest] = memoryview(buf)
+        if packs:
+            got.update(self._packs_by_range(packs, pool, keep))
+        return got if keep is None else {d: v for d, v in got.items() if d in keep}
+
+    def _packs_by_range(
+        self,
+        packs: dict[bytes, tuple[PackRecord, list[ChunkEntry]]],
+        pool: Executor | None,
+        keep: Container[bytes] | None,
+    ) -> dict[bytes, bytes | memoryview]:
+        assert self.peers is not None
+        peers = self.peers
+        plans: list[Any] = []
+        for pack_id, (record, refs) in packs.items():
+            refs = sorted(refs, key=lambda r: r.offset)
+            with self._lock:
+                hints = self.reader.placement(pack_id)
+            ranges, pieces = _plan_ranges(record, refs, self._segments)
+            calls = [(record, pack_id, shard, start, end - start, hints) for shard, start, end in ranges]
+            self.stats["range_requests"] = self.stats.get("range_requests", 0) + len(calls)
+            self.stats["range_bytes"] = self.stats.get("range_bytes", 0) + sum(c[4] for c in calls)
+            if pool is None or pieces is None:
+                futures = None
+            else:
+                futures = [pool.submit(peers.fetch_range, *call) for call in calls]
+            plans.append((pack_id, record, refs, calls, pieces, futures))
+        out: dict[bytes, bytes | memoryview] = {}
+        for index, plan in enumerate(plans):
+            pack_id, record, refs, calls, pieces, futures = plan
+            plans[index] = plan = None  # its range answers are freed once decoded
+            answers = []
+            try:
+                if pieces is None:
+                    raise DstoreError("a chunk lies outside its pack")  # the pack path says what is wrong
+                for i, call in enumerate(calls):
+                    answers.append(futures[i].result() if futures is not None else peers.fetch_range(*call))
+            except DstoreError:
+                answers = []  # a holder is down or lacks it: the whole pack, from parity if need be
+            view = self._decode_ranges(refs, pieces, answers) if answers and pieces is not None else None
+            if view is None:
+                view = self._whole_pack(pack_id, record, refs)
+            else:
+                self.stats["range"] += len(refs)
+            pos = 0
+            chunks = []
+            for ref in refs:
+                chunks.append((ref.digest, view[pos : pos + ref.size]))
+                pos += ref.size
+            if self.cache is not None:
+                self.cache.put_many(self.hash_name, chunks)
+            for digest, data in chunks:
+                if keep is None:
+                    out[digest] = data
+                elif digest in keep:
+                    out[digest] = bytes(data)
+            del answers, futures, view, chunks
+        return out
+
+    def _decode_ranges(
+        self, refs: list[ChunkEntry], pieces: list[list[tuple[int, int, int, int]]], answers: list[RangeRead]
+    ) -> memoryview | None:
+        """The chunks of ``refs`` decoded back to back from the range answers; None if one fails its check."""
+        stored = bytearray(sum(r.stored_len for r in refs))
+        offsets = []
+        at = 0
+        for ref, parts in zip(refs, pieces, strict=True):
+            offsets.append(at)
+            for index, within, n, into in parts:
+                data = answers[index].data
+                if len(data) < within + n:
+                    self._bad_ranges([answers[i].peer_id for i, _, _, _ in parts])
+                    return None
+                stored[at + into : at + into + n] = memoryview(data)[within : within + n]
+            at += ref.stored_len
+        out = bytearray(sum(r.size for r in refs))
+        try:
+            _native.decode_chunks_into(
+                out,
+                [stored],
+                offsets,
+                [r.stored_len for r in refs],
+                [r.size for r in refs],
+                [r.codec for r in refs],
+                b"".join(r.digest for r in refs),
+                HASH_CODES[self.hash_name],
+            )
+        except _native.IntegrityError as e:
+            bad = pieces[e.args[0]] if e.args and isinstance(e.args[0], int) and e.args[0] < len(pieces) else []
+            self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad] or [a.peer_id for a in answers])
+            return None
+        except ValueError:
+            self._bad_ranges([a.peer_id for a in answers])
+            return None
+        return memoryview(out)
+
+    def _bad_ranges(self, peer_ids: list[str | None]) -> None:
+        assert self.peers is not None
+        self.stats["bad_range"] += 1
+        for peer_id in dict.fromkeys(peer_ids):
+            self.peers.report_bad_range(peer_id)
+        return None
+
+    def _whole_pack(self, pack_id: bytes, record: PackRecord, refs: list[ChunkEntry]) -> memoryview:
+        """The chunks of ``refs`` (sorted by offset) decoded back to back from the whole pack, verified."""
+        out = bytearray(sum(r.size for r in refs))
+        with self._lock:
+            view = self.reader.packs.read_run(pack_id, record, refs, out)
+        self.stats["pack"] += len(refs)
+        return view
+
 
 def _follows(before: tuple[bytes, PackRecord, ChunkEntry], after: tuple[bytes, PackRecord, ChunkEntry]) -> bool:
     """Whether ``after`` is stored right after ``before`` in the same pack."""
     return before[0] == after[0] and before[2].offset + before[2].stored_len == after[2].offset
+
+
+#: Stretches of one data shard closer than this are asked for in one range request (the bytes between
+#: are read and dropped): fewer round trips for the samples of a window that other workers take.
+RANGE_GAP_BYTES = 256 << 10
+#: One range request asks for at most this much.
+RANGE_MAX_BYTES = 4 << 20
+
+
+def _plan_ranges(
+    record: PackRecord,
+    refs: list[ChunkEntry],
+    segments: Callable[[PackRecord, ChunkEntry], list[tuple[int, int, int, int]]],
+) -> tuple[list[tuple[int, int, int]], list[list[tuple[int, int, int, int]]] | None]:
+    """Range requests ``(shard, start, end)`` covering the chunks of ``refs`` (sorted by offset), and for
+    each chunk its pieces ``(request index, offset in the answer, length, offset in the stored chunk)``;
+    ``None`` pieces if a chunk lies outside the pack."""
+    ranges: list[list[int]] = []
+    last: dict[int, int] = {}  # shard -> index of its latest range
+    pieces: list[list[tuple[int, int, int, int]]] = []
+    for ref in refs:
+        segs = segments(record, ref)
+        if not segs:
+            return [], None
+        mine = []
+        for shard, within, n, at in segs:
+            i = last.get(shard)
+            if i is not None:
+                r = ranges[i]
+                if within - r[2] <= RANGE_GAP_BYTES and max(r[2], within + n) - r[1] <= RANGE_MAX_BYTES:
+                    r[2] = max(r[2], within + n)
+                else:
+                    i = None
+            if i is None:
+                i = len(ranges)
+                ranges.append([shard, within, within + n])
+                last[shard] = i
+            mine.append((i, within - ranges[i][1], n, at))
+        pieces.append(mine)
+    return [(s, a, b) for s, a, b in ranges], pieces

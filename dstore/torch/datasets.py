@@ -24,17 +24,39 @@ from torch.utils.data import Dataset as TorchDataset
 
 import dstore
 from dstore.mount.dataset import Dataset
-from dstore.torch.files import match_files
-from dstore.torch.order import Order, worker_positions
-from dstore.torch.prefetch import PREFETCH_BYTES, PREFETCH_SAMPLES, PREFETCH_THREADS, prefetched
+from dstore.torch.bulk import FileChunks, SampleReader, window_bounds
+from dstore.torch.files import match_nodes
+from dstore.torch.order import Order, shuffle_mode, worker_positions
+from dstore.torch.prefetch import (
+    GROUP_THREADS,
+    PREFETCH_BYTES,
+    PREFETCH_SAMPLES,
+    PREFETCH_THREADS,
+    grouped,
+    prefetched,
+)
 from dstore.torch.tars import Span, index_tar, sample_from_span
 
-__all__ = ["STATE_VERSION", "FileDataset", "SampleStream", "StreamLoader"]
+__all__ = ["SHUFFLE_BLOCK_BYTES", "SHUFFLE_WINDOW", "STATE_VERSION", "FileDataset", "SampleStream", "StreamLoader"]
 
-#: The version of :meth:`SampleStream.state_dict`'s layout.
-STATE_VERSION = 1
+#: The version of :meth:`SampleStream.state_dict`'s layout (1: before block shuffle; still loaded).
+STATE_VERSION = 2
 #: Threads indexing tar shards (headers only) when a tar-mode stream is made.
 INDEX_THREADS = 8
+#: Block shuffle: a block is about this many bytes of consecutive samples (by the dataset's mean sample size).
+SHUFFLE_BLOCK_BYTES = 2 << 20
+#: Block shuffle: the samples of this many consecutive blocks of the shuffled block order are shuffled together.
+SHUFFLE_WINDOW = 8
+
+
+def _chunk_lists(ds: Dataset, nodes: list[Any]) -> FileChunks | None:
+    """Every file's chunk list, for reading samples in bulk; None where chunks come one by one (gateways)."""
+    if ds.reader.gateway is not None:
+        return None
+    try:
+        return FileChunks(ds, [(cid, node) for _, _, cid, node in nodes])
+    except ValueError:  # a chunk ID of another length than the arrays hold: read file by file
+        return None
 
 
 class _Opened:
@@ -94,7 +116,11 @@ class FileDataset(TorchDataset[Any]):
         self.decode = decode
         with self._opened.closed_on_error() as ds:
             self.cid = ds.cid
-            self.files = match_files(ds, pattern)
+            nodes = match_nodes(ds, pattern)
+            self.files = [(path, size) for path, size, _, _ in nodes]
+            self._chunks = _chunk_lists(ds, nodes)
+        self._reader: SampleReader | None = None
+        self._reader_pid = 0
 
     @property
     def paths(self) -> list[str]:
@@ -113,6 +139,13 @@ class FileDataset(TorchDataset[Any]):
     def __getitems__(self, indices: list[int]) -> list[Any]:
         ds = self._opened.ds
         ds.chunks.check_process()  # a forked worker reopens the dataset here, once, before the threads read
+        if self._chunks is not None:  # the batch's chunks together: one cache batch, ranges per data shard
+            if self._reader is None or self._reader_pid != os.getpid():
+                self._reader, self._reader_pid = SampleReader(ds, self._chunks), os.getpid()
+            spans = [(i, 0, self.files[i][1]) for i in indices]
+            return [
+                self._item(self.files[i][0], data) for i, data in zip(indices, self._reader.read(spans), strict=True)
+            ]
         return [
             self._item(path, data)
             for (path, _), data in prefetched(
@@ -121,7 +154,13 @@ class FileDataset(TorchDataset[Any]):
         ]
 
     def close(self) -> None:
+        if self._reader is not None and self._reader_pid == os.getpid():
+            self._reader.close()
+        self._reader = None
         self._opened.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reader": None, "_reader_pid": 0}
 
     def __enter__(self) -> FileDataset:
         return self
@@ -147,11 +186,15 @@ class SampleStream(IterableDataset[Any]):
     A sample is a file (item ``(path, bytes)``), or with ``tar=True`` a group of
     members of a tar shard, WebDataset style (item ``{"__key__": key,
     "__url__": "dstore://CID/shard.tar", ext: bytes, …}``); with ``decode`` the
-    item is ``decode(bytes or that dict, path)``. The epoch's order is
-    ``DistributedSampler``'s over the sorted samples (``randperm`` seeded
-    ``seed + epoch``), padded (``drop_last=False``) or cut (``drop_last=True``)
-    to equal counts per rank; a rank's share is split over DataLoader workers by
-    batches of ``batch_size`` so the loop receives it in order.
+    item is ``decode(bytes or that dict, path)``. The epoch's order comes from
+    ``seed + epoch``: by default (``shuffle=True`` or ``"block"``) blocks of
+    ``shuffle_block`` neighbouring samples in a random order, shuffled within
+    windows of ``shuffle_window`` blocks, so that what is read together lies
+    together in the data shards; ``shuffle="uniform"`` is ``DistributedSampler``'s
+    order, ``False`` path order (dstore/torch/order.py). It is padded
+    (``drop_last=False``) or cut (``drop_last=True``) to equal counts per rank;
+    a rank's share is split over DataLoader workers by batches of
+    ``batch_size`` so the loop receives it in order.
 
     ``state_dict()`` is the position reached (what was yielded so far, when
     iterated in this process or by :meth:`loader`); with a DataLoader of your
@@ -166,7 +209,7 @@ class SampleStream(IterableDataset[Any]):
         decode: Callable[[Any, str], Any] | None = None,
         *,
         seed: int = 0,
-        shuffle: bool = True,
+        shuffle: bool | str = True,
         tar: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
@@ -178,12 +221,14 @@ class SampleStream(IterableDataset[Any]):
         batch_size: int = 1,
         prefetch_samples: int = PREFETCH_SAMPLES,
         prefetch_bytes: int = PREFETCH_BYTES,
+        shuffle_block: int | None = None,
+        shuffle_window: int = SHUFFLE_WINDOW,
     ) -> None:
         self._opened = _Opened(cid, peers, token, cache, home)
         self.pattern = pattern
         self.decode = decode
         self.seed = int(seed)
-        self.shuffle = bool(shuffle)
+        self.shuffle = shuffle_mode(shuffle)
         self.tar = bool(tar)
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.drop_last = bool(drop_last)
@@ -192,13 +237,26 @@ class SampleStream(IterableDataset[Any]):
         self.prefetch_bytes = prefetch_bytes
         with self._opened.closed_on_error() as ds:
             self.cid = ds.cid
-            self.files = match_files(ds, pattern)
+            nodes = match_nodes(ds, pattern)
+            self.files = [(path, size) for path, size, _, _ in nodes]
             self._index(ds)
             self.samples = len(self._shards) if self.tar else len(self.files)
-            Order(self.samples, self.seed, 0, self.shuffle, self.rank, self.world_size, self.drop_last)  # checks rank
-        self.epoch = 0
+            self._chunks = _chunk_lists(ds, nodes)
+            del nodes
+            if shuffle_block is None:  # about SHUFFLE_BLOCK_BYTES of samples of the mean size
+                mean = self._bytes() / max(1, self.samples)
+                shuffle_block = max(1, min(1 << 16, round(SHUFFLE_BLOCK_BYTES / max(1.0, mean))))
+            self.shuffle_block = int(shuffle_block)
+            self.shuffle_window = int(shuffle_window)
+            self.epoch = 0
+            self.order()  # checks rank, block and window
         self._position = 0  # of this rank's sequence, in the epoch
         self._done = False  # a pass in this process ran to the end: the next one starts over
+
+    def _bytes(self) -> int:
+        if self.tar:
+            return sum(self._ends) - sum(self._starts)
+        return sum(size for _, size in self.files)
 
     def _index(self, ds: Dataset) -> None:
         # Tar mode: sample i is bytes _starts[i]:_ends[i] of file _shards[i]. Arrays, not tuples: a worker
@@ -233,6 +291,8 @@ class SampleStream(IterableDataset[Any]):
             self.rank,
             self.world_size,
             self.drop_last,
+            self.shuffle_block,
+            self.shuffle_window,
         )
 
     def __len__(self) -> int:
@@ -254,6 +314,12 @@ class SampleStream(IterableDataset[Any]):
         path, size = self.files[sample]
         return path, 0, size
 
+    def _file_span(self, sample: int) -> tuple[int, int, int]:
+        """(file index, start, end) of a sample."""
+        if self.tar:
+            return self._shards[sample], self._starts[sample], self._ends[sample]
+        return sample, 0, self.files[sample][1]
+
     def _item(self, path: str, data: bytes) -> Any:
         item: Any
         if self.tar:
@@ -268,30 +334,111 @@ class SampleStream(IterableDataset[Any]):
         if self._done:
             self._position, self._done = 0, False
         order = self.order()
+        ordered, windows = order.sequence_and_windows()
         sequence = array("q")  # compact, and a plain index is ~50x faster than indexing a tensor
-        for piece in order.sequence().split(1 << 16):
+        for piece in ordered.split(1 << 16):
             sequence.extend(piece.tolist())
+        window = array("q")
+        for piece in windows.split(1 << 16) if windows is not None else ():
+            window.extend(piece.tolist())
+        del ordered, windows
         ds = self._opened.ds
         ds.chunks.check_process()  # a forked worker reopens the dataset here, once, before the threads read
+        positions = worker_positions(self._position, order.length, self.batch_size, worker, workers)
+        if self._chunks is None:
+            yield from self._one_by_one(ds, sequence, positions)
+        else:
+            yield from self._in_groups(ds, self._chunks, sequence, window, positions, worker, workers)
+        if workers == 1:
+            self._position, self._done = order.length, True
+
+    def _in_groups(
+        self,
+        ds: Dataset,
+        chunks: FileChunks,
+        sequence: array[int],
+        window: array[int],
+        positions: Iterator[int],
+        worker: int,
+        workers: int,
+    ) -> Iterator[Any]:
+        """Samples read a group at a time: this worker's samples of one shuffle window (or a run of them
+        when there are no windows), within the prefetch bounds; groups read ahead on threads.
+
+        With several workers, a disk cache and a dataset read from peers, a window's samples are fetched
+        by one worker, the one that yields its first sample: it reads the whole window (one range
+        request per data shard stretch, not one per worker) into the cache, and the others take their
+        samples of it from there.
+        """
+        max_samples, max_bytes = max(1, self.prefetch_samples), max(1, self.prefetch_bytes)
+        group_samples, group_bytes = max_samples, max_bytes  # a whole window is one group
+        start, batch = self._position, self.batch_size
+        cache = ds.chunks.cache
+        # Sharing needs chunks that go through the cache: read from peers (the store's own are not cached).
+        from_peers = ds.chunks.peers is not None and ds.reader.pointer is not None
+        share = workers > 1 and bool(window) and from_peers and cache is not None and cache.writable()
+        bounds = window_bounds(window) if share else {}
+
+        def span(pos: int) -> tuple[int, int, int, int]:
+            return (pos, *self._file_span(sequence[pos]))
+
+        def read(group: list[tuple[int, int, int, int]]) -> list[bytes]:
+            spans = [s[1:] for s in group]
+            if not share or (cache is not None and cache.write_failed):  # others could not count on the cache
+                return reader.read(spans)
+            a, b = bounds[window[group[0][0]]]
+            first = max(a, start)
+            whole = [self._file_span(sequence[p]) for p in range(first, b)]
+            if b - first > max_samples or sum(e - s for _, s, e in whole) > max_bytes:
+                return reader.read(spans)  # a window past the prefetch bounds: each worker reads its own
+            if ((first - start) // batch) % workers == worker:  # this worker fetches the window for all
+                mine = {s[0] for s in group}
+                return reader.read(spans, [whole[p - first] for p in range(first, b) if p not in mine])
+            return reader.read_when_cached(spans)
+
+        groups = grouped(
+            (span(pos) for pos in positions),
+            (lambda s: window[s[0]]) if window else (lambda s: None),
+            lambda s: s[3] - s[2],
+            max_items=group_samples,
+            max_bytes=group_bytes,
+        )
+        reader = SampleReader(ds, chunks)
+        try:
+            for group, datas in prefetched(
+                groups,
+                read,
+                lambda g: sum(s[3] - s[2] for s in g),
+                max_samples=max_samples,
+                max_bytes=max_bytes,
+                threads=GROUP_THREADS,
+                count=len,
+            ):
+                for (pos, file, _, _), data in zip(group, datas, strict=True):
+                    item = self._item(self.files[file][0], data)
+                    self._position = pos + 1  # exact when this process is the only one iterating (workers=1)
+                    yield item
+        finally:
+            reader.close()
+
+    def _one_by_one(self, ds: Dataset, sequence: array[int], positions: Iterator[int]) -> Iterator[Any]:
+        """Samples read file by file through ``Dataset.read_bytes`` (datasets read from gateways)."""
 
         def spans_of(positions: Iterator[int]) -> Iterator[tuple[int, str, int, int]]:
             for pos in positions:
                 yield (pos, *self._span(sequence[pos]))
 
-        positions = worker_positions(self._position, order.length, self.batch_size, worker, workers)
         for (pos, path, _, _), data in prefetched(
             spans_of(positions),
             lambda s: ds.read_bytes(s[1], s[2], s[3]),
             lambda s: s[3] - s[2],
-            max_samples=self.prefetch_samples,
+            max_samples=min(self.prefetch_samples, 32),
             max_bytes=self.prefetch_bytes,
             threads=PREFETCH_THREADS,
         ):
             item = self._item(path, data)
             self._position = pos + 1  # exact when this process is the only one iterating (workers=1)
             yield item
-        if workers == 1:
-            self._position, self._done = order.length, True
 
     # -- resuming ----------------------------------------------------------------
 
@@ -319,6 +466,8 @@ class SampleStream(IterableDataset[Any]):
             "samples": self.samples,
             "seed": self.seed,
             "shuffle": self.shuffle,
+            "shuffle_block": self.shuffle_block,
+            "shuffle_window": self.shuffle_window,
             "world_size": self.world_size,
             "drop_last": self.drop_last,
             "rank": self.rank,
@@ -328,14 +477,16 @@ class SampleStream(IterableDataset[Any]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the epoch and position of ``state`` (from :meth:`state_dict`, of any rank)."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") == 1 and state.get("shuffle") in (True, False):  # before block shuffle
+            state = {**state, "shuffle": "uniform" if state["shuffle"] else "none"}
+            state.update(shuffle_block=self.shuffle_block, shuffle_window=self.shuffle_window)
+        elif state.get("version") != STATE_VERSION:
             raise ValueError(f"not a SampleStream state of version {STATE_VERSION}: {state.get('version')!r}")
         mine = self.state_dict()
-        differ = [
-            k
-            for k in ("cid", "pattern", "tar", "samples", "seed", "shuffle", "world_size", "drop_last")
-            if state.get(k) != mine[k]
-        ]
+        keys = ["cid", "pattern", "tar", "samples", "seed", "shuffle", "world_size", "drop_last"]
+        if mine["shuffle"] == "block":
+            keys += ["shuffle_block", "shuffle_window"]
+        differ = [k for k in keys if state.get(k) != mine[k]]
         if differ:
             raise ValueError(
                 "the state is of another stream: " + ", ".join(f"{k} {state.get(k)!r} here {mine[k]!r}" for k in differ)

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 
 from dstore.errors import NotFound
+from dstore.format.cid import CID
+from dstore.format.unixfs import Node
 from dstore.mount.dataset import Dataset
 
-__all__ = ["GLOB_CHARS", "match_files", "matcher"]
+__all__ = ["GLOB_CHARS", "match_files", "match_nodes", "matcher"]
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -47,6 +49,11 @@ def match_files(ds: Dataset, pattern: str = "**") -> list[tuple[str, int]]:
 
     A pattern with no glob character is a path: a file names itself, a folder every file under it.
     """
+    return [(path, size) for path, size, _, _ in match_nodes(ds, pattern)]
+
+
+def match_nodes(ds: Dataset, pattern: str = "**") -> list[tuple[str, int, CID, Node]]:
+    """:func:`match_files` with each file's CID and UnixFS node (what its chunk list is read from)."""
     parts = _split(pattern)
     literal: list[str] = []
     for seg in parts:
@@ -62,16 +69,18 @@ def match_files(ds: Dataset, pattern: str = "**") -> list[tuple[str, int]]:
             raise
         entry = None
     if entry is not None and entry.kind == "file" and matches is None:
-        return [(base, entry.size or 0)]
+        with ds.chunks.lock:
+            cid, node = ds.reader.resolve(base)
+        return [(base, entry.size or 0, cid, node)]
     found = []
     if entry is not None and entry.kind == "dir":
         ds.chunks.check_process()
         with ds.chunks.lock:  # the reader's walk: paths and sizes in one pass, bounded by the manifest
-            nodes = [(rel, node) for rel, _, node in ds.reader.walk(base) if rel and not node.is_dir]
-        for rel, node in nodes:
+            nodes = [(rel, cid, node) for rel, cid, node in ds.reader.walk(base) if rel and not node.is_dir]
+        for rel, cid, node in nodes:
             path = f"{base}/{rel}" if base else rel
             if matches is None or matches(path):
-                found.append((path, node.filesize or 0))
+                found.append((path, node.filesize or 0, cid, node))
     if not found:
         raise NotFound(f"no file of dataset {ds.cid} matches {pattern!r}")
-    return sorted(found)
+    return sorted(found, key=lambda f: f[0])
