@@ -660,7 +660,7 @@ def _file_head(reader: DatasetReader, target: Target) -> bytes:
     assert node is not None
     if not node.filesize:
         return b""
-    return b"".join(files.iter_range(reader, target.resolved.cid, node, 0, files.SNIFF_BYTES - 1))
+    return b"".join(bytes(p) for p in files.iter_range(reader, target.resolved.cid, node, 0, files.SNIFF_BYTES - 1))
 
 
 async def _answer_file(

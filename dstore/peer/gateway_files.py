@@ -131,7 +131,8 @@ def iter_range(
     """Bytes ``first..last`` (inclusive) of a file: only the chunks that cover them are read.
 
     A short range reads chunk by chunk (only the shard bytes that cover each); a longer one in runs
-    of chunks, the next packs fetched meanwhile (:mod:`dstore.peer.gateway_runs`).
+    of chunks, the next packs fetched meanwhile (:mod:`dstore.peer.gateway_runs`): a piece is then a
+    view that stays valid until the generator has been advanced twice more (copy it to keep it).
     """
     if reader.holds_raw:  # its leaves may be blocks held in the metadata, not chunks
         yield from file_bytes(reader, cid, node, first, last)
