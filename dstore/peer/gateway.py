@@ -87,6 +87,9 @@ LISTING_CACHE = "public, max-age=604800, stale-while-revalidate=2678400"
 IDENTITY_HASH = 0x00
 #: CAR blocks are written in batches of about this many bytes.
 CAR_BATCH_BYTES = 1 << 20
+#: Streams are written to the socket this much at a time (the rest of a larger write would be copied
+#: into the transport's buffer first).
+WRITE_BYTES = 256 << 10
 #: Inline (identity) CIDs carry their block in the CID; bigger ones are refused.
 MAX_IDENTITY_BYTES = 128
 CORS = {
@@ -344,8 +347,9 @@ async def _send_stream(
             if piece is None:
                 break
             upcoming = loop.run_in_executor(None, next, pieces, None)
-            if piece:
-                await response.write(piece)
+            view = memoryview(piece)
+            for at in range(0, len(view), WRITE_BYTES):  # what the socket takes at once: little is copied
+                await response.write(view[at : at + WRITE_BYTES])
     except DstoreError as e:
         log.error("gateway: %s %s failed mid-stream: %s", request.method, request.path, e)
         if request.transport is not None:
