@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -208,3 +209,21 @@ def test_a_data_shard_held_here_is_used_not_rebuilt(spread, monkeypatch: pytest.
     finally:
         index.close()
     assert got == spread["data"]
+
+
+def test_a_client_leaving_mid_stream_leaves_the_peer_serving(spread) -> None:
+    """A client that hangs up inside a stream ends it (the worker reading ahead is waited for before the
+    dataset's reader closes); the next requests are answered whole."""
+    server, dataset = spread["server"], spread["dataset"]
+    port = int(server.url.rsplit(":", 1)[1])
+    for query in ("?format=car", ""):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"GET /ipfs/{dataset}{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            got = b""
+            while len(got) < 3 * MIB:
+                got += sock.recv(1 << 16)
+            assert got.startswith(b"HTTP/1.1 200")
+    status, _, body = fetch(f"{server.url}/ipfs/{dataset}")
+    assert status == 200 and body == spread["data"]
+    assert server.running
+    assert "Traceback" not in server.stderr_text()

@@ -355,6 +355,9 @@ async def _send_stream(
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError(str(e)) from e
+    except ConnectionError:  # the client left mid-stream: nothing more can be sent, nothing went wrong here
+        log.info("gateway: %s %s: the client left mid-stream", request.method, request.path)
+        return response
     finally:
         await _settled(upcoming)
     await response.write_eof()
