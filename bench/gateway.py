@@ -18,7 +18,8 @@ import urllib.request
 from typing import Any
 
 import measure as M
-from peers import N_PEERS, SHARDS, TOKEN, Fleet, Server
+import psutil
+from peers import N_PEERS, SHARDS, TOKEN, Fleet, RssPoller, Server
 
 #: (item, reference) pairs and the target ratio of each.
 PAIRS = {
@@ -29,17 +30,23 @@ PAIRS = {
 }
 
 
-def _pointer_holder(fleet: Fleet, cid: str) -> str:
-    """A peer that holds the dataset's pointer (a peer's gateway serves the datasets it has pointers for)."""
+def _pointer_holder(fleet: Fleet, cid: str) -> tuple[str, int]:
+    """A peer that holds the dataset's pointer (a peer's gateway serves the datasets it has pointers for):
+    its URL and process ID."""
     for p in fleet.peers:
         req = urllib.request.Request(f"{p.url}/datasets/{cid}", headers={"Authorization": f"Bearer {TOKEN}"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
-                if r.status == 200:
-                    return p.url
+                if r.status == 200 and p.proc is not None:
+                    return p.url, p.proc.pid
         except OSError:
             continue
     raise RuntimeError(f"no peer of the fleet holds the pointer of {cid}")
+
+
+def _cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def section(b: Any) -> dict:
@@ -72,16 +79,22 @@ def section(b: Any) -> dict:
             cids[name] = M.last_json(r["stdout"])["cid"]
             M.rm(base / f"home-{name}")  # the get and the gateways read from the peers only
 
-        def curl(url: str, label: str, same: bool):
+        def curl(url: str, label: str, same: bool, peer_pid: int | None = None):
             def run(i):
                 M.rm(out)
-                r = M.run_timed(["curl", "-sSf", "-o", str(out), url])
+                peer_cpu = _cpu_s(peer_pid) if peer_pid else 0.0
+                with RssPoller([peer_pid] if peer_pid else []) as rss:
+                    r = M.run_timed(["curl", "-sSf", "-o", str(out), url])
+                res = {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+                if peer_pid:  # the serving peer's core-seconds per GiB and its peak RSS
+                    res["peer_cpu_s_per_gib"] = (_cpu_s(peer_pid) - peer_cpu) * (1 << 30) / size
+                    res["peer_rss_mib"] = rss.summary()["max_peer_rss_mib"]
                 if label not in checked:
                     checked[label] = b.same_bytes(f, out) if same else out.stat().st_size >= size
                     if not checked[label]:
                         raise RuntimeError(f"{label}: curl got the wrong bytes")
                 M.rm(out)
-                return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+                return res
 
             return run
 
@@ -97,13 +110,14 @@ def section(b: Any) -> dict:
             M.rm(home)
             return {"seconds": r["seconds"], "cpu_s": r["cpu_s"]}
 
-        solo_url, fleet_url = solo.peers[0].url, _pointer_holder(fleet, cids["fleet"])
+        solo_url, solo_pid = solo.peers[0].url, solo.pids()[0]
+        fleet_url, fleet_pid = _pointer_holder(fleet, cids["fleet"])
         items = {
             "static": curl(f"{server.url}/file.bin", "static", True),
-            "solo_file": curl(f"{solo_url}/ipfs/{cids['solo']}", "solo_file", True),
-            "solo_car": curl(f"{solo_url}/ipfs/{cids['solo']}?format=car", "solo_car", False),
-            "fleet_file": curl(f"{fleet_url}/ipfs/{cids['fleet']}", "fleet_file", True),
-            "fleet_car": curl(f"{fleet_url}/ipfs/{cids['fleet']}?format=car", "fleet_car", False),
+            "solo_file": curl(f"{solo_url}/ipfs/{cids['solo']}", "solo_file", True, solo_pid),
+            "solo_car": curl(f"{solo_url}/ipfs/{cids['solo']}?format=car", "solo_car", False, solo_pid),
+            "fleet_file": curl(f"{fleet_url}/ipfs/{cids['fleet']}", "fleet_file", True, fleet_pid),
+            "fleet_car": curl(f"{fleet_url}/ipfs/{cids['fleet']}?format=car", "fleet_car", False, fleet_pid),
             "dstore_get": dstore_get,
         }
         runs = b.interleaved(items, size)
@@ -113,6 +127,7 @@ def section(b: Any) -> dict:
         solo.close()
         fleet.close()
         M.rm(base)
+    served = [n for n in items if n.startswith(("solo", "fleet"))]  # answered by a peer's gateway
     ratio_runs = {k: b.ratios(runs, *k.split("/")) for k in PAIRS}
     ratio = {k: M.median(v) for k, v in ratio_runs.items()}
     return {
@@ -123,6 +138,8 @@ def section(b: Any) -> dict:
         "verified": checked,
         "runs": runs,
         "median_gbps": {n: b.med(runs, n) for n in items},
+        "median_peer_cpu_s_per_gib": {n: b.med(runs, n, "peer_cpu_s_per_gib") for n in served},
+        "max_peer_rss_mib": {n: max(r[n].get("peer_rss_mib") or 0 for r in runs) for n in served},
         "ratio_runs": ratio_runs,
         "ratio": ratio,
         "target": {k: f">= {v}" for k, v in PAIRS.items()},
@@ -147,11 +164,13 @@ def rows(S: dict, row: Any, fmt: Any) -> None:
         row("gateway reads", "ERROR", str(s["error"])[:80], "n/a", "", "n/a")
         return
     g = s["median_gbps"]
+    cpu, rss = s.get("median_peer_cpu_s_per_gib", {}), s.get("max_peer_rss_mib", {})
     for key, (what, ref) in LABELS.items():
         a, r = key.split("/")
         ratio = s["ratio"].get(key)
+        peer = f"; peer {cpu[a]:.2f} core-s/GiB, peak {rss.get(a) or 0:.0f} MiB" if cpu.get(a) is not None else ""
         row(
-            f"{s['bytes'] >> 20:,} MiB through a gateway, {what} (GB/s)",
+            f"{s['bytes'] >> 20:,} MiB through a gateway, {what} (GB/s{peer})",
             fmt(g.get(a)),
             f"{ref} {fmt(g.get(r))}",
             fmt(ratio, "{:.2f}"),

@@ -8,11 +8,13 @@ the caller's limit, and a connection that is never reused after the fault.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
 import threading
 import time
 import tracemalloc
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -176,6 +178,25 @@ def test_a_body_lands_whole_and_the_connection_is_reused() -> None:
         assert [bytes(r.body) for r in got] == [BODY] * 3  # type: ignore[union-attr]
         assert [conn for conn, _ in srv.requests] == [0, 0, 0]  # one connection, kept alive
         assert srv.requests[1][1] == b"GET /shards/1 HTTP/1.1"
+
+
+def test_an_idle_connection_does_not_keep_its_last_body_alive() -> None:
+    """A pooled connection waiting for its next request holds no answer: a long-lived client (a peer's
+    gateway reading shards) would otherwise keep a shard's body alive per idle connection."""
+    with raw_server(serve_body) as srv:
+
+        async def go(c: h1.H1Client) -> bool:
+            resp = await c.request(srv.url, "GET", "/shards/0", limit=LIMIT)
+            assert bytes(resp.body) == BODY
+            answer = weakref.ref(resp)
+            del resp
+            for _ in range(3):
+                await asyncio.sleep(0)  # the loop's callbacks that carried the answer have run
+            gc.collect()
+            return answer() is None  # while the client and its idle connection live on
+
+        assert run(go)
+        assert len(srv.requests) == 1
 
 
 def test_a_valid_chunked_body_is_decoded_within_the_limit() -> None:

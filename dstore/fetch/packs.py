@@ -80,6 +80,22 @@ class LocalShards:
             return None
         return maps
 
+    def data_shard(self, record: PackRecord, i: int) -> mmap.mmap | None:
+        """Data shard ``i`` of the pack mapped from its file, if held here at its size (unverified:
+        callers check the chunks read from it)."""
+        try:
+            fd = os.open(self.store.shards.path(record.shards[i].encode("base32")), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_size != record.shard_size:
+                return None
+            return mmap.mmap(fd, record.shard_size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         shards: list[bytes | None] = []
         bad: list[str] = []
@@ -129,19 +145,18 @@ class PeerShards:
                 self._pending[pack_id] = self.peers.submit_fetch_pack(record, pack_id, self.hints.get(pack_id))
 
     def map(self, pack_id: bytes, record: PackRecord) -> Parts:
+        return _data_parts(self.fetched(pack_id, record), record)
+
+    def fetched(self, pack_id: bytes, record: PackRecord) -> list[bytes | bytearray | mmap.mmap | None]:
+        """The pack's shards as fetched (k + m, at least k of them verified, None elsewhere)."""
         pending = self._pending.pop(pack_id, None)
         if pending is None:
-            shards = self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))
-        else:
-            try:
-                shards = pending.result()
-            except BaseException:
-                pending.cancel()  # e.g. KeyboardInterrupt: do not leave the transfer running
-                raise
-        if all(s is not None for s in shards[: record.k]):
-            return [memoryview(s) for s in shards[: record.k] if s is not None]
-        # The rebuilt data shards as the pack's parts, end to end: no join into one buffer.
-        return [memoryview(s) for s in _native.reconstruct(shards, record.k, record.m)]
+            return list(self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id)))
+        try:
+            return list(pending.result())
+        except BaseException:
+            pending.cancel()  # e.g. KeyboardInterrupt: do not leave the transfer running
+            raise
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         parts = self.map(pack_id, record)
@@ -158,7 +173,14 @@ class LocalThenPeers:
         self.local, self.remote = local, peers
 
     def map(self, pack_id: bytes, record: PackRecord) -> Parts | None:
-        return self.local.map(pack_id, record) or self.remote.map(pack_id, record)
+        local = self.local.map(pack_id, record)
+        if local is not None:
+            return local
+        shards = self.remote.fetched(pack_id, record)
+        for i in range(record.k):  # a data shard held here (fetched as parity instead) needs no rebuilding
+            if shards[i] is None:
+                shards[i] = self.local.data_shard(record, i)
+        return _data_parts(shards, record)
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
         try:
@@ -171,6 +193,14 @@ class LocalThenPeers:
 
     def prefetch(self, packs: Sequence[tuple[bytes, PackRecord]]) -> None:
         self.remote.prefetch([(pack_id, record) for pack_id, record in packs if not self.local.has(record)])
+
+
+def _data_parts(shards: Sequence[bytes | bytearray | mmap.mmap | None], record: PackRecord) -> Parts:
+    """The k data shards as the pack's parts, end to end, rebuilt from parity when some are missing
+    (no join into one buffer)."""
+    if all(s is not None for s in shards[: record.k]):
+        return [memoryview(s) for s in shards[: record.k] if s is not None]
+    return [memoryview(s) for s in _native.reconstruct(shards, record.k, record.m)]
 
 
 def data_region(shards: Sequence[bytes | bytearray | None], record: PackRecord) -> memoryview:
@@ -234,6 +264,12 @@ class PackReader:
             _release(old)
         self._remember(pack_id, [view])
         return view
+
+    def forget(self, pack_id: bytes) -> None:
+        """Drop a pack from the cache now (a sequential reader is done with it: its memory goes at once)."""
+        parts = self._cache.pop(pack_id, None)
+        if parts is not None:
+            _release(parts)
 
     def close(self) -> None:
         if self._pool is not None:

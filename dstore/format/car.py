@@ -30,6 +30,7 @@ __all__ = [
     "CarReader",
     "CarWriter",
     "car_block",
+    "car_section_head",
     "car_header",
     "encode_car",
     "iter_car",
@@ -55,8 +56,16 @@ def car_header(roots: Iterable[CID]) -> bytes:
 
 def car_block(cid: CID | bytes, block: bytes) -> bytes:
     """One CAR section: ``varint(len(cid) + len(block)) || cid || block``."""
+    return car_section_head(cid, len(block)) + block
+
+
+def car_section_head(cid: CID | bytes, block_len: int) -> bytes:
+    """What precedes a block of ``block_len`` bytes in its CAR section: ``varint(len(cid) + block_len) || cid``.
+
+    For streams that write the head and the block's bytes (a view of a bigger buffer) without joining them.
+    """
     cb = cid if isinstance(cid, bytes) else cid.to_bytes()
-    return encode_varint(len(cb) + len(block)) + cb + block
+    return encode_varint(len(cb) + block_len) + cb
 
 
 def iter_car(roots: Iterable[CID], blocks: Iterable[tuple[CID | bytes, bytes]]) -> Iterator[bytes]:

@@ -475,6 +475,7 @@ class H1Client:
                     raise
                 if conn.reusable and not self._closed:
                     conn.state, conn.idle_since, conn.reused = _IDLE, time.monotonic(), True
+                    conn.response = conn.done = None  # an idle connection must not keep its last body alive
                     pool.idle.append(conn)
                 else:
                     conn.close()

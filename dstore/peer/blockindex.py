@@ -21,11 +21,11 @@ import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from dstore.errors import DstoreError, FormatError, IntegrityError, NotFound
-from dstore.fetch.packs import data_region
+from dstore.fetch.packs import LocalThenPeers, data_region
 from dstore.fetch.reader import DatasetReader
 from dstore.fetch.remote import check_pointer
 from dstore.format import unixfs
@@ -33,7 +33,7 @@ from dstore.format.cid import CID, DAG_CBOR, HASH_NAMES, RAW, cid_to_text, hash_
 from dstore.format.locator import Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
-from dstore.format.pointer import Pointer, read_metadata_car
+from dstore.format.pointer import Pointer, decode_placement, read_metadata_car
 from dstore.net.sync import SyncPeerSet
 from dstore.peer.storage import PeerStore
 from dstore.store import Store
@@ -59,6 +59,8 @@ class DatasetMeta:
     blocks: dict[bytes, bytes]  # every metadata block by CID bytes, each checked against its CID
     block_bytes: int = 0  # their total size
     raw_blocks: int = 0  # how many are raw blocks (file bytes held as blocks: `dstore import --blocks`)
+    #: pack ID -> the peer that took each shard, from the placement block (fetches ask those peers first)
+    hints: dict[bytes, list[str | None]] = field(default_factory=dict)
 
 
 class _PointerIndex:
@@ -157,7 +159,9 @@ class BlockIndex:
         if locator.dataset != dataset:
             raise IntegrityError("the pointer's locator belongs to another dataset")
         raw = sum(1 for key in blocks if CID.from_bytes(key).codec == RAW)
-        return DatasetMeta(dataset, pointer.locator, manifest, blocks, sum(map(len, blocks.values())), raw)
+        return DatasetMeta(
+            dataset, pointer.locator, manifest, blocks, sum(map(len, blocks.values())), raw, _hints(pointer, blocks)
+        )
 
     def refresh(self) -> None:
         """Load the metadata of every pointer file that is new or changed since it was loaded."""
@@ -276,6 +280,9 @@ class GatewayReader(DatasetReader):
 
     def __init__(self, store: Store, meta: DatasetMeta, *, peers: SyncPeerSet | None) -> None:
         super().__init__(store, meta.dataset, peers=peers)
+        self.hints = meta.hints  # shards are asked of the peers that took them first, as `dstore get` does
+        if isinstance(self.packs.source, LocalThenPeers):
+            self.packs.source.remote.hints = meta.hints
         self._held = meta.blocks
         self.max_entries = self.manifest.entries + len(meta.blocks)
         self.max_bytes = self.manifest.size + meta.block_bytes
@@ -303,6 +310,22 @@ class GatewayReader(DatasetReader):
             if len(out) > limit:
                 raise FormatError(f"a folder lists more than the {limit} entries this dataset's metadata allows")
         return sorted(out, key=lambda e: e[0].encode("utf-8"))
+
+
+def _hints(pointer: Pointer, blocks: dict[bytes, bytes]) -> dict[bytes, list[str | None]]:
+    """Who took each shard, from the placement block the pointer names: only hints (none if unreadable)."""
+    if pointer.placement is None:
+        return {}
+    placement = blocks.get(pointer.placement.to_bytes())
+    try:
+        if placement is None:
+            raise FormatError("the metadata packs lack it")
+        return decode_placement(placement)
+    except FormatError as e:
+        log.warning(
+            "gateway: placement block %s unusable (%s): shards are looked for on every peer", pointer.placement, e
+        )
+        return {}
 
 
 def _block_of(blocks: dict[bytes, bytes], cid: CID) -> bytes:

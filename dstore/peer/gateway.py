@@ -36,14 +36,22 @@ from multiformats.cid import CID as _MFCID
 
 from dstore.errors import BadCID, DstoreError, NotFound
 from dstore.format import unixfs
-from dstore.format.car import car_block, car_header
+from dstore.format.car import car_header, car_section_head
 from dstore.format.cid import CID, DAG_CBOR, DAG_PB, RAW, cid_to_text, parse_cid
 from dstore.peer import gateway_files as files
 from dstore.peer import gateway_ipld as ipld
 from dstore.peer import gateway_tar as tar
 from dstore.peer.blockindex import BlockIndex
 from dstore.peer.blockindex import GatewayReader as DatasetReader
-from dstore.peer.gateway_car import PathRemainder, Resolved, block_bytes, entity_blocks, resolve, verified
+from dstore.peer.gateway_car import (
+    PathRemainder,
+    Resolved,
+    block_bytes,
+    entity_blocks,
+    resolve,
+    verified,
+)
+from dstore.peer.gateway_runs import Run
 from dstore.peer.storage import PeerStore
 
 __all__ = ["GATEWAY", "GatewayState", "setup_gateway"]
@@ -79,6 +87,9 @@ LISTING_CACHE = "public, max-age=604800, stale-while-revalidate=2678400"
 IDENTITY_HASH = 0x00
 #: CAR blocks are written in batches of about this many bytes.
 CAR_BATCH_BYTES = 1 << 20
+#: Streams are written to the socket this much at a time (the rest of a larger write would be copied
+#: into the transport's buffer first).
+WRITE_BYTES = 256 << 10
 #: Inline (identity) CIDs carry their block in the CID; bigger ones are refused.
 MAX_IDENTITY_BYTES = 128
 CORS = {
@@ -317,25 +328,56 @@ def _not_modified(request: web.Request, etag: str, headers: dict[str, str]) -> w
 async def _send_stream(
     request: web.Request, response: web.StreamResponse, pieces: Iterator[bytes | memoryview]
 ) -> web.StreamResponse:
-    """Write ``pieces`` (pulled in a worker thread) as they come; an error after the headers closes the connection."""
+    """Write ``pieces`` as they come; an error after the headers closes the connection.
+
+    Pieces are pulled in a worker thread, the next one while this one is written (a piece stays
+    valid once made), so reading and sending overlap. The handler returns only once the worker
+    is done with ``pieces`` (its reader is closed next), also when the request is cancelled.
+    """
     await response.prepare(request)
     if request.method == "HEAD":
         await response.write_eof()
         return response
+    loop = asyncio.get_running_loop()
+    upcoming: asyncio.Future[bytes | memoryview | None] | None = None
     try:
+        upcoming = loop.run_in_executor(None, next, pieces, None)
         while True:
-            piece = await asyncio.to_thread(next, pieces, None)
+            piece = await asyncio.shield(upcoming)  # a cancelled request leaves the worker's future alone
             if piece is None:
                 break
-            if piece:
-                await response.write(piece)
+            upcoming = loop.run_in_executor(None, next, pieces, None)
+            view = memoryview(piece)
+            for at in range(0, len(view), WRITE_BYTES):  # what the socket takes at once: little is copied
+                await response.write(view[at : at + WRITE_BYTES])
     except DstoreError as e:
         log.error("gateway: %s %s failed mid-stream: %s", request.method, request.path, e)
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError(str(e)) from e
+    except ConnectionError:  # the client left mid-stream: nothing more can be sent, nothing went wrong here
+        log.info("gateway: %s %s: the client left mid-stream", request.method, request.path)
+        return response
+    finally:
+        await _settled(upcoming)
     await response.write_eof()
     return response
+
+
+async def _settled(pending: asyncio.Future[Any] | None) -> None:
+    """Wait for the worker thread's ``pending`` pull to end, even through a cancellation (raised after)."""
+    if pending is None:
+        return
+    cancelled = False
+    while not pending.done():
+        try:
+            await asyncio.wait([pending])
+        except asyncio.CancelledError:
+            cancelled = True
+    if not pending.cancelled():
+        pending.exception()  # retrieved: an error after the client left is not worth a warning
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _answer_raw(request: web.Request, target: Target, cid: CID, path: str) -> web.StreamResponse:
@@ -390,12 +432,16 @@ def _resolve_range(want: Want, target: Target) -> tuple[int, int] | None:
 
 
 def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
-    """The CAR stream: header, the path's blocks, then the terminal's (each block once)."""
+    """The CAR stream: header, the path's blocks, then the terminal's (each block once).
+
+    Sections are joined into pieces of at least CAR_BATCH_BYTES, and a run of chunks into the piece
+    that holds it, in one copy, before the run's buffer is used again.
+    """
     resolved = target.resolved
     yield car_header([_as_asked(target, resolved.roots[0])])
     seen: set[bytes] = set()
 
-    def blocks() -> Iterator[tuple[CID, bytes]]:
+    def blocks() -> Iterator[tuple[CID, bytes] | Run]:
         if target.loose is not None:
             yield resolved.cid, target.loose
             return
@@ -403,19 +449,29 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
         yield from resolved.path_blocks
         yield from entity_blocks(target.reader, resolved, want.scope, _resolve_range(want, target))
 
-    batch: list[bytes] = []
+    batch: list[bytes | memoryview] = []
     batch_bytes = 0
-    for cid, data in blocks():
+
+    def add(cid: CID, data: bytes | memoryview) -> None:
+        nonlocal batch_bytes
         if cid.hash.code == IDENTITY_HASH:
-            continue  # an inline CID is its own block: never written to a CAR (trustless gateway spec)
+            return  # an inline CID is its own block: never written to a CAR (trustless gateway spec)
         key = cid.to_bytes()
         if not want.dups:
             if key in seen:
-                continue
+                return
             seen.add(key)
-        batch.append(car_block(_as_asked(target, cid).to_bytes(), data))
+        batch.append(car_section_head(key if target.asked is None else _as_asked(target, cid).to_bytes(), len(data)))
+        batch.append(data)
         batch_bytes += len(data)
-        if batch_bytes >= CAR_BATCH_BYTES:  # fewer hops to the worker thread and the socket
+
+    for item in blocks():
+        if isinstance(item, Run):
+            for leaf, data in item.views():
+                add(leaf.tag[0], data)
+        else:
+            add(*item)
+        if batch_bytes >= CAR_BATCH_BYTES or isinstance(item, Run):  # a run's views: joined before the next
             yield b"".join(batch)
             batch, batch_bytes = [], 0
     if batch:
@@ -611,7 +667,7 @@ def _file_head(reader: DatasetReader, target: Target) -> bytes:
     assert node is not None
     if not node.filesize:
         return b""
-    return b"".join(files.iter_range(reader, target.resolved.cid, node, 0, files.SNIFF_BYTES - 1))
+    return b"".join(bytes(p) for p in files.iter_range(reader, target.resolved.cid, node, 0, files.SNIFF_BYTES - 1))
 
 
 async def _answer_file(
@@ -644,11 +700,7 @@ async def _answer_file(
         headers[hdrs.CONTENT_DISPOSITION] = f"inline; filename*=UTF-8''{_quote(resolved.name)}"
     if rng is None:
         status, length = 200, size
-        pieces: Iterator[bytes | memoryview] = (
-            reader.iter_file_cid(resolved.cid, node)
-            if reader.hash_name == "blake3" and not reader.holds_raw  # chunks verified in Rust while decoded
-            else files.iter_range(reader, resolved.cid, node, 0, size - 1)
-        )
+        pieces = files.iter_range(reader, resolved.cid, node, 0, size - 1)
     else:
         status, length = 206, rng[1] - rng[0] + 1
         headers[hdrs.CONTENT_RANGE] = f"bytes {rng[0]}-{rng[1]}/{size}"

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from dstore.errors import DstoreError, FormatError, IntegrityError, NotFound
 from dstore.fetch.reader import TreeBudget
 from dstore.format import unixfs
-from dstore.format.cid import CID, DAG_PB, HASH_NAMES, RAW, cid_to_text, hash_digest
+from dstore.format.cid import CID, DAG_PB, HASH_CODES, HASH_NAMES, RAW, cid_to_text, hash_digest
 from dstore.peer import gateway_ipld as ipld
 from dstore.peer.blockindex import GatewayReader as DatasetReader
+from dstore.peer.gateway_runs import Leaf, Run, chunk_runs
 
 __all__ = [
     "PathRemainder",
@@ -167,7 +168,9 @@ def file_bytes(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, l
 
     For files whose leaves are blocks the dataset's metadata holds, not chunks of its locator.
     """
-    for block_cid, data, start in _file_walk(reader, cid, node, first, last):
+    for item in _file_items(reader, cid, node, first, last, None):
+        assert not isinstance(item, Leaf)  # no chunk code: every block is read here
+        block_cid, data, start = item
         if block_cid.codec != RAW:
             data = unixfs.parse_node(block_cid, data).data
         end = start + len(data)
@@ -179,16 +182,26 @@ def _hamt_pad(node: unixfs.Node) -> int:
     return len(f"{node.fanout - 1:X}") if node.kind == "hamt" and node.fanout else 0
 
 
-def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[Block]:
-    """A file's blocks depth first, only those whose bytes meet ``[first, last]`` (inclusive)."""
-    for block_cid, data, _ in _file_walk(reader, cid, node, first, last):
-        yield block_cid, data
+def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[Block | Run]:
+    """A file's blocks depth first, only those whose bytes meet ``[first, last]`` (inclusive).
+
+    Raw leaves that are chunks of the dataset's packs come as runs (:mod:`gateway_runs`, each leaf
+    tagged with its CID and its offset in the file), verified in Rust while decoded; every other
+    block is verified here.
+    """
+    chunk_code = None if reader.holds_raw else HASH_CODES[reader.hash_name]
+    for item in chunk_runs(reader, _file_items(reader, cid, node, first, last, chunk_code)):
+        yield item if isinstance(item, Run) else item[:2]
 
 
-def _file_walk(
-    reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int
-) -> Iterator[tuple[CID, bytes, int]]:
-    """(block, its bytes, the file offset of its own file bytes) for :func:`_file_blocks`."""
+_FileItem = tuple[CID, bytes, int] | Leaf
+
+
+def _file_items(
+    reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int, chunk_code: int | None
+) -> Iterator[_FileItem]:
+    """The blocks of :func:`_file_blocks`: nodes (and leaves outside packs) read and verified, pack chunks as
+    :class:`Leaf` (tagged with their CID and file offset) for :func:`chunk_runs` to read."""
     if node.data and node.links:
         raise FormatError("UnixFS file: inline data and links together are not written by dstore")
     if (node.filesize or 0) > reader.max_bytes:
@@ -207,6 +220,9 @@ def _file_walk(
         if start > last or start + size - 1 < first:
             continue  # outside the range: neither it nor its children are needed
         if link.cid.codec == RAW:
+            if link.cid.hash.code == chunk_code:  # a chunk of the dataset's packs: read in a run
+                yield Leaf(bytes(link.cid.hash.digest), size, (link.cid, start))
+                continue
             data = block_bytes(reader, link.cid, sequential=True)
             if len(data) != size:
                 raise FormatError(f"UnixFS file: a leaf of {len(data)} bytes where its parent says {size}")
@@ -232,7 +248,7 @@ def _children(node: unixfs.Node, start: int) -> Iterator[tuple[unixfs.Link, int,
         pos += size
 
 
-def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: bool) -> Iterator[Block]:
+def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: bool) -> Iterator[Block | Run]:
     """A folder's own blocks (HAMT shards included); with ``recurse``, everything under it too."""
     budget = _Budget(reader)
     budget.take(node)
@@ -270,8 +286,11 @@ def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: 
 
 def entity_blocks(
     reader: DatasetReader, target: Resolved, scope: str, byte_range: tuple[int, int] | None
-) -> Iterator[Block]:
+) -> Iterator[Block | Run]:
     """The blocks ``scope`` (``block``, ``entity``, ``all``) asks of the terminal of ``target``.
+
+    Chunks of the dataset's packs come as runs: a run's bytes are valid until the generator has been
+    advanced twice more (gateway_runs).
 
     ``byte_range`` (inclusive, already resolved against the file's size) narrows a file to the
     blocks covering those bytes.

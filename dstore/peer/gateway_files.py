@@ -19,12 +19,15 @@ from dstore.format import unixfs
 from dstore.format.cid import CID
 from dstore.peer.blockindex import GatewayReader as DatasetReader
 from dstore.peer.gateway_car import file_bytes
+from dstore.peer.gateway_runs import Leaf, chunk_runs
 
 __all__ = ["Unsatisfiable", "type_by_name", "iter_range", "listing_html", "listing_json", "parse_range", "sniff"]
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 #: Bytes looked at to guess a type when the name says nothing.
 SNIFF_BYTES = 512
+#: A range up to this long is read chunk by chunk (random access), a longer one in runs.
+SHORT_RANGE_BYTES = 1 << 20
 
 _MAGIC: list[tuple[bytes, str]] = [
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -122,20 +125,42 @@ def sniff(head: bytes) -> str:
     return "text/plain; charset=utf-8"
 
 
-def iter_range(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[bytes]:
-    """Bytes ``first..last`` (inclusive) of a file: only the chunks that cover them are read."""
+def iter_range(
+    reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int
+) -> Iterator[bytes | memoryview]:
+    """Bytes ``first..last`` (inclusive) of a file: only the chunks that cover them are read.
+
+    A short range reads chunk by chunk (only the shard bytes that cover each); a longer one in runs
+    of chunks, the next packs fetched meanwhile (:mod:`dstore.peer.gateway_runs`): a piece is then a
+    view that stays valid until the generator has been advanced twice more (copy it to keep it).
+    """
     if reader.holds_raw:  # its leaves may be blocks held in the metadata, not chunks
         yield from file_bytes(reader, cid, node, first, last)
         return
+    if last - first + 1 <= SHORT_RANGE_BYTES:
+        yield from _chunk_by_chunk(reader, cid, node, first, last)
+        return
+    for run in chunk_runs(reader, _covering(reader.leaves(cid, node), first, last)):
+        start = run.leaves[0].tag
+        yield run.data[max(0, first - start) : last + 1 - start]
+
+
+def _covering(leaves: Iterator[tuple[bytes, int]], first: int, last: int) -> Iterator[Leaf]:
+    """The chunks of a file that hold bytes of ``first..last``, tagged with their offset in the file."""
     pos = 0
-    for digest, size in reader.leaves(cid, node):
+    for digest, size in leaves:
         end = pos + size
         if end > first and pos <= last:
-            data = reader.read_chunk(digest)
-            yield data[max(0, first - pos) : min(size, last + 1 - pos)]
+            yield Leaf(digest, size, pos)
         if end > last:
             return
         pos = end
+
+
+def _chunk_by_chunk(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[bytes]:
+    for leaf in _covering(reader.leaves(cid, node), first, last):
+        data = reader.read_chunk(leaf.digest)
+        yield data[max(0, first - leaf.tag) : min(leaf.size, last + 1 - leaf.tag)]
 
 
 def listing_json(path: str, cid: str, entries: list[dict[str, object]]) -> dict[str, object]:

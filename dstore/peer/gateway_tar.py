@@ -82,7 +82,7 @@ def tar_pieces(reader: GatewayReader, name: str, cid: CID, node: unixfs.Node) ->
         pending: list[bytes] = []
         pending_bytes = 0
         for piece in files.iter_range(reader, c, n, 0, size - 1) if size else ():
-            pending.append(piece)
+            pending.append(bytes(piece))  # a view of a run is valid only until the next runs are read
             pending_bytes += len(piece)
             if pending_bytes >= PIECE_BYTES:
                 yield b"".join(pending)
