@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import blake3
@@ -222,6 +223,41 @@ def test_batch_size_does_not_change_the_dataset(tmp_path, mixed_tree, monkeypatc
         assert sum(reported) == result.bytes_in
         assert add(mixed_tree / "b", store, ShardSpec(4, 2)).to_json() == KNOWN["4+2"]["second"]
     assert store_fingerprint(tmp_path / "home") == KNOWN["4+2"]["shards"]
+
+
+def test_the_next_batch_is_read_while_the_one_before_is_stored(tmp_path, monkeypatch):
+    """Batches overlap: the native call of batch N+1 starts before batch N's chunks are packed (Python's part)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(7):
+        (src / ("d" if i % 2 else "") / f"{i}.bin").write_bytes(random_bytes(3000 + i, i))
+    with Store(tmp_path / "one") as store:
+        expected = add(src, store, ShardSpec(4, 2)).to_json()
+    monkeypatch.setattr(add_module, "BATCH_MAX_FILES", 2)
+    events: list[str] = []
+    real_process, real_add_chunks = _native.process_files, add_module.Packer.add_chunks
+    monkeypatch.setattr(add_module._native, "process_files", lambda *a: events.append("read") or real_process(*a))
+    monkeypatch.setattr(
+        add_module.Packer, "add_chunks", lambda self, *a: events.append("pack") or real_add_chunks(self, *a)
+    )
+    with Store(tmp_path / "home") as store:
+        assert add(src, store, ShardSpec(4, 2)).to_json() == expected
+    assert events[:3] == ["read", "read", "pack"]
+    assert events.count("read") == events.count("pack") >= 3
+
+
+def test_a_failed_batch_leaves_no_native_call_running(tmp_path, monkeypatch):
+    """A file of a later batch that vanished fails the add naming it; the batch read ahead is waited for."""
+    monkeypatch.setattr(add_module, "BATCH_MAX_FILES", 2)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(9):
+        (src / f"{i}.bin").write_bytes(random_bytes(3000 + i, i))
+    victim = src / "4.bin"
+    monkeypatch.setattr(add_module, "walk", _racing_walk(victim.unlink))
+    with Store(tmp_path / "home") as store, pytest.raises(InputError, match=f"cannot read {victim}"):
+        add(src, store, ShardSpec(2, 1))
+    assert not [t for t in threading.enumerate() if t.name.startswith("dstore-batch")]
 
 
 # --------------------------------------------------------------------------- files that change under the add

@@ -24,6 +24,7 @@ import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,15 @@ class AddResult:
 
 
 @dataclass
+class _Started:
+    """A batch of the walk: its files (their native call started, or None without files) and its events."""
+
+    files: list[FileEntry]
+    events: list[Event]
+    started: Future[_native.FileBatch] | None
+
+
+@dataclass
 class _Adder:
     store: Store
     sink: ShardSink
@@ -137,6 +147,8 @@ class _Adder:
     packer: Packer = field(init=False)
     hash_code: int = field(init=False)  # multihash code the native kernels hash chunks with
     reader: SegmentReader | None = field(init=False, default=None)  # made for the first big file
+    # Runs the native call of the next batch of small files while this thread stores the one before.
+    batch_reader: ThreadPoolExecutor = field(init=False)
     # The dataset's metadata blocks and chunk-table entries, on disk as they are made (memory stays flat).
     meta: BlockSpool = field(default_factory=BlockSpool)
     chunk_table: ChunkSpool = field(default_factory=ChunkSpool)
@@ -158,8 +170,10 @@ class _Adder:
     def __post_init__(self) -> None:
         self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name, self._pack_durable)
         self.hash_code = HASH_CODES[self.hash_name]
+        self.batch_reader = ThreadPoolExecutor(1, thread_name_prefix="dstore-batch")
 
     def close(self) -> None:
+        self.batch_reader.shutdown(wait=True, cancel_futures=True)
         self.packer.close()
         if self.reader is not None:
             self.reader.close()
@@ -174,13 +188,26 @@ class _Adder:
 
     # -- files --------------------------------------------------------------
 
-    def _add_batch(self, entries: list[FileEntry]) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
+    def _start_batch(self, entries: list[FileEntry]) -> Future[_native.FileBatch] | None:
+        """Start the native call that reads, chunks, hashes and compresses ``entries`` (on the reader thread).
+
+        The call holds no GIL and keeps no state of the add, so it runs while
+        this thread stores the batch before it (see :meth:`add_tree`).
+        """
         if not entries:
-            return
+            return None
         p = self.chunker
-        paths = [os.fspath(e.path) for e in entries]
+        paths = [e.path for e in entries]
         sizes = [e.size for e in entries]
-        batch = _native.process_files(paths, sizes, p.min, p.avg, p.max, ZSTD_LEVEL, self.hash_code)
+        args = (paths, sizes, p.min, p.avg, p.max, ZSTD_LEVEL, self.hash_code)
+        return self.batch_reader.submit(_native.process_files, *args)
+
+    def _add_batch(
+        self, entries: list[FileEntry], started: Future[_native.FileBatch] | None
+    ) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
+        if started is None:
+            return
+        batch = started.result()
         if batch.errors:
             index, errno, message = batch.errors[0]
             if not errno:  # the file grew or shrank since the walk listed it
@@ -344,37 +371,56 @@ class _Adder:
         events of a batch are kept until its files are stored, then replayed to
         build the folders bottom up, each as soon as it is complete (a folder
         needs its children's CIDs and sizes, not their subtrees).
+
+        Batches overlap: while this thread stores one batch (dedup lookups,
+        packing, UnixFS nodes: Python), the native call of the next one reads
+        and chunks its files on the other cores. At most two batches are in
+        hand, so memory stays bounded whatever the number of files.
         """
         folders = _Folders(self)
         files: list[FileEntry] = []
         pending: list[Event] = []
         batch_bytes = 0
+        ahead: _Started | None = None  # the batch whose native call runs while the one before is stored
+
+        def close_batch() -> None:
+            nonlocal ahead, files, pending, batch_bytes
+            started = _Started(files, pending, self._start_batch(files))
+            if ahead is not None:
+                self._replay(ahead, folders)
+            ahead = started
+            files, pending, batch_bytes = [], [], 0
+
+        def drain() -> None:
+            nonlocal ahead
+            close_batch()
+            assert ahead is not None
+            self._replay(ahead, folders)
+            ahead = None
+
         for event in events:
             if isinstance(event, FileEntry):
                 self.size += event.size
                 self.entries += 1
                 if event.size >= SEGMENT_BYTES:
-                    self._replay(files, pending, folders)
-                    files, pending, batch_bytes = [], [], 0
+                    drain()
                     folders.file(event.name, self.add_big_file(event))
                     continue
                 if files and (batch_bytes + event.size > BATCH_BYTES or len(files) >= BATCH_MAX_FILES):
-                    self._replay(files, pending, folders)
-                    files, pending, batch_bytes = [], [], 0
+                    close_batch()
                 files.append(event)
                 batch_bytes += event.size
             elif isinstance(event, Enter):
                 self.entries += 1
             pending.append(event)
             if len(pending) >= BATCH_MAX_EVENTS:  # a tree of empty folders holds no files to batch
-                self._replay(files, pending, folders)
-                files, pending, batch_bytes = [], [], 0
-        self._replay(files, pending, folders)
+                close_batch()
+        drain()
         return folders.result()
 
-    def _replay(self, files: list[FileEntry], events: list[Event], folders: _Folders) -> None:
-        results = self._add_batch(files)
-        for event in events:
+    def _replay(self, batch: _Started, folders: _Folders) -> None:
+        results = self._add_batch(batch.files, batch.started)
+        for event in batch.events:
             if isinstance(event, FileEntry):
                 folders.file(event.name, next(results))
             elif isinstance(event, Enter):
