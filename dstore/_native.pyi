@@ -19,6 +19,7 @@ __all__ = [
     "Segment",
     "blake3",
     "chunk_lengths",
+    "dagpb_decode",
     "decode_chunks",
     "decode_chunks_into",
     "encode_pack",
@@ -141,6 +142,17 @@ def decode_chunks_into(
     buffer), writing into the start of the writable buffer ``out`` (reused
     across calls) and returning the number of bytes written. Chunks may
     straddle parts. ValueError if ``out`` is too small or parts differ in length.
+    """
+
+def dagpb_decode(
+    block: bytes | bytearray | memoryview,
+) -> tuple[list[tuple[bytes, str | None, int | None]], bytes | None, str | None]:
+    """Strictly decode dag-pb ``block``: ``(links, data, error)``.
+
+    Links are ``(hash, name, tsize)`` in stored order, absent fields None; link
+    hashes are not checked as CIDs. ``error`` is None for a canonical block,
+    else the reason (the messages of ``dstore.format.dagpb``), ``links`` then
+    holding the links read before the fault.
     """
 
 def write_files(

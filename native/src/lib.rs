@@ -15,6 +15,7 @@ pub mod hash;
 pub mod ingest;
 pub mod pack;
 pub mod pipeline;
+pub mod smallget;
 #[cfg(test)]
 mod testutil;
 pub mod write;
@@ -977,5 +978,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Segment>()?;
     m.add_function(wrap_pyfunction!(process_files, m)?)?;
     m.add_class::<FileBatch>()?;
+    smallget::register(m)?;
     Ok(())
 }

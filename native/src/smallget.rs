@@ -1,0 +1,265 @@
+//! Strict dag-pb decoding in one call per block (the get of a tree of small
+//! files parses a UnixFS node per file: byte-at-a-time varints in Python were
+//! most of that work).
+//!
+//! Accepts exactly what `dstore/format/dagpb.py` accepts, with its messages:
+//! canonical field order (Links before Data, a link's Hash, Name, Tsize in
+//! that order, each at most once), Hash present, minimal varints of at most
+//! 64 bits, UTF-8 names, no unknown fields. Link hashes are not parsed as
+//! CIDs here: the caller checks them, in order, as the Python decoder does.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+
+/// One decoded link: its hash bytes, name and Tsize as stored (None when absent).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Link<'a> {
+    /// The link's Hash (a binary CID, unchecked).
+    pub hash: &'a [u8],
+    /// The link's Name, if stored.
+    pub name: Option<&'a str>,
+    /// The link's Tsize, if stored.
+    pub tsize: Option<u64>,
+}
+
+/// A decoded node, or as much of it as was read before the first fault.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    /// Links in their stored order (those before the fault, on error).
+    pub links: Vec<Link<'a>>,
+    /// Data, if stored.
+    pub data: Option<&'a [u8]>,
+    /// Why the block is not canonical dag-pb (the Python decoder's message).
+    pub error: Option<String>,
+}
+
+/// A minimal unsigned varint at `pos` (before `end`): `(value, new position)`.
+fn varint(buf: &[u8], mut pos: usize, end: usize) -> Result<(u64, usize), String> {
+    let start = pos;
+    let mut result: u128 = 0;
+    let mut shift = 0u32;
+    loop {
+        if pos >= end {
+            return Err("truncated varint".into());
+        }
+        let b = buf[pos];
+        pos += 1;
+        result |= u128::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            if b == 0 && pos - start > 1 {
+                return Err("non-minimal varint".into());
+            }
+            return u64::try_from(result)
+                .map(|v| (v, pos))
+                .map_err(|_| "varint exceeds 64 bits".into());
+        }
+        shift += 7;
+        if shift >= 70 {
+            return Err("varint longer than 10 bytes".into());
+        }
+    }
+}
+
+/// A length-delimited field's bytes at `pos`: `(bytes, new position)`.
+fn delimited<'a>(
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+    what: &str,
+) -> Result<(&'a [u8], usize), String> {
+    let (n, pos) = varint(buf, pos, end)?;
+    if n > (end - pos) as u64 {
+        return Err(format!("truncated dag-pb {what}"));
+    }
+    let n = n as usize;
+    Ok((&buf[pos..pos + n], pos + n))
+}
+
+fn link(buf: &[u8], mut pos: usize, end: usize) -> Result<Link<'_>, String> {
+    let (mut hash, mut name, mut tsize) = (None, None, None);
+    let mut last = 0u64;
+    while pos < end {
+        let (key, p) = varint(buf, pos, end)?;
+        pos = p;
+        let (field, wire) = (key >> 3, key & 7);
+        if field <= last {
+            return Err("dag-pb link fields out of order or repeated".into());
+        }
+        last = field;
+        match (field, wire) {
+            (1, 2) => {
+                let (bytes, p) = delimited(buf, pos, end, "link hash")?;
+                hash = Some(bytes);
+                pos = p;
+            }
+            (2, 2) => {
+                let (bytes, p) = delimited(buf, pos, end, "link name")?;
+                name = Some(
+                    std::str::from_utf8(bytes)
+                        .map_err(|_| "dag-pb link name is not UTF-8".to_string())?,
+                );
+                pos = p;
+            }
+            (3, 0) => {
+                let (v, p) = varint(buf, pos, end)?;
+                tsize = Some(v);
+                pos = p;
+            }
+            _ => {
+                return Err(format!(
+                    "unexpected field {field} (wire type {wire}) in dag-pb link"
+                ));
+            }
+        }
+    }
+    let hash = hash.ok_or_else(|| "dag-pb link without Hash".to_string())?;
+    Ok(Link { hash, name, tsize })
+}
+
+/// Decodes `buf` strictly (see the module's comment); stops at the first fault.
+pub fn decode(buf: &[u8]) -> Decoded<'_> {
+    let mut out = Decoded::default();
+    let end = buf.len();
+    let mut pos = 0;
+    while pos < end {
+        let step = (|| {
+            let (key, p) = varint(buf, pos, end)?;
+            match key {
+                0x12 => {
+                    if out.data.is_some() {
+                        return Err("dag-pb Links after Data".to_string());
+                    }
+                    let (body, p) = delimited(buf, p, end, "link")?;
+                    let start = p - body.len();
+                    out.links.push(link(buf, start, p)?);
+                    Ok(p)
+                }
+                0x0a => {
+                    if out.data.is_some() {
+                        return Err("dag-pb Data repeated".to_string());
+                    }
+                    let (data, p) = delimited(buf, p, end, "Data")?;
+                    out.data = Some(data);
+                    Ok(p)
+                }
+                _ => Err(format!(
+                    "unexpected field {} (wire type {}) in dag-pb node",
+                    key >> 3,
+                    key & 7
+                )),
+            }
+        })();
+        match step {
+            Ok(p) => pos = p,
+            Err(e) => {
+                out.error = Some(e);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// `(links, data, error)` of a dag-pb block: links as `(hash, name, tsize)`,
+/// absent fields as None; `error` is None for a canonical block, else the
+/// reason, `links` then holding those read before it.
+#[pyfunction]
+fn dagpb_decode<'py>(
+    py: Python<'py>,
+    block: &[u8],
+) -> PyResult<(
+    Bound<'py, PyList>,
+    Option<Bound<'py, PyBytes>>,
+    Option<String>,
+)> {
+    let decoded = decode(block);
+    let links = PyList::empty(py);
+    for l in &decoded.links {
+        let name = l.name.map(|n| PyString::new(py, n));
+        links.append((PyBytes::new(py, l.hash), name, l.tsize))?;
+    }
+    let data = decoded.data.map(|d| PyBytes::new(py, d));
+    Ok((links, data, decoded.error))
+}
+
+/// Adds this module's functions to `dstore._native`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(dagpb_decode, m)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_links_then_data() {
+        // Link{Hash=[1,2], Name="a", Tsize=5}, Data=[9]
+        let block = [
+            0x12, 0x09, 0x0a, 0x02, 1, 2, 0x12, 0x01, b'a', 0x18, 0x05, 0x0a, 0x01, 9,
+        ];
+        let d = decode(&block);
+        assert_eq!(d.error, None);
+        assert_eq!(
+            d.links,
+            vec![Link {
+                hash: &[1, 2],
+                name: Some("a"),
+                tsize: Some(5)
+            }]
+        );
+        assert_eq!(d.data, Some(&[9u8][..]));
+    }
+
+    #[test]
+    fn refuses_what_is_not_canonical() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                &[0x0a, 0x00, 0x12, 0x02, 0x0a, 0x00],
+                "dag-pb Links after Data",
+            ),
+            (&[0x0a, 0x00, 0x0a, 0x00], "dag-pb Data repeated"),
+            (&[0x0a, 0x05, 1], "truncated dag-pb Data"),
+            (&[0x12, 0x00], "dag-pb link without Hash"),
+            (&[0x12, 0x02, 0x18, 0x01], "dag-pb link without Hash"),
+            (
+                &[0x12, 0x04, 0x18, 0x01, 0x0a, 0x00],
+                "dag-pb link fields out of order or repeated",
+            ),
+            (&[0x0a, 0x80, 0x00], "non-minimal varint"),
+            (&[0x0a], "truncated varint"),
+            (
+                &[0x1a, 0x00],
+                "unexpected field 3 (wire type 2) in dag-pb node",
+            ),
+            (
+                &[0x12, 0x04, 0x0a, 0x00, 0x12, 0x01],
+                "truncated dag-pb link name",
+            ),
+            (
+                &[0x12, 0x05, 0x0a, 0x00, 0x12, 0x01, 0xff],
+                "dag-pb link name is not UTF-8",
+            ),
+            (
+                &[0x12, 0x02, 0x20, 0x00],
+                "unexpected field 4 (wire type 0) in dag-pb link",
+            ),
+        ];
+        for (block, message) in cases {
+            assert_eq!(decode(block).error.as_deref(), Some(*message), "{block:?}");
+        }
+        let long = [
+            0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
+        assert_eq!(
+            decode(&long).error.as_deref(),
+            Some("varint exceeds 64 bits")
+        );
+        let longer = [
+            0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
+        assert_eq!(
+            decode(&longer).error.as_deref(),
+            Some("varint longer than 10 bytes")
+        );
+    }
+}
