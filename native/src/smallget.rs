@@ -163,15 +163,15 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 /// `(links, data, error)` of a dag-pb block: links as `(hash, name, tsize)`,
 /// absent fields as None; `error` is None for a canonical block, else the
 /// reason, `links` then holding those read before it.
-#[pyfunction]
-fn dagpb_decode<'py>(
-    py: Python<'py>,
-    block: &[u8],
-) -> PyResult<(
+/// What `dagpb_decode` returns to Python: links, data, error.
+type Decoded3<'py> = (
     Bound<'py, PyList>,
     Option<Bound<'py, PyBytes>>,
     Option<String>,
-)> {
+);
+
+#[pyfunction]
+fn dagpb_decode<'py>(py: Python<'py>, block: &[u8]) -> PyResult<Decoded3<'py>> {
     let decoded = decode(block);
     let links = PyList::empty(py);
     for l in &decoded.links {
