@@ -23,6 +23,7 @@ __all__ = [
     "decode_chunks",
     "decode_chunks_into",
     "encode_pack",
+    "locator_chunk_page",
     "process_files",
     "process_segment",
     "reconstruct",
@@ -153,6 +154,16 @@ def dagpb_decode(
     hashes are not checked as CIDs. ``error`` is None for a canonical block,
     else the reason (the messages of ``dstore.format.dagpb``), ``links`` then
     holding the links read before the fault.
+    """
+
+def locator_chunk_page(block: bytes | bytearray | memoryview) -> tuple[int, bytes, bytes, bytes] | None:
+    """``(count, digests, prefixes, numbers)`` of a locator chunk page in exactly its canonical
+    form (1..4096 entries, minimal heads, codec 0 or 1, a raw chunk's stored length equal to
+    its size, digests strictly ascending); None for any other block.
+
+    ``digests`` are the 32-byte digests end to end; ``prefixes`` each digest's first 8 bytes
+    read big-endian, and ``numbers`` the five numbers of each entry (pack index, offset,
+    stored length, size, codec), as native-endian u64s.
     """
 
 def write_files(

@@ -182,9 +182,137 @@ fn dagpb_decode<'py>(py: Python<'py>, block: &[u8]) -> PyResult<Decoded3<'py>> {
     Ok((links, data, decoded.error))
 }
 
+/// Most entries a locator chunk page may list (docs/format.md, "Locator").
+pub const CHUNKS_PER_PAGE: usize = 4096;
+const DIGEST_BYTES: usize = 32;
+const ENTRY_PREFIX: [u8; 3] = [0x86, 0x58, 0x20]; // array(6), bytes(32)
+
+/// A minimal CBOR head of major type `major` at `pos`: `(argument, new position)`.
+fn cbor_head(buf: &[u8], pos: usize, major: u8) -> Option<(u64, usize)> {
+    let first = *buf.get(pos)?;
+    if first >> 5 != major {
+        return None;
+    }
+    let info = first & 0x1f;
+    let (value, next) = match info {
+        0..=23 => return Some((u64::from(info), pos + 1)),
+        24 => (u64::from(*buf.get(pos + 1)?), pos + 2),
+        25 => (
+            u64::from(u16::from_be_bytes(
+                buf.get(pos + 1..pos + 3)?.try_into().ok()?,
+            )),
+            pos + 3,
+        ),
+        26 => (
+            u64::from(u32::from_be_bytes(
+                buf.get(pos + 1..pos + 5)?.try_into().ok()?,
+            )),
+            pos + 5,
+        ),
+        27 => (
+            u64::from_be_bytes(buf.get(pos + 1..pos + 9)?.try_into().ok()?),
+            pos + 9,
+        ),
+        _ => return None,
+    };
+    // Minimal: the shortest head that holds the value.
+    let minimal = match info {
+        24 => value >= 24,
+        25 => value > 0xff,
+        26 => value > 0xffff,
+        _ => value > 0xffff_ffff,
+    };
+    minimal.then_some((value, next))
+}
+
+/// A locator chunk page as the reader keeps it: digests end to end, each
+/// digest's first 8 bytes as a big-endian integer, and the five numbers of
+/// each entry (pack index, offset, stored length, size, codec), native-endian u64s.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChunkPage {
+    /// Entries on the page.
+    pub count: usize,
+    /// 32-byte digests, concatenated.
+    pub digests: Vec<u8>,
+    /// First 8 bytes of each digest, big-endian, as native-endian u64 bytes.
+    pub prefixes: Vec<u8>,
+    /// Five u64 per entry, native-endian bytes.
+    pub numbers: Vec<u8>,
+}
+
+/// Parses a chunk page in exactly the canonical form the writer produces
+/// (an array of 1..=CHUNKS_PER_PAGE entries `[digest, pack, offset,
+/// stored_len, size, codec]`, minimal heads, codec 0 or 1, a raw chunk's
+/// stored length equal to its size, digests strictly ascending); None for
+/// anything else (the caller's Python decoder then says why).
+pub fn chunk_page(block: &[u8]) -> Option<ChunkPage> {
+    let (n, mut pos) = cbor_head(block, 0, 4)?;
+    let n = usize::try_from(n).ok()?;
+    if !(1..=CHUNKS_PER_PAGE).contains(&n) {
+        return None;
+    }
+    let mut page = ChunkPage {
+        count: n,
+        digests: Vec::with_capacity(n * DIGEST_BYTES),
+        prefixes: Vec::with_capacity(n * 8),
+        numbers: Vec::with_capacity(n * 40),
+    };
+    let mut last: Option<&[u8]> = None;
+    for _ in 0..n {
+        if block.get(pos..pos + 3)? != ENTRY_PREFIX {
+            return None;
+        }
+        let digest = block.get(pos + 3..pos + 3 + DIGEST_BYTES)?;
+        pos += 3 + DIGEST_BYTES;
+        if last.is_some_and(|l| l >= digest) {
+            return None;
+        }
+        last = Some(digest);
+        let mut fields = [0u64; 5];
+        for f in &mut fields {
+            let (v, p) = cbor_head(block, pos, 0)?;
+            *f = v;
+            pos = p;
+        }
+        let [_, _, stored_len, size, codec] = fields;
+        if codec > 1 || (codec == 0 && stored_len != size) {
+            return None;
+        }
+        page.digests.extend_from_slice(digest);
+        page.prefixes
+            .extend_from_slice(&u64::from_be_bytes(digest[..8].try_into().ok()?).to_ne_bytes());
+        for f in fields {
+            page.numbers.extend_from_slice(&f.to_ne_bytes());
+        }
+    }
+    (pos == block.len()).then_some(page)
+}
+
+/// What `locator_chunk_page` returns to Python: count, digests, prefixes, numbers.
+type PageBytes<'py> = (
+    usize,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+
+/// `(count, digests, prefixes, numbers)` of a canonical locator chunk page
+/// (see `chunk_page`), or None when the block is not one.
+#[pyfunction]
+fn locator_chunk_page<'py>(py: Python<'py>, block: &[u8]) -> Option<PageBytes<'py>> {
+    let page = chunk_page(block)?;
+    Some((
+        page.count,
+        PyBytes::new(py, &page.digests),
+        PyBytes::new(py, &page.prefixes),
+        PyBytes::new(py, &page.numbers),
+    ))
+}
+
 /// Adds this module's functions to `dstore._native`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(dagpb_decode, m)?)
+    m.add_function(wrap_pyfunction!(dagpb_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(locator_chunk_page, m)?)
 }
 
 #[cfg(test)]
