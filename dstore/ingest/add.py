@@ -158,6 +158,7 @@ class _Adder:
     # it stores, and strong enough), and the peers confirmed to hold their shards.
     usable_packs: dict[bytes, bool] = field(default_factory=dict)
     old_placement: dict[bytes, list[str | None]] = field(default_factory=dict)
+    touched_pages: int = 0  # index pages touched (at most) since they were last released
     chunks_total: int = 0
     new_chunks: int = 0
     new_chunk_bytes: int = 0
@@ -276,10 +277,10 @@ class _Adder:
         pending = self.packer.pending
         unseen = list(dict.fromkeys(c for c in cids if c not in pending))
         stored_before: dict[bytes, ChunkLoc | None] = {}
-        for start in range(0, len(unseen), LOOKUP_CHUNKS):  # each lookup's touched index pages released
+        for start in range(0, len(unseen), LOOKUP_CHUNKS):  # the index pages touched are released as they add up
             part = unseen[start : start + LOOKUP_CHUNKS]
             stored_before.update(zip(part, self.store.index.lookup_chunks(part), strict=True))
-            self._release_index_pages()
+            self._touched_index_pages(len(part))
         self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
         taken: set[bytes] = set()
@@ -309,10 +310,18 @@ class _Adder:
         for cid, loc in chunks:
             self._table_entry(cid, loc)
         self.new_chunks += len(chunks)
-        self._release_index_pages()
+        self._touched_index_pages(len(chunks))
+
+    def _touched_index_pages(self, chunks: int) -> None:
+        """Count the index pages lookups or commits of ``chunks`` chunks touched (at most one each); release
+        them once they reach LOOKUP_CHUNKS. Releasing reads /proc/self/maps (milliseconds), so not per pack."""
+        self.touched_pages += chunks
+        if self.touched_pages >= LOOKUP_CHUNKS:
+            self._release_index_pages()
 
     def _release_index_pages(self) -> None:
         """Unmap the index pages a lookup or commit touched (they stay cached): RSS stays flat in index size."""
+        self.touched_pages = 0
         release_file_mapping(self.store.index.path / "data.mdb")
 
     def _judge_packs(self, pack_ids: dict[bytes, None]) -> None:
