@@ -24,6 +24,7 @@ __all__ = [
     "decode_chunks_into",
     "encode_pack",
     "locator_chunk_page",
+    "locator_pages",
     "process_files",
     "process_segment",
     "reconstruct",
@@ -164,6 +165,22 @@ def locator_chunk_page(block: bytes | bytearray | memoryview) -> tuple[int, byte
     ``digests`` are the 32-byte digests end to end; ``prefixes`` each digest's first 8 bytes
     read big-endian, and ``numbers`` the five numbers of each entry (pack index, offset,
     stored length, size, codec), as native-endian u64s.
+    """
+
+def locator_pages(
+    records: bytes | bytearray | memoryview,
+    pack_index: Sequence[int],
+    pack_sizes: Sequence[int],
+    after: bytes | None,
+    last: bool,
+) -> tuple[list[bytes], int]:
+    """Locator chunk pages (canonical DAG-CBOR, cut where the content says) from digest-sorted
+    chunk-table records of 61 bytes (digest, pack number u32, offset, stored length, size u64,
+    codec u8; big-endian); ``pack_index[n]`` is the locator index of pack number n,
+    ``pack_sizes[i]`` the size of locator pack i. Returns the pages closed and how many records
+    they hold; unless ``last`` the records after the last closed page are the caller's to pass
+    again. ``after`` is the digest of the record before the first. ValueError for records out of
+    order, repeated, or not within their pack.
     """
 
 def write_files(

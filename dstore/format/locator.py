@@ -43,6 +43,7 @@ __all__ = [
     "Locator",
     "build_locator",
     "build_locator_streaming",
+    "locator_root",
 ]
 
 LOCATOR_TYPE = "dstore/locator"
@@ -242,8 +243,21 @@ def build_locator_streaming(
             close_page()
     if page:
         close_page()
+    root_cid, root = locator_root(dataset, chunk_refs, packs, emit, hash_name)
+    return root_cid, root, count
+
+
+def locator_root(
+    dataset: CID,
+    chunk_refs: list[list[Any]],
+    packs: Sequence[tuple[CID, PackRecord]],
+    emit: Callable[[CID, bytes], None],
+    hash_name: str = "blake3",
+) -> tuple[CID, bytes]:
+    """The pack-table pages (to ``emit``) and the root of a locator whose chunk pages are
+    ``chunk_refs`` (``[first digest, page CID]`` each, in order); returns the root's CID and block."""
     pack_refs: list[CID] = []
-    for i in range(0, n_packs, PACKS_PER_PAGE):
+    for i in range(0, len(packs), PACKS_PER_PAGE):
         block = cbor.encode([[pid, rec.to_cbor()] for pid, rec in packs[i : i + PACKS_PER_PAGE]])
         cid = cbor.block_cid(block, hash_name)
         emit(cid, block)
@@ -251,7 +265,7 @@ def build_locator_streaming(
     root = cbor.encode(
         {"type": LOCATOR_TYPE, "version": LOCATOR_VERSION, "dataset": dataset, "packs": pack_refs, "chunks": chunk_refs}
     )
-    return cbor.block_cid(root, hash_name), root, count
+    return cbor.block_cid(root, hash_name), root
 
 
 def parse_chunk_page(block: bytes) -> list[ChunkEntry]:

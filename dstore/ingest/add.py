@@ -31,15 +31,16 @@ from pathlib import Path
 from dstore import _native
 from dstore.errors import DstoreError, InputError, PeerError, StoreError, UsageError
 from dstore.format import unixfs
+from dstore.format.cbor import block_cid
 from dstore.format.cid import CID, HASH_CODES, cid_to_text, raw_cid_bytes
-from dstore.format.locator import build_locator_streaming
+from dstore.format.locator import locator_root
 from dstore.format.manifest import PROFILE_DSTORE, ChunkerParams, Manifest, Profile, profile_named
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer, encode_placement
 from dstore.ingest.packer import Packer
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
-from dstore.ingest.spool import BlockSpool, ChunkSpool
+from dstore.ingest.spool import RECORD_BYTES, BlockSpool, ChunkSpool
 from dstore.ingest.walk import Enter, Event, FileEntry, survey, walk
 from dstore.limits import MAX_SHARDS
 from dstore.net.protocol import PeerClient
@@ -60,6 +61,8 @@ BATCH_MAX_FILES = 8192
 BATCH_MAX_EVENTS = 4 * BATCH_MAX_FILES  # walk events (files, folders entered and left) held per batch
 # Chunks looked up in the index per read transaction (each touches up to that many pages of its map).
 LOOKUP_CHUNKS = 2048
+# Chunk-table records turned into locator pages per native call (61 bytes each).
+LOCATOR_RECORDS = 1 << 16
 # Metadata blocks written to the index per transaction (LMDB keeps a transaction's pages in memory).
 INDEX_TXN_BYTES = 4 << 20
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -453,17 +456,49 @@ class _Adder:
         ordered = [p for p in numbers if p not in new] + [p for p in numbers if p in new]
         index_of = {numbers[pack_id]: i for i, pack_id in enumerate(ordered)}
         packs = [(CID.from_bytes(pack_id), self._pack_record(pack_id)) for pack_id in ordered]
-        entries = (
-            (digest, index_of[number], offset, stored_len, size, codec)
-            for digest, number, offset, stored_len, size, codec in self.chunk_table.sorted_unique()
-        )
         spool = self.meta
-        root, root_block, self.unique_chunks = build_locator_streaming(
-            dataset, entries, packs, lambda c, b: spool.add(c.to_bytes(), b), self.hash_name
+        chunk_refs = self._chunk_pages(
+            [index_of[n] for n in range(len(numbers))], [record.size for _, record in packs], spool
+        )
+        root, root_block = locator_root(
+            dataset, chunk_refs, packs, lambda c, b: spool.add(c.to_bytes(), b), self.hash_name
         )
         self.chunk_table.close()
         spool.add(root.to_bytes(), root_block)
         return root
+
+    def _chunk_pages(self, pack_index: list[int], pack_sizes: list[int], spool: BlockSpool) -> list[list[object]]:
+        """The locator's chunk pages, made natively from the chunk table's sorted records LOCATOR_RECORDS at a
+        time, to ``spool``; returns ``[first digest, page CID]`` per page. The same pages as
+        build_locator_streaming (docs/format.md, "Locator"); memory is one piece of records and one page."""
+        refs: list[list[object]] = []
+        records = self.chunk_table.sorted_unique_records()
+        carry, after, count = b"", None, 0
+        while True:
+            piece = list(itertools.islice(records, LOCATOR_RECORDS))
+            last = len(piece) < LOCATOR_RECORDS
+            data = carry + b"".join(piece)
+            pages, done = _native.locator_pages(data, pack_index, pack_sizes, after, last)
+            for page in pages:
+                cid = block_cid(page, self.hash_name)
+                spool.add(cid.to_bytes(), page)
+                refs.append([_first_digest(page), cid])
+            if done:
+                after = data[(done - 1) * RECORD_BYTES : (done - 1) * RECORD_BYTES + 32]
+            count += done
+            carry = data[done * RECORD_BYTES :]
+            if last:
+                break
+        self.unique_chunks = count
+        return refs
+
+
+def _first_digest(page: bytes) -> bytes:
+    """The first digest of a chunk page: after the array head (1 to 3 bytes: at most CHUNKS_PER_PAGE
+    entries) and the first entry's head (array of 6, bytes of 32)."""
+    info = page[0] & 0x1F
+    start = (1 if info < 24 else 2 if info == 24 else 3) + 3
+    return page[start : start + 32]
 
 
 class _Folders:

@@ -309,10 +309,147 @@ fn locator_chunk_page<'py>(py: Python<'py>, block: &[u8]) -> Option<PageBytes<'p
     ))
 }
 
+/// Chunk-table pages end where the content says (docs/format.md, "Locator").
+const CHUNK_PAGE_TARGET: u32 = 1024;
+/// Bytes of one chunk-table record as `dstore/ingest/spool.py` writes them:
+/// digest, pack number (u32), offset, stored length, size (u64), codec (u8), big-endian.
+pub const RECORD_BYTES: usize = 32 + 4 + 8 + 8 + 8 + 1;
+
+fn push_uint(out: &mut Vec<u8>, major: u8, v: u64) {
+    let m = major << 5;
+    if v < 24 {
+        out.push(m | v as u8);
+    } else if v <= 0xff {
+        out.extend_from_slice(&[m | 24, v as u8]);
+    } else if v <= 0xffff {
+        out.push(m | 25);
+        out.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v <= 0xffff_ffff {
+        out.push(m | 26);
+        out.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Whether an entry with this digest ends its page (content-defined paging).
+pub fn ends_page(digest: &[u8]) -> bool {
+    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    head % CHUNK_PAGE_TARGET == CHUNK_PAGE_TARGET - 1
+}
+
+/// The canonical DAG-CBOR of one chunk page of `entries` `(digest, pack, offset, stored, size, codec)`.
+pub fn encode_page(entries: &[([u8; 32], [u64; 5])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + entries.len() * 60);
+    push_uint(&mut out, 4, entries.len() as u64);
+    for (digest, numbers) in entries {
+        out.extend_from_slice(&ENTRY_PREFIX);
+        out.extend_from_slice(digest);
+        for &n in numbers {
+            push_uint(&mut out, 0, n);
+        }
+    }
+    out
+}
+
+/// Chunk pages from digest-sorted chunk-table `records` (RECORD_BYTES each);
+/// `pack_index[n]` is the locator's index of this add's pack number n and
+/// `pack_sizes[i]` the size of locator pack i. Returns the pages closed and how
+/// many records they hold; unless `last`, the records after the last closed page are
+/// left for the next call (pages are cut by content, so where calls split the
+/// records changes nothing). `after` is the digest of the record before the first.
+pub fn chunk_pages(
+    records: &[u8],
+    pack_index: &[u64],
+    pack_sizes: &[u64],
+    after: Option<&[u8]>,
+    last: bool,
+) -> Result<(Vec<Vec<u8>>, usize), String> {
+    if records.len() % RECORD_BYTES != 0 {
+        return Err(format!("chunk records must be {RECORD_BYTES} bytes each"));
+    }
+    let mut pages = Vec::new();
+    let mut page: Vec<([u8; 32], [u64; 5])> = Vec::new();
+    let mut done = 0;
+    let mut previous = after.map(<[u8]>::to_vec);
+    for (i, r) in records.chunks_exact(RECORD_BYTES).enumerate() {
+        let digest: [u8; 32] = r[..32].try_into().expect("32 bytes");
+        let be = |at: usize| u64::from_be_bytes(r[at..at + 8].try_into().expect("8 bytes"));
+        let number = u32::from_be_bytes(r[32..36].try_into().expect("4 bytes")) as usize;
+        let (offset, stored, size, codec) = (be(36), be(44), be(52), u64::from(r[60]));
+        if previous.as_deref().is_some_and(|p| p >= &digest[..]) {
+            return Err("locator chunks must be sorted by digest, one entry per digest".into());
+        }
+        previous = Some(digest.to_vec());
+        let pack = *pack_index
+            .get(number)
+            .ok_or_else(|| format!("chunk pack number {number} out of range"))?;
+        let pack_size = *usize::try_from(pack)
+            .ok()
+            .and_then(|p| pack_sizes.get(p))
+            .ok_or_else(|| {
+                format!(
+                    "chunk pack index {pack} out of range ({} packs)",
+                    pack_sizes.len()
+                )
+            })?;
+        if codec > 1 {
+            return Err(format!(
+                "chunk codec must be 0 (raw) or 1 (zstd), got {codec}"
+            ));
+        }
+        if codec == 0 && stored != size {
+            return Err("a raw-stored chunk has stored length == size".into());
+        }
+        if offset.checked_add(stored).is_none_or(|end| end > pack_size) {
+            return Err(format!(
+                "chunk {} ends past its pack ({offset} + {stored} > {pack_size})",
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ));
+        }
+        page.push((digest, [pack, offset, stored, size, codec]));
+        if ends_page(&digest) || page.len() == CHUNKS_PER_PAGE {
+            pages.push(encode_page(&page));
+            page.clear();
+            done = i + 1;
+        }
+    }
+    if last && !page.is_empty() {
+        pages.push(encode_page(&page));
+        done = records.len() / RECORD_BYTES;
+    }
+    Ok((pages, done))
+}
+
+/// `(pages, records consumed)`: see `chunk_pages`; ValueError for records that do not make a locator.
+#[pyfunction]
+#[pyo3(signature = (records, pack_index, pack_sizes, after, last))]
+fn locator_pages<'py>(
+    py: Python<'py>,
+    records: &[u8],
+    pack_index: Vec<u64>,
+    pack_sizes: Vec<u64>,
+    after: Option<&[u8]>,
+    last: bool,
+) -> PyResult<(Bound<'py, PyList>, usize)> {
+    let (pages, done) = chunk_pages(records, &pack_index, &pack_sizes, after, last)
+        .map_err(pyo3::exceptions::PyValueError::new_err)?;
+    let list = PyList::empty(py);
+    for page in pages {
+        list.append(PyBytes::new(py, &page))?;
+    }
+    Ok((list, done))
+}
+
 /// Adds this module's functions to `dstore._native`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dagpb_decode, m)?)?;
-    m.add_function(wrap_pyfunction!(locator_chunk_page, m)?)
+    m.add_function(wrap_pyfunction!(locator_chunk_page, m)?)?;
+    m.add_function(wrap_pyfunction!(locator_pages, m)?)
 }
 
 #[cfg(test)]
