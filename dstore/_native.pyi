@@ -20,6 +20,7 @@ __all__ = [
     "blake3",
     "chunk_lengths",
     "dagpb_decode",
+    "dagpb_encode",
     "decode_chunks",
     "decode_chunks_into",
     "encode_pack",
@@ -156,6 +157,13 @@ def dagpb_decode(
     else the reason (the messages of ``dstore.format.dagpb``), ``links`` then
     holding the links read before the fault.
     """
+
+def dagpb_encode(
+    links: Sequence[tuple[bytes, str | None, int | None]],
+    data: bytes | None,
+) -> bytes:
+    """Canonical dag-pb bytes of a node: each link ``(hash, name, tsize)`` (absent fields None) as
+    field 2, in order, then ``data`` (if not None) as field 1."""
 
 def locator_chunk_page(block: bytes | bytearray | memoryview) -> tuple[int, bytes, bytes, bytes] | None:
     """``(count, digests, prefixes, numbers)`` of a locator chunk page in exactly its canonical

@@ -16,6 +16,7 @@ from dstore.format.dagpb import (
     decode_node_python,
     decode_varint,
     encode_node,
+    encode_node_python,
     encode_varint,
 )
 
@@ -172,3 +173,14 @@ def test_native_decoder_agrees_with_the_python_one(node: PBNode, data: st.DataOb
 @given(st.binary(max_size=200))
 def test_native_decoder_agrees_on_random_bytes(block: bytes) -> None:
     assert _outcome(decode_node, block) == _outcome(decode_node_python, block)
+
+
+@given(nodes)
+def test_native_encoder_agrees_with_the_python_one(node: PBNode) -> None:
+    assert encode_node(node.links, node.data) == encode_node_python(node.links, node.data)
+
+
+@pytest.mark.parametrize("tsize", [-1, 2**64])
+def test_a_tsize_out_of_range_is_a_value_error(tsize: int) -> None:
+    with pytest.raises(ValueError, match="varint"):
+        encode_node([PBLink(CID1, "a", tsize)])

@@ -111,7 +111,20 @@ def encode_link(link: PBLink) -> bytes:
 
 
 def encode_node(links: list[PBLink] | tuple[PBLink, ...], data: bytes | None = None) -> bytes:
-    """Canonical dag-pb bytes of a node: Links (field 2) first, then Data (field 1)."""
+    """Canonical dag-pb bytes of a node: Links (field 2) first, then Data (field 1).
+
+    Encoded natively (``_native.dagpb_encode``: the same bytes, property-tested against
+    :func:`encode_node_python`); what the native encoder cannot take (a negative or too large
+    Tsize, a hash that is not bytes) goes through the Python encoder, which says why.
+    """
+    try:
+        return _native.dagpb_encode(links, data)
+    except (OverflowError, TypeError):
+        return encode_node_python(links, data)
+
+
+def encode_node_python(links: list[PBLink] | tuple[PBLink, ...], data: bytes | None = None) -> bytes:
+    """:func:`encode_node` in Python: the reference the native encoder is tested against."""
     parts = []
     for link in links:
         body = encode_link(link)

@@ -445,11 +445,63 @@ fn locator_pages<'py>(
     Ok((list, done))
 }
 
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn push_bytes_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+    out.push(tag);
+    push_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
+/// Canonical dag-pb bytes of a node: each link (Hash, Name, Tsize) as field 2, then Data as field 1.
+pub fn encode(links: &[(&[u8], Option<&str>, Option<u64>)], data: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(links.len() * 48 + data.map_or(0, |d| d.len() + 8));
+    let mut body = Vec::with_capacity(64);
+    for &(hash, name, tsize) in links {
+        body.clear();
+        push_bytes_field(&mut body, 0x0a, hash);
+        if let Some(name) = name {
+            push_bytes_field(&mut body, 0x12, name.as_bytes());
+        }
+        if let Some(t) = tsize {
+            body.push(0x18);
+            push_varint(&mut body, t);
+        }
+        push_bytes_field(&mut out, 0x12, &body);
+    }
+    if let Some(d) = data {
+        push_bytes_field(&mut out, 0x0a, d);
+    }
+    out
+}
+
+/// Canonical dag-pb bytes of `links` (`(hash bytes, name or None, tsize or None)`) and `data`.
+#[pyfunction]
+#[pyo3(signature = (links, data))]
+fn dagpb_encode<'py>(
+    py: Python<'py>,
+    links: Vec<(Bound<'py, PyBytes>, Option<String>, Option<u64>)>,
+    data: Option<&[u8]>,
+) -> Bound<'py, PyBytes> {
+    let borrowed: Vec<(&[u8], Option<&str>, Option<u64>)> = links
+        .iter()
+        .map(|(h, n, t)| (h.as_bytes(), n.as_deref(), *t))
+        .collect();
+    PyBytes::new(py, &encode(&borrowed, data))
+}
+
 /// Adds this module's functions to `dstore._native`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dagpb_decode, m)?)?;
     m.add_function(wrap_pyfunction!(locator_chunk_page, m)?)?;
-    m.add_function(wrap_pyfunction!(locator_pages, m)?)
+    m.add_function(wrap_pyfunction!(locator_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(dagpb_encode, m)?)
 }
 
 #[cfg(test)]
