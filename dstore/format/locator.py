@@ -21,7 +21,7 @@ import array
 import bisect
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from dstore import _native
@@ -42,7 +42,6 @@ __all__ = [
     "ChunkEntry",
     "Locator",
     "build_locator",
-    "build_locator_streaming",
     "locator_root",
 ]
 
@@ -201,50 +200,6 @@ def build_locator(
     root_cid = cbor.block_cid(root, hash_name)
     blocks.append((root_cid, root))
     return root_cid, blocks
-
-
-def build_locator_streaming(
-    dataset: CID,
-    chunks: Iterable[Sequence[Any]],
-    packs: Sequence[tuple[CID, PackRecord]],
-    emit: Callable[[CID, bytes], None],
-    hash_name: str = "blake3",
-) -> tuple[CID, bytes, int]:
-    """:func:`build_locator` for chunks already sorted by digest, one per digest, in any number.
-
-    Pages go to ``emit(cid, block)`` as they are made, in the order
-    :func:`build_locator` lists them (chunk pages, pack pages); returns the
-    root's CID and block (not emitted) and the number of chunks. Same blocks as
-    :func:`build_locator` for the same input; memory is one page.
-    """
-    n_packs = len(packs)
-    chunk_refs: list[list[Any]] = []
-    page: list[Sequence[Any]] = []
-    last: bytes | None = None
-    count = 0
-
-    def close_page() -> None:
-        block = _encode_chunk_page(page)
-        cid = cbor.block_cid(block, hash_name)
-        emit(cid, block)
-        chunk_refs.append([page[0][0], cid])
-        page.clear()
-
-    for e in chunks:
-        if last is not None and e[0] <= last:
-            raise ValueError("locator chunks must be sorted by digest, one entry per digest")
-        _check_entry(e, n_packs)
-        if e[2] + e[3] > packs[e[1]][1].size:
-            raise ValueError(f"chunk {e[0].hex()} ends past its pack ({e[2]} + {e[3]} > {packs[e[1]][1].size})")
-        last = e[0]
-        count += 1
-        page.append(e)
-        if ends_page(e[0]) or len(page) == CHUNKS_PER_PAGE:
-            close_page()
-    if page:
-        close_page()
-    root_cid, root = locator_root(dataset, chunk_refs, packs, emit, hash_name)
-    return root_cid, root, count
 
 
 def locator_root(

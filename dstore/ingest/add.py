@@ -8,7 +8,8 @@ METADATA_PACK_BYTES (docs/format.md, "Metadata in several packs").
 
 Files are taken in batches: up to BATCH_BYTES of files below SEGMENT_BYTES
 go to one Rust call that reads, chunks, hashes and compresses them on all
-cores (GIL released) and hands back every chunk of the batch at once. A
+cores (GIL released) and hands back every chunk of the batch at once; the
+call for the next batch runs while this thread stores the one before. A
 bigger file streams through ``process_segment``, one 16 MiB segment a call.
 Either way a file that no longer has the size the walk saw is an InputError.
 Python then looks the batch's chunks up in the index in one read
@@ -470,7 +471,7 @@ class _Adder:
     def _chunk_pages(self, pack_index: list[int], pack_sizes: list[int], spool: BlockSpool) -> list[list[object]]:
         """The locator's chunk pages, made natively from the chunk table's sorted records LOCATOR_RECORDS at a
         time, to ``spool``; returns ``[first digest, page CID]`` per page. The same pages as
-        build_locator_streaming (docs/format.md, "Locator"); memory is one piece of records and one page."""
+        build_locator (docs/format.md, "Locator"); memory is one piece of records and one page."""
         refs: list[list[object]] = []
         records = self.chunk_table.sorted_unique_records()
         carry, after, count = b"", None, 0
