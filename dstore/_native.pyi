@@ -19,9 +19,13 @@ __all__ = [
     "Segment",
     "blake3",
     "chunk_lengths",
+    "dagpb_decode",
+    "dagpb_encode",
     "decode_chunks",
     "decode_chunks_into",
     "encode_pack",
+    "locator_chunk_page",
+    "locator_pages",
     "process_files",
     "process_segment",
     "reconstruct",
@@ -141,6 +145,50 @@ def decode_chunks_into(
     buffer), writing into the start of the writable buffer ``out`` (reused
     across calls) and returning the number of bytes written. Chunks may
     straddle parts. ValueError if ``out`` is too small or parts differ in length.
+    """
+
+def dagpb_decode(
+    block: bytes | bytearray | memoryview,
+) -> tuple[list[tuple[bytes, str | None, int | None]], bytes | None, str | None]:
+    """Strictly decode dag-pb ``block``: ``(links, data, error)``.
+
+    Links are ``(hash, name, tsize)`` in stored order, absent fields None; link
+    hashes are not checked as CIDs. ``error`` is None for a canonical block,
+    else the reason (the messages of ``dstore.format.dagpb``), ``links`` then
+    holding the links read before the fault.
+    """
+
+def dagpb_encode(
+    links: Sequence[tuple[bytes, str | None, int | None]],
+    data: bytes | None,
+) -> bytes:
+    """Canonical dag-pb bytes of a node: each link ``(hash, name, tsize)`` (absent fields None) as
+    field 2, in order, then ``data`` (if not None) as field 1."""
+
+def locator_chunk_page(block: bytes | bytearray | memoryview) -> tuple[int, bytes, bytes, bytes] | None:
+    """``(count, digests, prefixes, numbers)`` of a locator chunk page in exactly its canonical
+    form (1..4096 entries, minimal heads, codec 0 or 1, a raw chunk's stored length equal to
+    its size, digests strictly ascending); None for any other block.
+
+    ``digests`` are the 32-byte digests end to end; ``prefixes`` each digest's first 8 bytes
+    read big-endian, and ``numbers`` the five numbers of each entry (pack index, offset,
+    stored length, size, codec), as native-endian u64s.
+    """
+
+def locator_pages(
+    records: bytes | bytearray | memoryview,
+    pack_index: Sequence[int],
+    pack_sizes: Sequence[int],
+    after: bytes | None,
+    last: bool,
+) -> tuple[list[bytes], int]:
+    """Locator chunk pages (canonical DAG-CBOR, cut where the content says) from digest-sorted
+    chunk-table records of 61 bytes (digest, pack number u32, offset, stored length, size u64,
+    codec u8; big-endian); ``pack_index[n]`` is the locator index of pack number n,
+    ``pack_sizes[i]`` the size of locator pack i. Returns the pages closed and how many records
+    they hold; unless ``last`` the records after the last closed page are the caller's to pass
+    again. ``after`` is the digest of the record before the first. ValueError for records out of
+    order, repeated, or not within their pack.
     """
 
 def write_files(

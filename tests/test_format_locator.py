@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dstore import _native as native
 from dstore.errors import FormatError
 from dstore.format import cbor
 from dstore.format.cid import CID, DAG_CBOR, RAW, make_cid
@@ -17,8 +18,11 @@ from dstore.format.locator import (
     PACKS_PER_PAGE,
     ChunkEntry,
     Locator,
+    _encode_chunk_page,
+    _Page,
     build_locator,
     chunk_pages,
+    parse_chunk_page,
 )
 from dstore.format.pack import PackRecord, shard_size
 
@@ -318,3 +322,66 @@ def test_chunk_pages_split_long_runs() -> None:
     run = sorted(d for d in digests if not ends_page(d))[: CHUNKS_PER_PAGE + 5]
     pages = chunk_pages([(d, 0, 0, 1, 1, 0) for d in run])
     assert [len(p) for p in pages] == [CHUNKS_PER_PAGE, 5]
+
+
+def _page_outcome(block: bytes) -> object:
+    """What the native parser makes of a chunk page, in the Python parser's terms (None: refused)."""
+    fast = native.locator_chunk_page(block)
+    if fast is None:
+        return None
+    page = _Page.from_native(*fast)
+    return list(page.entries())
+
+
+def _python_outcome(block: bytes) -> object:
+    try:
+        return parse_chunk_page(block)
+    except FormatError:
+        return None
+
+
+page_entries = st.lists(
+    st.tuples(
+        st.binary(min_size=32, max_size=32),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1) | st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32]),
+        st.integers(0, 2**64 - 1),
+        st.sampled_from([0, 1]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(page_entries, st.data())
+@settings(max_examples=300)
+def test_native_chunk_page_parser_agrees_with_the_python_one(entries: list, data: st.DataObject) -> None:
+    """Canonical pages and near misses (a byte flipped, cut or inserted; unsorted; raw with two sizes):
+    the native parser accepts exactly what parse_chunk_page accepts, and reads the same entries."""
+    entries = sorted({e[0]: e for e in entries}.values())
+    if data.draw(st.booleans()):
+        entries = [(d, p, o, sz, sz, 0) if c == 0 else (d, p, o, sl, sz, c) for d, p, o, sl, sz, c in entries]
+    block = bytearray(_encode_chunk_page(entries))
+    for _ in range(data.draw(st.integers(0, 2))):
+        at = data.draw(st.integers(0, len(block)))
+        what = data.draw(st.sampled_from(["flip", "insert", "cut"]))
+        if what == "flip" and at < len(block):
+            block[at] ^= data.draw(st.integers(1, 255))
+        elif what == "insert":
+            block[at:at] = bytes([data.draw(st.integers(0, 255))])
+        elif at < len(block):
+            del block[at]
+    assert _page_outcome(bytes(block)) == _python_outcome(bytes(block))
+
+
+def test_native_chunk_page_parser_on_the_edges() -> None:
+    entry = (bytes(32), 0, 0, 5, 5, 0)
+    page = _encode_chunk_page([entry])
+    assert _page_outcome(page) == [ChunkEntry(*entry)]
+    full = [(i.to_bytes(32, "big"), 0, 0, 1, 1, 0) for i in range(CHUNKS_PER_PAGE)]
+    assert len(_page_outcome(_encode_chunk_page(full))) == CHUNKS_PER_PAGE
+    too_many = full + [((CHUNKS_PER_PAGE).to_bytes(32, "big"), 0, 0, 1, 1, 0)]
+    assert _page_outcome(_encode_chunk_page(too_many)) is None is _python_outcome(_encode_chunk_page(too_many))
+    assert _page_outcome(b"\x80") is None is _python_outcome(b"\x80")  # no entries
+    assert _page_outcome(page[:1] + b"\x00" + page[1:]) is None  # a head that is not minimal

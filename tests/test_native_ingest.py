@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import blake3
@@ -215,6 +216,7 @@ def test_batch_size_does_not_change_the_dataset(tmp_path, mixed_tree, monkeypatc
     """Tiny batches (a few files, 1 MiB) store the same dataset, packs and shards."""
     monkeypatch.setattr(add_module, "BATCH_BYTES", 1 << 20)
     monkeypatch.setattr(add_module, "BATCH_MAX_FILES", 3)
+    monkeypatch.setattr(add_module, "LOCATOR_RECORDS", 5)  # the chunk table's records in many native calls
     reported: list[int] = []
     with Store(tmp_path / "home") as store:
         result = add(mixed_tree, store, ShardSpec(4, 2), progress=reported.append)
@@ -222,6 +224,41 @@ def test_batch_size_does_not_change_the_dataset(tmp_path, mixed_tree, monkeypatc
         assert sum(reported) == result.bytes_in
         assert add(mixed_tree / "b", store, ShardSpec(4, 2)).to_json() == KNOWN["4+2"]["second"]
     assert store_fingerprint(tmp_path / "home") == KNOWN["4+2"]["shards"]
+
+
+def test_the_next_batch_is_read_while_the_one_before_is_stored(tmp_path, monkeypatch):
+    """Batches overlap: the native call of batch N+1 starts before batch N's chunks are packed (Python's part)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(7):
+        (src / ("d" if i % 2 else "") / f"{i}.bin").write_bytes(random_bytes(3000 + i, i))
+    with Store(tmp_path / "one") as store:
+        expected = add(src, store, ShardSpec(4, 2)).to_json()
+    monkeypatch.setattr(add_module, "BATCH_MAX_FILES", 2)
+    events: list[str] = []
+    real_process, real_add_chunks = _native.process_files, add_module.Packer.add_chunks
+    monkeypatch.setattr(add_module._native, "process_files", lambda *a: events.append("read") or real_process(*a))
+    monkeypatch.setattr(
+        add_module.Packer, "add_chunks", lambda self, *a: events.append("pack") or real_add_chunks(self, *a)
+    )
+    with Store(tmp_path / "home") as store:
+        assert add(src, store, ShardSpec(4, 2)).to_json() == expected
+    assert events[:3] == ["read", "read", "pack"]
+    assert events.count("read") == events.count("pack") >= 3
+
+
+def test_a_failed_batch_leaves_no_native_call_running(tmp_path, monkeypatch):
+    """A file of a later batch that vanished fails the add naming it; the batch read ahead is waited for."""
+    monkeypatch.setattr(add_module, "BATCH_MAX_FILES", 2)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(9):
+        (src / f"{i}.bin").write_bytes(random_bytes(3000 + i, i))
+    victim = src / "4.bin"
+    monkeypatch.setattr(add_module, "walk", _racing_walk(victim.unlink))
+    with Store(tmp_path / "home") as store, pytest.raises(InputError, match=f"cannot read {victim}"):
+        add(src, store, ShardSpec(2, 1))
+    assert not [t for t in threading.enumerate() if t.name.startswith("dstore-batch")]
 
 
 # --------------------------------------------------------------------------- files that change under the add
@@ -265,3 +302,94 @@ def test_an_unreadable_file_is_an_input_error(tmp_path, dstore):
     (src / "a.bin").chmod(0)
     result = dstore("add", src, check=False)
     assert result.code != 0 and f"{src / 'a.bin'}" in result.err
+
+
+@pytest.mark.parametrize("lookup_chunks", [4, 2048])
+def test_index_pages_are_released_as_they_add_up_not_per_pack(tmp_path, monkeypatch, lookup_chunks):
+    """The add gives back the index pages it touched once LOOKUP_CHUNKS chunks' worth add up (RSS stays
+    flat), not after every pack (each release reads /proc/self/maps)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i}.bin").write_bytes(random_bytes(150_000 + i, i))  # one chunk each at most 256 KiB
+    monkeypatch.setattr(add_module, "LOOKUP_CHUNKS", lookup_chunks)
+    releases: list[int] = []
+    real = add_module._Adder._release_index_pages
+    monkeypatch.setattr(add_module._Adder, "_release_index_pages", lambda self: releases.append(1) or real(self))
+    with Store(tmp_path / "home") as store:
+        result = add(src, store, ShardSpec(1, 0))  # 1 MiB packs: several of them
+    assert result.files == 40 and len(result.to_json()["cid"]) > 0
+    chunks = result.chunks
+    if lookup_chunks == 4:
+        assert len(releases) >= chunks // 4  # at least once per LOOKUP_CHUNKS chunks looked up
+    else:
+        assert len(releases) == 1  # the one at the end of the add
+
+
+@given(
+    st.lists(
+        st.tuples(
+            # Some digests end their page (first 4 bytes = 1023 mod 1024): pages of many sizes.
+            st.builds(
+                bytes.__add__,
+                st.sampled_from([b"\x00\x00\x03\xff", b"\x7f\x00\x07\xff", b"\x00\x00\x00\x01"])
+                | st.binary(min_size=4, max_size=4),
+                st.binary(min_size=28, max_size=28),
+            ),
+            st.integers(0, 2),
+            st.integers(0, 1000),
+            st.integers(1, 500),
+            st.sampled_from([0, 1]),
+        ),
+        min_size=1,
+        max_size=300,
+    ),
+    st.integers(1, 64),
+)
+def test_native_locator_pages_are_build_locators_pages(entries, piece):
+    """Chunk pages made natively from spool records, in pieces of any size, are build_locator's pages."""
+    from dstore.format.cbor import block_cid
+    from dstore.format.cid import make_cid
+    from dstore.format.locator import build_locator, chunk_pages
+    from dstore.format.pack import PackRecord
+    from dstore.ingest.spool import _ENTRY, RECORD_BYTES
+
+    rows = sorted({d: (d, p, off, sl, sl + c, c) for d, p, off, sl, c in entries}.values())
+    record = PackRecord(k=1, m=0, size=2000, shard_size=2048, shards=(make_cid(0x55, b"x"),))
+    packs = [(block_cid(record.encode()), record)] * 3
+    _, blocks = build_locator(make_cid(0x71, b"d"), rows, packs)
+    expected = blocks[: len(chunk_pages(rows))]
+    records = b"".join(_ENTRY.pack(d, p, off, sl, sz, c) for d, p, off, sl, sz, c in rows)
+    got, carry, after = [], b"", None
+    for start in range(0, len(records), piece * RECORD_BYTES):
+        data = carry + records[start : start + piece * RECORD_BYTES]
+        last = start + piece * RECORD_BYTES >= len(records)
+        pages, done = _native.locator_pages(data, [0, 1, 2], [2000, 2000, 2000], after, last)
+        got += pages
+        if done:
+            after = data[(done - 1) * RECORD_BYTES : (done - 1) * RECORD_BYTES + 32]
+        carry = data[done * RECORD_BYTES :]
+    assert got == [block for _, block in expected]
+    assert all(
+        add_module._first_digest(page) == first
+        for page, first in zip(got, [p[0][0] for p in chunk_pages(rows)], strict=True)
+    )
+
+
+def test_native_locator_pages_refuse_what_is_no_locator():
+    from dstore.ingest.spool import _ENTRY
+
+    a, b = _ENTRY.pack(b"a" * 32, 0, 0, 5, 5, 0), _ENTRY.pack(b"b" * 32, 0, 0, 5, 5, 0)
+    for records, sizes, why in [
+        (b + a, [10], "sorted"),
+        (a + a, [10], "sorted"),
+        (_ENTRY.pack(b"a" * 32, 0, 8, 5, 5, 0), [10], "ends past its pack"),
+        (_ENTRY.pack(b"a" * 32, 0, 0, 4, 5, 0), [10], "raw-stored"),
+        (_ENTRY.pack(b"a" * 32, 0, 0, 4, 5, 2), [10], "codec"),
+        (_ENTRY.pack(b"a" * 32, 1, 0, 5, 5, 0), [10], "out of range"),
+        (a[:-1], [10], "61 bytes"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            _native.locator_pages(records, [0], sizes, None, True)
+    with pytest.raises(ValueError, match="sorted"):
+        _native.locator_pages(a, [0], [10], b"a" * 32, True)  # the record before was this digest

@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,3 +287,40 @@ def test_files_spanning_many_small_batches(dstore, home, tmp_path, monkeypatch):
     assert summary["files"] == 42
     assert sum(seen) == summary["bytes"]
     assert len(seen) > 20
+
+
+def test_local_packs_are_mapped_by_the_writer_and_a_missing_shard_is_rebuilt(dstore, home, tmp_path, monkeypatch):
+    """The get maps (and rebuilds) local packs on its writer thread, not on the thread that plans batches."""
+    from dstore.fetch import batch, packs
+    from dstore.fetch.get import get
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for i in range(60):
+        (src / "a" / f"{i}.bin").write_bytes(random_bytes(1000 + i * 3001, i))
+    cid = dstore("add", src, "-q", "--shards", "3+2").out.strip().splitlines()[-1]
+    store = Store(home)
+    try:
+        with DatasetReader(store, cid) as reader:
+            records = [reader.locator.pack(i)[1] for i in range(reader.locator.num_packs)]
+        os.unlink(store.shards.path(records[0].shards[1].encode("base32")))  # parity rebuilds it
+        threads: list[str] = []
+        real_map, real_rebuild = packs.LocalShards.map, packs.LocalShards.rebuild
+
+        def map_(self, *a):
+            threads.append(threading.current_thread().name)
+            return real_map(self, *a)
+
+        def rebuild(self, *a):
+            threads.append(threading.current_thread().name)
+            return real_rebuild(self, *a)
+
+        monkeypatch.setattr(packs.LocalShards, "map", map_)
+        monkeypatch.setattr(packs.LocalShards, "rebuild", rebuild)
+        monkeypatch.setattr(batch, "BATCH_FILES", 7)
+        summary = get(store, cid, tmp_path / "out")
+    finally:
+        store.close()
+    assert snapshot(tmp_path / "out") == snapshot(src)
+    assert summary["files"] == 60
+    assert len(threads) > len(records) and all(name.startswith("dstore-write") for name in threads)

@@ -20,7 +20,7 @@ from typing import Any
 
 from dstore import _native
 from dstore.errors import FormatError, IntegrityError
-from dstore.fetch.packs import Parts
+from dstore.fetch.packs import LocalShards, Parts
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID, HASH_CODES, RAW, cid_to_text, hash_digest
@@ -86,6 +86,9 @@ class BatchWriter:
         self._replaced: list[Parts] = []  # mappings a rebuild replaced, closed once no call uses them
         self._pending: tuple[_Batch, list[Parts], Future[list[int]]] | None = None  # the call in flight
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-write")
+        # Packs of the local store alone are mapped by the writer thread (peers' are fetched by this one).
+        source = reader.packs.source
+        self._local = source if isinstance(source, LocalShards) else None
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -111,12 +114,13 @@ class BatchWriter:
         token once every chunk of it is written and verified (when the batch holding its last chunk settles).
         """
         name = name or path
-        if cid.codec == RAW and self.reader.chunk_digest(cid) == self._empty_digest:
-            self._batch.file(name, path, 0, True)  # the empty file: no chunk to write
-            self._batch.done.append(done)
-            return
         if cid.codec == RAW:
-            self._add_one_chunk(path, cid, name, done)
+            digest = self.reader.chunk_digest(cid)
+            if digest == self._empty_digest:
+                self._batch.file(name, path, 0, True)  # the empty file: no chunk to write
+                self._batch.done.append(done)
+            else:
+                self._add_one_chunk(path, digest, name, done)
             return
         node = node or self.reader.node(cid)
         size = node.filesize or 0
@@ -144,9 +148,9 @@ class BatchWriter:
         if batch.full():
             self._flush()
 
-    def _add_one_chunk(self, path: str, cid: CID, name: str, done: Any) -> None:
+    def _add_one_chunk(self, path: str, digest: bytes, name: str, done: Any) -> None:
         """``add`` for a one-chunk file (most small files; its size is its chunk's), kept lean."""
-        pack_id, record, ref = self.reader._ref(self.reader.chunk_digest(cid))
+        pack_id, record, ref = self.reader._ref(digest)
         if ref.offset + ref.stored_len > record.size:
             raise IntegrityError(f"{name}: the locator points past the end of a pack (corrupt locator)")
         batch = self._batch
@@ -176,14 +180,19 @@ class BatchWriter:
         batch, self._batch = self._batch, _Batch()
         if not batch.paths:
             return
-        self.reader.packs.source.prefetch([(p, r) for p, (_, r) in batch.packs.items() if p not in self._maps])
-        parts = []
-        for pack_id, (index, record) in batch.packs.items():
-            try:
-                parts.append(self._parts(pack_id, record))
-            except IntegrityError as e:
-                raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
-        job = self._pool.submit(self._call, batch, parts, batch.refs, None)
+        parts: list[Parts] = []
+        if self._local is not None:
+            # Mapped (and unmapped) on the writer thread: mmap and munmap of a batch's shards
+            # cost this thread as much as planning a batch of small files.
+            job = self._pool.submit(self._map_and_call, self._local, batch)
+        else:
+            self.reader.packs.source.prefetch([(p, r) for p, (_, r) in batch.packs.items() if p not in self._maps])
+            for pack_id, (index, record) in batch.packs.items():
+                try:
+                    parts.append(self._parts(pack_id, record))
+                except IntegrityError as e:
+                    raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
+            job = self._pool.submit(self._call, batch, parts, batch.refs, None)
         previous, self._pending = self._pending, (batch, parts, job)
         self._settle(previous)
         self._release()
@@ -202,6 +211,22 @@ class BatchWriter:
             self.on_done(batch.done)
         if self.progress:
             self.progress(batch.chunk_bytes)
+
+    def _map_and_call(self, local: LocalShards, batch: _Batch) -> list[int]:
+        """On the writer thread: map the batch's packs from the local store (rebuilt where a shard is
+        missing or damaged), write the batch, unmap them. Each batch maps its own packs."""
+        parts: list[Parts] = []
+        try:
+            for pack_id, (index, record) in batch.packs.items():
+                mapped = local.map(pack_id, record)
+                try:
+                    parts.append(mapped if mapped is not None else [local.rebuild(pack_id, record)])
+                except IntegrityError as e:
+                    raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
+            return self._call(batch, parts, batch.refs, None)
+        finally:
+            for part in parts:
+                _release(part)
 
     def _call(self, batch: _Batch, parts: list[Parts], refs: list[ChunkEntry], create: list[bool] | None) -> list[int]:
         args = (

@@ -72,6 +72,16 @@ class Header:
         return (self.dataset, self.path, self.output) == (other.dataset, other.path, other.output)
 
 
+def done_line(file: tuple[str, str, int]) -> str:
+    """The record's line for a completed file: ``json.dumps({"done": rel, "cid": cid, "size": size})``'s
+    bytes (ensure_ascii off), built without the generic encoder (a get of small files writes one per file)."""
+    rel, cid, size = file
+    return f'{{"done": {_json_string(rel)}, "cid": {_json_string(cid)}, "size": {int(size)}}}\n'
+
+
+_json_string = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes for a str
+
+
 @dataclass
 class PartialGet:
     """The record of the get this process runs; holds its lock until :meth:`close`."""
@@ -84,9 +94,7 @@ class PartialGet:
 
     def mark_done(self, files: list[tuple[str, str, int]]) -> None:
         """Record files as completely written: (rel path, file CID text, size) each, one line each, one write."""
-        lines = "".join(
-            json.dumps({"done": rel, "cid": cid, "size": size}, ensure_ascii=False) + "\n" for rel, cid, size in files
-        ).encode()
+        lines = "".join(map(done_line, files)).encode()
         try:
             while lines:
                 lines = lines[os.write(self.fd, lines) :]

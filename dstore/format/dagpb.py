@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from multiformats.cid import CID
 
+from dstore import _native
 from dstore.errors import FormatError
 from dstore.limits import MAX_BLOCK_BYTES
 
@@ -110,7 +111,20 @@ def encode_link(link: PBLink) -> bytes:
 
 
 def encode_node(links: list[PBLink] | tuple[PBLink, ...], data: bytes | None = None) -> bytes:
-    """Canonical dag-pb bytes of a node: Links (field 2) first, then Data (field 1)."""
+    """Canonical dag-pb bytes of a node: Links (field 2) first, then Data (field 1).
+
+    Encoded natively (``_native.dagpb_encode``: the same bytes, property-tested against
+    :func:`encode_node_python`); what the native encoder cannot take (a negative or too large
+    Tsize, a hash that is not bytes) goes through the Python encoder, which says why.
+    """
+    try:
+        return _native.dagpb_encode(links, data)
+    except (OverflowError, TypeError):
+        return encode_node_python(links, data)
+
+
+def encode_node_python(links: list[PBLink] | tuple[PBLink, ...], data: bytes | None = None) -> bytes:
+    """:func:`encode_node` in Python: the reference the native encoder is tested against."""
     parts = []
     for link in links:
         body = encode_link(link)
@@ -173,7 +187,24 @@ def decode_node(block: bytes | bytearray | memoryview, *, check_cids: bool = Tru
     Raises FormatError (a ValueError) with a short reason on anything that is
     not the canonical encoding, or on a block larger than MAX_BLOCK_BYTES.
     With ``check_cids`` (default) every link hash must parse as a CID.
+
+    The native decoder (``_native.dagpb_decode``) accepts exactly what
+    :func:`decode_node_python` does, with the same messages; the link CIDs are
+    checked here, in order, before a later fault is reported, as there.
     """
+    if len(block) > MAX_BLOCK_BYTES:
+        raise FormatError(f"dag-pb block of {len(block)} bytes exceeds {MAX_BLOCK_BYTES}")
+    raw_links, data, error = _native.dagpb_decode(block)
+    if check_cids:
+        for hash_, _, _ in raw_links:
+            _check_cid(hash_)
+    if error is not None:
+        raise FormatError(error)
+    return PBNode([PBLink(*t) for t in raw_links], data)
+
+
+def decode_node_python(block: bytes | bytearray | memoryview, *, check_cids: bool = True) -> PBNode:
+    """:func:`decode_node` in Python: the reference the native decoder is tested against."""
     buf = memoryview(block)
     end = len(buf)
     if end > MAX_BLOCK_BYTES:

@@ -21,9 +21,10 @@ import array
 import bisect
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
+from dstore import _native
 from dstore.errors import FormatError
 from dstore.format import cbor
 from dstore.format.cid import CID, DAG_CBOR, DIGEST_BYTES, HASH_NAMES
@@ -41,7 +42,7 @@ __all__ = [
     "ChunkEntry",
     "Locator",
     "build_locator",
-    "build_locator_streaming",
+    "locator_root",
 ]
 
 LOCATOR_TYPE = "dstore/locator"
@@ -201,48 +202,17 @@ def build_locator(
     return root_cid, blocks
 
 
-def build_locator_streaming(
+def locator_root(
     dataset: CID,
-    chunks: Iterable[Sequence[Any]],
+    chunk_refs: list[list[Any]],
     packs: Sequence[tuple[CID, PackRecord]],
     emit: Callable[[CID, bytes], None],
     hash_name: str = "blake3",
-) -> tuple[CID, bytes, int]:
-    """:func:`build_locator` for chunks already sorted by digest, one per digest, in any number.
-
-    Pages go to ``emit(cid, block)`` as they are made, in the order
-    :func:`build_locator` lists them (chunk pages, pack pages); returns the
-    root's CID and block (not emitted) and the number of chunks. Same blocks as
-    :func:`build_locator` for the same input; memory is one page.
-    """
-    n_packs = len(packs)
-    chunk_refs: list[list[Any]] = []
-    page: list[Sequence[Any]] = []
-    last: bytes | None = None
-    count = 0
-
-    def close_page() -> None:
-        block = _encode_chunk_page(page)
-        cid = cbor.block_cid(block, hash_name)
-        emit(cid, block)
-        chunk_refs.append([page[0][0], cid])
-        page.clear()
-
-    for e in chunks:
-        if last is not None and e[0] <= last:
-            raise ValueError("locator chunks must be sorted by digest, one entry per digest")
-        _check_entry(e, n_packs)
-        if e[2] + e[3] > packs[e[1]][1].size:
-            raise ValueError(f"chunk {e[0].hex()} ends past its pack ({e[2]} + {e[3]} > {packs[e[1]][1].size})")
-        last = e[0]
-        count += 1
-        page.append(e)
-        if ends_page(e[0]) or len(page) == CHUNKS_PER_PAGE:
-            close_page()
-    if page:
-        close_page()
+) -> tuple[CID, bytes]:
+    """The pack-table pages (to ``emit``) and the root of a locator whose chunk pages are
+    ``chunk_refs`` (``[first digest, page CID]`` each, in order); returns the root's CID and block."""
     pack_refs: list[CID] = []
-    for i in range(0, n_packs, PACKS_PER_PAGE):
+    for i in range(0, len(packs), PACKS_PER_PAGE):
         block = cbor.encode([[pid, rec.to_cbor()] for pid, rec in packs[i : i + PACKS_PER_PAGE]])
         cid = cbor.block_cid(block, hash_name)
         emit(cid, block)
@@ -250,7 +220,31 @@ def build_locator_streaming(
     root = cbor.encode(
         {"type": LOCATOR_TYPE, "version": LOCATOR_VERSION, "dataset": dataset, "packs": pack_refs, "chunks": chunk_refs}
     )
-    return cbor.block_cid(root, hash_name), root, count
+    return cbor.block_cid(root, hash_name), root
+
+
+def parse_chunk_page(block: bytes) -> list[ChunkEntry]:
+    """The entries of a locator chunk page: canonical DAG-CBOR, valid entries, sorted by digest; else FormatError."""
+    try:
+        raw = cbor.parse(block, max_depth=2)
+    except FormatError as e:
+        raise FormatError(f"malformed locator chunk page: {e}") from e
+    if not isinstance(raw, list) or not 1 <= len(raw) <= CHUNKS_PER_PAGE:
+        raise FormatError(f"locator chunk page must list 1..{CHUNKS_PER_PAGE} entries")
+    entries: list[ChunkEntry] = []
+    try:
+        for item in raw:
+            if not isinstance(item, list) or len(item) != 6:
+                raise ValueError("entry is not a list of 6")
+            _check_entry(item, None)
+            entries.append(ChunkEntry(*item))
+    except ValueError as err:
+        raise FormatError(f"bad locator chunk page: {err}") from err
+    if _encode_chunk_page(entries) != block:
+        raise FormatError("locator chunk page is not canonical DAG-CBOR")
+    if any(a.digest >= b.digest for a, b in itertools.pairwise(entries)):
+        raise FormatError("locator chunk page is not sorted by digest")
+    return entries
 
 
 class _Page:
@@ -264,6 +258,18 @@ class _Page:
         self.digests = b"".join(e.digest for e in entries)
         self.prefixes = array.array("Q", [int.from_bytes(e.digest[:8], "big") for e in entries])
         self.numbers = array.array("Q", [v for e in entries for v in e[1:]])
+
+    @classmethod
+    def from_native(cls, count: int, digests: bytes, prefixes: bytes, numbers: bytes) -> _Page:
+        """A page from ``_native.locator_chunk_page`` (its prefixes and numbers as native-endian u64 bytes)."""
+        page = cls.__new__(cls)
+        page.count = count
+        page.digests = digests
+        page.prefixes = array.array("Q")
+        page.prefixes.frombytes(prefixes)
+        page.numbers = array.array("Q")
+        page.numbers.frombytes(numbers)
+        return page
 
     @property
     def nbytes(self) -> int:
@@ -358,31 +364,14 @@ class Locator:
         block = self._get(self._chunk_page_cids[i])
         if len(block) > cbor.MAX_BLOCK_BYTES:
             raise FormatError("locator chunk page too large")
-        try:
-            raw = cbor.parse(block, max_depth=2)
-        except FormatError as e:
-            raise FormatError(f"malformed locator chunk page: {e}") from e
-        if not isinstance(raw, list) or not 1 <= len(raw) <= CHUNKS_PER_PAGE:
-            raise FormatError(f"locator chunk page must list 1..{CHUNKS_PER_PAGE} entries")
-        entries: list[ChunkEntry] = []
-        try:
-            for item in raw:
-                if not isinstance(item, list) or len(item) != 6:
-                    raise ValueError("entry is not a list of 6")
-                _check_entry(item, None)
-                entries.append(ChunkEntry(*item))
-        except ValueError as err:
-            raise FormatError(f"bad locator chunk page: {err}") from err
-        if _encode_chunk_page(entries) != block:
-            raise FormatError("locator chunk page is not canonical DAG-CBOR")
-        digests = [e.digest for e in entries]
-        if any(a >= b for a, b in itertools.pairwise(digests)):
-            raise FormatError("locator chunk page is not sorted by digest")
-        if digests[0] != self._firsts[i]:
+        # The native parser accepts exactly the pages parse_chunk_page does (tested against it);
+        # a page it refuses goes through the Python one, which says why.
+        fast = _native.locator_chunk_page(block)
+        page = _Page.from_native(*fast) if fast is not None else _Page(parse_chunk_page(block))
+        if page.digests[:DIGEST_BYTES] != self._firsts[i]:
             raise FormatError("locator chunk page does not start with the root's first digest")
-        if i + 1 < len(self._firsts) and digests[-1] >= self._firsts[i + 1]:
+        if i + 1 < len(self._firsts) and page.digests[-DIGEST_BYTES:] >= self._firsts[i + 1]:
             raise FormatError("locator chunk page overlaps the next page")
-        page = _Page(entries)
         self._chunk_pages[i] = page
         self._cached_bytes += page.nbytes
         while len(self._chunk_pages) > 1 and (

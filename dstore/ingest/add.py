@@ -8,7 +8,8 @@ METADATA_PACK_BYTES (docs/format.md, "Metadata in several packs").
 
 Files are taken in batches: up to BATCH_BYTES of files below SEGMENT_BYTES
 go to one Rust call that reads, chunks, hashes and compresses them on all
-cores (GIL released) and hands back every chunk of the batch at once. A
+cores (GIL released) and hands back every chunk of the batch at once; the
+call for the next batch runs while this thread stores the one before. A
 bigger file streams through ``process_segment``, one 16 MiB segment a call.
 Either way a file that no longer has the size the walk saw is an InputError.
 Python then looks the batch's chunks up in the index in one read
@@ -24,21 +25,23 @@ import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstore import _native
 from dstore.errors import DstoreError, InputError, PeerError, StoreError, UsageError
 from dstore.format import unixfs
+from dstore.format.cbor import block_cid
 from dstore.format.cid import CID, HASH_CODES, cid_to_text, raw_cid_bytes
-from dstore.format.locator import build_locator_streaming
+from dstore.format.locator import locator_root
 from dstore.format.manifest import PROFILE_DSTORE, ChunkerParams, Manifest, Profile, profile_named
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer, encode_placement
 from dstore.ingest.packer import Packer
 from dstore.ingest.segments import SegmentReader
 from dstore.ingest.sinks import LocalSink, PeerSink, ShardSink
-from dstore.ingest.spool import BlockSpool, ChunkSpool
+from dstore.ingest.spool import RECORD_BYTES, BlockSpool, ChunkSpool
 from dstore.ingest.walk import Enter, Event, FileEntry, survey, walk
 from dstore.limits import MAX_SHARDS
 from dstore.net.protocol import PeerClient
@@ -59,6 +62,8 @@ BATCH_MAX_FILES = 8192
 BATCH_MAX_EVENTS = 4 * BATCH_MAX_FILES  # walk events (files, folders entered and left) held per batch
 # Chunks looked up in the index per read transaction (each touches up to that many pages of its map).
 LOOKUP_CHUNKS = 2048
+# Chunk-table records turned into locator pages per native call (61 bytes each).
+LOCATOR_RECORDS = 1 << 16
 # Metadata blocks written to the index per transaction (LMDB keeps a transaction's pages in memory).
 INDEX_TXN_BYTES = 4 << 20
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -126,6 +131,15 @@ class AddResult:
 
 
 @dataclass
+class _Started:
+    """A batch of the walk: its files (their native call started, or None without files) and its events."""
+
+    files: list[FileEntry]
+    events: list[Event]
+    started: Future[_native.FileBatch] | None
+
+
+@dataclass
 class _Adder:
     store: Store
     sink: ShardSink
@@ -137,6 +151,8 @@ class _Adder:
     packer: Packer = field(init=False)
     hash_code: int = field(init=False)  # multihash code the native kernels hash chunks with
     reader: SegmentReader | None = field(init=False, default=None)  # made for the first big file
+    # Runs the native call of the next batch of small files while this thread stores the one before.
+    batch_reader: ThreadPoolExecutor = field(init=False)
     # The dataset's metadata blocks and chunk-table entries, on disk as they are made (memory stays flat).
     meta: BlockSpool = field(default_factory=BlockSpool)
     chunk_table: ChunkSpool = field(default_factory=ChunkSpool)
@@ -146,6 +162,7 @@ class _Adder:
     # it stores, and strong enough), and the peers confirmed to hold their shards.
     usable_packs: dict[bytes, bool] = field(default_factory=dict)
     old_placement: dict[bytes, list[str | None]] = field(default_factory=dict)
+    touched_pages: int = 0  # index pages touched (at most) since they were last released
     chunks_total: int = 0
     new_chunks: int = 0
     new_chunk_bytes: int = 0
@@ -158,8 +175,10 @@ class _Adder:
     def __post_init__(self) -> None:
         self.packer = Packer(self.store, self.sink, self.spec.k, self.spec.m, self.hash_name, self._pack_durable)
         self.hash_code = HASH_CODES[self.hash_name]
+        self.batch_reader = ThreadPoolExecutor(1, thread_name_prefix="dstore-batch")
 
     def close(self) -> None:
+        self.batch_reader.shutdown(wait=True, cancel_futures=True)
         self.packer.close()
         if self.reader is not None:
             self.reader.close()
@@ -174,13 +193,26 @@ class _Adder:
 
     # -- files --------------------------------------------------------------
 
-    def _add_batch(self, entries: list[FileEntry]) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
+    def _start_batch(self, entries: list[FileEntry]) -> Future[_native.FileBatch] | None:
+        """Start the native call that reads, chunks, hashes and compresses ``entries`` (on the reader thread).
+
+        The call holds no GIL and keeps no state of the add, so it runs while
+        this thread stores the batch before it (see :meth:`add_tree`).
+        """
         if not entries:
-            return
+            return None
         p = self.chunker
-        paths = [os.fspath(e.path) for e in entries]
+        paths = [e.path for e in entries]
         sizes = [e.size for e in entries]
-        batch = _native.process_files(paths, sizes, p.min, p.avg, p.max, ZSTD_LEVEL, self.hash_code)
+        args = (paths, sizes, p.min, p.avg, p.max, ZSTD_LEVEL, self.hash_code)
+        return self.batch_reader.submit(_native.process_files, *args)
+
+    def _add_batch(
+        self, entries: list[FileEntry], started: Future[_native.FileBatch] | None
+    ) -> Iterator[tuple[CID, list[tuple[CID, bytes]], int]]:
+        if started is None:
+            return
+        batch = started.result()
         if batch.errors:
             index, errno, message = batch.errors[0]
             if not errno:  # the file grew or shrank since the walk listed it
@@ -249,10 +281,10 @@ class _Adder:
         pending = self.packer.pending
         unseen = list(dict.fromkeys(c for c in cids if c not in pending))
         stored_before: dict[bytes, ChunkLoc | None] = {}
-        for start in range(0, len(unseen), LOOKUP_CHUNKS):  # each lookup's touched index pages released
+        for start in range(0, len(unseen), LOOKUP_CHUNKS):  # the index pages touched are released as they add up
             part = unseen[start : start + LOOKUP_CHUNKS]
             stored_before.update(zip(part, self.store.index.lookup_chunks(part), strict=True))
-            self._release_index_pages()
+            self._touched_index_pages(len(part))
         self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
         taken: set[bytes] = set()
@@ -282,10 +314,18 @@ class _Adder:
         for cid, loc in chunks:
             self._table_entry(cid, loc)
         self.new_chunks += len(chunks)
-        self._release_index_pages()
+        self._touched_index_pages(len(chunks))
+
+    def _touched_index_pages(self, chunks: int) -> None:
+        """Count the index pages lookups or commits of ``chunks`` chunks touched (at most one each); release
+        them once they reach LOOKUP_CHUNKS. Releasing reads /proc/self/maps (milliseconds), so not per pack."""
+        self.touched_pages += chunks
+        if self.touched_pages >= LOOKUP_CHUNKS:
+            self._release_index_pages()
 
     def _release_index_pages(self) -> None:
         """Unmap the index pages a lookup or commit touched (they stay cached): RSS stays flat in index size."""
+        self.touched_pages = 0
         release_file_mapping(self.store.index.path / "data.mdb")
 
     def _judge_packs(self, pack_ids: dict[bytes, None]) -> None:
@@ -344,37 +384,56 @@ class _Adder:
         events of a batch are kept until its files are stored, then replayed to
         build the folders bottom up, each as soon as it is complete (a folder
         needs its children's CIDs and sizes, not their subtrees).
+
+        Batches overlap: while this thread stores one batch (dedup lookups,
+        packing, UnixFS nodes: Python), the native call of the next one reads
+        and chunks its files on the other cores. At most two batches are in
+        hand, so memory stays bounded whatever the number of files.
         """
         folders = _Folders(self)
         files: list[FileEntry] = []
         pending: list[Event] = []
         batch_bytes = 0
+        ahead: _Started | None = None  # the batch whose native call runs while the one before is stored
+
+        def close_batch() -> None:
+            nonlocal ahead, files, pending, batch_bytes
+            started = _Started(files, pending, self._start_batch(files))
+            if ahead is not None:
+                self._replay(ahead, folders)
+            ahead = started
+            files, pending, batch_bytes = [], [], 0
+
+        def drain() -> None:
+            nonlocal ahead
+            close_batch()
+            assert ahead is not None
+            self._replay(ahead, folders)
+            ahead = None
+
         for event in events:
             if isinstance(event, FileEntry):
                 self.size += event.size
                 self.entries += 1
                 if event.size >= SEGMENT_BYTES:
-                    self._replay(files, pending, folders)
-                    files, pending, batch_bytes = [], [], 0
+                    drain()
                     folders.file(event.name, self.add_big_file(event))
                     continue
                 if files and (batch_bytes + event.size > BATCH_BYTES or len(files) >= BATCH_MAX_FILES):
-                    self._replay(files, pending, folders)
-                    files, pending, batch_bytes = [], [], 0
+                    close_batch()
                 files.append(event)
                 batch_bytes += event.size
             elif isinstance(event, Enter):
                 self.entries += 1
             pending.append(event)
             if len(pending) >= BATCH_MAX_EVENTS:  # a tree of empty folders holds no files to batch
-                self._replay(files, pending, folders)
-                files, pending, batch_bytes = [], [], 0
-        self._replay(files, pending, folders)
+                close_batch()
+        drain()
         return folders.result()
 
-    def _replay(self, files: list[FileEntry], events: list[Event], folders: _Folders) -> None:
-        results = self._add_batch(files)
-        for event in events:
+    def _replay(self, batch: _Started, folders: _Folders) -> None:
+        results = self._add_batch(batch.files, batch.started)
+        for event in batch.events:
             if isinstance(event, FileEntry):
                 folders.file(event.name, next(results))
             elif isinstance(event, Enter):
@@ -398,17 +457,49 @@ class _Adder:
         ordered = [p for p in numbers if p not in new] + [p for p in numbers if p in new]
         index_of = {numbers[pack_id]: i for i, pack_id in enumerate(ordered)}
         packs = [(CID.from_bytes(pack_id), self._pack_record(pack_id)) for pack_id in ordered]
-        entries = (
-            (digest, index_of[number], offset, stored_len, size, codec)
-            for digest, number, offset, stored_len, size, codec in self.chunk_table.sorted_unique()
-        )
         spool = self.meta
-        root, root_block, self.unique_chunks = build_locator_streaming(
-            dataset, entries, packs, lambda c, b: spool.add(c.to_bytes(), b), self.hash_name
+        chunk_refs = self._chunk_pages(
+            [index_of[n] for n in range(len(numbers))], [record.size for _, record in packs], spool
+        )
+        root, root_block = locator_root(
+            dataset, chunk_refs, packs, lambda c, b: spool.add(c.to_bytes(), b), self.hash_name
         )
         self.chunk_table.close()
         spool.add(root.to_bytes(), root_block)
         return root
+
+    def _chunk_pages(self, pack_index: list[int], pack_sizes: list[int], spool: BlockSpool) -> list[list[object]]:
+        """The locator's chunk pages, made natively from the chunk table's sorted records LOCATOR_RECORDS at a
+        time, to ``spool``; returns ``[first digest, page CID]`` per page. The same pages as
+        build_locator (docs/format.md, "Locator"); memory is one piece of records and one page."""
+        refs: list[list[object]] = []
+        records = self.chunk_table.sorted_unique_records()
+        carry, after, count = b"", None, 0
+        while True:
+            piece = list(itertools.islice(records, LOCATOR_RECORDS))
+            last = len(piece) < LOCATOR_RECORDS
+            data = carry + b"".join(piece)
+            pages, done = _native.locator_pages(data, pack_index, pack_sizes, after, last)
+            for page in pages:
+                cid = block_cid(page, self.hash_name)
+                spool.add(cid.to_bytes(), page)
+                refs.append([_first_digest(page), cid])
+            if done:
+                after = data[(done - 1) * RECORD_BYTES : (done - 1) * RECORD_BYTES + 32]
+            count += done
+            carry = data[done * RECORD_BYTES :]
+            if last:
+                break
+        self.unique_chunks = count
+        return refs
+
+
+def _first_digest(page: bytes) -> bytes:
+    """The first digest of a chunk page: after the array head (1 to 3 bytes: at most CHUNKS_PER_PAGE
+    entries) and the first entry's head (array of 6, bytes of 32)."""
+    info = page[0] & 0x1F
+    start = (1 if info < 24 else 2 if info == 24 else 3) + 3
+    return page[start : start + 32]
 
 
 class _Folders:

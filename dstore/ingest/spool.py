@@ -14,7 +14,7 @@ import heapq
 import io
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, cast
 
 # A block spool is read back in pieces of this size.
@@ -24,6 +24,7 @@ RUN_ENTRIES = 50_000
 _HEAD = struct.Struct(">HI")  # CID length, block length
 # digest, pack number (this add's), offset, stored length, size, codec
 _ENTRY = struct.Struct(">32sIQQQB")
+RECORD_BYTES = _ENTRY.size
 ChunkRecord = tuple[bytes, int, int, int, int, int]
 
 
@@ -83,20 +84,31 @@ class ChunkSpool:
 
     def sorted_unique(self) -> Iterator[ChunkRecord]:
         """Every entry once per digest, in digest order (of two places for one digest, the first in order)."""
-        self._run.sort()
-        streams = [_records(f) for f in self._runs] + [iter(self._run)]
-        last = None
-        for rec in heapq.merge(*streams):
-            digest = rec[:32]
-            if digest == last:
-                continue
-            last = digest
+        for rec in self.sorted_unique_records():
             yield _ENTRY.unpack(rec)
+
+    def sorted_unique_records(self) -> Iterator[bytes]:
+        """:meth:`sorted_unique` as the records themselves (RECORD_BYTES each, big-endian ``_ENTRY``)."""
+        self._run.sort()
+        if not self._runs:  # one run, in memory: no merge
+            yield from _unique(self._run)
+            return
+        yield from _unique(heapq.merge(*[_records(f) for f in self._runs], iter(self._run)))
 
     def close(self) -> None:
         for f in self._runs:
             f.close()
         self._runs, self._run = [], []
+
+
+def _unique(records: Iterable[bytes]) -> Iterator[bytes]:
+    """Sorted records, the first of each digest."""
+    last = None
+    for rec in records:
+        digest = rec[:32]
+        if digest != last:
+            last = digest
+            yield rec
 
 
 def _records(f: IO[bytes]) -> Iterator[bytes]:

@@ -15,6 +15,7 @@ pub mod hash;
 pub mod ingest;
 pub mod pack;
 pub mod pipeline;
+pub mod smallget;
 #[cfg(test)]
 mod testutil;
 pub mod write;
@@ -196,7 +197,7 @@ fn blake3_digest<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bou
     let digest = if bytes.len() < GIL_RELEASE_MIN_BYTES {
         blake3::hash(bytes)
     } else if bytes.len() < MULTITHREAD_HASH_MIN_BYTES {
-        detach_pooled(py, || blake3::hash(bytes))
+        py.detach(|| blake3::hash(bytes)) // one thread: not queued behind the pool's work
     } else {
         detach_pooled(py, || blake3::Hasher::new().update_rayon(bytes).finalize())
     };
@@ -309,7 +310,9 @@ impl Segment {
         // contiguous bytes alive for this call; the caller does not touch them
         // concurrently (as for any buffer consumer).
         let dest = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr().cast::<u8>(), end) };
-        detach_pooled(py, || {
+        // Not on the pool: a copy needs no parallelism, and queueing behind the pool's work
+        // (the next batch's chunking, a pack's erasure coding) would stall the caller for all of it.
+        py.detach(|| {
             let mut pos = start;
             for (zstd, off, len) in spans {
                 let src = if zstd { compressed } else { input };
@@ -867,7 +870,9 @@ impl FileBatch {
         // contiguous bytes alive for this call; the caller does not touch them
         // concurrently (as for any buffer consumer).
         let dest = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr().cast::<u8>(), end) };
-        detach_pooled(py, || {
+        // Not on the pool: a copy needs no parallelism, and queueing behind the pool's work
+        // (the next batch's chunking, a pack's erasure coding) would stall the caller for all of it.
+        py.detach(|| {
             let mut pos = start;
             for i in spans {
                 let src = b.stored(i);
@@ -973,5 +978,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Segment>()?;
     m.add_function(wrap_pyfunction!(process_files, m)?)?;
     m.add_class::<FileBatch>()?;
+    smallget::register(m)?;
     Ok(())
 }
