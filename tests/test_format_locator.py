@@ -6,6 +6,7 @@ import hashlib
 import random
 
 import pytest
+from fuzzutil import mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -362,17 +363,9 @@ def test_native_chunk_page_parser_agrees_with_the_python_one(entries: list, data
     entries = sorted({e[0]: e for e in entries}.values())
     if data.draw(st.booleans()):
         entries = [(d, p, o, sz, sz, 0) if c == 0 else (d, p, o, sl, sz, c) for d, p, o, sl, sz, c in entries]
-    block = bytearray(_encode_chunk_page(entries))
-    for _ in range(data.draw(st.integers(0, 2))):
-        at = data.draw(st.integers(0, len(block)))
-        what = data.draw(st.sampled_from(["flip", "insert", "cut"]))
-        if what == "flip" and at < len(block):
-            block[at] ^= data.draw(st.integers(1, 255))
-        elif what == "insert":
-            block[at:at] = bytes([data.draw(st.integers(0, 255))])
-        elif at < len(block):
-            del block[at]
-    assert _page_outcome(bytes(block)) == _python_outcome(bytes(block))
+    page = _encode_chunk_page(entries)
+    block = data.draw(st.one_of(st.just(page), mutated(page, 2)))
+    assert _page_outcome(block) == _python_outcome(block)
 
 
 def test_native_chunk_page_parser_on_the_edges() -> None:
