@@ -129,7 +129,8 @@ class DatasetFile(io.BufferedIOBase):
         index = bisect.bisect_right(self._starts, pos) - 1
         if not sequential:
             last = bisect.bisect_right(self._starts, end - 1) - 1
-            if last > index and all(i not in self._memory for i in range(index, last + 1)):
+            small = self._starts[last] + self._sizes[last] - self._starts[index] <= RUN_BYTES  # a big read: straight in
+            if last > index and small and all(i not in self._memory for i in range(index, last + 1)):
                 return self._random_run(view, pos, end, index, last)
         done = 0
         while pos < end:
