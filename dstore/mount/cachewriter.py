@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util
+import os
 import threading
 import weakref
 from collections import deque
@@ -37,10 +38,8 @@ class CacheWriter:
         self._pending_bytes = 0
         self._writing = 0  # chunks taken off the queue and not yet written
         self._thread: threading.Thread | None = None
-        ref = weakref.ref(self)
-        atexit.register(_flush_at_exit, ref)
-        # A multiprocessing child (a DataLoader worker) ends with os._exit, after its finalizers, not atexit.
-        multiprocessing.util.Finalize(None, _flush_at_exit, args=(ref,), exitpriority=10)
+        _WRITERS.add(self)
+        _flush_at_exit_of_this_process()
 
     def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
         size = len(data)
@@ -80,7 +79,24 @@ class CacheWriter:
                     self._cond.notify_all()
 
 
-def _flush_at_exit(ref: weakref.ref[CacheWriter]) -> None:
-    writer = ref()
-    if writer is not None and writer._thread is not None and writer._thread.is_alive():
-        writer.flush(FLUSH_AT_EXIT_S)
+#: Every writer of this process, flushed at its end (once registered, however many datasets it opens).
+_WRITERS: weakref.WeakSet[CacheWriter] = weakref.WeakSet()
+
+
+def _flush_at_exit() -> None:
+    for writer in list(_WRITERS):
+        if writer._thread is not None and writer._thread.is_alive():
+            writer.flush(FLUSH_AT_EXIT_S)
+
+
+atexit.register(_flush_at_exit)
+_finalizer_pid: int | None = None
+
+
+def _flush_at_exit_of_this_process() -> None:
+    """A multiprocessing child (a DataLoader worker) ends with os._exit after its finalizers, not atexit,
+    and starts with the parent's finalizers cleared: register one in every process that makes a writer."""
+    global _finalizer_pid
+    if _finalizer_pid != os.getpid():
+        _finalizer_pid = os.getpid()
+        multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
