@@ -154,16 +154,6 @@ class ChunkSource:
         self.read_into(digest, memoryview(buf))
         return bytes(buf)
 
-    def read_run(self, leaves: list[tuple[bytes, int]]) -> list[bytes]:
-        """Consecutive chunks of a file, each as bytes (:meth:`read_run_into` does the reading)."""
-        buf = bytearray(sum(size for _, size in leaves))
-        self.read_run_into(leaves, memoryview(buf))
-        out, pos = [], 0
-        for _, size in leaves:
-            out.append(bytes(buf[pos : pos + size]))
-            pos += size
-        return out
-
     def read_run_into(self, leaves: list[tuple[bytes, int]], out: memoryview) -> None:
         """Fill ``out`` with consecutive chunks of a file, verified, end to end (``out`` holds exactly their sizes).
 
