@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from dstore.mount.chunks import ChunkSource
+from dstore.mount.mapped import MappedPacks
 
 __all__ = ["MEMORY_CHUNKS", "NEAR_BYTES", "READAHEAD_BYTES", "RUN_BYTES", "DatasetFile"]
 
@@ -34,6 +35,9 @@ READAHEAD_BYTES = 16 << 20
 RUN_BYTES = 2 << 20
 #: A read starting this close to where the last one ended is still sequential.
 NEAR_BYTES = 2 << 20
+#: A sequential local reader reading less than this at a time reads the chunks ahead in runs of RUN_BYTES
+#: into memory (then copies them out); one reading more takes whole chunks straight into its buffer.
+WINDOW_READ_BYTES = int(os.environ.get("DSTORE_WINDOW", 512 << 10))
 
 
 class DatasetFile(io.BufferedIOBase):
@@ -67,6 +71,9 @@ class DatasetFile(io.BufferedIOBase):
         self._streaming = False  # the last read was sequential
         self._pool = pool
         self._readahead_bytes = readahead_bytes
+        self._maps: MappedPacks | None = None  # a sequential local reader's mapped packs
+        self._blocks: list[bytearray] = []  # two buffers, taken in turn, that partly read chunks are decoded into
+        self._read_bytes = 0  # the size of the last read
         self.name = name
         self._pid = os.getpid()
 
@@ -115,6 +122,7 @@ class DatasetFile(io.BufferedIOBase):
             self._ahead_end = 0
             self._pid = os.getpid()
         view = memoryview(buffer).cast("B")
+        self._read_bytes = len(view)
         pos = self._pos
         end = min(self._size, pos + len(view))
         if end <= pos:
@@ -143,7 +151,7 @@ class DatasetFile(io.BufferedIOBase):
                 last = self._whole_run(index, end)
                 n = self._starts[last] + self._sizes[last] - pos
                 leaves = [(self._digests[i], self._sizes[i]) for i in range(index, last + 1)]
-                self._source.read_run_into(leaves, view[done : done + n])  # straight in
+                self._source.read_run_into(leaves, view[done : done + n], self._local_maps() if sequential else None)
                 pos += n
                 done += n
                 index = last + 1
@@ -206,6 +214,9 @@ class DatasetFile(io.BufferedIOBase):
             fut.cancel()
         self._ahead.clear()
         self._memory.clear()
+        self._blocks.clear()
+        if self._maps is not None:
+            self._maps.close()
         super().close()
 
     # -- chunks -----------------------------------------------------------------
@@ -224,16 +235,18 @@ class DatasetFile(io.BufferedIOBase):
             except Exception:
                 data = None  # a read-ahead failed (or was cancelled): read it again here, errors and all
         if data is None and self._streaming and self._pool is None:
-            # Sequential, local: the chunks up to RUN_BYTES on in one read and one decode, not one by one
-            # (a mount's reads of 128 KiB hold a part of a chunk at each end).
+            # Sequential, local. Small reads (a mount's): the chunks up to RUN_BYTES on in one decode, not one
+            # by one (each read holds a part of a chunk at each end). Large reads take their whole chunks
+            # straight into the caller's buffer: only the chunk at their end is decoded into memory.
             stop = index + 1
             while (
-                stop < len(self._sizes)
+                self._read_bytes < WINDOW_READ_BYTES
+                and stop < len(self._sizes)
                 and stop not in self._memory
                 and self._starts[stop] + self._sizes[stop] - self._starts[index] <= RUN_BYTES
             ):
                 stop += 1
-            block = memoryview(self._read_run(index, stop))
+            block = self._decode_to_memory(index, stop)
             for i in range(index + 1, stop):
                 at = self._starts[i] - self._starts[index]
                 self._remember(i, block[at : at + self._sizes[i]])
@@ -276,6 +289,31 @@ class DatasetFile(io.BufferedIOBase):
                 run_bytes += self._sizes[i]
             i += 1
         self._ahead_end = max(self._ahead_end, i)
+
+    def _local_maps(self) -> MappedPacks | None:
+        """The mapped packs of a sequential reader of a local dataset (made on first use)."""
+        if self._pool is not None:
+            return None  # peers or gateways: their read path stays as it is
+        if self._maps is None:
+            self._maps = MappedPacks()
+        return self._maps
+
+    def _decode_to_memory(self, first: int, stop: int) -> memoryview:
+        """Chunks ``first`` to ``stop - 1`` decoded into the next of the file's two reused buffers (from its
+        mapped packs): no fresh, zeroed buffer per read. What was remembered from that buffer is forgotten."""
+        n = self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first]
+        self._blocks = self._blocks[1:] + self._blocks[:1]  # the older of the two
+        if len(self._blocks) < 2 or len(self._blocks[-1]) < n:
+            if len(self._blocks) == 2:
+                self._blocks.pop()
+            self._blocks.append(bytearray(max(n, RUN_BYTES)))
+        buf = self._blocks[-1]
+        for i in [i for i, data in self._memory.items() if data.obj is buf]:
+            del self._memory[i]
+        block = memoryview(buf)[:n]
+        leaves = [(self._digests[i], self._sizes[i]) for i in range(first, stop)]
+        self._source.read_run_into(leaves, block, self._local_maps())
+        return block
 
     def _read_run(self, first: int, stop: int) -> bytearray:
         buf = bytearray(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])
