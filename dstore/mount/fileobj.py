@@ -37,7 +37,7 @@ RUN_BYTES = 2 << 20
 NEAR_BYTES = 2 << 20
 #: A sequential local reader reading less than this at a time reads the chunks ahead in runs of RUN_BYTES
 #: into memory (then copies them out); one reading more takes whole chunks straight into its buffer.
-WINDOW_READ_BYTES = int(os.environ.get("DSTORE_WINDOW", 512 << 10))
+WINDOW_READ_BYTES = 512 << 10
 
 
 class DatasetFile(io.BufferedIOBase):
@@ -74,6 +74,8 @@ class DatasetFile(io.BufferedIOBase):
         self._maps: MappedPacks | None = None  # a sequential local reader's mapped packs
         self._blocks: list[bytearray] = []  # two buffers, taken in turn, that partly read chunks are decoded into
         self._read_bytes = 0  # the size of the last read
+        self._window: memoryview | None = None  # the chunks decoded last into memory, back to back
+        self._window_start = 0  # where in the file they start
         self.name = name
         self._pid = os.getpid()
 
@@ -122,11 +124,15 @@ class DatasetFile(io.BufferedIOBase):
             self._ahead_end = 0
             self._pid = os.getpid()
         view = memoryview(buffer).cast("B")
-        self._read_bytes = len(view)
         pos = self._pos
         end = min(self._size, pos + len(view))
         if end <= pos:
             return 0
+        window = self._from_window(end - pos)
+        if window is not None:
+            view[: end - pos] = window
+            return end - pos
+        self._read_bytes = len(view)
         # Exactly where the last read ended, or near it once reading is sequential (a mount's reads come
         # slightly out of order): a first read somewhere else is a random read and starts no read-ahead.
         sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
@@ -168,6 +174,20 @@ class DatasetFile(io.BufferedIOBase):
             self._read_ahead(index)
         return done
 
+    def _from_window(self, n: int) -> memoryview | None:
+        """The next ``n`` bytes if they all lie in the chunks decoded last into memory (a mount's small reads
+        in a row: no walk over the chunks they cover); the position moves past them."""
+        pos, window = self._pos, self._window
+        at = pos - self._window_start
+        if window is None or n <= 0 or at < 0 or at + n > len(window) or self._pool is not None:
+            return None
+        sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
+        self._streaming = sequential
+        self._pos = pos + n
+        self._last_end = max(self._last_end, pos + n) if sequential else pos + n
+        self._read_bytes = n
+        return window[at : at + n]
+
     def _random_run(self, view: memoryview, pos: int, end: int, first: int, last: int) -> int:
         """A random read over several chunks: all of them in one run (one request per data shard, not one per
         chunk); the chunks at its two ends are kept, for the reads that often follow inside them."""
@@ -196,6 +216,9 @@ class DatasetFile(io.BufferedIOBase):
         self._check_open()
         left = max(0, self._size - self._pos)
         n = left if size is None or size < 0 else min(size, left)
+        window = self._from_window(n)
+        if window is not None:
+            return bytes(window)  # one copy (a mount's reads), not a zeroed buffer copied again
         buf = bytearray(n)
         got = self.readinto(buf)
         return bytes(buf) if got == n else bytes(buf[:got])
@@ -215,6 +238,7 @@ class DatasetFile(io.BufferedIOBase):
         self._ahead.clear()
         self._memory.clear()
         self._blocks.clear()
+        self._window = None
         if self._maps is not None:
             self._maps.close()
         super().close()
@@ -312,7 +336,9 @@ class DatasetFile(io.BufferedIOBase):
             del self._memory[i]
         block = memoryview(buf)[:n]
         leaves = [(self._digests[i], self._sizes[i]) for i in range(first, stop)]
+        self._window = None
         self._source.read_run_into(leaves, block, self._local_maps())
+        self._window, self._window_start = block, self._starts[first]
         return block
 
     def _read_run(self, first: int, stop: int) -> bytearray:
