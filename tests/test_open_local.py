@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -190,23 +191,41 @@ def test_shards_truncated_while_a_reader_streams_are_read_from_parity_not_a_cras
     assert run.stdout.strip() == b"ok"
 
 
-def _read_rest(f, queue) -> None:
+def _read_rest(f, piece, queue) -> None:
     got = bytearray()
-    while data := f.read(1 << 20):
+    while data := f.read(piece):
         got += data
     queue.put(bytes(got) == DATA[3 << 20 :])
 
 
-def test_a_forked_child_goes_on_reading_with_the_parents_mappings(dataset):
-    """A DataLoader worker forks after the parent started reading: both read the rest correctly."""
+@pytest.mark.parametrize("piece", [128 << 10, 1 << 20])
+def test_a_forked_child_goes_on_reading_with_the_parents_mappings(dataset, piece):
+    """A DataLoader worker forks after the parent started reading (with small reads, while its helper thread
+    decodes the next run): both read the rest correctly."""
     home, cid = dataset
     ctx = multiprocessing.get_context("fork")
     with dstore.open(cid, home=home) as ds, ds.open("data.bin") as f:
-        assert f.read(3 << 20) == DATA[: 3 << 20]
+        got = bytearray()
+        while len(got) < 3 << 20:
+            got += f.read(piece)
+        assert bytes(got) == DATA[: 3 << 20]
         queue = ctx.Queue()
-        child = ctx.Process(target=_read_rest, args=(f, queue))
+        child = ctx.Process(target=_read_rest, args=(f, piece, queue))
         child.start()
         assert queue.get(timeout=60) is True
         child.join(60)
         assert child.exitcode == 0
         assert f.read() == DATA[3 << 20 :]
+
+
+def test_a_small_reader_closed_while_its_next_run_is_decoded(dataset):
+    """Closing a file whose helper thread decodes the next run: no error, and nothing left mapped."""
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds:
+        for stop in (1, 3, 17):
+            f = ds.open("data.bin")
+            for _ in range(stop):
+                assert f.read(128 << 10)
+            f.close()
+            assert not mapped_shards(home)
+            assert not any(t.name.startswith("dstore-next") for t in threading.enumerate())

@@ -76,6 +76,8 @@ class DatasetFile(io.BufferedIOBase):
         self._read_bytes = 0  # the size of the last read
         self._window: memoryview | None = None  # the chunks decoded last into memory, back to back
         self._window_start = 0  # where in the file they start
+        self._helper: ThreadPoolExecutor | None = None  # decodes a small reader's next run meanwhile
+        self._next: tuple[int, int, memoryview, Future[None]] | None = None  # that run: first, stop, buffer
         self.name = name
         self._pid = os.getpid()
 
@@ -122,6 +124,8 @@ class DatasetFile(io.BufferedIOBase):
         if self._pid != os.getpid():  # forked: the parent's read-aheads will never finish here
             self._ahead.clear()
             self._ahead_end = 0
+            self._next = self._helper = None  # nor its helper thread's decode (nor its lock)
+            self._maps = None  # the parent's mappings stay the parent's to close
             self._pid = os.getpid()
         view = memoryview(buffer).cast("B")
         pos = self._pos
@@ -153,7 +157,7 @@ class DatasetFile(io.BufferedIOBase):
             size = self._sizes[index]
             within = pos - self._starts[index]
             take = min(size - within, end - pos)
-            if take == size and index not in self._memory and index not in self._ahead:
+            if take == size and index not in self._memory and index not in self._ahead and not self._in_next(index):
                 last = self._whole_run(index, end)
                 n = self._starts[last] + self._sizes[last] - pos
                 leaves = [(self._digests[i], self._sizes[i]) for i in range(index, last + 1)]
@@ -200,6 +204,9 @@ class DatasetFile(io.BufferedIOBase):
         self._pos = self._last_end = end
         return end - pos
 
+    def _in_next(self, index: int) -> bool:
+        return self._next is not None and self._next[0] <= index < self._next[1]
+
     def _whole_run(self, index: int, end: int) -> int:
         """The last chunk of the run from ``index`` on that ends by ``end`` and was not read already."""
         last = index
@@ -208,6 +215,7 @@ class DatasetFile(io.BufferedIOBase):
             and self._starts[last + 1] + self._sizes[last + 1] <= end
             and last + 1 not in self._memory
             and last + 1 not in self._ahead
+            and not self._in_next(last + 1)
         ):
             last += 1
         return last
@@ -236,11 +244,16 @@ class DatasetFile(io.BufferedIOBase):
         for fut, _ in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
+        if self._pid == os.getpid():
+            self._settle()
+            if self._helper is not None:
+                self._helper.shutdown()
+            if self._maps is not None:
+                self._maps.close()
+        self._next = self._helper = self._maps = None  # a forked child leaves the parent's alone
         self._memory.clear()
         self._blocks.clear()
         self._window = None
-        if self._maps is not None:
-            self._maps.close()
         super().close()
 
     # -- chunks -----------------------------------------------------------------
@@ -260,21 +273,21 @@ class DatasetFile(io.BufferedIOBase):
                 data = None  # a read-ahead failed (or was cancelled): read it again here, errors and all
         if data is None and self._streaming and self._pool is None:
             # Sequential, local. Small reads (a mount's): the chunks up to RUN_BYTES on in one decode, not one
-            # by one (each read holds a part of a chunk at each end). Large reads take their whole chunks
-            # straight into the caller's buffer: only the chunk at their end is decoded into memory.
-            stop = index + 1
-            while (
-                self._read_bytes < WINDOW_READ_BYTES
-                and stop < len(self._sizes)
-                and stop not in self._memory
-                and self._starts[stop] + self._sizes[stop] - self._starts[index] <= RUN_BYTES
-            ):
-                stop += 1
-            block = self._decode_to_memory(index, stop)
-            for i in range(index + 1, stop):
-                at = self._starts[i] - self._starts[index]
+            # by one (each read holds a part of a chunk at each end), and the next RUN_BYTES decoded meanwhile
+            # on a helper thread. Large reads take their whole chunks straight into the caller's buffer: only
+            # the chunk at their end is decoded into memory.
+            small = self._read_bytes < WINDOW_READ_BYTES
+            got = self._take_next(index)
+            if got is None:
+                stop = self._window_stop(index) if small else index + 1
+                got = self._decode_to_memory(index, stop), index, stop
+            block, first, stop = got
+            for i in range(first, stop):
+                at = self._starts[i] - self._starts[first]
                 self._remember(i, block[at : at + self._sizes[i]])
-            data = block[: self._sizes[index]]
+            data = self._memory.pop(index)
+            if small and stop < len(self._sizes):
+                self._decode_next(stop)
         if data is None:
             data = memoryview(self._source.read(self._digests[index], self._sizes[index]))
         self._remember(index, data)
@@ -322,11 +335,22 @@ class DatasetFile(io.BufferedIOBase):
             self._maps = MappedPacks()
         return self._maps
 
-    def _decode_to_memory(self, first: int, stop: int) -> memoryview:
-        """Chunks ``first`` to ``stop - 1`` decoded into the next of the file's two reused buffers (from its
-        mapped packs): no fresh, zeroed buffer per read. What was remembered from that buffer is forgotten."""
-        n = self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first]
-        self._blocks = self._blocks[1:] + self._blocks[:1]  # the older of the two
+    def _window_stop(self, first: int) -> int:
+        """Where the run of chunks from ``first`` a small reader decodes into memory at once ends."""
+        stop = first + 1
+        while (
+            stop < len(self._sizes)
+            and stop not in self._memory
+            and self._starts[stop] + self._sizes[stop] - self._starts[first] <= RUN_BYTES
+        ):
+            stop += 1
+        return stop
+
+    def _next_block(self, n: int) -> memoryview:
+        """The older of the file's two reused buffers (``n`` bytes of it), once no decode writes it and
+        nothing remembered points into it: no fresh, zeroed buffer per run."""
+        self._settle()
+        self._blocks = self._blocks[1:] + self._blocks[:1]
         if len(self._blocks) < 2 or len(self._blocks[-1]) < n:
             if len(self._blocks) == 2:
                 self._blocks.pop()
@@ -334,12 +358,53 @@ class DatasetFile(io.BufferedIOBase):
         buf = self._blocks[-1]
         for i in [i for i, data in self._memory.items() if data.obj is buf]:
             del self._memory[i]
-        block = memoryview(buf)[:n]
-        leaves = [(self._digests[i], self._sizes[i]) for i in range(first, stop)]
-        self._window = None
-        self._source.read_run_into(leaves, block, self._local_maps())
+        if self._window is not None and self._window.obj is buf:
+            self._window = None
+        return memoryview(buf)[:n]
+
+    def _run_leaves(self, first: int, stop: int) -> list[tuple[bytes, int]]:
+        return [(self._digests[i], self._sizes[i]) for i in range(first, stop)]
+
+    def _decode_to_memory(self, first: int, stop: int) -> memoryview:
+        """Chunks ``first`` to ``stop - 1`` decoded into a reused buffer (from the mapped packs), the window."""
+        block = self._next_block(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])
+        self._source.read_run_into(self._run_leaves(first, stop), block, self._local_maps())
         self._window, self._window_start = block, self._starts[first]
         return block
+
+    def _decode_next(self, first: int) -> None:
+        """Start decoding the run after the window on the file's helper thread, into the other buffer."""
+        stop = self._window_stop(first)
+        block = self._next_block(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="dstore-next")
+        fut = self._helper.submit(self._source.read_run_into, self._run_leaves(first, stop), block, self._local_maps())
+        self._next = (first, stop, block, fut)
+
+    def _take_next(self, index: int) -> tuple[memoryview, int, int] | None:
+        """The run decoded ahead (buffer, first, stop), if it holds chunk ``index`` and was decoded whole (else
+        it is read again here, errors and all); it is the window from now on."""
+        nxt, self._next = self._next, None
+        if nxt is None:
+            return None
+        first, stop, block, fut = nxt
+        try:
+            fut.result()
+        except Exception:
+            return None
+        if not first <= index < stop:
+            return None
+        self._window, self._window_start = block, self._starts[first]
+        return block, first, stop
+
+    def _settle(self) -> None:
+        """Wait for the decode on the helper thread, if one runs, and drop what it read."""
+        nxt, self._next = self._next, None
+        if nxt is not None:
+            try:
+                nxt[3].result()
+            except Exception:
+                pass  # read again when wanted, errors and all
 
     def _read_run(self, first: int, stop: int) -> bytearray:
         buf = bytearray(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])

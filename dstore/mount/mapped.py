@@ -6,7 +6,8 @@ temporary). Pages are faulted in by the decoding threads as they read them
 (no ``MAP_POPULATE``: a single chunk read near a pack's end touches only its
 own pages). At most :data:`MAPPED_PACKS` packs stay mapped per file object
 (their touched pages count in its RSS); the oldest is unmapped when a newer
-one is mapped, all of them when the file closes.
+one is mapped (as soon as no decode reads it), all of them when the file
+closes.
 
 A mapped file that shrinks kills the reading process with SIGBUS when the
 lost pages are read. dstore never shrinks a shard file (written once under a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections import OrderedDict
 
 from dstore.fetch.packs import LocalShards
@@ -36,12 +38,14 @@ MAPPED_PACKS = 2
 
 
 class MappedPacks:
-    """The k data shards of a few local packs, mapped, newest last. One per file object (not thread-safe)."""
+    """The k data shards of a few local packs, mapped, newest last. One per file object (its reading thread
+    and its helper thread use it)."""
 
     def __init__(self, keep: int = MAPPED_PACKS) -> None:
         self._keep = max(1, keep)
         self._packs: OrderedDict[bytes, list[mmap.mmap]] = OrderedDict()
         self._failed: set[bytes] = set()  # packs with a shard that failed a check: not mapped again
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._packs)
@@ -52,6 +56,12 @@ class MappedPacks:
         """The pack's data shards, mapped (now, if not already), once data shards ``first`` to ``last`` (the
         ones about to be read) are checked to still have their full size; None if a data shard is missing,
         of the wrong size, or cannot be mapped (the caller reads it another way)."""
+        with self._lock:
+            return self._parts(local, pack_id, record, first, last)
+
+    def _parts(
+        self, local: LocalShards, pack_id: bytes, record: PackRecord, first: int, last: int
+    ) -> list[mmap.mmap] | None:
         maps = self._packs.get(pack_id)
         if maps is None:
             maps = None if pack_id in self._failed else _map(local, record)
@@ -60,7 +70,9 @@ class MappedPacks:
                 return None
             self._packs[pack_id] = maps
             while len(self._packs) > self._keep:
-                _close(self._packs.popitem(last=False)[1])
+                # Dropped, not closed: a decode on the other thread may still read it. CPython unmaps it the
+                # moment the last reference goes.
+                self._packs.popitem(last=False)
         else:
             self._packs.move_to_end(pack_id)
         try:
@@ -68,20 +80,24 @@ class MappedPacks:
         except OSError:
             intact = False
         if not intact:
-            self.drop(pack_id)
+            self._drop(pack_id)
             return None
         return maps
 
     def drop(self, pack_id: bytes) -> None:
         """Unmap a pack for good (one of its shards failed a check: it is read another way from now on)."""
+        with self._lock:
+            self._drop(pack_id)
+
+    def _drop(self, pack_id: bytes) -> None:
         self._failed.add(pack_id)
-        maps = self._packs.pop(pack_id, None)
-        if maps is not None:
-            _close(maps)
+        self._packs.pop(pack_id, None)  # unmapped once no decode holds it
 
     def close(self) -> None:
-        while self._packs:
-            _close(self._packs.popitem()[1])
+        """Unmap them all now (the file is closing: no decode of its runs is under way)."""
+        with self._lock:
+            while self._packs:
+                _close(self._packs.popitem()[1])
 
 
 def _map(local: LocalShards, record: PackRecord) -> list[mmap.mmap] | None:
@@ -103,4 +119,7 @@ def _map(local: LocalShards, record: PackRecord) -> list[mmap.mmap] | None:
 
 def _close(maps: list[mmap.mmap]) -> None:
     for m in maps:
-        m.close()
+        try:
+            m.close()
+        except BufferError:
+            pass  # a decode on another thread reads it: unmapped when that ends and drops the last reference
