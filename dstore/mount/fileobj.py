@@ -76,6 +76,7 @@ class DatasetFile(io.BufferedIOBase):
         self._read_bytes = 0  # the size of the last read
         self._window: memoryview | None = None  # the chunks decoded last into memory, back to back
         self._window_start = 0  # where in the file they start
+        self._window_stop_index = -1  # the chunk after them
         self._helper: ThreadPoolExecutor | None = None  # decodes a small reader's next run meanwhile
         self._next: tuple[int, int, memoryview, Future[None]] | None = None  # that run: first, stop, buffer
         self.name = name
@@ -273,11 +274,12 @@ class DatasetFile(io.BufferedIOBase):
                 data = None  # a read-ahead failed (or was cancelled): read it again here, errors and all
         if data is None and self._streaming and self._pool is None:
             # Sequential, local. Small reads (a mount's): the chunks up to RUN_BYTES on in one decode, not one
-            # by one (each read holds a part of a chunk at each end), and the next RUN_BYTES decoded meanwhile
-            # on a helper thread. Large reads take their whole chunks straight into the caller's buffer: only
-            # the chunk at their end is decoded into memory.
+            # by one (each read holds a part of a chunk at each end); once it reads on past such a run, the next
+            # is decoded meanwhile on a helper thread. Large reads take their whole chunks straight into the
+            # caller's buffer: only the chunk at their end is decoded into memory.
             small = self._read_bytes < WINDOW_READ_BYTES
             got = self._take_next(index)
+            follows = got is not None or index == self._window_stop_index
             if got is None:
                 stop = self._window_stop(index) if small else index + 1
                 got = self._decode_to_memory(index, stop), index, stop
@@ -286,7 +288,8 @@ class DatasetFile(io.BufferedIOBase):
                 at = self._starts[i] - self._starts[first]
                 self._remember(i, block[at : at + self._sizes[i]])
             data = self._memory.pop(index)
-            if small and stop < len(self._sizes):
+            self._window_stop_index = stop
+            if small and follows and stop < len(self._sizes):
                 self._decode_next(stop)
         if data is None:
             data = memoryview(self._source.read(self._digests[index], self._sizes[index]))
