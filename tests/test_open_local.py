@@ -118,6 +118,17 @@ def test_reads_going_on_or_stepping_back_a_little(dataset, reads):
                 assert bytes(buf[:n]) == DATA[pos : pos + length]
 
 
+def test_a_small_file_read_whole_maps_no_pack(dataset):
+    """A sample read whole (``read_bytes``, a DataLoader's): mapping its pack's k shards would cost more than
+    reading its chunks, so nothing is mapped."""
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds, ds.open("data.bin") as f:
+        assert f.read(1 << 20) == DATA[: 1 << 20]
+        assert not mapped_shards(home)
+        assert f.read(100) == DATA[1 << 20 : (1 << 20) + 100]
+        assert not mapped_shards(home)
+
+
 def test_the_cache_is_not_asked_for_chunks_the_mapped_shards_hold(dataset, tmp_path):
     home, cid = dataset
     cache = ChunkCache(tmp_path / "cache")
@@ -130,8 +141,8 @@ def test_the_cache_is_not_asked_for_chunks_the_mapped_shards_hold(dataset, tmp_p
 def test_a_shard_damaged_while_a_reader_streams_is_rebuilt_from_parity(fresh):
     home, cid = fresh
     with dstore.open(cid, home=home) as ds, ds.open("data.bin") as f:
-        first = f.read(1 << 20)
-        shard, within = data_shard_at(ds, (1 << 20) + (300 << 10))  # past the chunk decoded into memory
+        first = f.read(3 << 20)  # past MAP_FROM_BYTES: the reader maps the packs it reads
+        shard, within = data_shard_at(ds, (3 << 20) + (300 << 10))  # past the chunk decoded into memory
         assert str(shard.resolve()) in mapped_shards(home)  # the reader is in this pack
         with open(shard, "r+b") as g:  # bit rot in place, under the mapping
             g.seek(within)
@@ -162,7 +173,7 @@ from test_open_local import data_shard_at
 home, cid = sys.argv[1], sys.argv[2]
 expected = open(sys.argv[3], "rb").read()
 with dstore.open(cid, home=home) as ds, ds.open("data.bin") as f:
-    got = f.read(1 << 20)
+    got = f.read(3 << 20)
     shard, _ = data_shard_at(ds, len(got) + (300 << 10))  # the data shard the reader reads next, mapped
     os.truncate(shard, 1000)
     while piece := f.read(1 << 20):

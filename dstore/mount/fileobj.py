@@ -38,6 +38,9 @@ NEAR_BYTES = 2 << 20
 #: A sequential local reader reading less than this at a time reads the chunks ahead in runs of RUN_BYTES
 #: into memory (then copies them out); one reading more takes whole chunks straight into its buffer.
 WINDOW_READ_BYTES = 512 << 10
+#: A sequential local reader maps the data shards it reads once it reads past this far into the file: mapping
+#: the k shards of a pack costs more than reading one small file's chunks with ``pread``.
+MAP_FROM_BYTES = 2 << 20
 
 
 class DatasetFile(io.BufferedIOBase):
@@ -162,7 +165,7 @@ class DatasetFile(io.BufferedIOBase):
                 last = self._whole_run(index, end)
                 n = self._starts[last] + self._sizes[last] - pos
                 leaves = [(self._digests[i], self._sizes[i]) for i in range(index, last + 1)]
-                self._source.read_run_into(leaves, view[done : done + n], self._local_maps() if sequential else None)
+                self._source.read_run_into(leaves, view[done : done + n], self._local_maps(end) if sequential else None)
                 pos += n
                 done += n
                 index = last + 1
@@ -330,10 +333,11 @@ class DatasetFile(io.BufferedIOBase):
             i += 1
         self._ahead_end = max(self._ahead_end, i)
 
-    def _local_maps(self) -> MappedPacks | None:
-        """The mapped packs of a sequential reader of a local dataset (made on first use)."""
-        if self._pool is not None:
-            return None  # peers or gateways: their read path stays as it is
+    def _local_maps(self, end: int) -> MappedPacks | None:
+        """The mapped packs of a sequential reader of a local dataset that reads up to ``end`` (made on first
+        use); None for peers and gateways, and for a reader still in the file's first ``MAP_FROM_BYTES``."""
+        if self._pool is not None or end < MAP_FROM_BYTES:
+            return None  # peers, gateways; or a small file read whole (a sample): no pack mapped for it
         if self._maps is None:
             self._maps = MappedPacks()
         return self._maps
@@ -370,18 +374,22 @@ class DatasetFile(io.BufferedIOBase):
 
     def _decode_to_memory(self, first: int, stop: int) -> memoryview:
         """Chunks ``first`` to ``stop - 1`` decoded into a reused buffer (from the mapped packs), the window."""
-        block = self._next_block(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])
-        self._source.read_run_into(self._run_leaves(first, stop), block, self._local_maps())
+        end = self._starts[stop - 1] + self._sizes[stop - 1]
+        block = self._next_block(end - self._starts[first])
+        self._source.read_run_into(self._run_leaves(first, stop), block, self._local_maps(end))
         self._window, self._window_start = block, self._starts[first]
         return block
 
     def _decode_next(self, first: int) -> None:
         """Start decoding the run after the window on the file's helper thread, into the other buffer."""
         stop = self._window_stop(first)
-        block = self._next_block(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])
+        end = self._starts[stop - 1] + self._sizes[stop - 1]
+        block = self._next_block(end - self._starts[first])
         if self._helper is None:
             self._helper = ThreadPoolExecutor(1, thread_name_prefix="dstore-next")
-        fut = self._helper.submit(self._source.read_run_into, self._run_leaves(first, stop), block, self._local_maps())
+        fut = self._helper.submit(
+            self._source.read_run_into, self._run_leaves(first, stop), block, self._local_maps(end)
+        )
         self._next = (first, stop, block, fut)
 
     def _take_next(self, index: int) -> tuple[memoryview, int, int] | None:
