@@ -118,15 +118,26 @@ def test_reads_going_on_or_stepping_back_a_little(dataset, reads):
                 assert bytes(buf[:n]) == DATA[pos : pos + length]
 
 
-def test_a_small_file_read_whole_maps_no_pack(dataset):
-    """A sample read whole (``read_bytes``, a DataLoader's): mapping its pack's k shards would cost more than
-    reading its chunks, so nothing is mapped."""
+def test_a_small_file_read_whole_or_a_few_reads_in_a_row_map_no_pack(dataset):
+    """A sample read whole (``read_bytes``, a DataLoader's), or a few reads in a row: mapping a pack's k shards
+    would cost more than reading their chunks, so nothing is mapped; a stream of reads maps."""
     home, cid = dataset
     with dstore.open(cid, home=home) as ds, ds.open("data.bin") as f:
         assert f.read(1 << 20) == DATA[: 1 << 20]
         assert not mapped_shards(home)
         assert f.read(100) == DATA[1 << 20 : (1 << 20) + 100]
         assert not mapped_shards(home)
+        f.seek(5 << 20)  # a record deep in a file: its header, then its body
+        assert f.read(100) == DATA[5 << 20 : (5 << 20) + 100]
+        assert f.read(200_000) == DATA[(5 << 20) + 100 : (5 << 20) + 200_100]
+        assert not mapped_shards(home)
+        f.seek(3 << 20)  # and from there on, a stream
+        got = bytearray()
+        while data := f.read(1 << 20):
+            got += data
+            if len(got) >= 3 << 20:
+                assert mapped_shards(home)
+        assert bytes(got) == DATA[3 << 20 :]
 
 
 def test_the_cache_is_not_asked_for_chunks_the_mapped_shards_hold(dataset, tmp_path):

@@ -38,8 +38,8 @@ NEAR_BYTES = 2 << 20
 #: A sequential local reader reading less than this at a time reads the chunks ahead in runs of RUN_BYTES
 #: into memory (then copies them out); one reading more takes whole chunks straight into its buffer.
 WINDOW_READ_BYTES = 512 << 10
-#: A sequential local reader maps the data shards it reads once it reads past this far into the file: mapping
-#: the k shards of a pack costs more than reading one small file's chunks with ``pread``.
+#: A sequential local reader maps the data shards it reads once its reads in a row span this much: mapping the
+#: k shards of a pack costs more than reading a small file's chunks (or a few reads') with ``pread``.
 MAP_FROM_BYTES = 2 << 20
 
 
@@ -80,6 +80,8 @@ class DatasetFile(io.BufferedIOBase):
         self._window: memoryview | None = None  # the chunks decoded last into memory, back to back
         self._window_start = 0  # where in the file they start
         self._window_stop_index = -1  # the chunk after them
+        self._stream_start = 0  # where the reads in a row that led here began
+        self._read_end = 0  # where the read under way ends
         self._helper: ThreadPoolExecutor | None = None  # decodes a small reader's next run meanwhile
         self._next: tuple[int, int, memoryview, Future[None]] | None = None  # that run: first, stop, buffer
         self.name = name
@@ -141,10 +143,13 @@ class DatasetFile(io.BufferedIOBase):
             view[: end - pos] = window
             return end - pos
         self._read_bytes = len(view)
+        self._read_end = end
         # Exactly where the last read ended, or near it once reading is sequential (a mount's reads come
         # slightly out of order): a first read somewhere else is a random read and starts no read-ahead.
         sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
         self._streaming = sequential
+        if not sequential:
+            self._stream_start = pos
         if not sequential:
             self._forget_ahead(lambda i: True)  # jumped away: what was read ahead is not wanted now
             self._ahead_end = 0
@@ -165,7 +170,7 @@ class DatasetFile(io.BufferedIOBase):
                 last = self._whole_run(index, end)
                 n = self._starts[last] + self._sizes[last] - pos
                 leaves = [(self._digests[i], self._sizes[i]) for i in range(index, last + 1)]
-                self._source.read_run_into(leaves, view[done : done + n], self._local_maps(end) if sequential else None)
+                self._source.read_run_into(leaves, view[done : done + n], self._local_maps() if sequential else None)
                 pos += n
                 done += n
                 index = last + 1
@@ -191,6 +196,8 @@ class DatasetFile(io.BufferedIOBase):
             return None
         sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
         self._streaming = sequential
+        if not sequential:
+            self._stream_start = pos
         self._pos = pos + n
         self._last_end = max(self._last_end, pos + n) if sequential else pos + n
         self._read_bytes = n
@@ -333,10 +340,10 @@ class DatasetFile(io.BufferedIOBase):
             i += 1
         self._ahead_end = max(self._ahead_end, i)
 
-    def _local_maps(self, end: int) -> MappedPacks | None:
-        """The mapped packs of a sequential reader of a local dataset that reads up to ``end`` (made on first
-        use); None for peers and gateways, and for a reader still in the file's first ``MAP_FROM_BYTES``."""
-        if self._pool is not None or end < MAP_FROM_BYTES:
+    def _local_maps(self) -> MappedPacks | None:
+        """The mapped packs of a sequential reader of a local dataset (made on first use); None for peers and
+        gateways, and while the reads in a row span less than ``MAP_FROM_BYTES``."""
+        if self._pool is not None or self._read_end - self._stream_start < MAP_FROM_BYTES:
             return None  # peers, gateways; or a small file read whole (a sample): no pack mapped for it
         if self._maps is None:
             self._maps = MappedPacks()
@@ -376,7 +383,7 @@ class DatasetFile(io.BufferedIOBase):
         """Chunks ``first`` to ``stop - 1`` decoded into a reused buffer (from the mapped packs), the window."""
         end = self._starts[stop - 1] + self._sizes[stop - 1]
         block = self._next_block(end - self._starts[first])
-        self._source.read_run_into(self._run_leaves(first, stop), block, self._local_maps(end))
+        self._source.read_run_into(self._run_leaves(first, stop), block, self._local_maps())
         self._window, self._window_start = block, self._starts[first]
         return block
 
@@ -387,9 +394,7 @@ class DatasetFile(io.BufferedIOBase):
         block = self._next_block(end - self._starts[first])
         if self._helper is None:
             self._helper = ThreadPoolExecutor(1, thread_name_prefix="dstore-next")
-        fut = self._helper.submit(
-            self._source.read_run_into, self._run_leaves(first, stop), block, self._local_maps(end)
-        )
+        fut = self._helper.submit(self._source.read_run_into, self._run_leaves(first, stop), block, self._local_maps())
         self._next = (first, stop, block, fut)
 
     def _take_next(self, index: int) -> tuple[memoryview, int, int] | None:
