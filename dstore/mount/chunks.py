@@ -13,7 +13,10 @@ Reads of several consecutive chunks (:meth:`ChunkSource.read_run_into`, what
 the file object asks for) read the stored bytes of the whole run at once (a
 few ``pread`` calls or one range request per data shard) and decode and
 verify every chunk of it in one native call, on all cores, straight into the
-caller's buffer.
+caller's buffer. A sequential reader of the local store passes its mapped
+packs (:class:`~dstore.mount.mapped.MappedPacks`): its runs are decoded
+straight from the mapped data shards, with no ``pread`` copy and before the
+cache is asked.
 
 Thread-safe: the read-ahead pool calls it from several threads. Network and
 file reads run concurrently; the reader's metadata and pack reader (not

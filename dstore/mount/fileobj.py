@@ -9,6 +9,12 @@ so while its reads start near where the last ended (the kernel's read-ahead
 for a mount sends reads slightly out of order): the
 chunks of the next ``READAHEAD_BYTES`` are read on the dataset's read-ahead
 threads, in runs of ``RUN_BYTES``, each window started only once.
+
+A sequential reader of the local store instead decodes straight from the
+data shards, mapped (:mod:`dstore.mount.mapped`); its small reads (a
+mount's) copy out of runs decoded into two reused buffers, the next run
+decoded meanwhile on a helper thread of the file (docs/training.md, "A
+sequential reader of the local store").
 """
 
 from __future__ import annotations
@@ -144,12 +150,7 @@ class DatasetFile(io.BufferedIOBase):
             return end - pos
         self._read_bytes = len(view)
         self._read_end = end
-        # Exactly where the last read ended, or near it once reading is sequential (a mount's reads come
-        # slightly out of order): a first read somewhere else is a random read and starts no read-ahead.
-        sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
-        self._streaming = sequential
-        if not sequential:
-            self._stream_start = pos
+        sequential = self._goes_on(pos)
         if not sequential:
             self._forget_ahead(lambda i: True)  # jumped away: what was read ahead is not wanted now
             self._ahead_end = 0
@@ -194,14 +195,21 @@ class DatasetFile(io.BufferedIOBase):
         at = pos - self._window_start
         if window is None or n <= 0 or at < 0 or at + n > len(window) or self._pool is not None:
             return None
-        sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
-        self._streaming = sequential
-        if not sequential:
-            self._stream_start = pos
+        sequential = self._goes_on(pos)
         self._pos = pos + n
         self._last_end = max(self._last_end, pos + n) if sequential else pos + n
         self._read_bytes = n
         return window[at : at + n]
+
+    def _goes_on(self, pos: int) -> bool:
+        """Whether a read at ``pos`` is sequential: exactly where the last read ended, or near it once reading
+        is sequential (a mount's reads come slightly out of order). A first read somewhere else is a random
+        read: it starts no read-ahead, and a new run of reads in a row."""
+        sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
+        self._streaming = sequential
+        if not sequential:
+            self._stream_start = pos
+        return sequential
 
     def _random_run(self, view: memoryview, pos: int, end: int, first: int, last: int) -> int:
         """A random read over several chunks: all of them in one run (one request per data shard, not one per
