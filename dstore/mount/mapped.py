@@ -47,9 +47,6 @@ class MappedPacks:
         self._failed: set[bytes] = set()  # packs with a shard that failed a check: not mapped again
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._packs)
-
     def parts(
         self, local: LocalShards, pack_id: bytes, record: PackRecord, first: int, last: int
     ) -> list[mmap.mmap] | None:
