@@ -13,7 +13,10 @@ Reads of several consecutive chunks (:meth:`ChunkSource.read_run_into`, what
 the file object asks for) read the stored bytes of the whole run at once (a
 few ``pread`` calls or one range request per data shard) and decode and
 verify every chunk of it in one native call, on all cores, straight into the
-caller's buffer.
+caller's buffer. A sequential reader of the local store passes its mapped
+packs (:class:`~dstore.mount.mapped.MappedPacks`): its runs are decoded
+straight from the mapped data shards, with no ``pread`` copy and before the
+cache is asked.
 
 Thread-safe: the read-ahead pool calls it from several threads. Network and
 file reads run concurrently; the reader's metadata and pack reader (not
@@ -37,6 +40,7 @@ from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 from dstore.mount.cache import ChunkCache
 from dstore.mount.cachewriter import CacheWriter
+from dstore.mount.mapped import MappedPacks
 from dstore.net.protocol import PeerClient
 
 if TYPE_CHECKING:
@@ -154,12 +158,14 @@ class ChunkSource:
         self.read_into(digest, memoryview(buf))
         return bytes(buf)
 
-    def read_run_into(self, leaves: list[tuple[bytes, int]], out: memoryview) -> None:
+    def read_run_into(self, leaves: list[tuple[bytes, int]], out: memoryview, maps: MappedPacks | None = None) -> None:
         """Fill ``out`` with consecutive chunks of a file, verified, end to end (``out`` holds exactly their sizes).
 
         Cached chunks come from the cache; each run of the others that lies back to back in one pack is read at
         once (local shard files, else one range request per data shard) and decoded in one native call. A run that
         cannot be had that way, or fails its check, is read chunk by chunk (:meth:`read_into`: whole packs, parity).
+        ``maps``: a sequential reader's mapped local packs; runs in local packs are decoded straight from them,
+        before the cache is asked.
         """
         self.check_process()
         starts = []
@@ -174,7 +180,9 @@ class ChunkSource:
             return out[starts[i] : starts[i] + leaves[i][1]]
 
         missing = list(range(len(leaves)))
-        if self.cache is not None:
+        # A sequential reader of the local store reads its mapped shards first: cheaper than asking the
+        # cache, which holds what came from peers, for every chunk (a run that fails asks it chunk by chunk).
+        if self.cache is not None and (maps is None or self.reader.gateway is not None):
             missing = [i for i in missing if not self.cache.get_into(self.hash_name, leaves[i][0], piece(i))]
             self.stats["cache"] += len(leaves) - len(missing)
         if not missing:
@@ -190,7 +198,9 @@ class ChunkSource:
         def read(run: list[int]) -> None:
             whole = out[starts[run[0]] : starts[run[-1]] + leaves[run[-1]][1]]
             sizes = [leaves[i][1] for i in run]
-            if len(run) < 2 or not self._run_from_shards([places[i] for i in run], sizes, whole):
+            if (len(run) < 2 and maps is None) or not self._run_from_shards(
+                [places[i] for i in run], sizes, whole, maps
+            ):
                 for i in run:
                     self.read_into(leaves[i][0], piece(i))
 
@@ -202,14 +212,25 @@ class ChunkSource:
         read(run)
 
     def _run_from_shards(
-        self, places: list[tuple[bytes, PackRecord, ChunkEntry]], sizes: list[int], out: memoryview
+        self,
+        places: list[tuple[bytes, PackRecord, ChunkEntry]],
+        sizes: list[int],
+        out: memoryview,
+        maps: MappedPacks | None = None,
     ) -> bool:
-        """Chunks back to back in one pack, from the local shard files or the peers' ranges, into ``out``."""
+        """Chunks back to back in one pack, from the local shard files (mapped, with ``maps``) or the peers'
+        ranges, into ``out``."""
         pack_id, record, first = places[0]
         refs = [ref for _, _, ref in places]
         if any(ref.size != size for ref, size in zip(refs, sizes, strict=True)):
             return False  # a locator size that is not the file's: chunk by chunk says which
         span = first._replace(stored_len=refs[-1].offset + refs[-1].stored_len - first.offset)
+        if maps is not None:
+            mapped = self._run_from_maps(maps, pack_id, record, span, refs, out)
+            if mapped is not None:
+                return mapped
+        if len(refs) < 2:
+            return False  # one chunk: read_into (its own pread, then the whole pack)
         stored = bytearray(span.stored_len)
         if self._local_range(record, span, memoryview(stored)) and self._decode(stored, refs, out):
             self.stats["local"] += len(refs)
@@ -231,6 +252,44 @@ class ChunkSource:
         for ref in refs:
             self._keep(ref.digest, out[pos : pos + ref.size])
             pos += ref.size
+        return True
+
+    def _run_from_maps(
+        self,
+        maps: MappedPacks,
+        pack_id: bytes,
+        record: PackRecord,
+        span: ChunkEntry,
+        refs: list[ChunkEntry],
+        out: memoryview,
+    ) -> bool | None:
+        """The run decoded straight from the pack's mapped data shards into ``out``: True, or False if a chunk
+        failed its check (the pack is unmapped; chunk by chunk says which), or None if the pack cannot be
+        mapped here (a data shard missing or short: the pread path reads, and reports, it)."""
+        end = span.offset + span.stored_len
+        if end > record.size or record.shard_size <= 0:
+            return None  # the locator points past the pack: let the whole-pack path say so
+        parts = maps.parts(
+            self._local, pack_id, record, span.offset // record.shard_size, (end - 1) // record.shard_size
+        )
+        if parts is None:
+            return None
+        try:
+            _native.decode_chunks_into(
+                out,
+                parts,
+                [r.offset for r in refs],
+                [r.stored_len for r in refs],
+                [r.size for r in refs],
+                [r.codec for r in refs],
+                b"".join(r.digest for r in refs),
+                self.hash_code,
+            )
+        except (_native.IntegrityError, ValueError):
+            maps.drop(pack_id)
+            return False
+        self.stats["local"] += len(refs)
+        self.stats["runs"] += len(refs) > 1
         return True
 
     def _decode(self, stored: bytearray, refs: list[ChunkEntry], out: memoryview) -> bool:

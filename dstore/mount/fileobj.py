@@ -9,6 +9,12 @@ so while its reads start near where the last ended (the kernel's read-ahead
 for a mount sends reads slightly out of order): the
 chunks of the next ``READAHEAD_BYTES`` are read on the dataset's read-ahead
 threads, in runs of ``RUN_BYTES``, each window started only once.
+
+A sequential reader of the local store instead decodes straight from the
+data shards, mapped (:mod:`dstore.mount.mapped`); its small reads (a
+mount's) copy out of runs decoded into two reused buffers, the next run
+decoded meanwhile on a helper thread of the file (docs/training.md, "A
+sequential reader of the local store").
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from dstore.mount.chunks import ChunkSource
+from dstore.mount.mapped import MappedPacks
 
 __all__ = ["MEMORY_CHUNKS", "NEAR_BYTES", "READAHEAD_BYTES", "RUN_BYTES", "DatasetFile"]
 
@@ -34,6 +41,12 @@ READAHEAD_BYTES = 16 << 20
 RUN_BYTES = 2 << 20
 #: A read starting this close to where the last one ended is still sequential.
 NEAR_BYTES = 2 << 20
+#: A sequential local reader reading less than this at a time reads the chunks ahead in runs of RUN_BYTES
+#: into memory (then copies them out); one reading more takes whole chunks straight into its buffer.
+WINDOW_READ_BYTES = 512 << 10
+#: A sequential local reader maps the data shards it reads once its reads in a row span this much: mapping the
+#: k shards of a pack costs more than reading a small file's chunks (or a few reads') with ``pread``.
+MAP_FROM_BYTES = 2 << 20
 
 
 class DatasetFile(io.BufferedIOBase):
@@ -67,6 +80,16 @@ class DatasetFile(io.BufferedIOBase):
         self._streaming = False  # the last read was sequential
         self._pool = pool
         self._readahead_bytes = readahead_bytes
+        self._maps: MappedPacks | None = None  # a sequential local reader's mapped packs
+        self._blocks: list[bytearray] = []  # two buffers, taken in turn, that partly read chunks are decoded into
+        self._read_bytes = 0  # the size of the last read
+        self._window: memoryview | None = None  # the chunks decoded last into memory, back to back
+        self._window_start = 0  # where in the file they start
+        self._window_stop_index = -1  # the chunk after them
+        self._stream_start = 0  # where the reads in a row that led here began
+        self._read_end = 0  # where the read under way ends
+        self._helper: ThreadPoolExecutor | None = None  # decodes a small reader's next run meanwhile
+        self._next: tuple[int, int, memoryview, Future[None]] | None = None  # that run: first, stop, buffer
         self.name = name
         self._pid = os.getpid()
 
@@ -113,16 +136,21 @@ class DatasetFile(io.BufferedIOBase):
         if self._pid != os.getpid():  # forked: the parent's read-aheads will never finish here
             self._ahead.clear()
             self._ahead_end = 0
+            self._next = self._helper = None  # nor its helper thread's decode (nor its lock)
+            self._maps = None  # the parent's mappings stay the parent's to close
             self._pid = os.getpid()
         view = memoryview(buffer).cast("B")
         pos = self._pos
         end = min(self._size, pos + len(view))
         if end <= pos:
             return 0
-        # Exactly where the last read ended, or near it once reading is sequential (a mount's reads come
-        # slightly out of order): a first read somewhere else is a random read and starts no read-ahead.
-        sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
-        self._streaming = sequential
+        window = self._from_window(end - pos)
+        if window is not None:
+            view[: end - pos] = window
+            return end - pos
+        self._read_bytes = len(view)
+        self._read_end = end
+        sequential = self._goes_on(pos)
         if not sequential:
             self._forget_ahead(lambda i: True)  # jumped away: what was read ahead is not wanted now
             self._ahead_end = 0
@@ -139,11 +167,11 @@ class DatasetFile(io.BufferedIOBase):
             size = self._sizes[index]
             within = pos - self._starts[index]
             take = min(size - within, end - pos)
-            if take == size and index not in self._memory and index not in self._ahead:
+            if take == size and index not in self._memory and index not in self._ahead and not self._in_next(index):
                 last = self._whole_run(index, end)
                 n = self._starts[last] + self._sizes[last] - pos
                 leaves = [(self._digests[i], self._sizes[i]) for i in range(index, last + 1)]
-                self._source.read_run_into(leaves, view[done : done + n])  # straight in
+                self._source.read_run_into(leaves, view[done : done + n], self._local_maps() if sequential else None)
                 pos += n
                 done += n
                 index = last + 1
@@ -160,6 +188,29 @@ class DatasetFile(io.BufferedIOBase):
             self._read_ahead(index)
         return done
 
+    def _from_window(self, n: int) -> memoryview | None:
+        """The next ``n`` bytes if they all lie in the chunks decoded last into memory (a mount's small reads
+        in a row: no walk over the chunks they cover); the position moves past them."""
+        pos, window = self._pos, self._window
+        at = pos - self._window_start
+        if window is None or n <= 0 or at < 0 or at + n > len(window) or self._pool is not None:
+            return None
+        sequential = self._goes_on(pos)
+        self._pos = pos + n
+        self._last_end = max(self._last_end, pos + n) if sequential else pos + n
+        self._read_bytes = n
+        return window[at : at + n]
+
+    def _goes_on(self, pos: int) -> bool:
+        """Whether a read at ``pos`` is sequential: exactly where the last read ended, or near it once reading
+        is sequential (a mount's reads come slightly out of order). A first read somewhere else is a random
+        read: it starts no read-ahead, and a new run of reads in a row."""
+        sequential = pos == self._last_end or (self._streaming and abs(pos - self._last_end) <= NEAR_BYTES)
+        self._streaming = sequential
+        if not sequential:
+            self._stream_start = pos
+        return sequential
+
     def _random_run(self, view: memoryview, pos: int, end: int, first: int, last: int) -> int:
         """A random read over several chunks: all of them in one run (one request per data shard, not one per
         chunk); the chunks at its two ends are kept, for the reads that often follow inside them."""
@@ -172,6 +223,9 @@ class DatasetFile(io.BufferedIOBase):
         self._pos = self._last_end = end
         return end - pos
 
+    def _in_next(self, index: int) -> bool:
+        return self._next is not None and self._next[0] <= index < self._next[1]
+
     def _whole_run(self, index: int, end: int) -> int:
         """The last chunk of the run from ``index`` on that ends by ``end`` and was not read already."""
         last = index
@@ -180,6 +234,7 @@ class DatasetFile(io.BufferedIOBase):
             and self._starts[last + 1] + self._sizes[last + 1] <= end
             and last + 1 not in self._memory
             and last + 1 not in self._ahead
+            and not self._in_next(last + 1)
         ):
             last += 1
         return last
@@ -188,6 +243,9 @@ class DatasetFile(io.BufferedIOBase):
         self._check_open()
         left = max(0, self._size - self._pos)
         n = left if size is None or size < 0 else min(size, left)
+        window = self._from_window(n)
+        if window is not None:
+            return bytes(window)  # one copy (a mount's reads), not a zeroed buffer copied again
         buf = bytearray(n)
         got = self.readinto(buf)
         return bytes(buf) if got == n else bytes(buf[:got])
@@ -205,7 +263,16 @@ class DatasetFile(io.BufferedIOBase):
         for fut, _ in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
+        if self._pid == os.getpid():
+            self._settle()
+            if self._helper is not None:
+                self._helper.shutdown()
+            if self._maps is not None:
+                self._maps.close()
+        self._next = self._helper = self._maps = None  # a forked child leaves the parent's alone
         self._memory.clear()
+        self._blocks.clear()
+        self._window = None
         super().close()
 
     # -- chunks -----------------------------------------------------------------
@@ -224,20 +291,24 @@ class DatasetFile(io.BufferedIOBase):
             except Exception:
                 data = None  # a read-ahead failed (or was cancelled): read it again here, errors and all
         if data is None and self._streaming and self._pool is None:
-            # Sequential, local: the chunks up to RUN_BYTES on in one read and one decode, not one by one
-            # (a mount's reads of 128 KiB hold a part of a chunk at each end).
-            stop = index + 1
-            while (
-                stop < len(self._sizes)
-                and stop not in self._memory
-                and self._starts[stop] + self._sizes[stop] - self._starts[index] <= RUN_BYTES
-            ):
-                stop += 1
-            block = memoryview(self._read_run(index, stop))
-            for i in range(index + 1, stop):
-                at = self._starts[i] - self._starts[index]
+            # Sequential, local. Small reads (a mount's): the chunks up to RUN_BYTES on in one decode, not one
+            # by one (each read holds a part of a chunk at each end); once it reads on past such a run, the next
+            # is decoded meanwhile on a helper thread. Large reads take their whole chunks straight into the
+            # caller's buffer: only the chunk at their end is decoded into memory.
+            small = self._read_bytes < WINDOW_READ_BYTES
+            got = self._take_next(index)
+            follows = got is not None or index == self._window_stop_index
+            if got is None:
+                stop = self._window_stop(index) if small else index + 1
+                got = self._decode_to_memory(index, stop), index, stop
+            block, first, stop = got
+            for i in range(first, stop):
+                at = self._starts[i] - self._starts[first]
                 self._remember(i, block[at : at + self._sizes[i]])
-            data = block[: self._sizes[index]]
+            data = self._memory.pop(index)
+            self._window_stop_index = stop
+            if small and follows and stop < len(self._sizes):
+                self._decode_next(stop)
         if data is None:
             data = memoryview(self._source.read(self._digests[index], self._sizes[index]))
         self._remember(index, data)
@@ -276,6 +347,88 @@ class DatasetFile(io.BufferedIOBase):
                 run_bytes += self._sizes[i]
             i += 1
         self._ahead_end = max(self._ahead_end, i)
+
+    def _local_maps(self) -> MappedPacks | None:
+        """The mapped packs of a sequential reader of a local dataset (made on first use); None for peers and
+        gateways, and while the reads in a row span less than ``MAP_FROM_BYTES``."""
+        if self._pool is not None or self._read_end - self._stream_start < MAP_FROM_BYTES:
+            return None  # peers, gateways; or a small file read whole (a sample): no pack mapped for it
+        if self._maps is None:
+            self._maps = MappedPacks()
+        return self._maps
+
+    def _window_stop(self, first: int) -> int:
+        """Where the run of chunks from ``first`` a small reader decodes into memory at once ends."""
+        stop = first + 1
+        while (
+            stop < len(self._sizes)
+            and stop not in self._memory
+            and self._starts[stop] + self._sizes[stop] - self._starts[first] <= RUN_BYTES
+        ):
+            stop += 1
+        return stop
+
+    def _next_block(self, n: int) -> memoryview:
+        """The older of the file's two reused buffers (``n`` bytes of it), once no decode writes it and
+        nothing remembered points into it: no fresh, zeroed buffer per run."""
+        self._settle()
+        self._blocks = self._blocks[1:] + self._blocks[:1]
+        if len(self._blocks) < 2 or len(self._blocks[-1]) < n:
+            if len(self._blocks) == 2:
+                self._blocks.pop()
+            self._blocks.append(bytearray(max(n, RUN_BYTES)))
+        buf = self._blocks[-1]
+        for i in [i for i, data in self._memory.items() if data.obj is buf]:
+            del self._memory[i]
+        if self._window is not None and self._window.obj is buf:
+            self._window = None
+        return memoryview(buf)[:n]
+
+    def _run_leaves(self, first: int, stop: int) -> list[tuple[bytes, int]]:
+        return [(self._digests[i], self._sizes[i]) for i in range(first, stop)]
+
+    def _decode_to_memory(self, first: int, stop: int) -> memoryview:
+        """Chunks ``first`` to ``stop - 1`` decoded into a reused buffer (from the mapped packs), the window."""
+        end = self._starts[stop - 1] + self._sizes[stop - 1]
+        block = self._next_block(end - self._starts[first])
+        self._source.read_run_into(self._run_leaves(first, stop), block, self._local_maps())
+        self._window, self._window_start = block, self._starts[first]
+        return block
+
+    def _decode_next(self, first: int) -> None:
+        """Start decoding the run after the window on the file's helper thread, into the other buffer."""
+        stop = self._window_stop(first)
+        end = self._starts[stop - 1] + self._sizes[stop - 1]
+        block = self._next_block(end - self._starts[first])
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="dstore-next")
+        fut = self._helper.submit(self._source.read_run_into, self._run_leaves(first, stop), block, self._local_maps())
+        self._next = (first, stop, block, fut)
+
+    def _take_next(self, index: int) -> tuple[memoryview, int, int] | None:
+        """The run decoded ahead (buffer, first, stop), if it holds chunk ``index`` and was decoded whole (else
+        it is read again here, errors and all); it is the window from now on."""
+        nxt, self._next = self._next, None
+        if nxt is None:
+            return None
+        first, stop, block, fut = nxt
+        try:
+            fut.result()
+        except Exception:
+            return None
+        if not first <= index < stop:
+            return None
+        self._window, self._window_start = block, self._starts[first]
+        return block, first, stop
+
+    def _settle(self) -> None:
+        """Wait for the decode on the helper thread, if one runs, and drop what it read."""
+        nxt, self._next = self._next, None
+        if nxt is not None:
+            try:
+                nxt[3].result()
+            except Exception:
+                pass  # read again when wanted, errors and all
 
     def _read_run(self, first: int, stop: int) -> bytearray:
         buf = bytearray(self._starts[stop - 1] + self._sizes[stop - 1] - self._starts[first])
