@@ -104,6 +104,7 @@ def _runs(
     asked: set[bytes] = set()  # packs whose fetch has been started
     size = max(RUN_BYTES, reader.manifest.chunker.max)
     buffers: list[bytearray] = []  # made on the first run
+    scratch: list[bytearray] = []  # a run's chunks before they are framed, when not read here (made on need)
     turn = 0
     exhausted = False
 
@@ -163,7 +164,7 @@ def _runs(
             buffers = [bytearray(max(size, need)), bytearray(max(size, need))]
         elif len(buffers[turn]) < need:
             buffers[turn] = bytearray(need)  # many small chunks: their heads need more room than planned
-        data = _read_run(reader, held, head, buffers[turn], prefix)
+        data = _read_run(reader, held, head, buffers[turn], prefix, scratch)
         turn ^= 1
         if not any(isinstance(p, _Planned) and p.pack_id == head.pack_id for p in window):
             reader.packs.forget(head.pack_id)  # its chunks are in the run buffer: the pack's memory goes now
@@ -176,8 +177,11 @@ def _runs(
 _MAX_HEAD_BYTES = 10 + DIGEST_BYTES
 
 
-def _read_run(reader: DatasetReader, held: _HeldShards, run: _Planned, out: bytearray, prefix: bytes) -> memoryview:
-    """The run's verified chunks (as CAR sections with ``prefix``) at the start of ``out``."""
+def _read_run(
+    reader: DatasetReader, held: _HeldShards, run: _Planned, out: bytearray, prefix: bytes, scratch: list[bytearray]
+) -> memoryview:
+    """The run's verified chunks (as CAR sections with ``prefix``) at the start of ``out``; chunks read
+    through the pack reader are framed from ``scratch`` (one reused buffer, made on first need)."""
     refs = run.refs
     fds = held.fds(run.pack_id, run.record)
     if fds is not None:
@@ -199,7 +203,9 @@ def _read_run(reader: DatasetReader, held: _HeldShards, run: _Planned, out: byte
             held.refuse(run.pack_id)  # this pack is read the careful way from now on: rebuilt if need be
     if not prefix:
         return reader.packs.read_run(run.pack_id, run.record, refs, out)
-    chunks = reader.packs.read_run(run.pack_id, run.record, refs, bytearray(run.nbytes))
+    if not scratch or len(scratch[0]) < run.nbytes:
+        scratch[:] = [bytearray(max(run.nbytes, RUN_BYTES))]
+    chunks = reader.packs.read_run(run.pack_id, run.record, refs, scratch[0])
     view, pos, at = memoryview(out), 0, 0
     for ref in refs:
         head = car_section_head(prefix + ref.digest, ref.size)
