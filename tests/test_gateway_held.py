@@ -13,8 +13,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +288,32 @@ def test_a_pack_beyond_repair_breaks_the_stream_after_right_bytes_only(held) -> 
             p.write_bytes(original)
     _check_answers(held)  # the shards restored: answered whole again
     assert held["peer"].running
+
+
+def _open_shard_files(peer) -> int:
+    """How many files under the peer's shards/ folder its process has open."""
+    shards = str(Path(peer.home) / "shards")
+    count = 0
+    for fd in Path(f"/proc/{peer.proc.pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith(shards)
+        except OSError:
+            continue  # closed meanwhile
+    return count
+
+
+def test_a_client_leaving_mid_stream_leaves_no_shard_file_open(held) -> None:
+    peer = held["peer"]
+    port = int(peer.url.rsplit(":", 1)[1])
+    for query in ("?format=car", ""):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"GET /ipfs/{held['dataset']}{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            got = b""
+            while len(got) < 3 * MIB:
+                got += sock.recv(1 << 16)
+    status, _, body = fetch(f"{peer.url}/ipfs/{held['dataset']}")  # answered after the streams ended
+    assert status == 200 and body == held["data"]
+    deadline = time.monotonic() + 30
+    while _open_shard_files(peer) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the streams' handlers end once they notice the clients left
+    assert _open_shard_files(peer) == 0
