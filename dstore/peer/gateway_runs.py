@@ -103,6 +103,7 @@ def _runs(
     last_planned: _Planned | None = None  # the newest planned run (still in the window or not)
     asked: set[bytes] = set()  # packs whose fetch has been started
     size = max(RUN_BYTES, reader.manifest.chunker.max)
+    head_room = len(prefix) + _MAX_HEAD_BYTES if prefix else 0  # a CAR section's head, at most
     buffers: list[bytearray] = []  # made on the first run
     scratch: list[bytearray] = []  # a run's chunks before they are framed, when not read here (made on need)
     turn = 0
@@ -127,7 +128,11 @@ def _runs(
                     f"chunk {item.digest.hex()[:16]}… has size {ref.size} in the locator, {item.size} in the file"
                 )
             run = last_planned
-            if run is not None and run.pack_id == pack_id and run.nbytes + item.size <= size:
+            if (
+                run is not None
+                and run.pack_id == pack_id
+                and run.nbytes + item.size + head_room * (len(run.leaves) + 1) <= size  # heads count too
+            ):
                 run.leaves.append(item)
                 run.refs.append(ref)
                 run.nbytes += item.size
@@ -159,11 +164,11 @@ def _runs(
         later = next((p for p in window if isinstance(p, _Planned) and p.pack_id != head.pack_id), None)
         if later is not None and held.fds(later.pack_id, later.record) is None:
             reader.packs.prefetch(later.pack_id, later.record)  # mapped (or awaited) on the helper thread
-        need = head.nbytes + (len(head.leaves) * (len(prefix) + _MAX_HEAD_BYTES) if prefix else 0)
+        need = head.nbytes + head_room * len(head.leaves)  # more than size only for one chunk of max size
         if not buffers:
             buffers = [bytearray(max(size, need)), bytearray(max(size, need))]
         elif len(buffers[turn]) < need:
-            buffers[turn] = bytearray(need)  # many small chunks: their heads need more room than planned
+            buffers[turn] = bytearray(need)
         data = _read_run(reader, held, head, buffers[turn], prefix, scratch)
         turn ^= 1
         if not any(isinstance(p, _Planned) and p.pack_id == head.pack_id for p in window):
