@@ -28,6 +28,7 @@ __all__ = [
     "locator_pages",
     "process_files",
     "process_segment",
+    "read_run_files",
     "reconstruct",
     "write_files",
 ]
@@ -102,6 +103,30 @@ def encode_pack(padded: Buffer, k: int, m: int, hash_code: int = 0x1E) -> tuple[
     (``m * shard_size`` bytes), and the 32-byte digest (multihash
     ``hash_code``: 0x1e BLAKE3, 0x12 SHA2-256) of every one of the k + m
     shards concatenated.
+    """
+
+def read_run_files(
+    out: Buffer,
+    shard_fds: Sequence[int],
+    shard_size: int,
+    offsets: Sequence[int],
+    stored_lengths: Sequence[int],
+    lengths: Sequence[int],
+    codecs: Sequence[int],
+    digests: Buffer,
+    hash_code: int,
+    cid_prefix: Buffer,
+) -> int:
+    """A run of chunks of one pack read straight from its data shard files (``shard_fds``: open
+    descriptors of the k data shards, each ``shard_size`` bytes, the pack being them end to end),
+    each chunk checked against its digest (multihash ``hash_code``), written to the start of the
+    writable buffer ``out``: back to back, or, when ``cid_prefix`` is not empty, each as a CAR
+    section ``varint(len(cid) + len(block)) || cid || block`` with ``cid = cid_prefix || digest``.
+    Returns the bytes written. Runs on the calling thread, GIL released.
+
+    ValueError for arguments that do not describe the pack (or an ``out`` too small);
+    IntegrityError(i) when chunk i does not decode or verify; OSError when a shard cannot be read
+    (e.g. shorter than ``shard_size``). On an error ``out`` holds nothing to send.
     """
 
 def reconstruct(shards: Sequence[Buffer | None], k: int, m: int) -> list[bytes]:

@@ -22,9 +22,10 @@ peer and those of its ``--peers`` that can serve the CID.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -44,14 +45,16 @@ from dstore.peer import gateway_tar as tar
 from dstore.peer.blockindex import BlockIndex
 from dstore.peer.blockindex import GatewayReader as DatasetReader
 from dstore.peer.gateway_car import (
+    Item,
     PathRemainder,
     Resolved,
     block_bytes,
+    chunk_cid_prefix,
     entity_blocks,
     resolve,
     verified,
 )
-from dstore.peer.gateway_runs import Run
+from dstore.peer.gateway_runs import Leaf, Run, chunk_runs
 from dstore.peer.storage import PeerStore
 
 __all__ = ["GATEWAY", "GatewayState", "setup_gateway"]
@@ -431,51 +434,65 @@ def _resolve_range(want: Want, target: Target) -> tuple[int, int] | None:
     return first, last
 
 
-def _car_pieces(target: Target, want: Want) -> Iterator[bytes]:
-    """The CAR stream: header, the path's blocks, then the terminal's (each block once).
+def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
+    """The CAR stream: header, the path's blocks, then the terminal's (each block once unless ``dups``).
 
-    Sections are joined into pieces of at least CAR_BATCH_BYTES, and a run of chunks into the piece
-    that holds it, in one copy, before the run's buffer is used again.
+    Node blocks are joined into pieces of at least CAR_BATCH_BYTES; a run of chunks comes already
+    framed as CAR sections (gateway_runs) and is a piece of its own, valid until the generator has
+    been advanced twice more.
     """
     resolved = target.resolved
     yield car_header([_as_asked(target, resolved.roots[0])])
-    seen: set[bytes] = set()
-
-    def blocks() -> Iterator[tuple[CID, bytes] | Run]:
-        if target.loose is not None:
-            yield resolved.cid, target.loose
-            return
-        assert target.reader is not None
-        yield from resolved.path_blocks
-        yield from entity_blocks(target.reader, resolved, want.scope, _resolve_range(want, target))
-
-    batch: list[bytes | memoryview] = []
+    if target.loose is not None:
+        if resolved.cid.hash.code != IDENTITY_HASH:
+            yield car_section_head(_as_asked(target, resolved.cid), len(target.loose)) + target.loose
+        return
+    reader = target.reader
+    assert reader is not None
+    items = _once(
+        itertools.chain(
+            resolved.path_blocks, entity_blocks(reader, resolved, want.scope, _resolve_range(want, target))
+        ),
+        reader,
+        want.dups,
+    )
+    batch: list[bytes] = []
     batch_bytes = 0
-
-    def add(cid: CID, data: bytes | memoryview) -> None:
-        nonlocal batch_bytes
-        if cid.hash.code == IDENTITY_HASH:
-            return  # an inline CID is its own block: never written to a CAR (trustless gateway spec)
-        key = cid.to_bytes()
-        if not want.dups:
-            if key in seen:
-                return
-            seen.add(key)
-        batch.append(car_section_head(key if target.asked is None else _as_asked(target, cid).to_bytes(), len(data)))
+    for item in chunk_runs(reader, items, cid_prefix=chunk_cid_prefix(reader)):
+        if isinstance(item, Run):
+            if batch:
+                yield b"".join(batch)
+                batch, batch_bytes = [], 0
+            yield item.data
+            continue
+        cid, data = item
+        batch.append(car_section_head(_as_asked(target, cid), len(data)))
         batch.append(data)
         batch_bytes += len(data)
-
-    for item in blocks():
-        if isinstance(item, Run):
-            for leaf, data in item.views():
-                add(leaf.tag[0], data)
-        else:
-            add(*item)
-        if batch_bytes >= CAR_BATCH_BYTES or isinstance(item, Run):  # a run's views: joined before the next
+        if batch_bytes >= CAR_BATCH_BYTES:
             yield b"".join(batch)
             batch, batch_bytes = [], 0
     if batch:
         yield b"".join(batch)
+
+
+def _once(items: Iterable[Item], reader: DatasetReader, dups: bool) -> Iterator[Item]:
+    """The blocks a CAR sends, in order: inline (identity) CIDs never (their block is the CID, as
+    the trustless gateway spec says), and each block only the first time unless ``dups``."""
+    seen: set[bytes] = set()
+    prefix = chunk_cid_prefix(reader)
+    for item in items:
+        if isinstance(item, Leaf):
+            key = prefix + item.digest
+        elif item[0].hash.code == IDENTITY_HASH:
+            continue
+        else:
+            key = item[0].to_bytes()
+        if not dups:
+            if key in seen:
+                continue
+            seen.add(key)
+        yield item
 
 
 async def _answer_car(request: web.Request, target: Target, want: Want, path: str, cid_text: str) -> web.StreamResponse:

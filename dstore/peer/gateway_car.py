@@ -21,13 +21,25 @@ from dataclasses import dataclass, field
 from dstore.errors import DstoreError, FormatError, IntegrityError, NotFound
 from dstore.fetch.reader import TreeBudget
 from dstore.format import unixfs
-from dstore.format.cid import CID, DAG_PB, HASH_CODES, HASH_NAMES, RAW, cid_to_text, hash_digest
+from dstore.format.cid import (
+    CID,
+    DAG_PB,
+    DIGEST_BYTES,
+    HASH_CODES,
+    HASH_NAMES,
+    RAW,
+    cid_bytes_from_digest,
+    cid_to_text,
+    hash_digest,
+)
 from dstore.peer import gateway_ipld as ipld
 from dstore.peer.blockindex import GatewayReader as DatasetReader
-from dstore.peer.gateway_runs import Leaf, Run, chunk_runs
+from dstore.peer.gateway_runs import Leaf
 
 __all__ = [
+    "Item",
     "PathRemainder",
+    "chunk_cid_prefix",
     "Resolved",
     "tree_budget",
     "block_bytes",
@@ -38,6 +50,8 @@ __all__ = [
 ]
 
 Block = tuple[CID, bytes]
+#: What a walk yields: a block read and verified, or a chunk of the dataset's packs still to read.
+Item = Block | Leaf
 
 
 class PathRemainder(DstoreError):
@@ -182,16 +196,21 @@ def _hamt_pad(node: unixfs.Node) -> int:
     return len(f"{node.fanout - 1:X}") if node.kind == "hamt" and node.fanout else 0
 
 
-def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[Block | Run]:
+def _file_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, first: int, last: int) -> Iterator[Item]:
     """A file's blocks depth first, only those whose bytes meet ``[first, last]`` (inclusive).
 
-    Raw leaves that are chunks of the dataset's packs come as runs (:mod:`gateway_runs`, each leaf
-    tagged with its CID and its offset in the file), verified in Rust while decoded; every other
-    block is verified here.
+    Raw leaves that are chunks of the dataset's packs come as :class:`Leaf` (tagged with their CID
+    and their offset in the file), for :func:`gateway_runs.chunk_runs` to read and verify in runs;
+    every other block is read and verified here.
     """
     chunk_code = None if reader.holds_raw else HASH_CODES[reader.hash_name]
-    for item in chunk_runs(reader, _file_items(reader, cid, node, first, last, chunk_code)):
-        yield item if isinstance(item, Run) else item[:2]
+    for item in _file_items(reader, cid, node, first, last, chunk_code):
+        yield item if isinstance(item, Leaf) else item[:2]
+
+
+def chunk_cid_prefix(reader: DatasetReader) -> bytes:
+    """The bytes of a chunk's CID before its digest (every :class:`Leaf` of the dataset has this prefix)."""
+    return cid_bytes_from_digest(RAW, bytes(DIGEST_BYTES), reader.hash_name)[:-DIGEST_BYTES]
 
 
 _FileItem = tuple[CID, bytes, int] | Leaf
@@ -248,7 +267,7 @@ def _children(node: unixfs.Node, start: int) -> Iterator[tuple[unixfs.Link, int,
         pos += size
 
 
-def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: bool) -> Iterator[Block | Run]:
+def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: bool) -> Iterator[Item]:
     """A folder's own blocks (HAMT shards included); with ``recurse``, everything under it too."""
     budget = _Budget(reader)
     budget.take(node)
@@ -286,11 +305,10 @@ def _folder_blocks(reader: DatasetReader, cid: CID, node: unixfs.Node, recurse: 
 
 def entity_blocks(
     reader: DatasetReader, target: Resolved, scope: str, byte_range: tuple[int, int] | None
-) -> Iterator[Block | Run]:
+) -> Iterator[Item]:
     """The blocks ``scope`` (``block``, ``entity``, ``all``) asks of the terminal of ``target``.
 
-    Chunks of the dataset's packs come as runs: a run's bytes are valid until the generator has been
-    advanced twice more (gateway_runs).
+    Chunks of the dataset's packs come as :class:`Leaf`: :func:`gateway_runs.chunk_runs` reads them.
 
     ``byte_range`` (inclusive, already resolved against the file's size) narrows a file to the
     blocks covering those bytes.

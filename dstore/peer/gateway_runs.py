@@ -13,17 +13,28 @@ planned run that needs it is decoded.
 Runs are decoded into two buffers in turn: the bytes of a run stay valid until
 the run after the next one is decoded, so a consumer may hold one run while it
 pulls the next (a stream writes run n while run n + 1 is read), not more.
+
+A pack whose k data shards this peer holds is read straight from the shard files: one native call
+per run reads every chunk into its place in the run buffer, checks it against its ID, and, for a
+CAR, writes each chunk's section head before it (``cid_prefix``), so the run buffer is the piece
+the stream sends. Any failure there (a damaged or shortened shard) reads the run again through the
+dataset's pack reader, which rebuilds the pack from verified shards; nothing unverified is returned.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dstore import _native
 from dstore.errors import IntegrityError
+from dstore.fetch.packs import LocalShards, LocalThenPeers
 from dstore.fetch.reader import DatasetReader
+from dstore.format.car import car_section_head
+from dstore.format.cid import DIGEST_BYTES
 from dstore.format.locator import ChunkEntry
 from dstore.format.pack import PackRecord
 
@@ -48,20 +59,14 @@ class Leaf:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Chunks of one pack, decoded back to back into ``data`` and verified, ``leaves`` in the same order.
+    """Chunks of one pack, verified, ``leaves`` in their order in ``data``: the chunks back to back, or
+    (``chunk_runs`` given a ``cid_prefix``) each as its CAR section.
 
     ``data`` is valid until the run after the next one is decoded (see the module's docstring).
     """
 
     leaves: list[Leaf]
     data: memoryview
-
-    def views(self) -> Iterator[tuple[Leaf, memoryview]]:
-        """Each chunk's bytes within the run."""
-        pos = 0
-        for leaf in self.leaves:
-            yield leaf, self.data[pos : pos + leaf.size]
-            pos += leaf.size
 
 
 @dataclass(slots=True)
@@ -73,20 +78,34 @@ class _Planned:
     nbytes: int
 
 
-def chunk_runs(reader: DatasetReader, items: Iterable[Leaf | Other]) -> Iterator[Run | Other]:
+def chunk_runs(
+    reader: DatasetReader, items: Iterable[Leaf | Other], *, cid_prefix: bytes = b""
+) -> Iterator[Run | Other]:
     """``items`` in order, each stretch of consecutive leaves replaced by the verified runs of their bytes.
 
     Anything that is not a :class:`Leaf` (a node block a CAR sends between chunks) passes through and
     ends the run before it. A leaf must be the chunk its locator entry names, of the same size
-    (IntegrityError otherwise).
+    (IntegrityError otherwise). With ``cid_prefix`` (a chunk CID's bytes before its digest), each
+    run's ``data`` is its chunks' CAR sections, ``varint(len) || cid_prefix || digest || chunk``.
     """
-    source = iter(items)
+    held = _HeldShards(reader)
+    try:
+        yield from _runs(reader, iter(items), held, cid_prefix)
+    finally:
+        held.close()
+
+
+def _runs(
+    reader: DatasetReader, source: Iterator[Leaf | Other], held: _HeldShards, prefix: bytes
+) -> Iterator[Run | Other]:
     window: deque[_Planned | Other] = deque()  # planned runs and passed-through items, in order
     packs: deque[list[Any]] = deque()  # [pack ID, its runs in the window] of the planned runs, in order
     last_planned: _Planned | None = None  # the newest planned run (still in the window or not)
     asked: set[bytes] = set()  # packs whose fetch has been started
     size = max(RUN_BYTES, reader.manifest.chunker.max)
+    head_room = len(prefix) + _MAX_HEAD_BYTES if prefix else 0  # a CAR section's head, at most
     buffers: list[bytearray] = []  # made on the first run
+    scratch: list[bytearray] = []  # a run's chunks before they are framed, when not read here (made on need)
     turn = 0
     exhausted = False
 
@@ -109,7 +128,11 @@ def chunk_runs(reader: DatasetReader, items: Iterable[Leaf | Other]) -> Iterator
                     f"chunk {item.digest.hex()[:16]}… has size {ref.size} in the locator, {item.size} in the file"
                 )
             run = last_planned
-            if run is not None and run.pack_id == pack_id and run.nbytes + item.size <= size:
+            if (
+                run is not None
+                and run.pack_id == pack_id
+                and run.nbytes + item.size + head_room * (len(run.leaves) + 1) <= size  # heads count too
+            ):
                 run.leaves.append(item)
                 run.refs.append(ref)
                 run.nbytes += item.size
@@ -139,13 +162,111 @@ def chunk_runs(reader: DatasetReader, items: Iterable[Leaf | Other]) -> Iterator
             reader.packs.source.prefetch(list(fresh.items()))  # peers' packs: several in flight at once
             asked.update(fresh)
         later = next((p for p in window if isinstance(p, _Planned) and p.pack_id != head.pack_id), None)
-        if later is not None:
+        if later is not None and held.fds(later.pack_id, later.record) is None:
             reader.packs.prefetch(later.pack_id, later.record)  # mapped (or awaited) on the helper thread
+        need = head.nbytes + head_room * len(head.leaves)  # more than size only for one chunk of max size
         if not buffers:
-            buffers = [bytearray(size), bytearray(size)]
-        data = reader.packs.read_run(head.pack_id, head.record, head.refs, buffers[turn])
+            buffers = [bytearray(max(size, need)), bytearray(max(size, need))]
+        elif len(buffers[turn]) < need:
+            buffers[turn] = bytearray(need)
+        data = _read_run(reader, held, head, buffers[turn], prefix, scratch)
         turn ^= 1
         if not any(isinstance(p, _Planned) and p.pack_id == head.pack_id for p in window):
             reader.packs.forget(head.pack_id)  # its chunks are in the run buffer: the pack's memory goes now
+            held.forget(head.pack_id)
             asked.discard(head.pack_id)  # should a later chunk need it again, it is fetched again
         yield Run(head.leaves, data)
+
+
+#: A CAR section head beyond its CID prefix: the varint of its length (at most 10 bytes) and the digest.
+_MAX_HEAD_BYTES = 10 + DIGEST_BYTES
+
+
+def _read_run(
+    reader: DatasetReader, held: _HeldShards, run: _Planned, out: bytearray, prefix: bytes, scratch: list[bytearray]
+) -> memoryview:
+    """The run's verified chunks (as CAR sections with ``prefix``) at the start of ``out``; chunks read
+    through the pack reader are framed from ``scratch`` (one reused buffer, made on first need)."""
+    refs = run.refs
+    fds = held.fds(run.pack_id, run.record)
+    if fds is not None:
+        try:
+            n = _native.read_run_files(
+                out,
+                fds,
+                run.record.shard_size,
+                [r.offset for r in refs],
+                [r.stored_len for r in refs],
+                [r.size for r in refs],
+                [r.codec for r in refs],
+                b"".join(r.digest for r in refs),
+                reader.packs.hash_code,
+                prefix,
+            )
+            return memoryview(out)[:n]
+        except (ValueError, OSError):  # a damaged or short shard (IntegrityError is a ValueError)
+            held.refuse(run.pack_id)  # this pack is read the careful way from now on: rebuilt if need be
+    if not prefix:
+        return reader.packs.read_run(run.pack_id, run.record, refs, out)
+    if not scratch or len(scratch[0]) < run.nbytes:
+        scratch[:] = [bytearray(max(run.nbytes, RUN_BYTES))]
+    chunks = reader.packs.read_run(run.pack_id, run.record, refs, scratch[0])
+    view, pos, at = memoryview(out), 0, 0
+    for ref in refs:
+        head = car_section_head(prefix + ref.digest, ref.size)
+        view[pos : pos + len(head)] = head
+        pos += len(head)
+        view[pos : pos + ref.size] = chunks[at : at + ref.size]
+        pos += ref.size
+        at += ref.size
+    return view[:pos]
+
+
+class _HeldShards:
+    """Open data shard files of the packs this peer holds whole (at most the packs of the window).
+
+    A pack is held when each of its k data shards has a file here of the shard's size; its bytes are
+    still checked chunk by chunk when read.
+    """
+
+    def __init__(self, reader: DatasetReader) -> None:
+        source = reader.packs.source
+        self._local = source.local if isinstance(source, LocalThenPeers) else source
+        self._fds: dict[bytes, list[int] | None] = {}
+
+    def fds(self, pack_id: bytes, record: PackRecord) -> list[int] | None:
+        """The pack's k data shard files, open; None when one is not held here whole."""
+        if pack_id not in self._fds:
+            self._fds[pack_id] = self._open(record) if isinstance(self._local, LocalShards) else None
+        return self._fds[pack_id]
+
+    def _open(self, record: PackRecord) -> list[int] | None:
+        assert isinstance(self._local, LocalShards)
+        fds: list[int] = []
+        try:
+            for cid in record.shards[: record.k]:
+                fds.append(os.open(self._local.store.shards.path(cid.encode("base32")), os.O_RDONLY | os.O_CLOEXEC))
+                if os.fstat(fds[-1]).st_size != record.shard_size:
+                    raise FileNotFoundError("a shard file of the wrong size")
+        except OSError:
+            _close(fds)
+            return None
+        return fds
+
+    def refuse(self, pack_id: bytes) -> None:
+        """Read this pack through the pack reader from now on (its shards failed here)."""
+        _close(self._fds.get(pack_id) or [])
+        self._fds[pack_id] = None
+
+    def forget(self, pack_id: bytes) -> None:
+        _close(self._fds.pop(pack_id, None) or [])
+
+    def close(self) -> None:
+        for fds in self._fds.values():
+            _close(fds or [])
+        self._fds.clear()
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
