@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from peerutil import PeerProcess  # noqa: E402
 
 SHM = Path(os.environ.get("BENCH_SHM", "/dev/shm/dstore-bench"))
-WORK = SHM / "work" / "train-epochs"
+WORK = SHM / "work" / f"train-epochs-{os.getpid()}"  # one per run: several may run at once
 FILES = 10_000
 TOKEN = "dstore-bench-token"
 

@@ -343,7 +343,9 @@ class ChunkSource:
                     raise IntegrityError(
                         f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file"
                     )
-                if local.setdefault(pack_id, self._local.has(record)):
+                if pack_id not in local:  # a stat per data shard: once per pack, not per chunk
+                    local[pack_id] = self._local.has(record)
+                if local[pack_id]:
                     one_by_one.append((digest, size))
                 else:
                     packs.setdefault(pack_id, (record, []))[1].append(ref)
@@ -412,39 +414,44 @@ class ChunkSource:
     def _decode_ranges(
         self, refs: list[ChunkEntry], pieces: list[list[tuple[int, int, int, int]]], answers: list[RangeRead]
     ) -> memoryview | None:
-        """The chunks of ``refs`` decoded back to back from the range answers; None if one fails its check."""
-        stored = bytearray(sum(r.stored_len for r in refs))
-        offsets = []
-        at = 0
-        for ref, parts in zip(refs, pieces, strict=True):
-            offsets.append(at)
-            for index, within, n, into in parts:
-                data = answers[index].data
-                if len(data) < within + n:
-                    self._bad_ranges([answers[i].peer_id for i, _, _, _ in parts])
-                    return None
-                stored[at + into : at + into + n] = memoryview(data)[within : within + n]
-            at += ref.stored_len
+        """The chunks of ``refs`` decoded back to back from the range answers; None if one fails its check.
+
+        The chunks lying whole in one answer (all but those split between two data shards) are decoded
+        straight from it, one native call per run of them: no copy of the stored bytes. A split chunk is
+        put together first and decoded on its own.
+        """
+        short = [i for parts in pieces for i, within, n, _ in parts if len(answers[i].data) < within + n]
+        if short:
+            self._bad_ranges([answers[i].peer_id for i in short])
+            return None
+        runs = _runs_by_answer(refs, pieces, answers)
         out = bytearray(sum(r.size for r in refs))
-        try:
-            _native.decode_chunks_into(
-                out,
-                [stored],
-                offsets,
-                [r.stored_len for r in refs],
-                [r.size for r in refs],
-                [r.codec for r in refs],
-                b"".join(r.digest for r in refs),
-                HASH_CODES[self.hash_name],
-            )
-        except _native.IntegrityError as e:
-            bad = pieces[e.args[0]] if e.args and isinstance(e.args[0], int) and e.args[0] < len(pieces) else []
-            self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad] or [a.peer_id for a in answers])
-            return None
-        except ValueError:
-            self._bad_ranges([a.peer_id for a in answers])
-            return None
-        return memoryview(out)
+        view = memoryview(out)
+        pos = 0
+        for stored, first, end, offsets in runs:
+            run = refs[first:end]
+            size = sum(r.size for r in run)
+            try:
+                _native.decode_chunks_into(
+                    view[pos : pos + size],
+                    [stored],
+                    offsets,
+                    [r.stored_len for r in run],
+                    [r.size for r in run],
+                    [r.codec for r in run],
+                    b"".join(r.digest for r in run),
+                    self.hash_code,
+                )
+            except _native.IntegrityError as e:
+                at = e.args[0] if e.args and isinstance(e.args[0], int) and 0 <= e.args[0] < len(run) else None
+                bad = pieces[first + at] if at is not None else [p for ps in pieces[first:end] for p in ps]
+                self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad])
+                return None
+            except ValueError:
+                self._bad_ranges([answers[i].peer_id for ps in pieces[first:end] for i, _, _, _ in ps])
+                return None
+            pos += size
+        return view
 
     def _bad_ranges(self, peer_ids: list[str | None]) -> None:
         assert self.peers is not None
@@ -505,3 +512,30 @@ def _plan_ranges(
             mine.append((i, within - ranges[i][1], n, at))
         pieces.append(mine)
     return [(s, a, b) for s, a, b in ranges], pieces
+
+
+def _runs_by_answer(
+    refs: list[ChunkEntry], pieces: list[list[tuple[int, int, int, int]]], answers: list[RangeRead]
+) -> list[tuple[bytes | bytearray, int, int, list[int]]]:
+    """The chunks ``refs[first:end]`` grouped into runs ``(stored bytes, first, end, offset of each chunk in
+    them)``: consecutive chunks lying whole in the same answer share that answer's bytes; a chunk split
+    between answers gets a buffer of its own. Every answer holds the pieces taken from it."""
+    runs: list[tuple[bytes | bytearray, int, int, list[int]]] = []
+    last = -1  # the answer the latest run is in, -1 for a split chunk's own buffer
+    for i, (ref, parts) in enumerate(zip(refs, pieces, strict=True)):
+        if len(parts) == 1:
+            index, within, _, _ = parts[0]
+            if index == last:
+                stored, first, _, offsets = runs[-1]
+                offsets.append(within)
+                runs[-1] = (stored, first, i + 1, offsets)
+            else:
+                runs.append((answers[index].data, i, i + 1, [within]))
+                last = index
+            continue
+        joined = bytearray(ref.stored_len)
+        for index, within, n, into in parts:
+            joined[into : into + n] = memoryview(answers[index].data)[within : within + n]
+        runs.append((joined, i, i + 1, [0]))
+        last = -1
+    return runs
