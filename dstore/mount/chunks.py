@@ -33,9 +33,9 @@ from dstore.errors import DstoreError, IntegrityError
 from dstore.fetch.packs import LocalShards
 from dstore.fetch.reader import DatasetReader
 from dstore.format.cid import HASH_CODES
-from dstore.format.locator import ChunkEntry
+from dstore.format.locator import CODEC_RAW, ChunkEntry
 from dstore.format.pack import PackRecord
-from dstore.mount.cache import ChunkCache
+from dstore.mount.cache import ChunkCache, chunk_hasher
 from dstore.mount.cachewriter import CacheWriter
 from dstore.net.protocol import PeerClient
 
@@ -391,16 +391,16 @@ class ChunkSource:
                     answers.append(futures[i].result() if futures is not None else peers.fetch_range(*call))
             except DstoreError:
                 answers = []  # a holder is down or lacks it: the whole pack, from parity if need be
-            view = self._decode_ranges(refs, pieces, answers) if answers and pieces is not None else None
-            if view is None:
-                view = self._whole_pack(pack_id, record, refs)
+            views = self._decode_ranges(refs, pieces, answers) if answers and pieces is not None else None
+            if views is None:
+                whole = self._whole_pack(pack_id, record, refs)
+                views, pos = [], 0
+                for ref in refs:
+                    views.append(whole[pos : pos + ref.size])
+                    pos += ref.size
             else:
                 self.stats["range"] += len(refs)
-            pos = 0
-            chunks = []
-            for ref in refs:
-                chunks.append((ref.digest, view[pos : pos + ref.size]))
-                pos += ref.size
+            chunks = [(ref.digest, view) for ref, view in zip(refs, views, strict=True)]
             if self.cache is not None:
                 self.cache.put_many(self.hash_name, chunks)
             for digest, data in chunks:
@@ -408,32 +408,40 @@ class ChunkSource:
                     out[digest] = data
                 elif digest in keep:
                     out[digest] = bytes(data)
-            del answers, futures, view, chunks
+            del answers, futures, views, chunks
         return out
 
     def _decode_ranges(
         self, refs: list[ChunkEntry], pieces: list[list[tuple[int, int, int, int]]], answers: list[RangeRead]
-    ) -> memoryview | None:
-        """The chunks of ``refs`` decoded back to back from the range answers; None if one fails its check.
+    ) -> list[memoryview] | None:
+        """Each chunk of ``refs``, decoded from the range answers and checked; None if one fails its check.
 
-        The chunks lying whole in one answer (all but those split between two data shards) are decoded
-        straight from it, one native call per run of them: no copy of the stored bytes. A split chunk is
-        put together first and decoded on its own.
+        Nothing is copied that need not be: a chunk stored raw (the codec of incompressible data) and
+        lying whole in one answer is hashed where it lies and handed on as a view of the answer; the
+        chunks of a run of compressed ones in one answer are decoded straight from it, one native call
+        per run. Only a chunk split between two data shards is put together first.
         """
         short = [i for parts in pieces for i, within, n, _ in parts if len(answers[i].data) < within + n]
         if short:
             self._bad_ranges([answers[i].peer_id for i in short])
             return None
-        runs = _runs_by_answer(refs, pieces, answers)
-        out = bytearray(sum(r.size for r in refs))
-        view = memoryview(out)
-        pos = 0
-        for stored, first, end, offsets in runs:
+        hasher = chunk_hasher(self.hash_name)
+        views: list[memoryview] = []
+        for stored, first, end, offsets in _runs_by_answer(refs, pieces, answers):
             run = refs[first:end]
-            size = sum(r.size for r in run)
+            source = memoryview(stored)
+            if all(r.codec == CODEC_RAW for r in run):
+                for i, (ref, at) in enumerate(zip(run, offsets, strict=True)):
+                    view = source[at : at + ref.stored_len]
+                    if hasher(view) != ref.digest:
+                        self._bad_ranges([answers[a].peer_id for a, _, _, _ in pieces[first + i]])
+                        return None
+                    views.append(view)
+                continue
+            out = memoryview(bytearray(sum(r.size for r in run)))
             try:
                 _native.decode_chunks_into(
-                    view[pos : pos + size],
+                    out,
                     [stored],
                     offsets,
                     [r.stored_len for r in run],
@@ -450,8 +458,11 @@ class ChunkSource:
             except ValueError:
                 self._bad_ranges([answers[i].peer_id for ps in pieces[first:end] for i, _, _, _ in ps])
                 return None
-            pos += size
-        return view
+            pos = 0
+            for ref in run:
+                views.append(out[pos : pos + ref.size])
+                pos += ref.size
+        return views
 
     def _bad_ranges(self, peer_ids: list[str | None]) -> None:
         assert self.peers is not None
