@@ -154,3 +154,24 @@ def test_runs_by_answer_hold_every_chunk_s_stored_bytes(k, shard_size, layout_sp
     assert covered == list(range(len(refs)))
     whole = sum(1 for p in pieces if len(p) == 1)
     assert len(runs) <= len(ranges) + (len(refs) - whole)  # one run per answer, plus one per split chunk
+
+
+def test_chunks_read_for_other_workers_are_not_read_again_when_cached(mixed, tmp_path, monkeypatch):
+    """``read_chunks(..., keep=mine)`` with every chunk cached reads (and checks) only ``mine``: the other
+    workers' chunks are theirs to read from the cache."""
+    monkeypatch.delenv("DSTORE_PEERS", raising=False)
+    peers, cid = mixed
+    urls = [p.url for p in peers]
+    cache = tmp_path / "cache"
+    with dstore.open(cid, peers=urls, home=tmp_path / "home", cache=cache) as ds:
+        wants = []
+        for path in sorted(FILES):
+            wants += [(d, n) for d, n in ds.reader.leaves(*ds.reader.resolve(path)) if (d, n) not in wants]
+        assert len(ds.chunks.read_chunks(wants)) == len(wants)  # now all cached
+        ds.chunks.flush()
+    mine = {d for d, _ in wants[::3]}
+    with dstore.open(cid, peers=urls, home=tmp_path / "home2", cache=cache) as ds:
+        got = ds.chunks.read_chunks(wants, keep=mine)
+        assert set(got) == mine
+        assert ds.chunks.stats["cache"] == len(mine) and ds.chunks.stats.get("range_requests", 0) == 0
+        assert ds.chunks.cache.hits == len(mine)

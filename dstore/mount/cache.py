@@ -195,6 +195,11 @@ class ChunkCache:
         self.misses += len(wants) - len(out)
         return out
 
+    def has(self, hash_name: str, digest: bytes) -> bool:
+        """Whether an entry for the chunk is there (unchecked: whoever reads it checks it)."""
+        text = digest.hex()
+        return os.path.exists(f"{self.root}/{hash_name}/{text[:2]}/{text}")
+
     def _drop_damaged(self, path: Path) -> None:
         if path.exists():
             self.dropped += 1

@@ -320,14 +320,20 @@ class ChunkSource:
         dataset read from gateways, go one by one through :meth:`read_into`. The caller bounds the
         bytes asked for at once: about that much (plus merged gaps) is in flight.
 
-        ``keep``: return only these (the others are read for the cache, for other readers); they are
-        then copies of their own, so the rest of their pack's bytes is freed at once.
+        ``keep``: return only these (the others are read for the cache, for other readers: those it
+        already holds are left alone, unread). Chunks read by
+        range are views of the range answers (no copy), which stay in memory until the caller drops them.
         """
         self.check_process()
         need = dict(wants)
         got: dict[bytes, bytes | memoryview] = {}
         if self.cache is not None and need:
-            got.update(self.cache.get_many(self.hash_name, list(need.items())))
+            if keep is None:
+                got.update(self.cache.get_many(self.hash_name, list(need.items())))
+            else:  # the others' chunks already cached are theirs to read (and check): not read here
+                got.update(self.cache.get_many(self.hash_name, [(d, s) for d, s in need.items() if d in keep]))
+                for digest in [d for d in need if d not in keep and self.cache.has(self.hash_name, d)]:
+                    del need[digest]
             self.stats["cache"] += len(got)
         missing = [(d, s) for d, s in need.items() if d not in got]
         one_by_one: list[tuple[bytes, int]] = []
@@ -404,10 +410,8 @@ class ChunkSource:
             if self.cache is not None:
                 self.cache.put_many(self.hash_name, chunks)
             for digest, data in chunks:
-                if keep is None:
+                if keep is None or digest in keep:
                     out[digest] = data
-                elif digest in keep:
-                    out[digest] = bytes(data)
             del answers, futures, views, chunks
         return out
 
