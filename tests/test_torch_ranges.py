@@ -87,17 +87,18 @@ def test_raw_compressed_and_split_chunks_come_back_exact_from_ranges(mixed, tmp_
         assert s._opened.ds.chunks.stats["range_requests"] == 0
 
 
-def test_a_damaged_raw_chunk_in_a_range_answer_is_caught(mixed, tmp_path, monkeypatch):
-    """Every copy of one raw chunk's bytes is flipped on one peer's disk: the view of the answer fails its
-    hash, the peer is scored down, and the pack is read whole (its damaged shard rebuilt from parity)."""
+@pytest.mark.parametrize(("path", "codec"), [("mix/raw-05.bin", CODEC_RAW), ("mix/text-03.txt", CODEC_ZSTD)])
+def test_a_damaged_chunk_in_a_range_answer_is_caught(mixed, tmp_path, monkeypatch, path, codec):
+    """A byte of one chunk is flipped in its data shard on the peer holding it: the chunk fails its check
+    (a raw one hashed in the answer, a compressed one decoded from it), the peer is scored down, and the
+    pack is read whole (its damaged shard rebuilt from parity)."""
     monkeypatch.delenv("DSTORE_PEERS", raising=False)
     peers, cid = mixed
     urls = [p.url for p in peers]
-    path = "mix/raw-05.bin"
     with dstore.open(cid, peers=urls, cache=False) as ds:
         digest, _ = next(iter(ds.reader.leaves(*ds.reader.resolve(path))))
         _, record, ref = ds.reader.chunk_ref(digest)
-    assert ref.codec == CODEC_RAW
+    assert ref.codec == codec
     shard, within = divmod(ref.offset, record.shard_size)
     text = record.shards[shard].encode("base32")
     holders = [p.home / "shards" / text[-2:] / text for p in peers]

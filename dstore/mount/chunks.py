@@ -455,8 +455,8 @@ class ChunkSource:
                     self.hash_code,
                 )
             except _native.IntegrityError as e:
-                at = e.args[0] if e.args and isinstance(e.args[0], int) and 0 <= e.args[0] < len(run) else None
-                bad = pieces[first + at] if at is not None else [p for ps in pieces[first:end] for p in ps]
+                failed = e.args[0] if e.args and isinstance(e.args[0], int) and 0 <= e.args[0] < len(run) else None
+                bad = pieces[first + failed] if failed is not None else [p for ps in pieces[first:end] for p in ps]
                 self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad])
                 return None
             except ValueError:
