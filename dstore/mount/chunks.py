@@ -321,8 +321,8 @@ class ChunkSource:
         bytes asked for at once: about that much (plus merged gaps) is in flight.
 
         ``keep``: return only these (the others are read for the cache, for other readers: those it
-        already holds are left alone, unread). Chunks read by
-        range are views of the range answers (no copy), which stay in memory until the caller drops them.
+        already holds are left alone, unread). Chunks read by range are views of the range answers (no
+        copy), which stay in memory until the caller drops them.
         """
         self.check_process()
         need = dict(wants)
