@@ -7,7 +7,8 @@ Starts 14 peers (tests/peerutil.py, scrubbing off) on tmpfs, adds the first 10,0
 `images` tree (hard links from $BENCH_SHM/data/tree-images, which `bench/run.py` makes) at 10+4, and
 runs each loader's epoch through `python bench/train.py epoch` as section `train` does: dstore cold
 (fresh home and cache) then warm (same cache). Prints one JSON line per epoch: samples/s, the epoch's
-CPU seconds (loop process + workers), the whole process's CPU seconds and the peers' CPU seconds.
+CPU seconds (loop process + workers, and each), the whole process's CPU seconds and the peers' CPU
+seconds. Each run works in a folder of its own under $BENCH_SHM/work, so several may run at once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from peerutil import PeerProcess  # noqa: E402
 
 SHM = Path(os.environ.get("BENCH_SHM", "/dev/shm/dstore-bench"))
-WORK = SHM / "work" / "train-epochs"
+WORK = SHM / "work" / f"train-epochs-{os.getpid()}"  # one per run: several may run at once
 FILES = 10_000
 TOKEN = "dstore-bench-token"
 
@@ -91,6 +92,8 @@ def main() -> None:
                 "samples_per_s": round(out["samples_per_s"]),
                 "epoch_s": round(out["seconds"], 2),
                 "epoch_cpu_s": round(out["main_cpu_s"] + out["workers_cpu_s"], 2),
+                "workers_cpu_s": round(out["workers_cpu_s"], 2),
+                "main_cpu_s": round(out["main_cpu_s"], 2),
                 "process_cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
                 "peers_cpu_s": round(sum(_cpu_s(p.proc.pid) for p in peers) - peers0, 2),
                 "worker_pss_mib": round(out["worker_pss_mib"] or 0),

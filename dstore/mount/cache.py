@@ -32,7 +32,7 @@ import blake3
 
 from dstore.units import parse_size
 
-__all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "cache_from_env", "default_cache_dir"]
+__all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "cache_from_env", "chunk_hasher", "default_cache_dir"]
 
 DEFAULT_CACHE_BYTES = 10 << 30
 #: Eviction frees room down to this fraction of the cap, so scans are rare.
@@ -85,7 +85,7 @@ def cache_from_env(cache: str | os.PathLike[str] | bool | ChunkCache | None = No
     return ChunkCache(root, cap)
 
 
-def _hasher(hash_name: str) -> Callable[[bytes | memoryview], bytes]:
+def chunk_hasher(hash_name: str) -> Callable[[bytes | memoryview], bytes]:
     """The digest function of a chunk hash. The blake3 package, not ``_native.blake3``: for a chunk
     (16-256 KiB) handing the work to the native thread pool costs more than the hash itself."""
     if hash_name == "blake3":
@@ -95,7 +95,7 @@ def _hasher(hash_name: str) -> Callable[[bytes | memoryview], bytes]:
 
 
 def _digest(data: memoryview | bytes, hash_name: str) -> bytes:
-    return _hasher(hash_name)(data)
+    return chunk_hasher(hash_name)(data)
 
 
 class ChunkCache:
@@ -167,7 +167,7 @@ class ChunkCache:
         out: dict[bytes, bytes] = {}
         now = time.time()
         root = f"{self.root}/{hash_name}/"
-        digest_of = _hasher(hash_name)
+        digest_of = chunk_hasher(hash_name)
         for digest, size in wants:
             text = digest.hex()
             path = f"{root}{text[:2]}/{text}"
@@ -194,6 +194,11 @@ class ChunkCache:
         self.hits += len(out)
         self.misses += len(wants) - len(out)
         return out
+
+    def has(self, hash_name: str, digest: bytes) -> bool:
+        """Whether an entry for the chunk is there (unchecked: whoever reads it checks it)."""
+        text = digest.hex()
+        return os.path.exists(f"{self.root}/{hash_name}/{text[:2]}/{text}")
 
     def _drop_damaged(self, path: Path) -> None:
         if path.exists():

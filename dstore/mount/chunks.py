@@ -36,9 +36,9 @@ from dstore.errors import DstoreError, IntegrityError
 from dstore.fetch.packs import LocalShards
 from dstore.fetch.reader import DatasetReader
 from dstore.format.cid import HASH_CODES
-from dstore.format.locator import ChunkEntry
+from dstore.format.locator import CODEC_RAW, ChunkEntry
 from dstore.format.pack import PackRecord
-from dstore.mount.cache import ChunkCache
+from dstore.mount.cache import ChunkCache, chunk_hasher
 from dstore.mount.cachewriter import CacheWriter
 from dstore.mount.mapped import MappedPacks
 from dstore.net.protocol import PeerClient
@@ -379,14 +379,20 @@ class ChunkSource:
         dataset read from gateways, go one by one through :meth:`read_into`. The caller bounds the
         bytes asked for at once: about that much (plus merged gaps) is in flight.
 
-        ``keep``: return only these (the others are read for the cache, for other readers); they are
-        then copies of their own, so the rest of their pack's bytes is freed at once.
+        ``keep``: return only these (the others are read for the cache, for other readers: those it
+        already holds are left alone, unread). Chunks read by range are views of the range answers (no
+        copy), which stay in memory until the caller drops them.
         """
         self.check_process()
         need = dict(wants)
         got: dict[bytes, bytes | memoryview] = {}
         if self.cache is not None and need:
-            got.update(self.cache.get_many(self.hash_name, list(need.items())))
+            if keep is None:
+                got.update(self.cache.get_many(self.hash_name, list(need.items())))
+            else:  # the others' chunks already cached are theirs to read (and check): not read here
+                got.update(self.cache.get_many(self.hash_name, [(d, s) for d, s in need.items() if d in keep]))
+                for digest in [d for d in need if d not in keep and self.cache.has(self.hash_name, d)]:
+                    del need[digest]
             self.stats["cache"] += len(got)
         missing = [(d, s) for d, s in need.items() if d not in got]
         one_by_one: list[tuple[bytes, int]] = []
@@ -402,7 +408,9 @@ class ChunkSource:
                     raise IntegrityError(
                         f"chunk {digest.hex()[:16]}… has size {ref.size} in the locator, {size} in the file"
                     )
-                if local.setdefault(pack_id, self._local.has(record)):
+                if pack_id not in local:  # a stat per data shard: once per pack, not per chunk
+                    local[pack_id] = self._local.has(record)
+                if local[pack_id]:
                     one_by_one.append((digest, size))
                 else:
                     packs.setdefault(pack_id, (record, []))[1].append(ref)
@@ -448,62 +456,76 @@ class ChunkSource:
                     answers.append(futures[i].result() if futures is not None else peers.fetch_range(*call))
             except DstoreError:
                 answers = []  # a holder is down or lacks it: the whole pack, from parity if need be
-            view = self._decode_ranges(refs, pieces, answers) if answers and pieces is not None else None
-            if view is None:
-                view = self._whole_pack(pack_id, record, refs)
+            views = self._decode_ranges(refs, pieces, answers) if answers and pieces is not None else None
+            if views is None:
+                whole = self._whole_pack(pack_id, record, refs)
+                views, pos = [], 0
+                for ref in refs:
+                    views.append(whole[pos : pos + ref.size])
+                    pos += ref.size
             else:
                 self.stats["range"] += len(refs)
-            pos = 0
-            chunks = []
-            for ref in refs:
-                chunks.append((ref.digest, view[pos : pos + ref.size]))
-                pos += ref.size
+            chunks = [(ref.digest, view) for ref, view in zip(refs, views, strict=True)]
             if self.cache is not None:
                 self.cache.put_many(self.hash_name, chunks)
             for digest, data in chunks:
-                if keep is None:
+                if keep is None or digest in keep:
                     out[digest] = data
-                elif digest in keep:
-                    out[digest] = bytes(data)
-            del answers, futures, view, chunks
+            del answers, futures, views, chunks
         return out
 
     def _decode_ranges(
         self, refs: list[ChunkEntry], pieces: list[list[tuple[int, int, int, int]]], answers: list[RangeRead]
-    ) -> memoryview | None:
-        """The chunks of ``refs`` decoded back to back from the range answers; None if one fails its check."""
-        stored = bytearray(sum(r.stored_len for r in refs))
-        offsets = []
-        at = 0
-        for ref, parts in zip(refs, pieces, strict=True):
-            offsets.append(at)
-            for index, within, n, into in parts:
-                data = answers[index].data
-                if len(data) < within + n:
-                    self._bad_ranges([answers[i].peer_id for i, _, _, _ in parts])
-                    return None
-                stored[at + into : at + into + n] = memoryview(data)[within : within + n]
-            at += ref.stored_len
-        out = bytearray(sum(r.size for r in refs))
-        try:
-            _native.decode_chunks_into(
-                out,
-                [stored],
-                offsets,
-                [r.stored_len for r in refs],
-                [r.size for r in refs],
-                [r.codec for r in refs],
-                b"".join(r.digest for r in refs),
-                HASH_CODES[self.hash_name],
-            )
-        except _native.IntegrityError as e:
-            bad = pieces[e.args[0]] if e.args and isinstance(e.args[0], int) and e.args[0] < len(pieces) else []
-            self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad] or [a.peer_id for a in answers])
+    ) -> list[memoryview] | None:
+        """Each chunk of ``refs``, decoded from the range answers and checked; None if one fails its check.
+
+        Nothing is copied that need not be: a chunk stored raw (the codec of incompressible data) and
+        lying whole in one answer is hashed where it lies and handed on as a view of the answer; the
+        chunks of a run of compressed ones in one answer are decoded straight from it, one native call
+        per run. Only a chunk split between two data shards is put together first.
+        """
+        short = [i for parts in pieces for i, within, n, _ in parts if len(answers[i].data) < within + n]
+        if short:
+            self._bad_ranges([answers[i].peer_id for i in short])
             return None
-        except ValueError:
-            self._bad_ranges([a.peer_id for a in answers])
-            return None
-        return memoryview(out)
+        hasher = chunk_hasher(self.hash_name)
+        views: list[memoryview] = []
+        for stored, first, end, offsets in _runs_by_answer(refs, pieces, answers):
+            run = refs[first:end]
+            source = memoryview(stored)
+            if all(r.codec == CODEC_RAW for r in run):
+                for i, (ref, at) in enumerate(zip(run, offsets, strict=True)):
+                    view = source[at : at + ref.stored_len]
+                    if hasher(view) != ref.digest:
+                        self._bad_ranges([answers[a].peer_id for a, _, _, _ in pieces[first + i]])
+                        return None
+                    views.append(view)
+                continue
+            out = memoryview(bytearray(sum(r.size for r in run)))
+            try:
+                _native.decode_chunks_into(
+                    out,
+                    [stored],
+                    offsets,
+                    [r.stored_len for r in run],
+                    [r.size for r in run],
+                    [r.codec for r in run],
+                    b"".join(r.digest for r in run),
+                    self.hash_code,
+                )
+            except _native.IntegrityError as e:
+                failed = e.args[0] if e.args and isinstance(e.args[0], int) and 0 <= e.args[0] < len(run) else None
+                bad = pieces[first + failed] if failed is not None else [p for ps in pieces[first:end] for p in ps]
+                self._bad_ranges([answers[i].peer_id for i, _, _, _ in bad])
+                return None
+            except ValueError:
+                self._bad_ranges([answers[i].peer_id for ps in pieces[first:end] for i, _, _, _ in ps])
+                return None
+            pos = 0
+            for ref in run:
+                views.append(out[pos : pos + ref.size])
+                pos += ref.size
+        return views
 
     def _bad_ranges(self, peer_ids: list[str | None]) -> None:
         assert self.peers is not None
@@ -564,3 +586,30 @@ def _plan_ranges(
             mine.append((i, within - ranges[i][1], n, at))
         pieces.append(mine)
     return [(s, a, b) for s, a, b in ranges], pieces
+
+
+def _runs_by_answer(
+    refs: list[ChunkEntry], pieces: list[list[tuple[int, int, int, int]]], answers: list[RangeRead]
+) -> list[tuple[bytes | bytearray, int, int, list[int]]]:
+    """The chunks ``refs[first:end]`` grouped into runs ``(stored bytes, first, end, offset of each chunk in
+    them)``: consecutive chunks lying whole in the same answer share that answer's bytes; a chunk split
+    between answers gets a buffer of its own. Every answer holds the pieces taken from it."""
+    runs: list[tuple[bytes | bytearray, int, int, list[int]]] = []
+    last = -1  # the answer the latest run is in, -1 for a split chunk's own buffer
+    for i, (ref, parts) in enumerate(zip(refs, pieces, strict=True)):
+        if len(parts) == 1:
+            index, within, _, _ = parts[0]
+            if index == last:
+                stored, first, _, offsets = runs[-1]
+                offsets.append(within)
+                runs[-1] = (stored, first, i + 1, offsets)
+            else:
+                runs.append((answers[index].data, i, i + 1, [within]))
+                last = index
+            continue
+        joined = bytearray(ref.stored_len)
+        for index, within, n, into in parts:
+            joined[into : into + n] = memoryview(answers[index].data)[within : within + n]
+        runs.append((joined, i, i + 1, [0]))
+        last = -1
+    return runs

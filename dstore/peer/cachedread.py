@@ -8,7 +8,6 @@ not take ``RWF_NOWAIT``); otherwise the caller reads in a thread as before.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -18,22 +17,24 @@ _IN_MEMORY_TYPES = {"tmpfs", "ramfs"}
 _in_memory: dict[int, bool] = {}  # st_dev -> whether its file system keeps every byte in memory
 
 
-def read_if_cached(path: Path, first: int, length: int) -> bytes | None:
+def read_if_cached(path: Path, first: int, length: int) -> bytes | bytearray | None:
     """``length`` bytes of ``path`` at ``first`` if they can be read without waiting for a disk, else None
-    (also when the file is shorter: the careful path says why)."""
+    (also when the file is shorter: the careful path says why).
+
+    One copy of the bytes and no zero-filled buffer first: on a file system in memory a plain ``pread``
+    into a new ``bytes``; elsewhere a ``preadv`` with ``RWF_NOWAIT`` into a ``bytearray`` handed on as is.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if _memory_fs(fd):
+            data = os.pread(fd, length, first)
+            return data if len(data) == length else None
         buf = bytearray(length)
-        try:
-            n = os.preadv(fd, [buf], first, os.RWF_NOWAIT)
-        except OSError as e:
-            if e.errno != errno.EOPNOTSUPP or not _memory_fs(fd):
-                return None
-            n = os.preadv(fd, [buf], first)
-        return bytes(buf) if n == length else None
+        n = os.preadv(fd, [buf], first, os.RWF_NOWAIT)  # EAGAIN: not all in the page cache
+        return buf if n == length else None
     except OSError:
         return None
     finally:
