@@ -11,6 +11,7 @@ written again into the files already created.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,8 @@ from dstore.format.pack import PackRecord
 
 BATCH_BYTES = 64 << 20
 BATCH_FILES = 4096
+# A big file's chunks are looked up this many at a time (one pass over the locator for all of them).
+PRIME_LEAVES = 4096
 
 
 @dataclass
@@ -86,6 +89,8 @@ class BatchWriter:
         self._replaced: list[Parts] = []  # mappings a rebuild replaced, closed once no call uses them
         self._pending: tuple[_Batch, list[Parts], Future[list[int]]] | None = None  # the call in flight
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-write")
+        # Maps the packs of the next batch (and unmaps those of the last) while the writer thread writes.
+        self._mapper = ThreadPoolExecutor(1, thread_name_prefix="dstore-map")
         # Packs of the local store alone are mapped by the writer thread (peers' are fetched by this one).
         source = reader.packs.source
         self._local = source if isinstance(source, LocalShards) else None
@@ -105,6 +110,7 @@ class BatchWriter:
                 self._pending[2].exception()
                 self._pending = None
             self._pool.shutdown(wait=True)
+            self._mapper.shutdown(wait=True)  # after the writer: its last unmaps are queued here
             self._release()
 
     def add(self, path: str, cid: CID, node: unixfs.Node | None, name: str | None = None, *, done: Any = None) -> None:
@@ -164,14 +170,19 @@ class BatchWriter:
             self._flush()
 
     def _chunks(self, cid: CID, node: unixfs.Node, name: str) -> Iterator[tuple[bytes, PackRecord, ChunkEntry]]:
-        """Where each chunk of a file of several chunks lies, in order."""
-        for digest, size in self.reader.leaves(cid, node):
-            found = self.reader._ref(digest)
-            if found[2].size != size:
-                raise IntegrityError(
-                    f"{name}: chunk {digest.hex()[:16]}… has size {found[2].size} in the locator, {size} in the file"
-                )
-            yield found
+        """Where each chunk of a file of several chunks lies, in order (looked up a window at a time)."""
+        leaves = self.reader.leaves(cid, node)
+        while window := list(itertools.islice(leaves, PRIME_LEAVES)):
+            if len(window) > 1:
+                self.reader.prime([digest for digest, _ in window])
+            for digest, size in window:
+                found = self.reader._ref(digest)
+                if found[2].size != size:
+                    raise IntegrityError(
+                        f"{name}: chunk {digest.hex()[:16]}… has size {found[2].size} in the locator, "
+                        f"{size} in the file"
+                    )
+                yield found
 
     # -- batches ------------------------------------------------------------
 
@@ -182,9 +193,11 @@ class BatchWriter:
             return
         parts: list[Parts] = []
         if self._local is not None:
-            # Mapped (and unmapped) on the writer thread: mmap and munmap of a batch's shards
-            # cost this thread as much as planning a batch of small files.
-            job = self._pool.submit(self._map_and_call, self._local, batch)
+            # Mapped (and unmapped) on a helper thread, not this one: mmap and munmap of a batch's
+            # shards cost as much as planning a batch of small files. The next batch is mapped
+            # while the writer thread writes this one.
+            mapped = self._mapper.submit(self._map, self._local, batch)
+            job = self._pool.submit(self._write_mapped, batch, mapped)
         else:
             self.reader.packs.source.prefetch([(p, r) for p, (_, r) in batch.packs.items() if p not in self._maps])
             for pack_id, (index, record) in batch.packs.items():
@@ -212,9 +225,9 @@ class BatchWriter:
         if self.progress:
             self.progress(batch.chunk_bytes)
 
-    def _map_and_call(self, local: LocalShards, batch: _Batch) -> list[int]:
-        """On the writer thread: map the batch's packs from the local store (rebuilt where a shard is
-        missing or damaged), write the batch, unmap them. Each batch maps its own packs."""
+    def _map(self, local: LocalShards, batch: _Batch) -> list[Parts]:
+        """On the mapping thread: the batch's packs from the local store (rebuilt where a shard is
+        missing or damaged). Each batch maps its own packs."""
         parts: list[Parts] = []
         try:
             for pack_id, (index, record) in batch.packs.items():
@@ -223,10 +236,18 @@ class BatchWriter:
                     parts.append(mapped if mapped is not None else [local.rebuild(pack_id, record)])
                 except IntegrityError as e:
                     raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
+        except BaseException:
+            _release_all(parts)
+            raise
+        return parts
+
+    def _write_mapped(self, batch: _Batch, mapped: Future[list[Parts]]) -> list[int]:
+        """On the writer thread: write the batch once its packs are mapped; unmapped on the mapping thread."""
+        parts = mapped.result()
+        try:
             return self._call(batch, parts, batch.refs, None)
         finally:
-            for part in parts:
-                _release(part)
+            self._mapper.submit(_release_all, parts)
 
     def _call(self, batch: _Batch, parts: list[Parts], refs: list[ChunkEntry], create: list[bool] | None) -> list[int]:
         args = (
@@ -304,6 +325,11 @@ class BatchWriter:
 def _named(name: str, e: IntegrityError) -> IntegrityError:
     """The same error, naming the file that is lost (not only the pack)."""
     return type(e)(f"{name}: {e}")
+
+
+def _release_all(parts: list[Parts]) -> None:
+    for part in parts:
+        _release(part)
 
 
 def _release(parts: Parts) -> None:

@@ -52,6 +52,10 @@ from dstore.store.mapping import release_file_mapping
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
 RUN_BYTES = 16 << 20
 _BLOCK_CACHE = 256
+# A walk of the local store looks up the chunks of this many files of a folder ahead, at once (one pass
+# over the locator instead of one lookup per file); at most PRIMED_CHUNKS lookups are kept waiting.
+PRIME_FILES = 1024
+PRIME_CHUNKS = 1 << 16
 # Parsed folder nodes kept, by the bytes of their blocks: opening files by path parses each folder on the way
 # once, not once per open (a 500-entry folder takes milliseconds to parse).
 _DIR_CACHE_BYTES = 16 << 20
@@ -181,6 +185,9 @@ class DatasetReader:
         self.root = self.manifest.root
         self._empty_digest = hash_digest(b"", self.hash_name)
         self._last_ref: tuple[bytes, tuple[bytes, PackRecord, ChunkEntry]] | None = None
+        # Looked up ahead (see prime): chunk digest -> where it is; file CID -> its parsed node.
+        self._primed: dict[bytes, tuple[bytes, PackRecord, ChunkEntry]] = {}
+        self._primed_nodes: dict[bytes, unixfs.Node] = {}
         self._hash_code = HASH_CODES[self.hash_name]
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
@@ -343,6 +350,9 @@ class DatasetReader:
         if cached is not None:
             self._dirs.move_to_end(key)
             return cached[0]
+        primed = self._primed_nodes.pop(key, None)
+        if primed is not None:
+            return primed
         data = self.block(cid)
         node = unixfs.parse_node(cid, data)
         if node.is_dir and len(data) <= _DIR_CACHE_BYTES:
@@ -447,10 +457,80 @@ class DatasetReader:
                 stack.append((rel + "/", self._ahead(self.entries(child))))
 
     def _ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
-        """A folder's entries; read from gateways, the blocks of the next few are fetched meanwhile."""
+        """A folder's entries; their chunks looked up ahead (read from gateways: their blocks fetched ahead)."""
         if self.gateway is None:
-            return iter(entries)
+            return self._primed_ahead(entries)
         return self._gateway_ahead(entries)
+
+    def _primed_ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
+        for start in range(0, len(entries), PRIME_FILES):
+            window = entries[start : start + PRIME_FILES]
+            self._prime_files([cid for _, cid in window])
+            yield from window
+
+    def _prime_files(self, cids: list[CID]) -> None:
+        """Parse the file nodes among ``cids`` and look up their chunks (a one-chunk file's own), ahead.
+
+        Nothing is refused here: a node or chunk that does not read is left for the walk to reach,
+        which then fails on it in its turn, as it would have without this.
+        """
+        if len(self._primed_nodes) > 4 * PRIME_FILES:
+            self._primed_nodes.clear()  # left over from folders the walk did not finish
+        digests = []
+        for cid in cids:
+            if cid.codec == RAW:
+                if cid.hash.code == self._hash_code:
+                    digests.append(bytes(cid.hash.digest))
+                continue
+            key = cid.to_bytes()
+            if cid.codec != DAG_PB or key in self._dirs or key in self._primed_nodes:
+                continue
+            try:
+                node = self.node(cid)
+            except DstoreError:
+                continue
+            if node.kind != "file":
+                continue
+            self._primed_nodes[key] = node
+            code = self._hash_code
+            leaves = [ln.cid for ln in node.links]
+            digests.extend(bytes(c.hash.digest) for c in leaves if c.codec == RAW and c.hash.code == code)
+        self.prime(digests)
+
+    def prime(self, digests: list[bytes]) -> None:
+        """Look these chunks up now, in one pass: the next ``chunk_ref`` of each is a dictionary hit.
+
+        Only entries ``chunk_ref`` would return are kept; a missing chunk or a bad entry is
+        looked up again, and refused, when it is asked for.
+        """
+        if self._locator is None or not digests:
+            return
+        if len(self._primed) + len(digests) > PRIME_CHUNKS:
+            self._primed.clear()  # not used after all (e.g. the walk failed): forget them, keep RSS bounded
+            self._primed_nodes.clear()
+            digests = digests[:PRIME_CHUNKS]
+        locator, max_size, primed = self._locator, self.manifest.chunker.max, self._primed
+        packs: dict[int, tuple[bytes, PackRecord]] = {}
+        try:
+            found = locator.find_many(digests)
+        except DstoreError:
+            return
+        for digest, entry in zip(digests, found, strict=True):
+            if (
+                entry is None
+                or not 0 < entry.size <= max_size
+                or entry.stored_len > entry.size
+                or (entry.codec == 0 and entry.stored_len != entry.size)
+            ):
+                continue
+            pack = packs.get(entry.pack_index)
+            if pack is None:
+                try:
+                    pack_id, record = locator.pack(entry.pack_index)
+                except (DstoreError, IndexError):
+                    continue
+                pack = packs[entry.pack_index] = (pack_id.to_bytes(), record)
+            primed[digest] = (pack[0], pack[1], entry)
 
     def _gateway_ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
         assert self.gateway is not None
@@ -554,7 +634,7 @@ class DatasetReader:
         # A walk asks for a one-chunk file's size, then the writer for its place: the same chunk twice.
         if self._last_ref is not None and self._last_ref[0] == digest:
             return self._last_ref[1]
-        found = self._find_ref(digest)
+        found = self._primed.pop(digest, None) or self._find_ref(digest)
         self._last_ref = (digest, found)
         return found
 
