@@ -173,7 +173,7 @@ class BatchWriter:
         """Where each chunk of a file of several chunks lies, in order (looked up a window at a time)."""
         leaves = self.reader.leaves(cid, node)
         while window := list(itertools.islice(leaves, PRIME_LEAVES)):
-            if len(window) > 1:
+            if len(window) > 16:  # a small file's chunks were looked up with its folder's (reader.walk)
                 self.reader.prime([digest for digest, _ in window])
             for digest, size in window:
                 found = self.reader._ref(digest)

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from dstore import _native
 from dstore.errors import BadCID, DstoreError, FormatError, IntegrityError, NotFound
 from dstore.fetch.gateway import FileStream, GatewayBlocks, chunks_ahead, metadata_bound, unixfs_manifest
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
@@ -354,7 +355,7 @@ class DatasetReader:
         if primed is not None:
             return primed
         data = self.block(cid)
-        node = unixfs.parse_node(cid, data)
+        node = self._parse(cid, data)
         if node.is_dir and len(data) <= _DIR_CACHE_BYTES:
             self._dirs[key] = (node, len(data))
             self._dirs_bytes += len(data)
@@ -362,6 +363,11 @@ class DatasetReader:
                 _, (_, size) = self._dirs.popitem(last=False)
                 self._dirs_bytes -= size
         return node
+
+    def _parse(self, cid: CID, data: bytes) -> unixfs.Node:
+        """``unixfs.parse_node``: a File node of the shape dstore writes natively, anything else in Python."""
+        flat = _native.unixfs_file_nodes([data], self._hash_code)[0] if cid.codec == DAG_PB else None
+        return unixfs.parse_node(cid, data) if flat is None else _file_node(flat)
 
     def chunk_digest(self, cid: CID) -> bytes:
         """The chunk ID (digest under the dataset's hash) of a raw leaf.
@@ -476,7 +482,8 @@ class DatasetReader:
         """
         if len(self._primed_nodes) > 4 * PRIME_FILES:
             self._primed_nodes.clear()  # left over from folders the walk did not finish
-        digests = []
+        digests: list[bytes] = []
+        nodes: list[tuple[bytes, CID, bytes]] = []  # the dag-pb children: key, CID, block
         for cid in cids:
             if cid.codec == RAW:
                 if cid.hash.code == self._hash_code:
@@ -486,11 +493,20 @@ class DatasetReader:
             if cid.codec != DAG_PB or key in self._dirs or key in self._primed_nodes:
                 continue
             try:
-                node = self.node(cid)
+                nodes.append((key, cid, self.block(cid)))
             except DstoreError:
                 continue
-            if node.kind != "file":
-                continue
+        flats = _native.unixfs_file_nodes([data for _, _, data in nodes], self._hash_code) if nodes else []
+        for (key, cid, _data), flat in zip(nodes, flats, strict=True):
+            if flat is not None:
+                node = _file_node(flat)
+            else:
+                try:
+                    node = self.node(cid)  # folders (then cached), foreign DAGs, anything malformed
+                except DstoreError:
+                    continue
+                if node.kind != "file":
+                    continue
             self._primed_nodes[key] = node
             code = self._hash_code
             leaves = [ln.cid for ln in node.links]
@@ -510,6 +526,7 @@ class DatasetReader:
             self._primed_nodes.clear()
             digests = digests[:PRIME_CHUNKS]
         locator, max_size, primed = self._locator, self.manifest.chunker.max, self._primed
+        digests = [d for d in digests if d not in primed]
         packs: dict[int, tuple[bytes, PackRecord]] = {}
         try:
             found = locator.find_many(digests)
@@ -721,6 +738,13 @@ class DatasetReader:
         if sequential:
             return bytes(self.packs.read_run(pack_id, record, [ref], bytearray(ref.size)))
         return self.packs.read_one(pack_id, record, ref)
+
+
+def _file_node(flat: tuple[int, list[bytes], list[int], list[int]]) -> unixfs.Node:
+    """The node ``_native.unixfs_file_nodes`` read: what ``unixfs.parse_node`` makes of the same block."""
+    filesize, cids, tsizes, sizes = flat
+    links = tuple(unixfs.Link("", CID.from_bytes(c), t) for c, t in zip(cids, tsizes, strict=True))
+    return unixfs.Node(kind="file", links=links, data=b"", filesize=filesize, blocksizes=tuple(sizes))
 
 
 def _hash_name_of(cid: CID) -> str:
