@@ -4,6 +4,8 @@ chunks are looked up in one pass over the locator, with every check of the one-b
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -139,3 +141,25 @@ def test_a_chunk_the_locator_lacks_still_fails_the_get_at_its_file(dstore, home,
     assert r.code != 0
     assert "not in the dataset's locator" in r.err and len(r.err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sitecustomize.py", "src", "store"]
+
+
+def test_a_local_get_does_not_import_the_gateway_client(dstore, home, tmp_path):
+    """The HTTP and TLS modules behind --gateways cost a get from the store a tenth of its start."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(random_bytes(5000, 1))
+    cid = dstore("add", src, "-q").out.strip().splitlines()[-1]
+    code = (
+        "import sys\n"
+        "from dstore.cli import main\n"
+        "try:\n"
+        f"    main(['get', {cid!r}, '-o', {str(tmp_path / 'out')!r}, '-q'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('dstore.net.gateways', 'dstore.fetch.gateway', 'http.client') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "DSTORE_HOME": str(home)}
+    env.pop("DSTORE_GATEWAYS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"
+    assert snapshot(tmp_path / "out") == snapshot(src)

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dstore import _native
 from dstore.errors import BadCID, DstoreError, FormatError, IntegrityError, NotFound
-from dstore.fetch.gateway import FileStream, GatewayBlocks, chunks_ahead, metadata_bound, unixfs_manifest
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
 from dstore.fetch.remote import BlockTable, load_from_peers
 from dstore.format import unixfs
@@ -45,10 +45,13 @@ from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer
-from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 from dstore.store.mapping import release_file_mapping
+
+if TYPE_CHECKING:  # read from gateways only when some are given: a local get does not import HTTP clients
+    from dstore.fetch.gateway import FileStream, GatewayBlocks
+    from dstore.net.gateways import GatewayClient
 
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
 RUN_BYTES = 16 << 20
@@ -139,6 +142,8 @@ class DatasetReader:
         self.gateway: GatewayBlocks | None = None
         #: Chunks of a dataset read from gateways that are no raw block: digest -> inline bytes or dag-pb node.
         self._homes: dict[bytes, bytes | CID] = {}
+        if gateways is not None:
+            from dstore.fetch.gateway import GatewayBlocks
         hints: dict[bytes, list[str | None]] = {}
         locator_cid: CID | None = None
         peers_failed: DstoreError | None = None
@@ -173,6 +178,8 @@ class DatasetReader:
                     raise
                 raise type(peers_failed)(f"{peers_failed}; and {e}") from e  # say why the peers did not do
         else:
+            from dstore.fetch.gateway import unixfs_manifest
+
             assert self.gateway is not None
             self.manifest = unixfs_manifest(self.cid, self.gateway)
         self.hash_name = self.manifest.hash_name
@@ -231,6 +238,8 @@ class DatasetReader:
         if data is None:
             data = self.store.get_block(key)
         if data is None and self.gateway is not None:
+            from dstore.fetch.gateway import metadata_bound
+
             data = self.gateway.get(cid, metadata_bound(cid))
         if data is None:
             raise NotFound(f"{what} {cid_to_text(cid)} is not in this store")
@@ -551,7 +560,7 @@ class DatasetReader:
 
     def _gateway_ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
         assert self.gateway is not None
-        from dstore.fetch.gateway import READ_AHEAD_BLOCKS
+        from dstore.fetch.gateway import READ_AHEAD_BLOCKS, metadata_bound
 
         for i, item in enumerate(entries):
             for _, cid in entries[i : i + READ_AHEAD_BLOCKS]:
@@ -628,6 +637,8 @@ class DatasetReader:
     def gateway_chunks(self, leaves: Iterable[tuple[bytes, int]], stream: FileStream | None = None) -> Iterator[bytes]:
         """Read from gateways: the chunks of ``leaves`` in order, each of exactly its size: from ``stream``
         (the file's CAR) while it delivers them, else fetched one by one, ahead."""
+        from dstore.fetch.gateway import chunks_ahead
+
         assert self.gateway is not None
         gateway = self.gateway
 

@@ -389,7 +389,8 @@ class Locator:
 
     def find_many(self, digests: Sequence[bytes]) -> list[ChunkEntry | None]:
         """``find`` of each digest, in one pass (a get looks up a folder's files at once)."""
-        firsts, out = self._firsts, []
+        firsts = self._firsts
+        out: list[ChunkEntry | None] = []
         pages: dict[int, _Page] = {}
         for digest in digests:
             i = bisect.bisect_right(firsts, digest) - 1
