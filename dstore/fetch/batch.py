@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import mmap
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from dstore.format.pack import PackRecord
 
 BATCH_BYTES = 64 << 20
 BATCH_FILES = 4096
+# Batches handed to the writer and not yet settled: while the writer writes one, the next is mapped and
+# queued, so neither the planning thread nor the writer waits on the other's every batch.
+IN_FLIGHT_BATCHES = 2
 # A big file's chunks are looked up this many at a time (one pass over the locator for all of them).
 PRIME_LEAVES = 4096
 
@@ -67,6 +71,9 @@ class _Batch:
         return self.chunk_bytes >= BATCH_BYTES or len(self.paths) >= BATCH_FILES
 
 
+_Pending = tuple[_Batch, list[Parts], Future[list[int]]]  # a batch, the parts its call uses, the call
+
+
 class BatchWriter:
     """Writes files of ``reader`` under ``folder`` (which, with any subfolders, the caller creates first)."""
 
@@ -87,7 +94,7 @@ class BatchWriter:
         self._batch = _Batch()
         self._maps: dict[bytes, Parts] = {}  # packs mapped (or rebuilt) for the batches in hand
         self._replaced: list[Parts] = []  # mappings a rebuild replaced, closed once no call uses them
-        self._pending: tuple[_Batch, list[Parts], Future[list[int]]] | None = None  # the call in flight
+        self._pending: deque[_Pending] = deque()  # the calls in flight, oldest first
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-write")
         # Maps the packs of the next batch (and unmaps those of the last) while the writer thread writes.
         self._mapper = ThreadPoolExecutor(1, thread_name_prefix="dstore-map")
@@ -102,13 +109,12 @@ class BatchWriter:
         try:
             if exc_type is None:
                 self._flush()
-                self._settle(self._pending)
-                self._pending = None
+                while self._pending:
+                    self._settle(self._pending.popleft())
         finally:
             # Never leave the kernel writing into a tree the caller is about to remove.
-            if self._pending is not None:
-                self._pending[2].exception()
-                self._pending = None
+            while self._pending:
+                self._pending.popleft()[2].exception()
             self._pool.shutdown(wait=True)
             self._mapper.shutdown(wait=True)  # after the writer: its last unmaps are queued here
             self._release()
@@ -187,7 +193,7 @@ class BatchWriter:
     # -- batches ------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Start the native call for the queued batch, then settle the one before it."""
+        """Start the native call for the queued batch, then settle the oldest beyond IN_FLIGHT_BATCHES."""
         batch, self._batch = self._batch, _Batch()
         if not batch.paths:
             return
@@ -206,16 +212,15 @@ class BatchWriter:
                 except IntegrityError as e:
                     raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
             job = self._pool.submit(self._call, batch, parts, batch.refs, None)
-        previous, self._pending = self._pending, (batch, parts, job)
-        self._settle(previous)
+        self._pending.append((batch, parts, job))
+        while len(self._pending) > IN_FLIGHT_BATCHES:
+            self._settle(self._pending.popleft())
         self._release()
         # The index pages this batch's metadata reads touched: unmapped, still cached (flat RSS).
         self.reader.release_index_pages()
 
-    def _settle(self, pending: tuple[_Batch, list[Parts], Future[list[int]]] | None) -> None:
+    def _settle(self, pending: _Pending) -> None:
         """Wait for a batch's native call; retry its failed chunks from rebuilt packs."""
-        if pending is None:
-            return
         batch, _, job = pending
         failed = job.result()
         if failed:
@@ -313,9 +318,9 @@ class BatchWriter:
 
     def _release(self) -> None:
         """Close the mappings no call in flight uses (all of them when none is)."""
-        batch, parts = (self._pending[0].packs, self._pending[1]) if self._pending else ({}, [])
-        in_use = {id(p) for p in parts}
-        for pack_id in [p for p in self._maps if p not in batch]:
+        packs = {pack_id for batch, _, _ in self._pending for pack_id in batch.packs}
+        in_use = {id(p) for _, parts, _ in self._pending for p in parts}
+        for pack_id in [p for p in self._maps if p not in packs]:
             _release(self._maps.pop(pack_id))
         for old in [p for p in self._replaced if id(p) not in in_use]:
             self._replaced.remove(old)
