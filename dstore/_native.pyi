@@ -190,6 +190,15 @@ def dagpb_encode(
     """Canonical dag-pb bytes of a node: each link ``(hash, name, tsize)`` (absent fields None) as
     field 2, in order, then ``data`` (if not None) as field 1."""
 
+def unixfs_file_nodes(
+    blocks: list[bytes], hash_code: int
+) -> list[tuple[int, list[bytes], list[int], list[int]] | None]:
+    """Per block, ``(filesize, [link CID bytes], [tsize], [blocksize])`` of a UnixFS File node of the
+    shape dstore writes (canonical dag-pb, every link a raw CIDv1 leaf hashed with ``hash_code``,
+    Data: Type File, optional filesize, blocksizes, nothing else, one non-zero blocksize per link
+    adding up to filesize); None for any other block (``unixfs.parse_node`` reads it or says why
+    not). Every node it reads, ``parse_node`` reads the same. The GIL is released while parsing."""
+
 def locator_chunk_page(block: bytes | bytearray | memoryview) -> tuple[int, bytes, bytes, bytes] | None:
     """``(count, digests, prefixes, numbers)`` of a locator chunk page in exactly its canonical
     form (1..4096 entries, minimal heads, codec 0 or 1, a raw chunk's stored length equal to

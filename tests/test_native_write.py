@@ -289,8 +289,9 @@ def test_files_spanning_many_small_batches(dstore, home, tmp_path, monkeypatch):
     assert len(seen) > 20
 
 
-def test_local_packs_are_mapped_by_the_writer_and_a_missing_shard_is_rebuilt(dstore, home, tmp_path, monkeypatch):
-    """The get maps (and rebuilds) local packs on its writer thread, not on the thread that plans batches."""
+def test_local_packs_are_mapped_by_a_helper_and_a_missing_shard_is_rebuilt(dstore, home, tmp_path, monkeypatch):
+    """The get maps (and rebuilds) local packs on its mapping thread (the next batch's while the writer
+    thread writes one), not on the thread that plans batches."""
     from dstore.fetch import batch, packs
     from dstore.fetch.get import get
 
@@ -323,4 +324,4 @@ def test_local_packs_are_mapped_by_the_writer_and_a_missing_shard_is_rebuilt(dst
         store.close()
     assert snapshot(tmp_path / "out") == snapshot(src)
     assert summary["files"] == 60
-    assert len(threads) > len(records) and all(name.startswith("dstore-write") for name in threads)
+    assert len(threads) > len(records) and all(name.startswith("dstore-map") for name in threads)

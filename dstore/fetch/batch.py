@@ -11,7 +11,9 @@ written again into the files already created.
 
 from __future__ import annotations
 
+import itertools
 import mmap
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +31,11 @@ from dstore.format.pack import PackRecord
 
 BATCH_BYTES = 64 << 20
 BATCH_FILES = 4096
+# Batches handed to the writer and not yet settled: while the writer writes one, the next is mapped and
+# queued, so neither the planning thread nor the writer waits on the other's every batch.
+IN_FLIGHT_BATCHES = 2
+# A big file's chunks are looked up this many at a time (one pass over the locator for all of them).
+PRIME_LEAVES = 4096
 
 
 @dataclass
@@ -64,6 +71,9 @@ class _Batch:
         return self.chunk_bytes >= BATCH_BYTES or len(self.paths) >= BATCH_FILES
 
 
+_Pending = tuple[_Batch, list[Parts], Future[list[int]]]  # a batch, the parts its call uses, the call
+
+
 class BatchWriter:
     """Writes files of ``reader`` under ``folder`` (which, with any subfolders, the caller creates first)."""
 
@@ -84,8 +94,10 @@ class BatchWriter:
         self._batch = _Batch()
         self._maps: dict[bytes, Parts] = {}  # packs mapped (or rebuilt) for the batches in hand
         self._replaced: list[Parts] = []  # mappings a rebuild replaced, closed once no call uses them
-        self._pending: tuple[_Batch, list[Parts], Future[list[int]]] | None = None  # the call in flight
+        self._pending: deque[_Pending] = deque()  # the calls in flight, oldest first
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dstore-write")
+        # Maps the packs of the next batch (and unmaps those of the last) while the writer thread writes.
+        self._mapper = ThreadPoolExecutor(1, thread_name_prefix="dstore-map")
         # Packs of the local store alone are mapped by the writer thread (peers' are fetched by this one).
         source = reader.packs.source
         self._local = source if isinstance(source, LocalShards) else None
@@ -97,14 +109,14 @@ class BatchWriter:
         try:
             if exc_type is None:
                 self._flush()
-                self._settle(self._pending)
-                self._pending = None
+                while self._pending:
+                    self._settle(self._pending.popleft())
         finally:
             # Never leave the kernel writing into a tree the caller is about to remove.
-            if self._pending is not None:
-                self._pending[2].exception()
-                self._pending = None
+            while self._pending:
+                self._pending.popleft()[2].exception()
             self._pool.shutdown(wait=True)
+            self._mapper.shutdown(wait=True)  # after the writer: its last unmaps are queued here
             self._release()
 
     def add(self, path: str, cid: CID, node: unixfs.Node | None, name: str | None = None, *, done: Any = None) -> None:
@@ -164,27 +176,34 @@ class BatchWriter:
             self._flush()
 
     def _chunks(self, cid: CID, node: unixfs.Node, name: str) -> Iterator[tuple[bytes, PackRecord, ChunkEntry]]:
-        """Where each chunk of a file of several chunks lies, in order."""
-        for digest, size in self.reader.leaves(cid, node):
-            found = self.reader._ref(digest)
-            if found[2].size != size:
-                raise IntegrityError(
-                    f"{name}: chunk {digest.hex()[:16]}… has size {found[2].size} in the locator, {size} in the file"
-                )
-            yield found
+        """Where each chunk of a file of several chunks lies, in order (looked up a window at a time)."""
+        leaves = self.reader.leaves(cid, node)
+        while window := list(itertools.islice(leaves, PRIME_LEAVES)):
+            if len(window) > 16:  # a small file's chunks were looked up with its folder's (reader.walk)
+                self.reader.prime([digest for digest, _ in window])
+            for digest, size in window:
+                found = self.reader._ref(digest)
+                if found[2].size != size:
+                    raise IntegrityError(
+                        f"{name}: chunk {digest.hex()[:16]}… has size {found[2].size} in the locator, "
+                        f"{size} in the file"
+                    )
+                yield found
 
     # -- batches ------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Start the native call for the queued batch, then settle the one before it."""
+        """Start the native call for the queued batch, then settle the oldest beyond IN_FLIGHT_BATCHES."""
         batch, self._batch = self._batch, _Batch()
         if not batch.paths:
             return
         parts: list[Parts] = []
         if self._local is not None:
-            # Mapped (and unmapped) on the writer thread: mmap and munmap of a batch's shards
-            # cost this thread as much as planning a batch of small files.
-            job = self._pool.submit(self._map_and_call, self._local, batch)
+            # Mapped (and unmapped) on a helper thread, not this one: mmap and munmap of a batch's
+            # shards cost as much as planning a batch of small files. The next batch is mapped
+            # while the writer thread writes this one.
+            mapped = self._mapper.submit(self._map, self._local, batch)
+            job = self._pool.submit(self._write_mapped, batch, mapped)
         else:
             self.reader.packs.source.prefetch([(p, r) for p, (_, r) in batch.packs.items() if p not in self._maps])
             for pack_id, (index, record) in batch.packs.items():
@@ -193,16 +212,15 @@ class BatchWriter:
                 except IntegrityError as e:
                     raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
             job = self._pool.submit(self._call, batch, parts, batch.refs, None)
-        previous, self._pending = self._pending, (batch, parts, job)
-        self._settle(previous)
+        self._pending.append((batch, parts, job))
+        while len(self._pending) > IN_FLIGHT_BATCHES:
+            self._settle(self._pending.popleft())
         self._release()
         # The index pages this batch's metadata reads touched: unmapped, still cached (flat RSS).
         self.reader.release_index_pages()
 
-    def _settle(self, pending: tuple[_Batch, list[Parts], Future[list[int]]] | None) -> None:
+    def _settle(self, pending: _Pending) -> None:
         """Wait for a batch's native call; retry its failed chunks from rebuilt packs."""
-        if pending is None:
-            return
         batch, _, job = pending
         failed = job.result()
         if failed:
@@ -212,9 +230,9 @@ class BatchWriter:
         if self.progress:
             self.progress(batch.chunk_bytes)
 
-    def _map_and_call(self, local: LocalShards, batch: _Batch) -> list[int]:
-        """On the writer thread: map the batch's packs from the local store (rebuilt where a shard is
-        missing or damaged), write the batch, unmap them. Each batch maps its own packs."""
+    def _map(self, local: LocalShards, batch: _Batch) -> list[Parts]:
+        """On the mapping thread: the batch's packs from the local store (rebuilt where a shard is
+        missing or damaged). Each batch maps its own packs."""
         parts: list[Parts] = []
         try:
             for pack_id, (index, record) in batch.packs.items():
@@ -223,10 +241,18 @@ class BatchWriter:
                     parts.append(mapped if mapped is not None else [local.rebuild(pack_id, record)])
                 except IntegrityError as e:
                     raise _named(batch.names[batch.chunk_files[batch.chunk_packs.index(index)]], e) from e
+        except BaseException:
+            _release_all(parts)
+            raise
+        return parts
+
+    def _write_mapped(self, batch: _Batch, mapped: Future[list[Parts]]) -> list[int]:
+        """On the writer thread: write the batch once its packs are mapped; unmapped on the mapping thread."""
+        parts = mapped.result()
+        try:
             return self._call(batch, parts, batch.refs, None)
         finally:
-            for part in parts:
-                _release(part)
+            self._mapper.submit(_release_all, parts)
 
     def _call(self, batch: _Batch, parts: list[Parts], refs: list[ChunkEntry], create: list[bool] | None) -> list[int]:
         args = (
@@ -292,9 +318,9 @@ class BatchWriter:
 
     def _release(self) -> None:
         """Close the mappings no call in flight uses (all of them when none is)."""
-        batch, parts = (self._pending[0].packs, self._pending[1]) if self._pending else ({}, [])
-        in_use = {id(p) for p in parts}
-        for pack_id in [p for p in self._maps if p not in batch]:
+        packs = {pack_id for batch, _, _ in self._pending for pack_id in batch.packs}
+        in_use = {id(p) for _, parts, _ in self._pending for p in parts}
+        for pack_id in [p for p in self._maps if p not in packs]:
             _release(self._maps.pop(pack_id))
         for old in [p for p in self._replaced if id(p) not in in_use]:
             self._replaced.remove(old)
@@ -304,6 +330,11 @@ class BatchWriter:
 def _named(name: str, e: IntegrityError) -> IntegrityError:
     """The same error, naming the file that is lost (not only the pack)."""
     return type(e)(f"{name}: {e}")
+
+
+def _release_all(parts: list[Parts]) -> None:
+    for part in parts:
+        _release(part)
 
 
 def _release(parts: Parts) -> None:

@@ -16,18 +16,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dstore.errors import DstoreError, FormatError
 from dstore.fetch import partial
 from dstore.fetch.batch import BatchWriter
-from dstore.fetch.gateway import GatewayWriter
 from dstore.fetch.output import check_output, publish, temporary_name, write_error
 from dstore.fetch.reader import DatasetReader
 from dstore.format import unixfs
 from dstore.format.cid import CID, cid_to_text
-from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
+
+if TYPE_CHECKING:  # a local get does not import the gateway client (HTTP, TLS)
+    from dstore.fetch.gateway import GatewayWriter
+    from dstore.net.gateways import GatewayClient
 
 
 def get(
@@ -110,7 +113,11 @@ class _TreeWriter:
         # The reader's walk refuses unsafe names and stops at what the manifest declares; folders are
         # made as the walk reaches them, before the batch that holds their files is written.
         try:
-            writer = BatchWriter if self.reader.gateway is None else GatewayWriter  # no packs behind gateways
+            writer: type[BatchWriter | GatewayWriter] = BatchWriter
+            if self.reader.gateway is not None:
+                from dstore.fetch.gateway import GatewayWriter
+
+                writer = GatewayWriter  # no packs behind gateways
             with writer(self.reader, self.tmp.parent, self.progress, on_done=self._written) as out:
                 for rel, cid, node in self.reader.walk(path):
                     if node.is_dir:

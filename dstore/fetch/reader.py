@@ -22,9 +22,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dstore import _native
 from dstore.errors import BadCID, DstoreError, FormatError, IntegrityError, NotFound
-from dstore.fetch.gateway import FileStream, GatewayBlocks, chunks_ahead, metadata_bound, unixfs_manifest
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
 from dstore.fetch.remote import BlockTable, load_from_peers
 from dstore.format import unixfs
@@ -44,14 +45,21 @@ from dstore.format.locator import ChunkEntry, Locator
 from dstore.format.manifest import Manifest
 from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer
-from dstore.net.gateways import GatewayClient
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
 from dstore.store.mapping import release_file_mapping
 
+if TYPE_CHECKING:  # read from gateways only when some are given: a local get does not import HTTP clients
+    from dstore.fetch.gateway import FileStream, GatewayBlocks
+    from dstore.net.gateways import GatewayClient
+
 # Files are read in runs of chunks from one pack, at most this many bytes per run.
 RUN_BYTES = 16 << 20
 _BLOCK_CACHE = 256
+# A walk of the local store looks up the chunks of this many files of a folder ahead, at once (one pass
+# over the locator instead of one lookup per file); at most PRIMED_CHUNKS lookups are kept waiting.
+PRIME_FILES = 1024
+PRIME_CHUNKS = 1 << 16
 # Parsed folder nodes kept, by the bytes of their blocks: opening files by path parses each folder on the way
 # once, not once per open (a 500-entry folder takes milliseconds to parse).
 _DIR_CACHE_BYTES = 16 << 20
@@ -134,6 +142,8 @@ class DatasetReader:
         self.gateway: GatewayBlocks | None = None
         #: Chunks of a dataset read from gateways that are no raw block: digest -> inline bytes or dag-pb node.
         self._homes: dict[bytes, bytes | CID] = {}
+        if gateways is not None:
+            from dstore.fetch.gateway import GatewayBlocks
         hints: dict[bytes, list[str | None]] = {}
         locator_cid: CID | None = None
         peers_failed: DstoreError | None = None
@@ -168,6 +178,8 @@ class DatasetReader:
                     raise
                 raise type(peers_failed)(f"{peers_failed}; and {e}") from e  # say why the peers did not do
         else:
+            from dstore.fetch.gateway import unixfs_manifest
+
             assert self.gateway is not None
             self.manifest = unixfs_manifest(self.cid, self.gateway)
         self.hash_name = self.manifest.hash_name
@@ -181,6 +193,9 @@ class DatasetReader:
         self.root = self.manifest.root
         self._empty_digest = hash_digest(b"", self.hash_name)
         self._last_ref: tuple[bytes, tuple[bytes, PackRecord, ChunkEntry]] | None = None
+        # Looked up ahead (see prime): chunk digest -> where it is; file CID -> its parsed node.
+        self._primed: dict[bytes, tuple[bytes, PackRecord, ChunkEntry]] = {}
+        self._primed_nodes: dict[bytes, unixfs.Node] = {}
         self._hash_code = HASH_CODES[self.hash_name]
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
 
@@ -223,6 +238,8 @@ class DatasetReader:
         if data is None:
             data = self.store.get_block(key)
         if data is None and self.gateway is not None:
+            from dstore.fetch.gateway import metadata_bound
+
             data = self.gateway.get(cid, metadata_bound(cid))
         if data is None:
             raise NotFound(f"{what} {cid_to_text(cid)} is not in this store")
@@ -343,8 +360,11 @@ class DatasetReader:
         if cached is not None:
             self._dirs.move_to_end(key)
             return cached[0]
+        primed = self._primed_nodes.pop(key, None)
+        if primed is not None:
+            return primed
         data = self.block(cid)
-        node = unixfs.parse_node(cid, data)
+        node = self._parse(cid, data)
         if node.is_dir and len(data) <= _DIR_CACHE_BYTES:
             self._dirs[key] = (node, len(data))
             self._dirs_bytes += len(data)
@@ -352,6 +372,11 @@ class DatasetReader:
                 _, (_, size) = self._dirs.popitem(last=False)
                 self._dirs_bytes -= size
         return node
+
+    def _parse(self, cid: CID, data: bytes) -> unixfs.Node:
+        """``unixfs.parse_node``: a File node of the shape dstore writes natively, anything else in Python."""
+        flat = _native.unixfs_file_nodes([data], self._hash_code)[0] if cid.codec == DAG_PB else None
+        return unixfs.parse_node(cid, data) if flat is None else _file_node(flat)
 
     def chunk_digest(self, cid: CID) -> bytes:
         """The chunk ID (digest under the dataset's hash) of a raw leaf.
@@ -447,14 +472,95 @@ class DatasetReader:
                 stack.append((rel + "/", self._ahead(self.entries(child))))
 
     def _ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
-        """A folder's entries; read from gateways, the blocks of the next few are fetched meanwhile."""
+        """A folder's entries; their chunks looked up ahead (read from gateways: their blocks fetched ahead)."""
         if self.gateway is None:
-            return iter(entries)
+            return self._primed_ahead(entries)
         return self._gateway_ahead(entries)
+
+    def _primed_ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
+        for start in range(0, len(entries), PRIME_FILES):
+            window = entries[start : start + PRIME_FILES]
+            self._prime_files([cid for _, cid in window])
+            yield from window
+
+    def _prime_files(self, cids: list[CID]) -> None:
+        """Parse the file nodes among ``cids`` and look up their chunks (a one-chunk file's own), ahead.
+
+        Nothing is refused here: a node or chunk that does not read is left for the walk to reach,
+        which then fails on it in its turn, as it would have without this.
+        """
+        if len(self._primed_nodes) > 4 * PRIME_FILES:
+            self._primed_nodes.clear()  # left over from folders the walk did not finish
+        digests: list[bytes] = []
+        nodes: list[tuple[bytes, CID, bytes]] = []  # the dag-pb children: key, CID, block
+        for cid in cids:
+            if cid.codec == RAW:
+                if cid.hash.code == self._hash_code:
+                    digests.append(bytes(cid.hash.digest))
+                continue
+            key = cid.to_bytes()
+            if cid.codec != DAG_PB or key in self._dirs or key in self._primed_nodes:
+                continue
+            try:
+                nodes.append((key, cid, self.block(cid)))
+            except DstoreError:
+                continue
+        flats = _native.unixfs_file_nodes([data for _, _, data in nodes], self._hash_code) if nodes else []
+        for (key, cid, _data), flat in zip(nodes, flats, strict=True):
+            if flat is not None:
+                node = _file_node(flat)
+            else:
+                try:
+                    node = self.node(cid)  # folders (then cached), foreign DAGs, anything malformed
+                except DstoreError:
+                    continue
+                if node.kind != "file":
+                    continue
+            self._primed_nodes[key] = node
+            code = self._hash_code
+            leaves = [ln.cid for ln in node.links]
+            digests.extend(bytes(c.hash.digest) for c in leaves if c.codec == RAW and c.hash.code == code)
+        self.prime(digests)
+
+    def prime(self, digests: list[bytes]) -> None:
+        """Look these chunks up now, in one pass: the next ``chunk_ref`` of each is a dictionary hit.
+
+        Only entries ``chunk_ref`` would return are kept; a missing chunk or a bad entry is
+        looked up again, and refused, when it is asked for.
+        """
+        if self._locator is None or not digests:
+            return
+        if len(self._primed) + len(digests) > PRIME_CHUNKS:
+            self._primed.clear()  # not used after all (e.g. the walk failed): forget them, keep RSS bounded
+            self._primed_nodes.clear()
+            digests = digests[:PRIME_CHUNKS]
+        locator, max_size, primed = self._locator, self.manifest.chunker.max, self._primed
+        digests = [d for d in digests if d not in primed]
+        packs: dict[int, tuple[bytes, PackRecord]] = {}
+        try:
+            found = locator.find_many(digests)
+        except DstoreError:
+            return
+        for digest, entry in zip(digests, found, strict=True):
+            if (
+                entry is None
+                or not 0 < entry.size <= max_size
+                or entry.stored_len > entry.size
+                or (entry.codec == 0 and entry.stored_len != entry.size)
+            ):
+                continue
+            pack = packs.get(entry.pack_index)
+            if pack is None:
+                try:
+                    pack_id, record = locator.pack(entry.pack_index)
+                except (DstoreError, IndexError):
+                    continue
+                pack = packs[entry.pack_index] = (pack_id.to_bytes(), record)
+            primed[digest] = (pack[0], pack[1], entry)
 
     def _gateway_ahead(self, entries: list[tuple[str, CID]]) -> Iterator[tuple[str, CID]]:
         assert self.gateway is not None
-        from dstore.fetch.gateway import READ_AHEAD_BLOCKS
+        from dstore.fetch.gateway import READ_AHEAD_BLOCKS, metadata_bound
 
         for i, item in enumerate(entries):
             for _, cid in entries[i : i + READ_AHEAD_BLOCKS]:
@@ -531,6 +637,8 @@ class DatasetReader:
     def gateway_chunks(self, leaves: Iterable[tuple[bytes, int]], stream: FileStream | None = None) -> Iterator[bytes]:
         """Read from gateways: the chunks of ``leaves`` in order, each of exactly its size: from ``stream``
         (the file's CAR) while it delivers them, else fetched one by one, ahead."""
+        from dstore.fetch.gateway import chunks_ahead
+
         assert self.gateway is not None
         gateway = self.gateway
 
@@ -554,7 +662,7 @@ class DatasetReader:
         # A walk asks for a one-chunk file's size, then the writer for its place: the same chunk twice.
         if self._last_ref is not None and self._last_ref[0] == digest:
             return self._last_ref[1]
-        found = self._find_ref(digest)
+        found = self._primed.pop(digest, None) or self._find_ref(digest)
         self._last_ref = (digest, found)
         return found
 
@@ -641,6 +749,13 @@ class DatasetReader:
         if sequential:
             return bytes(self.packs.read_run(pack_id, record, [ref], bytearray(ref.size)))
         return self.packs.read_one(pack_id, record, ref)
+
+
+def _file_node(flat: tuple[int, list[bytes], list[int], list[int]]) -> unixfs.Node:
+    """The node ``_native.unixfs_file_nodes`` read: what ``unixfs.parse_node`` makes of the same block."""
+    filesize, cids, tsizes, sizes = flat
+    links = tuple(unixfs.Link("", CID.from_bytes(c), t) for c, t in zip(cids, tsizes, strict=True))
+    return unixfs.Node(kind="file", links=links, data=b"", filesize=filesize, blocksizes=tuple(sizes))
 
 
 def _hash_name_of(cid: CID) -> str:

@@ -387,6 +387,22 @@ class Locator:
             return None
         return self._chunk_page(i).find(digest)
 
+    def find_many(self, digests: Sequence[bytes]) -> list[ChunkEntry | None]:
+        """``find`` of each digest, in one pass (a get looks up a folder's files at once)."""
+        firsts = self._firsts
+        out: list[ChunkEntry | None] = []
+        pages: dict[int, _Page] = {}
+        for digest in digests:
+            i = bisect.bisect_right(firsts, digest) - 1
+            if i < 0:
+                out.append(None)
+                continue
+            page = pages.get(i)
+            if page is None:
+                page = pages[i] = self._chunk_page(i)
+            out.append(page.find(digest))
+        return out
+
     def chunks(self) -> Iterator[ChunkEntry]:
         """Every chunk entry, in digest order (reads every chunk page)."""
         for i in range(len(self._chunk_page_cids)):

@@ -11,6 +11,7 @@
 pub mod chunk;
 pub mod compress;
 pub mod erasure;
+pub mod getpath;
 pub mod gwsolo;
 pub mod hash;
 pub mod ingest;
@@ -980,6 +981,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process_files, m)?)?;
     m.add_class::<FileBatch>()?;
     smallget::register(m)?;
+    getpath::register(m)?;
     gwsolo::register(m)?;
     Ok(())
 }

@@ -34,7 +34,7 @@ pub struct Decoded<'a> {
 }
 
 /// A minimal unsigned varint at `pos` (before `end`): `(value, new position)`.
-fn varint(buf: &[u8], mut pos: usize, end: usize) -> Result<(u64, usize), String> {
+pub(crate) fn varint(buf: &[u8], mut pos: usize, end: usize) -> Result<(u64, usize), String> {
     let start = pos;
     let mut result: u128 = 0;
     let mut shift = 0u32;
