@@ -13,6 +13,7 @@ by the peer client's timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -179,11 +180,8 @@ class DatasetFS(mfusepy.Operations):
             handle = self._files.pop(fi.fh, None)
         if handle is not None:
             f, lock = handle
-            if lock is None:
+            with lock or contextlib.nullcontext():
                 f.close()
-            else:
-                with lock:
-                    f.close()
         return 0
 
     # -- everything that would change the tree ----------------------------------
