@@ -151,6 +151,37 @@ def test_random_pread_and_mmap(local, tmp_path):
             assert bytes(m) == CSV
 
 
+def test_handles_read_at_once_each_get_their_own_bytes(local, tmp_path):
+    """Two handles of one file read by two threads at once (the local mount serves them on one thread, without
+    locks): one goes on through the file, the other jumps about; pages are dropped after each read so every
+    read reaches the mount."""
+    _, cid, env = local
+    mnt = tmp_path / "mnt"
+    piece = 128 << 10
+    with mounted(cid, mnt, env):
+        errors: list[BaseException] = []
+
+        def read(offsets: list[int]) -> None:
+            fd = os.open(mnt / "big.bin", os.O_RDONLY)
+            try:
+                for offset in offsets:
+                    assert os.pread(fd, piece, offset) == BIG[offset : offset + piece]
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                os.close(fd)
+
+        on = list(range(0, len(BIG), piece))
+        about = [(i * 2_654_435_761) % (len(BIG) - piece) for i in range(len(on))]
+        threads = [threading.Thread(target=read, args=(offsets,)) for offsets in (on, about)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+
+
 def test_writes_are_refused_with_erofs(local, tmp_path):
     _, cid, env = local
     mnt = tmp_path / "mnt"

@@ -251,3 +251,50 @@ def test_a_small_reader_closed_while_its_next_run_is_decoded(dataset):
             f.close()
             assert not mapped_shards(home)
             assert not any(t.name.startswith("dstore-next") for t in threading.enumerate())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-(600 << 10), 600 << 10)),
+            st.sampled_from([4096, 128 << 10, 131072 + 4096, 1 << 20]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_mounts_reads_at_offsets_go_on_where_they_should(dataset, reads):
+    """A mount's reads (``readinto_at``: an offset and libfuse's buffer), most going on exactly where the last
+    ended, some stepping aside, mixed with plain reads: the right bytes, and the position after each is where
+    it ended, so the plain read after a read from the window goes on from there."""
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds, ds.open("data.bin") as f:
+        end = 0
+        for step, length, plain in reads:
+            offset = min(len(DATA), max(0, end + (step or 0)))
+            if plain:
+                f.seek(offset)
+                got = f.read(length)
+            else:
+                buf = bytearray(length)
+                got = bytes(buf[: f.readinto_at(offset, memoryview(buf))])
+            assert got == DATA[offset : offset + length]
+            end = offset + len(got)
+            assert f.tell() == end
+        assert f.read(1000) == DATA[end : end + 1000]
+
+
+def test_a_closed_file_serves_no_read_at_an_offset(dataset):
+    """Closing clears the window: a read where the last ended, which the window would have held, is refused."""
+    home, cid = dataset
+    with dstore.open(cid, home=home) as ds:
+        f = ds.open("data.bin")
+        buf = memoryview(bytearray(128 << 10))
+        for i in range(20):  # past the first window: the next run decodes on the helper thread
+            assert f.readinto_at(i * len(buf), buf) == len(buf)
+            assert bytes(buf) == DATA[i * len(buf) : (i + 1) * len(buf)]
+        f.close()
+        with pytest.raises(ValueError, match="closed file"):
+            f.readinto_at(20 * len(buf), buf)

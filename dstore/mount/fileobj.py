@@ -188,6 +188,22 @@ class DatasetFile(io.BufferedIOBase):
             self._read_ahead(index)
         return done
 
+    def readinto_at(self, offset: int, view: memoryview) -> int:
+        """``seek(offset)`` then ``readinto(view)`` (``view`` a memoryview of bytes), in one copy for a mount's
+        small reads in a row: a read starting exactly where the last ended, inside the window, skips the checks
+        and the walk (the window is only ever set for a local reader, and cleared on close)."""
+        window = self._window
+        at = offset - self._window_start
+        n = len(view)
+        if window is not None and offset == self._last_end and at >= 0 and 0 < n <= len(window) - at:
+            view[:] = window[at : at + n]
+            self._pos = self._last_end = offset + n
+            self._read_bytes = n
+            self._streaming = True
+            return n
+        self.seek(offset)
+        return self.readinto(view)
+
     def _from_window(self, n: int) -> memoryview | None:
         """The next ``n`` bytes if they all lie in the chunks decoded last into memory (a mount's small reads
         in a row: no walk over the chunks they cover); the position moves past them."""

@@ -13,6 +13,7 @@ by the peer client's timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -54,7 +55,11 @@ class DatasetFS(mfusepy.Operations):
         self.mtime_ns = time.time_ns()
         self.uid, self.gid = os.getuid(), os.getgid()
         self._entries: dict[str, tuple[bool, int]] = {}  # path -> (is folder, size)
-        self._files: dict[int, tuple[DatasetFile, threading.Lock]] = {}
+        # A dataset read from this machine alone is CPU work under one GIL: one thread serves it faster than
+        # several handing the GIL and the file's lock around. From peers, reads wait on the network: threads.
+        self.threaded = bool(dataset.chunks.remote)
+        # fh -> (file, its lock: the kernel may send reads of one handle at once; None with one thread)
+        self._files: dict[int, tuple[DatasetFile, threading.Lock | None]] = {}
         self._next_fh = 1
         self._lock = threading.Lock()
         self.mounted = False
@@ -145,7 +150,7 @@ class DatasetFS(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.EIO) from e
         with self._lock:
             fh, self._next_fh = self._next_fh, self._next_fh + 1
-            self._files[fh] = (f, threading.Lock())
+            self._files[fh] = (f, threading.Lock() if self.threaded else None)
         fi.fh = fh
         fi.keep_cache = 1  # the bytes of a dataset never change: pages cached by an earlier open stay good
         return 0
@@ -158,15 +163,15 @@ class DatasetFS(mfusepy.Operations):
 
     def read_into(self, fi: Any, buf: memoryview, offset: int) -> int:
         """Fill ``buf`` (libfuse's reply buffer) with the file's bytes from ``offset``; the count."""
-        with self._lock:
-            handle = self._files.get(fi.fh)
+        handle = self._files.get(fi.fh)  # one look-up is atomic under the GIL (changes take self._lock)
         if handle is None:
             raise mfusepy.FuseOSError(errno.EBADF)
         f, lock = handle
         try:
-            with lock:  # the kernel may send reads of one handle at once; a file object has one position
-                f.seek(offset)
-                return f.readinto(buf[:MAX_READ_BYTES])
+            if lock is None:  # one thread serves the mount
+                return f.readinto_at(offset, buf[:MAX_READ_BYTES])
+            with lock:  # a file object has one position
+                return f.readinto_at(offset, buf[:MAX_READ_BYTES])
         except Exception as e:
             raise mfusepy.FuseOSError(errno.EIO) from e
 
@@ -174,8 +179,9 @@ class DatasetFS(mfusepy.Operations):
         with self._lock:
             handle = self._files.pop(fi.fh, None)
         if handle is not None:
-            with handle[1]:
-                handle[0].close()
+            f, lock = handle
+            with lock or contextlib.nullcontext():
+                f.close()
         return 0
 
     # -- everything that would change the tree ----------------------------------
@@ -224,7 +230,5 @@ def _serve(fs: DatasetFS, mountpoint: str) -> None:
         fsname=f"dstore:{dataset.cid}",
         subtype="dstore",
         max_read=MAX_READ_BYTES,
-        # A dataset read from this machine alone is CPU work under one GIL: one thread serves it faster than
-        # several handing the GIL and the file's lock around. From peers, reads wait on the network: threads.
-        nothreads=not dataset.chunks.remote,
+        nothreads=not fs.threaded,
     )
