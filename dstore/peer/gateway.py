@@ -493,7 +493,8 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
 
 def _car_length(target: Target, want: Want) -> int | None:
     """The CAR's exact length in bytes, from a walk of its verified nodes before the first byte is sent;
-    None when it has more than MAX_SIZED_CAR_BLOCKS blocks (it is then sent chunked).
+    None (it is then sent chunked) when it has more than MAX_SIZED_CAR_BLOCKS blocks or its dataset's
+    metadata holds raw blocks (an imported CAR's).
 
     A chunk's size is the one its verified parent declares: the stream reads it only if its
     locator entry and bytes agree, and breaks the connection otherwise. A block read here is
@@ -507,6 +508,8 @@ def _car_length(target: Target, want: Want) -> int | None:
         return total
     reader = target.reader
     assert reader is not None
+    if reader.holds_raw:
+        return None  # its raw leaves are read as the walk reaches them: measuring would read them twice
     leaf_cid_bytes = len(chunk_cid_prefix(reader)) + DIGEST_BYTES
     for n, item in enumerate(_car_items(target, want, reader)):
         if n >= MAX_SIZED_CAR_BLOCKS:
