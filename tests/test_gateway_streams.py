@@ -227,3 +227,29 @@ def test_a_client_leaving_mid_stream_leaves_the_peer_serving(spread) -> None:
     assert status == 200 and body == spread["data"]
     assert server.running
     assert "Traceback" not in server.stderr_text()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "format=car",
+        "format=car&car-dups=y",
+        "format=car&dag-scope=block",
+        "format=car&dag-scope=entity&entity-bytes=3145733:9437187",
+        "format=car&dag-scope=entity&entity-bytes=-1000:*",
+    ],
+)
+def test_a_car_is_sent_with_its_exact_content_length(spread, query: str) -> None:
+    """A CAR measured from its verified nodes before its first byte: its Content-Length is the body's
+    length (no chunked framing), the body the same CAR, for the dataset and for the file it holds."""
+    file_cid, blocks = _file(spread)
+    for cid_text in (spread["dataset"], cid_to_text(file_cid)):
+        url = f"{spread['server'].url}/ipfs/{cid_text}?{query}"
+        status, headers, body = fetch(url)
+        assert status == 200, body
+        assert "chunked" not in headers.get("Transfer-Encoding", "")
+        assert int(headers["Content-Length"]) == len(body)
+        _, got, _ = _car(body)
+        assert set(got) <= {*blocks, parse_cid(spread["dataset"]).to_bytes()}
+        status, head_headers, _ = fetch(url, "HEAD")
+        assert status == 200 and head_headers["Content-Length"] == headers["Content-Length"]

@@ -35,10 +35,11 @@ from aiohttp import hdrs, web
 from multiformats import multibase
 from multiformats.cid import CID as _MFCID
 
-from dstore.errors import BadCID, DstoreError, NotFound
+from dstore.errors import BadCID, DstoreError, IntegrityError, NotFound
 from dstore.format import unixfs
 from dstore.format.car import car_header, car_section_head
-from dstore.format.cid import CID, DAG_CBOR, DAG_PB, RAW, cid_to_text, parse_cid
+from dstore.format.cid import CID, DAG_CBOR, DAG_PB, DIGEST_BYTES, RAW, cid_to_text, parse_cid
+from dstore.format.dagpb import encode_varint
 from dstore.peer import gateway_files as files
 from dstore.peer import gateway_ipld as ipld
 from dstore.peer import gateway_tar as tar
@@ -90,6 +91,9 @@ LISTING_CACHE = "public, max-age=604800, stale-while-revalidate=2678400"
 IDENTITY_HASH = 0x00
 #: CAR blocks are written in batches of about this many bytes.
 CAR_BATCH_BYTES = 1 << 20
+#: A CAR of at most this many blocks is measured before it is sent, to send it with its Content-Length;
+#: a bigger one is sent chunked (measuring it would hold back its first byte for too long).
+MAX_SIZED_CAR_BLOCKS = 1 << 16
 #: Streams are written to the socket this much at a time (the rest of a larger write would be copied
 #: into the transport's buffer first).
 WRITE_BYTES = 256 << 10
@@ -343,6 +347,7 @@ async def _send_stream(
         return response
     loop = asyncio.get_running_loop()
     upcoming: asyncio.Future[bytes | memoryview | None] | None = None
+    length, sent = response.content_length, 0  # a stream must come out as long as it said it is
     try:
         upcoming = loop.run_in_executor(None, next, pieces, None)
         while True:
@@ -351,8 +356,13 @@ async def _send_stream(
                 break
             upcoming = loop.run_in_executor(None, next, pieces, None)
             view = memoryview(piece)
+            sent += len(view)
+            if length is not None and sent > length:
+                raise IntegrityError(f"the stream is longer than the {length} bytes its Content-Length says")
             for at in range(0, len(view), WRITE_BYTES):  # what the socket takes at once: little is copied
                 await response.write(view[at : at + WRITE_BYTES])
+        if length is not None and sent != length:
+            raise IntegrityError(f"the stream ended after {sent} of the {length} bytes its Content-Length says")
     except DstoreError as e:
         log.error("gateway: %s %s failed mid-stream: %s", request.method, request.path, e)
         if request.transport is not None:
@@ -434,6 +444,18 @@ def _resolve_range(want: Want, target: Target) -> tuple[int, int] | None:
     return first, last
 
 
+def _car_items(target: Target, want: Want, reader: DatasetReader) -> Iterator[Item]:
+    """The blocks of the CAR after its header, in stream order (each once unless ``dups``)."""
+    resolved = target.resolved
+    return _once(
+        itertools.chain(
+            resolved.path_blocks, entity_blocks(reader, resolved, want.scope, _resolve_range(want, target))
+        ),
+        reader,
+        want.dups,
+    )
+
+
 def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
     """The CAR stream: header, the path's blocks, then the terminal's (each block once unless ``dups``).
 
@@ -449,16 +471,9 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
         return
     reader = target.reader
     assert reader is not None
-    items = _once(
-        itertools.chain(
-            resolved.path_blocks, entity_blocks(reader, resolved, want.scope, _resolve_range(want, target))
-        ),
-        reader,
-        want.dups,
-    )
     batch: list[bytes] = []
     batch_bytes = 0
-    for item in chunk_runs(reader, items, cid_prefix=chunk_cid_prefix(reader)):
+    for item in chunk_runs(reader, _car_items(target, want, reader), cid_prefix=chunk_cid_prefix(reader)):
         if isinstance(item, Run):
             if batch:
                 yield b"".join(batch)
@@ -474,6 +489,37 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
             batch, batch_bytes = [], 0
     if batch:
         yield b"".join(batch)
+
+
+def _car_length(target: Target, want: Want) -> int | None:
+    """The CAR's exact length in bytes, from a walk of its verified nodes before the first byte is sent;
+    None (it is then sent chunked) when it has more than MAX_SIZED_CAR_BLOCKS blocks or its dataset's
+    metadata holds raw blocks (an imported CAR's).
+
+    A chunk's size is the one its verified parent declares: the stream reads it only if its
+    locator entry and bytes agree, and breaks the connection otherwise. A block read here is
+    checked against its CID, as it is again when the stream sends it.
+    """
+    resolved = target.resolved
+    total = len(car_header([_as_asked(target, resolved.roots[0])]))
+    if target.loose is not None:
+        if resolved.cid.hash.code != IDENTITY_HASH:
+            total += len(car_section_head(_as_asked(target, resolved.cid), len(target.loose))) + len(target.loose)
+        return total
+    reader = target.reader
+    assert reader is not None
+    if reader.holds_raw:
+        return None  # its raw leaves are read as the walk reaches them: measuring would read them twice
+    leaf_cid_bytes = len(chunk_cid_prefix(reader)) + DIGEST_BYTES
+    for n, item in enumerate(_car_items(target, want, reader)):
+        if n >= MAX_SIZED_CAR_BLOCKS:
+            return None
+        if isinstance(item, Leaf):
+            section = leaf_cid_bytes + item.size
+        else:
+            section = len(_as_asked(target, item[0]).to_bytes()) + len(item[1])
+        total += len(encode_varint(section)) + section
+    return total
 
 
 def _once(items: Iterable[Item], reader: DatasetReader, dups: bool) -> Iterator[Item]:
@@ -512,7 +558,11 @@ async def _answer_car(request: web.Request, target: Target, want: Want, path: st
         }
     )
     response = web.StreamResponse(headers=headers)
-    response.enable_chunked_encoding()
+    length = await asyncio.to_thread(_car_length, target, want)
+    if length is None:
+        response.enable_chunked_encoding()
+    else:  # known: sent as it is, without chunked framing (aiohttp would copy every write to frame it)
+        response.content_length = length
     return await _send_stream(request, response, _car_pieces(target, want))
 
 

@@ -23,6 +23,7 @@ dataset's pack reader, which rebuilds the pack from verified shards; nothing unv
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -42,6 +43,8 @@ __all__ = ["AHEAD_PACKS", "RUN_BYTES", "Leaf", "Run", "chunk_runs"]
 
 #: A run holds at most this many chunk bytes (unless one chunk is larger).
 RUN_BYTES = 2 << 20
+#: Chunks looked up in the locator in one pass, the walk's items pulled this many ahead.
+LOOKUP_BATCH = 512
 #: Packs of the runs after the current one fetched from peers meanwhile (each about 10 MiB in memory).
 AHEAD_PACKS = 1
 
@@ -90,9 +93,17 @@ def chunk_runs(
     """
     held = _HeldShards(reader)
     try:
-        yield from _runs(reader, iter(items), held, cid_prefix)
+        yield from _runs(reader, _looked_up(reader, iter(items)), held, cid_prefix)
     finally:
         held.close()
+
+
+def _looked_up(reader: DatasetReader, items: Iterator[Leaf | Other]) -> Iterator[Leaf | Other]:
+    """``items`` in order, the chunks among each LOOKUP_BATCH of them looked up in the locator in one pass
+    first (``chunk_ref`` is then a dictionary hit; an entry it would refuse is looked up again and refused)."""
+    while batch := list(itertools.islice(items, LOOKUP_BATCH)):
+        reader.prime([item.digest for item in batch if isinstance(item, Leaf)])
+        yield from batch
 
 
 def _runs(
