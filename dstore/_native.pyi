@@ -30,6 +30,7 @@ __all__ = [
     "process_segment",
     "read_run_files",
     "reconstruct",
+    "unixfs_file_nodes",
     "write_files",
 ]
 
