@@ -113,14 +113,14 @@ pub fn rebuild_by_combination(
             let mut at = a;
             while at < b {
                 let end = (at + STRIP_BYTES).min(b);
-                let blocks = (end - at) / 64;
-                let term = &mut term[..blocks];
+                let n_blocks = (end - at) / 64;
+                let term = &mut term[..n_blocks];
                 for (out, row) in outs.iter_mut().zip(&logs) {
-                    let (out, _) = out[at - a..end - a].as_chunks_mut::<64>();
+                    let out = blocks_mut(&mut out[at - a..end - a]);
                     out.fill([0u8; 64]);
                     for (src, log_c) in sources.iter().zip(row) {
                         let Some(log_c) = *log_c else { continue };
-                        let (src, _) = src[at..end].as_chunks::<64>();
+                        let src = blocks(&src[at..end]);
                         if log_c == 0 {
                             utils::xor(out, src); // c = 1
                         } else {
@@ -164,6 +164,22 @@ fn reconstruct_missing<'py>(
     }
     detach_pooled(py, || erasure::reconstruct_into(&slices, k, m, outs)).map_err(value_error)?;
     Ok(rebuilt)
+}
+
+/// `bytes` (a multiple of 64 long) as the engine's 64-byte blocks
+/// (`<[u8]>::as_chunks` needs Rust 1.88; the crate supports 1.85).
+fn blocks(bytes: &[u8]) -> &[[u8; 64]] {
+    assert_eq!(bytes.len() % 64, 0);
+    // SAFETY: [u8; 64] has alignment 1 and the layout of 64 u8s; the length
+    // is a whole number of blocks, and the borrow is carried over.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / 64) }
+}
+
+/// [`blocks`], mutable.
+fn blocks_mut(bytes: &mut [u8]) -> &mut [[u8; 64]] {
+    assert_eq!(bytes.len() % 64, 0);
+    // SAFETY: as in `blocks`; the exclusive borrow is carried over.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len() / 64) }
 }
 
 /// Adds `reconstruct_missing` to the module.
