@@ -30,6 +30,7 @@ __all__ = [
     "process_segment",
     "read_run_files",
     "reconstruct",
+    "reconstruct_missing",
     "unixfs_file_nodes",
     "write_files",
 ]
@@ -136,6 +137,9 @@ def reconstruct(shards: Sequence[Buffer | None], k: int, m: int) -> list[bytes]:
     ``len(shards)`` must be k + m and all present shards the same, even size;
     shards are not verified here (check their CIDs first).
     """
+
+def reconstruct_missing(shards: Sequence[Buffer | None], k: int, m: int) -> list[bytes]:
+    """Only the missing data shards (None among the first k), rebuilt from any k present shards, in index order."""
 
 def decode_chunks(
     pack: Buffer,

@@ -200,7 +200,8 @@ def _data_parts(shards: Sequence[bytes | bytearray | mmap.mmap | None], record: 
     (no join into one buffer)."""
     if all(s is not None for s in shards[: record.k]):
         return [memoryview(s) for s in shards[: record.k] if s is not None]
-    return [memoryview(s) for s in _native.reconstruct(shards, record.k, record.m)]
+    rebuilt = iter(_native.reconstruct_missing(shards, record.k, record.m))  # present shards are not copied
+    return [memoryview(s if s is not None else next(rebuilt)) for s in shards[: record.k]]
 
 
 def data_region(shards: Sequence[bytes | bytearray | None], record: PackRecord) -> memoryview:

@@ -93,7 +93,7 @@ pub fn check_geometry(k: usize, m: usize, shard_size: usize) -> Result<(), Erasu
 }
 
 /// Column ranges `[a, b)` of a shard coded independently (64-byte aligned).
-fn column_ranges(shard_size: usize, parts: usize) -> Vec<(usize, usize)> {
+pub(crate) fn column_ranges(shard_size: usize, parts: usize) -> Vec<(usize, usize)> {
     if shard_size % 64 != 0 || parts <= 1 || shard_size < 2 * SPLIT_MIN_BYTES {
         return vec![(0, shard_size)];
     }
@@ -171,7 +171,7 @@ fn split_columns<'a>(
 }
 
 /// `split_columns` for shards in separate buffers.
-fn split_shard_columns<'a>(
+pub(crate) fn split_shard_columns<'a>(
     shards: impl IntoIterator<Item = &'a mut [u8]>,
     ranges: &[(usize, usize)],
 ) -> Vec<Vec<&'a mut [u8]>> {
@@ -282,6 +282,16 @@ pub fn reconstruct_into(
     }
     if !ReedSolomonDecoder::supports(k, m) {
         return err(format!("k={k} m={m} is not supported by the erasure code"));
+    }
+    if shard_size % 64 == 0 {
+        return crate::degraded::rebuild_by_combination(
+            shards,
+            k,
+            m,
+            shard_size,
+            outs,
+            parallel_parts(),
+        );
     }
     let ranges = column_ranges(shard_size, parallel_parts());
     let mut cols = split_shard_columns(outs.iter_mut().map(|o| &mut **o), &ranges);

@@ -10,6 +10,7 @@
 
 pub mod chunk;
 pub mod compress;
+pub mod degraded;
 pub mod erasure;
 pub mod getpath;
 pub mod gwsolo;
@@ -983,5 +984,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     smallget::register(m)?;
     getpath::register(m)?;
     gwsolo::register(m)?;
+    degraded::register(m)?;
     Ok(())
 }
