@@ -171,3 +171,27 @@ def running_peers(
     finally:
         for p in peers:
             p.kill()
+
+
+@contextmanager
+def added_on_peers(
+    root: Path, src: Path, token: str, n: int = 6, shards: str = "4+2"
+) -> Iterator[tuple[list[PeerProcess], str]]:
+    """``n`` fresh peers (homes under ``root/peers``, no scrub) holding the dataset of ``src``, added through the
+    CLI by another store (home ``root/adder``); yields the peers and the dataset ID."""
+    (root / "peers").mkdir()
+    with running_peers(root / "peers", n, token=token, scrub_rate=0) as peers:
+        env = {
+            **os.environ,
+            "DSTORE_HOME": str(root / "adder"),
+            "DSTORE_PEERS": ",".join(p.url for p in peers),
+            "DSTORE_TOKEN": token,
+        }
+        add = subprocess.run(
+            [sys.executable, "-m", "dstore", "add", str(src), "--shards", shards, "-q"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        yield peers, add.stdout.strip()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from peerutil import running_peers
+from peerutil import added_on_peers
 
 from treeutil import csv_like, random_bytes
 
@@ -225,22 +225,8 @@ def six(tmp_path_factory):
     """Six peers holding one 4+2 dataset added by another store."""
     root = tmp_path_factory.mktemp("fusepeers")
     src = make_tree(root)
-    (root / "peers").mkdir()
-    with running_peers(root / "peers", 6, token=TOKEN, scrub_rate=0) as peers:
-        env = {
-            **os.environ,
-            "DSTORE_HOME": str(root / "adder"),
-            "DSTORE_PEERS": ",".join(p.url for p in peers),
-            "DSTORE_TOKEN": TOKEN,
-        }
-        add = subprocess.run(
-            [sys.executable, "-m", "dstore", "add", str(src), "--shards", "4+2", "-q"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        )
-        yield peers, add.stdout.strip()
+    with added_on_peers(root, src, TOKEN) as found:
+        yield found
 
 
 def peer_env(tmp_path: Path) -> dict[str, str]:

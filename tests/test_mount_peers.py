@@ -10,7 +10,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peerutil import running_peers
+from peerutil import added_on_peers
 
 import dstore
 from dstore.format.cid import cid_to_text
@@ -32,22 +32,8 @@ def six(tmp_path_factory):
     (src / "sub" / "table.csv").write_bytes(CSV)
     (src / "sub" / "deeper" / "note.txt").write_bytes(b"hello")
     (src / "empty").write_bytes(b"")
-    (root / "peers").mkdir()
-    with running_peers(root / "peers", 6, token=TOKEN, scrub_rate=0) as peers:
-        env = {
-            **os.environ,
-            "DSTORE_HOME": str(root / "adder"),
-            "DSTORE_PEERS": ",".join(p.url for p in peers),
-            "DSTORE_TOKEN": TOKEN,
-        }
-        add = subprocess.run(
-            [sys.executable, "-m", "dstore", "add", str(src), "--shards", "4+2", "-q"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        )
-        yield peers, add.stdout.strip()
+    with added_on_peers(root, src, TOKEN) as found:
+        yield found
 
 
 def urls(peers):

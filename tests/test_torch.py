@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from peerutil import running_peers  # noqa: E402
+from peerutil import added_on_peers  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
 import dstore  # noqa: E402
@@ -66,22 +66,8 @@ def six(tmp_path_factory):
     for path, data in EVERYTHING.items():
         (src / path).parent.mkdir(parents=True, exist_ok=True)
         (src / path).write_bytes(data)
-    (root / "peers").mkdir()
-    with running_peers(root / "peers", 6, token=TOKEN, scrub_rate=0) as peers:
-        env = {
-            **os.environ,
-            "DSTORE_HOME": str(root / "adder"),
-            "DSTORE_PEERS": ",".join(p.url for p in peers),
-            "DSTORE_TOKEN": TOKEN,
-        }
-        add = subprocess.run(
-            [sys.executable, "-m", "dstore", "add", str(src), "--shards", "4+2", "-q"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        )
-        yield peers, add.stdout.strip()
+    with added_on_peers(root, src, TOKEN) as found:
+        yield found
 
 
 @pytest.fixture

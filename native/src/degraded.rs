@@ -17,8 +17,8 @@ use rayon::prelude::*;
 use reed_solomon_simd::ReedSolomonDecoder;
 use reed_solomon_simd::engine::{DefaultEngine, Engine, GfElement, tables, utils};
 
-use crate::erasure::{self, ErasureError, column_ranges, split_shard_columns};
-use crate::{ByteBuf, detach_pooled, geometry, new_bytes_zeroed, value_error};
+use crate::erasure::{ErasureError, column_ranges, split_shard_columns};
+use crate::{ByteBuf, geometry, rebuild_missing, shard_bufs};
 
 /// Symbols per 64-byte block (its 32 low bytes, then their 32 high bytes).
 const SYMBOLS_PER_BLOCK: usize = 32;
@@ -146,24 +146,12 @@ fn reconstruct_missing<'py>(
     m: i64,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     let (k, m) = geometry(k, m)?;
-    let bufs: Vec<Option<ByteBuf>> = shards
-        .iter()
-        .map(|s| s.as_ref().map(ByteBuf::get).transpose())
-        .collect::<PyResult<_>>()?;
+    let bufs = shard_bufs(&shards)?;
     let slices: Vec<Option<&[u8]>> = bufs
         .iter()
         .map(|b| b.as_ref().map(ByteBuf::as_slice))
         .collect();
-    let shard_size = erasure::check_shards(&slices, k, m).map_err(value_error)?;
-    let mut rebuilt = Vec::new();
-    let mut outs: Vec<&mut [u8]> = Vec::new();
-    for _ in slices[..k].iter().filter(|s| s.is_none()) {
-        let (obj, buf) = new_bytes_zeroed(py, shard_size)?;
-        rebuilt.push(obj);
-        outs.push(buf);
-    }
-    detach_pooled(py, || erasure::reconstruct_into(&slices, k, m, outs)).map_err(value_error)?;
-    Ok(rebuilt)
+    rebuild_missing(py, &slices, k, m)
 }
 
 /// `bytes` (a multiple of 64 long) as the engine's 64-byte blocks
@@ -204,7 +192,7 @@ mod tests {
             (10, 4, STRIP_BYTES + 192),
         ] {
             let padded = random(k * shard, (k * 31 + m) as u64);
-            let parity = erasure::encode(&padded, k, m).unwrap();
+            let parity = crate::erasure::encode(&padded, k, m).unwrap();
             let all: Vec<&[u8]> = padded.chunks(shard).chain(parity.chunks(shard)).collect();
             let lost_sets: Vec<Vec<usize>> = vec![
                 (0..m.min(k)).collect(),

@@ -434,25 +434,12 @@ fn reconstruct<'py>(
     m: i64,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     let (k, m) = geometry(k, m)?;
-    let bufs: Vec<Option<ByteBuf>> = shards
-        .iter()
-        .map(|s| s.as_ref().map(ByteBuf::get).transpose())
-        .collect::<PyResult<_>>()?;
+    let bufs = shard_bufs(&shards)?;
     let slices: Vec<Option<&[u8]>> = bufs
         .iter()
         .map(|b| b.as_ref().map(ByteBuf::as_slice))
         .collect();
-    let shard_size = erasure::check_shards(&slices, k, m).map_err(value_error)?;
-    // Missing data shards are rebuilt straight into new bytes objects.
-    let mut rebuilt = Vec::new();
-    let mut outs: Vec<&mut [u8]> = Vec::new();
-    for _ in slices[..k].iter().filter(|s| s.is_none()) {
-        let (obj, buf) = new_bytes_zeroed(py, shard_size)?;
-        rebuilt.push(obj);
-        outs.push(buf);
-    }
-    detach_pooled(py, || erasure::reconstruct_into(&slices, k, m, outs)).map_err(value_error)?;
-    let mut rebuilt = rebuilt.into_iter();
+    let mut rebuilt = rebuild_missing(py, &slices, k, m)?.into_iter();
     Ok(slices[..k]
         .iter()
         .map(|s| match s {
@@ -460,6 +447,34 @@ fn reconstruct<'py>(
             None => rebuilt.next().expect("one per missing shard"),
         })
         .collect())
+}
+
+/// The buffers of a pack's shards as given (None = missing).
+pub(crate) fn shard_bufs(shards: &[Option<Bound<'_, PyAny>>]) -> PyResult<Vec<Option<ByteBuf>>> {
+    shards
+        .iter()
+        .map(|s| s.as_ref().map(ByteBuf::get).transpose())
+        .collect()
+}
+
+/// The missing data shards of `slices` (a pack's k + m shards, None = missing), rebuilt straight into new
+/// bytes objects, in index order.
+pub(crate) fn rebuild_missing<'py>(
+    py: Python<'py>,
+    slices: &[Option<&[u8]>],
+    k: usize,
+    m: usize,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let shard_size = erasure::check_shards(slices, k, m).map_err(value_error)?;
+    let mut rebuilt = Vec::new();
+    let mut outs: Vec<&mut [u8]> = Vec::new();
+    for _ in slices[..k].iter().filter(|s| s.is_none()) {
+        let (obj, buf) = new_bytes_zeroed(py, shard_size)?;
+        rebuilt.push(obj);
+        outs.push(buf);
+    }
+    detach_pooled(py, || erasure::reconstruct_into(slices, k, m, outs)).map_err(value_error)?;
+    Ok(rebuilt)
 }
 
 /// A new zero-filled bytes object of `len` bytes and its buffer, to fill
