@@ -53,6 +53,8 @@ READS = int(os.environ.get("BENCH_TRAIN_READS", "300"))
 WARMUP_READS = 5
 SEQ_BUFFER = 1 << 20
 FILES = int(os.environ.get("BENCH_TRAIN_FILES", "10000"))
+# A subset of the parts, for working on one row: BENCH_TRAIN_PARTS=mount,epoch (default: all).
+PARTS = [p for p in os.environ.get("BENCH_TRAIN_PARTS", "random,sequential,mount,epoch").split(",") if p]
 BATCH = 64
 WORKERS = 2
 WDS_SAMPLES_PER_SHARD = 500
@@ -147,6 +149,8 @@ def section(b) -> dict:
             "shards": SHARDS,
         }
         for name, fn in (("random", _random), ("sequential", _sequential), ("mount", _mount), ("epoch", _epoch)):
+            if name not in PARTS:
+                continue
             b.log(f"  train: {name}")
             sec[name] = b.attempt(fn, b, ctx)
             if name == "mount":
