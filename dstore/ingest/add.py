@@ -46,7 +46,6 @@ from dstore.ingest.walk import Enter, Event, FileEntry, survey, walk
 from dstore.limits import MAX_SHARDS
 from dstore.net.protocol import PeerClient
 from dstore.store import ChunkLoc, Store
-from dstore.store.mapping import release_file_mapping
 from dstore.store.metadata import (
     METADATA_PACK_BYTES,
     MetadataPack,
@@ -60,12 +59,15 @@ SEGMENT_BYTES = 16 << 20
 BATCH_BYTES = 32 << 20
 BATCH_MAX_FILES = 8192
 BATCH_MAX_EVENTS = 4 * BATCH_MAX_FILES  # walk events (files, folders entered and left) held per batch
-# Chunks looked up in the index per read transaction (each touches up to that many pages of its map).
+# Chunks looked up in the index per read transaction.
 LOOKUP_CHUNKS = 2048
 # Chunk-table records turned into locator pages per native call (61 bytes each).
 LOCATOR_RECORDS = 1 << 16
-# Metadata blocks written to the index per transaction (LMDB keeps a transaction's pages in memory).
+# Metadata blocks written to the index per transaction: LMDB keeps a copy of every page a transaction
+# dirties, and blocks with random CIDs each land on a page of their own, so a transaction is bounded by
+# its count of blocks (4,096 pages, 16 MiB, at most) as well as by its bytes.
 INDEX_TXN_BYTES = 4 << 20
+INDEX_TXN_BLOCKS = 4096
 GIL_SWITCH_INTERVAL_S = 0.0005
 ZSTD_LEVEL = 1  # docs/cli.md: as small as per-chunk level 3 on CSV, and faster
 
@@ -162,7 +164,6 @@ class _Adder:
     # it stores, and strong enough), and the peers confirmed to hold their shards.
     usable_packs: dict[bytes, bool] = field(default_factory=dict)
     old_placement: dict[bytes, list[str | None]] = field(default_factory=dict)
-    touched_pages: int = 0  # index pages touched (at most) since they were last released
     chunks_total: int = 0
     new_chunks: int = 0
     new_chunk_bytes: int = 0
@@ -281,10 +282,9 @@ class _Adder:
         pending = self.packer.pending
         unseen = list(dict.fromkeys(c for c in cids if c not in pending))
         stored_before: dict[bytes, ChunkLoc | None] = {}
-        for start in range(0, len(unseen), LOOKUP_CHUNKS):  # the index pages touched are released as they add up
+        for start in range(0, len(unseen), LOOKUP_CHUNKS):
             part = unseen[start : start + LOOKUP_CHUNKS]
             stored_before.update(zip(part, self.store.index.lookup_chunks(part), strict=True))
-            self._touched_index_pages(len(part))
         self._judge_packs({loc.pack_id: None for loc in stored_before.values() if loc is not None})
         picks = []
         taken: set[bytes] = set()
@@ -314,19 +314,6 @@ class _Adder:
         for cid, loc in chunks:
             self._table_entry(cid, loc)
         self.new_chunks += len(chunks)
-        self._touched_index_pages(len(chunks))
-
-    def _touched_index_pages(self, chunks: int) -> None:
-        """Count the index pages lookups or commits of ``chunks`` chunks touched (at most one each); release
-        them once they reach LOOKUP_CHUNKS. Releasing reads /proc/self/maps (milliseconds), so not per pack."""
-        self.touched_pages += chunks
-        if self.touched_pages >= LOOKUP_CHUNKS:
-            self._release_index_pages()
-
-    def _release_index_pages(self) -> None:
-        """Unmap the index pages a lookup or commit touched (they stay cached): RSS stays flat in index size."""
-        self.touched_pages = 0
-        release_file_mapping(self.store.index.path / "data.mdb")
 
     def _judge_packs(self, pack_ids: dict[bytes, None]) -> None:
         """Decide, for the packs not judged yet, whether this add may reuse their chunks.
@@ -579,7 +566,6 @@ def add(
         try:
             root, _ = adder.add_tree(walk(Path(path)))
             adder.packer.finish()
-            adder._release_index_pages()
         finally:
             sys.setswitchinterval(interval)
             adder.close()
@@ -682,16 +668,16 @@ def write_metadata(
 
 
 def index_blocks(store: Store, blocks: Iterable[tuple[bytes, bytes]], dataset: CID, locator: CID) -> int:
-    """Metadata blocks into the index in transactions of INDEX_TXN_BYTES, then the dataset entry."""
+    """Metadata blocks into the index in transactions of INDEX_TXN_BYTES or INDEX_TXN_BLOCKS, then the dataset
+    entry (the index keeps its share of RSS flat as it goes: Index.release_pages)."""
     new_bytes = 0
     batch: list[tuple[bytes, bytes]] = []
     batch_bytes = 0
     for cid, block in blocks:
         batch.append((cid, block))
         batch_bytes += len(block)
-        if batch_bytes >= INDEX_TXN_BYTES:
+        if batch_bytes >= INDEX_TXN_BYTES or len(batch) >= INDEX_TXN_BLOCKS:
             new_bytes += store.index.put_blocks(batch)
-            release_file_mapping(store.index.path / "data.mdb")
             batch, batch_bytes = [], 0
     return new_bytes + store.index.commit_dataset(batch, dataset.to_bytes(), locator.to_bytes())
 

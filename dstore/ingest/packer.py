@@ -20,7 +20,6 @@ from dstore.format.cid import CID, HASH_CODES, RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.ingest.sinks import ShardSink
 from dstore.store import ChunkLoc, Store
-from dstore.store.mapping import release_file_mapping
 
 SHARD_TARGET_BYTES = 1 << 20
 # Sealed packs whose shards are still being written; bounds memory (each pack
@@ -166,15 +165,14 @@ class Packer:
         shard_cids = [c.to_bytes() for c in sealed.record.shards]
         index = self.store.index
         chunks = sealed.chunks
-        # The pack's record first, then its chunk entries in slices: every transaction touches at most
-        # INDEX_TXN_CHUNKS pages of the index's map, released after each (peak RSS flat in index size).
+        # The pack's record first, then its chunk entries in slices: every transaction dirties at most
+        # INDEX_TXN_CHUNKS pages of the index (LMDB holds a copy of each until the commit).
         # A crash between two leaves some chunks unindexed: a later add stores them again, nothing breaks.
         index.commit_packs(
             [(sealed.pack_id, sealed.record_block, shard_cids, holders if on_peers else None)],
             chunks[:INDEX_TXN_CHUNKS],
         )
         for start in range(INDEX_TXN_CHUNKS, len(chunks), INDEX_TXN_CHUNKS):
-            release_file_mapping(index.path / "data.mdb")
             index.commit_packs([], chunks[start : start + INDEX_TXN_CHUNKS])
         self.packs[sealed.pack_id] = sealed.record
         self.pending.difference_update(cid for cid, _ in sealed.chunks)

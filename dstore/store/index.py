@@ -28,9 +28,14 @@ import lmdb
 
 from dstore.errors import StoreError
 from dstore.format import cbor
+from dstore.store.mapping import release_ranges, shared_file_ranges
 
 # Virtual size only: LMDB grows its file as needed on Linux.
 MAP_SIZE_BYTES = 1 << 40
+# Index pages a process may touch (lookups and writes, one page each, and the kernel maps up to 15
+# neighbours of a page on each fault) before it drops them from its resident set again: about 512 x
+# 64 KiB = 32 MiB of RSS at most, whatever the size of the index (dstore.store.mapping).
+RELEASE_TOUCHES = 512
 _LOC = struct.Struct("<QIIB")
 _SHARD = struct.Struct("<H")
 FSCK_HINT = "run `dstore fsck --rebuild`"
@@ -150,11 +155,26 @@ class Index:
             self.placed = self.env.open_db(b"placed-0")
         except lmdb.Error as e:
             raise StoreError(f"cannot open the store index at {path}: {e}; {FSCK_HINT}") from e
+        # The map's address range, found once: it stays mapped while this Index holds the environment.
+        self._map = (os.getpid(), shared_file_ranges(path / "data.mdb"))
+        self._touches = 0
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             _close_env(self.path, self.env)
+
+    def _touched(self, pages: int) -> None:
+        self._touches += pages
+        if self._touches >= RELEASE_TOUCHES:
+            self.release_pages()
+
+    def release_pages(self) -> None:
+        """Drop the index pages this process has touched from its RSS (they stay in the page cache)."""
+        self._touches = 0
+        pid, ranges = self._map
+        if pid == os.getpid() and not self._closed:  # a forked child's copy of the map is not its own
+            release_ranges(ranges)
 
     # -- reads --------------------------------------------------------------
 
@@ -169,6 +189,7 @@ class Index:
             for cid in cids:
                 raw = txn.get(cid)
                 out.append(ChunkLoc.decode(raw) if raw is not None else None)
+                self._touched(1)
         return out
 
     def placement(self, pack_id: bytes) -> list[str | None] | None:
@@ -224,6 +245,7 @@ class Index:
                         txn.put(pack_id, cbor.encode(list(placement)), db=self.placed)
                 for cid, loc in chunks:
                     txn.put(cid, loc.encode(), db=self.chunks)
+                    self._touched(1)  # clean map pages: safe to drop inside a write transaction
         except lmdb.Error as e:
             raise StoreError(f"cannot write the store index: {e}") from e
 
@@ -238,6 +260,7 @@ class Index:
                 for cid, block in blocks:
                     if txn.put(cid, block, db=self.blocks, overwrite=False):
                         new_bytes += len(block)
+                    self._touched(1)
                 txn.put(dataset, locator, db=self.datasets)
         except lmdb.Error as e:
             raise StoreError(f"cannot write the store index: {e}") from e
@@ -251,6 +274,7 @@ class Index:
                 for cid, block in blocks:
                     if txn.put(cid, block, overwrite=False):
                         new_bytes += len(block)
+                    self._touched(1)
         except lmdb.Error as e:
             raise StoreError(f"cannot write the store index: {e}") from e
         return new_bytes

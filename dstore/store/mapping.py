@@ -21,20 +21,38 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 
 def release_file_mapping(path: str | os.PathLike[str]) -> int:
     """Drop this process's resident pages of every mapping of ``path``; returns the bytes of mappings advised."""
+    return release_ranges(shared_file_ranges(path))
+
+
+def shared_file_ranges(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """``(start, end)`` of this process's shared mappings of ``path`` (from /proc/self/maps; [] elsewhere).
+
+    Only shared ones: a private mapping may hold this process's own changes. A range stays valid only
+    while the mapping does (for LMDB's map: while its environment is open, in this process).
+    """
     if _libc is None:
-        return 0
+        return []
     target = os.path.realpath(path)
-    advised = 0
     try:
         with open("/proc/self/maps") as maps:
             lines = [line for line in maps if line.rstrip("\n").endswith(target)]
     except OSError:
-        return 0
+        return []
+    ranges = []
     for line in lines:
         fields = line.split(maxsplit=5)
         if len(fields) < 6 or fields[5].strip() != target or "s" not in fields[1]:
-            continue  # only shared file mappings: a private one may hold this process's own changes
+            continue
         start, end = (int(x, 16) for x in fields[0].split("-"))
-        if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
-            advised += end - start
+        ranges.append((start, end))
+    return ranges
+
+
+def release_ranges(ranges: list[tuple[int, int]]) -> int:
+    """``MADV_DONTNEED`` over ranges of :func:`shared_file_ranges` (still mapped); returns the bytes advised."""
+    advised = 0
+    for start, end in ranges:
+        size = end - start
+        if _libc is not None and _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(size), _MADV_DONTNEED) == 0:
+            advised += size
     return advised
