@@ -15,7 +15,7 @@ A local dataset is served on one thread, and its files are read in windows
 next ``WINDOW_BYTES`` into memory, the window after it is read meanwhile on a
 helper thread, and the kernel's reads inside the window are answered by a
 native callback (``dstore._native.mount_read_callback``) with one copy, no
-Python and no GIL (docs/training.md, "dstore mount").
+Python and no GIL (docs/training.md, "A FUSE mount").
 """
 
 from __future__ import annotations
