@@ -172,8 +172,8 @@ class DatasetFS(mfusepy.Operations):
         self.mtime_ns = time.time_ns()
         self.uid, self.gid = os.getuid(), os.getgid()
         self._entries: dict[str, tuple[bool, int]] = {}  # path -> (is folder, size)
-        # A dataset read from this machine alone is CPU work under one GIL: one thread serves it faster than
-        # several handing the GIL and the file's lock around. From peers, reads wait on the network: threads.
+        # A dataset read from this machine alone is CPU work, most of its reads answered natively out of a window:
+        # one thread serves it (libfuse's threads only add switches). From peers, reads wait on the network: threads.
         self.threaded = bool(dataset.chunks.remote)
         # fh -> (file, its lock: the kernel may send reads of one handle at once) with threads, else its windows
         self._files: dict[int, tuple[DatasetFile, threading.Lock] | _Windows] = {}
