@@ -26,6 +26,9 @@ __all__ = [
     "encode_pack",
     "locator_chunk_page",
     "locator_pages",
+    "mount_read_callback",
+    "mount_window_drop",
+    "mount_window_set",
     "process_files",
     "process_segment",
     "read_run_files",
@@ -313,3 +316,16 @@ def process_files(
     past the expected size). Each file is cut as one final buffer, so its
     chunks are those of :func:`process_segment` over all its bytes.
     """
+
+def mount_read_callback(fh_offset: int) -> int:
+    """The address of the native ``read`` callback for libfuse's ``fuse_operations`` (``fh_offset``: where
+    ``fh`` lies in ``struct fuse_file_info``). A read of a file handle that lies wholly inside its window is
+    one copy out of it, without the GIL; any other read goes to the handle's fallback callback."""
+
+def mount_window_set(fh: int, fallback: int, window: Buffer | None, start: int) -> None:
+    """Serve the reads of file handle ``fh`` that lie inside ``window`` (the file's bytes from ``start`` on,
+    already verified; None: no window) from it, the others through the callback at address ``fallback``.
+    The window's buffer stays exported (it cannot be resized) until replaced or dropped."""
+
+def mount_window_drop(fh: int) -> None:
+    """Forget file handle ``fh`` (released); its window's export is released."""

@@ -182,6 +182,29 @@ def test_handles_read_at_once_each_get_their_own_bytes(local, tmp_path):
         assert not errors, errors
 
 
+def test_reads_across_windows_get_the_files_bytes(local, tmp_path):
+    """A local mount answers a sequential reader from windows of the file (WINDOW_BYTES, the next one read
+    meanwhile): reads that start off the kernel's usual boundaries, run across a window's end, jump back into
+    an earlier window and go on to the file's end all get the file's bytes (pages dropped before each read, so
+    every read reaches the mount)."""
+    from dstore.mount.fuse import WINDOW_BYTES
+
+    assert len(BIG) > WINDOW_BYTES + (1 << 20)  # the reads below cross a window's end
+    _, cid, env = local
+    mnt = tmp_path / "mnt"
+    start = 3 * 4096  # a window that starts off 128 KiB boundaries: the kernel's reads straddle its end
+    reads = [(start, 4096), *((o, 200_003) for o in range(start + 4096, len(BIG), 200_003))]
+    reads += [(start + WINDOW_BYTES - 5000, 10_000), (100, 1 << 20), (len(BIG) - 300_000, 1 << 20)]
+    with mounted(cid, mnt, env):
+        fd = os.open(mnt / "big.bin", os.O_RDONLY)
+        try:
+            for offset, size in reads:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                assert os.pread(fd, size, offset) == BIG[offset : offset + size], (offset, size)
+        finally:
+            os.close(fd)
+
+
 def test_writes_are_refused_with_erofs(local, tmp_path):
     _, cid, env = local
     mnt = tmp_path / "mnt"

@@ -16,6 +16,7 @@ pub mod getpath;
 pub mod gwsolo;
 pub mod hash;
 pub mod ingest;
+pub mod mountread;
 pub mod pack;
 pub mod pipeline;
 pub mod smallget;
@@ -1000,5 +1001,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     getpath::register(m)?;
     gwsolo::register(m)?;
     degraded::register(m)?;
+    mountread::register(m)?;
     Ok(())
 }
