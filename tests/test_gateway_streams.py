@@ -253,3 +253,37 @@ def test_a_car_is_sent_with_its_exact_content_length(spread, query: str) -> None
         assert set(got) <= {*blocks, parse_cid(spread["dataset"]).to_bytes()}
         status, head_headers, _ = fetch(url, "HEAD")
         assert status == 200 and head_headers["Content-Length"] == headers["Content-Length"]
+
+
+@pytest.mark.parametrize("bound", ["MAX_SIZED_CAR_BLOCKS", "MAX_SIZED_CAR_NODE_BYTES"])
+def test_a_car_past_the_measuring_bounds_is_the_same_car_unmeasured(
+    spread, monkeypatch: pytest.MonkeyPatch, bound: str
+) -> None:
+    """In this process from the serving peer's store: a CAR whose measuring walk passes a bound is sent
+    without a length, the items walked so far and then the rest of the same walk: the same bytes."""
+    from dstore.peer import gateway
+    from dstore.peer.blockindex import BlockIndex
+    from dstore.peer.storage import PeerStore
+
+    server = spread["server"]
+    index = BlockIndex(PeerStore(Path(server.home)), [p.url for p in spread["peers"] if p is not server])
+    want = gateway.Want("car")
+
+    def car() -> tuple[int | None, bytes]:
+        target = gateway._open_target(index, parse_cid(spread["dataset"]), [], want)
+        try:
+            plan = gateway._car_plan(target, want)
+            return plan.length, b"".join(bytes(p) for p in gateway._car_pieces(target, plan.items))
+        finally:
+            target.close()
+
+    try:
+        length, sized = car()
+        assert length == len(sized)
+        monkeypatch.setattr(gateway, bound, 3 if bound == "MAX_SIZED_CAR_BLOCKS" else 0)
+        length, unsized = car()
+    finally:
+        index.close()
+    assert length is None and unsized == sized
+    _, blocks, _ = _car(sized)
+    assert len(blocks) > 3

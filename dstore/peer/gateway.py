@@ -25,7 +25,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -39,7 +39,6 @@ from dstore.errors import BadCID, DstoreError, IntegrityError, NotFound
 from dstore.format import unixfs
 from dstore.format.car import car_header, car_section_head
 from dstore.format.cid import CID, DAG_CBOR, DAG_PB, DIGEST_BYTES, RAW, cid_to_text, parse_cid
-from dstore.format.dagpb import encode_varint
 from dstore.peer import gateway_files as files
 from dstore.peer import gateway_ipld as ipld
 from dstore.peer import gateway_tar as tar
@@ -94,6 +93,8 @@ CAR_BATCH_BYTES = 1 << 20
 #: A CAR of at most this many blocks is measured before it is sent, to send it with its Content-Length;
 #: a bigger one is sent chunked (measuring it would hold back its first byte for too long).
 MAX_SIZED_CAR_BLOCKS = 1 << 16
+#: ... and at most this many bytes of node blocks (the walk keeps them until they are sent).
+MAX_SIZED_CAR_NODE_BYTES = 64 << 20
 #: Streams are written to the socket this much at a time (the rest of a larger write would be copied
 #: into the transport's buffer first).
 WRITE_BYTES = 256 << 10
@@ -373,6 +374,8 @@ async def _send_stream(
         return response
     finally:
         await _settled(upcoming)
+        if isinstance(pieces, Generator):
+            pieces.close()  # its shard files close now, not when a traceback that holds this frame goes
     await response.write_eof()
     return response
 
@@ -456,8 +459,8 @@ def _car_items(target: Target, want: Want, reader: DatasetReader) -> Iterator[It
     )
 
 
-def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
-    """The CAR stream: header, the path's blocks, then the terminal's (each block once unless ``dups``).
+def _car_pieces(target: Target, items: Iterator[Item]) -> Iterator[bytes | memoryview]:
+    """The CAR stream: its header, then ``items`` (the path's blocks, then the terminal's).
 
     Node blocks are joined into pieces of at least CAR_BATCH_BYTES; a run of chunks comes already
     framed as CAR sections (gateway_runs) and is a piece of its own, valid until the generator has
@@ -473,7 +476,7 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
     assert reader is not None
     batch: list[bytes] = []
     batch_bytes = 0
-    for item in chunk_runs(reader, _car_items(target, want, reader), cid_prefix=chunk_cid_prefix(reader)):
+    for item in chunk_runs(reader, items, cid_prefix=chunk_cid_prefix(reader)):
         if isinstance(item, Run):
             if batch:
                 yield b"".join(batch)
@@ -491,35 +494,52 @@ def _car_pieces(target: Target, want: Want) -> Iterator[bytes | memoryview]:
         yield b"".join(batch)
 
 
-def _car_length(target: Target, want: Want) -> int | None:
-    """The CAR's exact length in bytes, from a walk of its verified nodes before the first byte is sent;
-    None (it is then sent chunked) when it has more than MAX_SIZED_CAR_BLOCKS blocks or its dataset's
-    metadata holds raw blocks (an imported CAR's).
+@dataclass
+class CarPlan:
+    """A CAR's blocks after its header, and its exact length (None: it is sent chunked)."""
+
+    length: int | None
+    items: Iterator[Item]
+
+
+def _car_plan(target: Target, want: Want) -> CarPlan:
+    """The CAR's blocks, measured by one walk of its verified nodes before the first byte is sent.
+
+    The walk's items are kept (at most MAX_SIZED_CAR_BLOCKS, their node blocks at most
+    MAX_SIZED_CAR_NODE_BYTES) and the stream sends them without walking again. Past either bound,
+    or when its dataset's metadata holds raw blocks (an imported CAR's: its raw leaves are read as
+    the walk reaches them), the length is None: the CAR is sent chunked, the kept items first and
+    then the rest of the same walk.
 
     A chunk's size is the one its verified parent declares: the stream reads it only if its
-    locator entry and bytes agree, and breaks the connection otherwise. A block read here is
-    checked against its CID, as it is again when the stream sends it.
+    locator entry and bytes agree, and breaks the connection otherwise. A node is checked against
+    its CID by the walk; the stream sends those same bytes.
     """
     resolved = target.resolved
     total = len(car_header([_as_asked(target, resolved.roots[0])]))
     if target.loose is not None:
         if resolved.cid.hash.code != IDENTITY_HASH:
             total += len(car_section_head(_as_asked(target, resolved.cid), len(target.loose))) + len(target.loose)
-        return total
+        return CarPlan(total, iter(()))
     reader = target.reader
     assert reader is not None
+    walk = _car_items(target, want, reader)
     if reader.holds_raw:
-        return None  # its raw leaves are read as the walk reaches them: measuring would read them twice
+        return CarPlan(None, walk)
     leaf_cid_bytes = len(chunk_cid_prefix(reader)) + DIGEST_BYTES
-    for n, item in enumerate(_car_items(target, want, reader)):
-        if n >= MAX_SIZED_CAR_BLOCKS:
-            return None
+    kept: list[Item] = []
+    node_bytes = 0
+    for item in walk:
+        kept.append(item)
         if isinstance(item, Leaf):
             section = leaf_cid_bytes + item.size
         else:
+            node_bytes += len(item[1])
             section = len(_as_asked(target, item[0]).to_bytes()) + len(item[1])
-        total += len(encode_varint(section)) + section
-    return total
+        total += (section.bit_length() + 6) // 7 + section  # its head's varint, then the section
+        if len(kept) >= MAX_SIZED_CAR_BLOCKS or node_bytes > MAX_SIZED_CAR_NODE_BYTES:
+            return CarPlan(None, itertools.chain(kept, walk))
+    return CarPlan(total, iter(kept))
 
 
 def _once(items: Iterable[Item], reader: DatasetReader, dups: bool) -> Iterator[Item]:
@@ -558,12 +578,12 @@ async def _answer_car(request: web.Request, target: Target, want: Want, path: st
         }
     )
     response = web.StreamResponse(headers=headers)
-    length = await asyncio.to_thread(_car_length, target, want)
-    if length is None:
+    plan = await asyncio.to_thread(_car_plan, target, want)
+    if plan.length is None:
         response.enable_chunked_encoding()
     else:  # known: sent as it is, without chunked framing (aiohttp would copy every write to frame it)
-        response.content_length = length
-    return await _send_stream(request, response, _car_pieces(target, want))
+        response.content_length = plan.length
+    return await _send_stream(request, response, _car_pieces(target, plan.items))
 
 
 async def _answer_tar(request: web.Request, target: Target, path: str) -> web.StreamResponse:
