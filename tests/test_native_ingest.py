@@ -304,28 +304,6 @@ def test_an_unreadable_file_is_an_input_error(tmp_path, dstore):
     assert result.code != 0 and f"{src / 'a.bin'}" in result.err
 
 
-@pytest.mark.parametrize("lookup_chunks", [4, 2048])
-def test_index_pages_are_released_as_they_add_up_not_per_pack(tmp_path, monkeypatch, lookup_chunks):
-    """The add gives back the index pages it touched once LOOKUP_CHUNKS chunks' worth add up (RSS stays
-    flat), not after every pack (each release reads /proc/self/maps)."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(40):
-        (src / f"{i}.bin").write_bytes(random_bytes(150_000 + i, i))  # one chunk each at most 256 KiB
-    monkeypatch.setattr(add_module, "LOOKUP_CHUNKS", lookup_chunks)
-    releases: list[int] = []
-    real = add_module._Adder._release_index_pages
-    monkeypatch.setattr(add_module._Adder, "_release_index_pages", lambda self: releases.append(1) or real(self))
-    with Store(tmp_path / "home") as store:
-        result = add(src, store, ShardSpec(1, 0))  # 1 MiB packs: several of them
-    assert result.files == 40 and len(result.to_json()["cid"]) > 0
-    chunks = result.chunks
-    if lookup_chunks == 4:
-        assert len(releases) >= chunks // 4  # at least once per LOOKUP_CHUNKS chunks looked up
-    else:
-        assert len(releases) == 1  # the one at the end of the add
-
-
 @given(
     st.lists(
         st.tuples(
