@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dstore import _native
@@ -47,7 +46,6 @@ from dstore.format.pack import PackRecord
 from dstore.format.pointer import Pointer
 from dstore.net.protocol import PeerClient
 from dstore.store import Store
-from dstore.store.mapping import release_file_mapping
 
 if TYPE_CHECKING:  # read from gateways only when some are given: a local get does not import HTTP clients
     from dstore.fetch.gateway import FileStream, GatewayBlocks
@@ -252,9 +250,9 @@ class DatasetReader:
 
     def release_index_pages(self) -> None:
         """Unmap the store index's pages read so far (they stay in the page cache): a long read's RSS stays flat."""
-        path = getattr(self.store.index, "path", None)  # a peer's in-memory store view has no index file
-        if isinstance(path, Path):
-            release_file_mapping(path / "data.mdb")
+        release = getattr(self.store.index, "release_pages", None)  # a peer's in-memory store view has none
+        if release is not None:
+            release()
 
     def placement(self, pack_id: bytes) -> list[str | None] | None:
         """Which peer holds each shard of a pack: the dataset's hints, else this store's record."""

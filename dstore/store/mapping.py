@@ -19,11 +19,6 @@ _MADV_DONTNEED = 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-def release_file_mapping(path: str | os.PathLike[str]) -> int:
-    """Drop this process's resident pages of every mapping of ``path``; returns the bytes of mappings advised."""
-    return release_ranges(shared_file_ranges(path))
-
-
 def shared_file_ranges(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
     """``(start, end)`` of this process's shared mappings of ``path`` (from /proc/self/maps; [] elsewhere).
 
