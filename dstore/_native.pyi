@@ -36,6 +36,7 @@ __all__ = [
     "reconstruct_missing",
     "unixfs_file_nodes",
     "write_files",
+    "write_new_files",
 ]
 
 class IntegrityError(ValueError):
@@ -266,6 +267,18 @@ def write_files(
     ValueError for a batch that does not describe its packs and files
     (checked before any file is opened); OSError (errno and filename set,
     e.g. FileExistsError) when the OS refuses to create, open or write a file.
+    """
+
+def write_new_files(
+    paths: Sequence[str | os.PathLike[str]],
+    tmp_paths: Sequence[str | os.PathLike[str]],
+    datas: Sequence[Buffer],
+) -> tuple[list[bool], tuple[int, str] | None]:
+    """Write each of ``datas`` to its temporary path (created new, mode 0666 less the umask) and rename
+    it to its path, in order, skipping paths that already exist; on the calling thread, GIL released.
+
+    Returns whether each entry was written, and ``(errno, message)`` of the error that stopped the
+    writes (its temporary file removed), or None. ValueError if the three differ in length.
     """
 @final
 class FileBatch:

@@ -15,6 +15,8 @@ What it answers to reads depends on its ``mode``:
                (1 MiB) of junk and hang up
 ``hang``       accepts every read and never answers (``/health`` still answers)
 ``slow``       serves what it holds, one byte every ``slow_interval_s`` (0.5 s): a slow-loris server
+``short-range``  a ranged ``GET /shards/{cid}`` of a held shard answers 206 with the ``Content-Range``
+               asked for and half its bytes (a read without ``Range`` is served honestly)
 =============  ====================================================================================
 
 In every mode, ``pointer=`` (served for *every* dataset ID) and ``pointers={dataset ID: pointer}``
@@ -60,7 +62,7 @@ from typing import Any
 
 __all__ = ["MODES", "HostilePeer", "hostile_peer"]
 
-MODES = ("honest", "pointer", "wrong-bytes", "huge", "hang", "slow")
+MODES = ("honest", "pointer", "wrong-bytes", "huge", "hang", "slow", "short-range")
 START_LINE = re.compile(r"^hostile peer (?P<peer_id>12D3KooW\w+) listening on (?P<url>http://\S+)$")
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 20.0
@@ -166,6 +168,12 @@ def make_app(config: dict[str, Any], shards: dict[str, bytes]) -> Any:
             return answer
         if held is None:
             return not_found(cid)
+        wanted = re.match(r"^bytes=(\d+)-(\d+)$", request.headers.get("Range", ""))
+        if state["mode"] == "short-range" and wanted:  # a 206 that claims the range asked and sends half of it
+            lie()
+            a, b = int(wanted.group(1)), int(wanted.group(2))
+            headers = {"Content-Range": f"bytes {a}-{b}/{len(held)}"}
+            return web.Response(status=206, body=held[a : a + (b - a + 1) // 2], headers=headers)
         return web.Response(body=held, content_type="application/octet-stream")
 
     async def put_shard(request: web.Request) -> web.Response:

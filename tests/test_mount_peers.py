@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import subprocess
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from peerutil import added_on_peers
 
 import dstore
-from dstore.format.cid import cid_to_text
+from dstore.format.cid import cid_to_text, make_cid
 
 from treeutil import csv_like, random_bytes
 
@@ -52,6 +53,15 @@ def fresh(tmp_path, six, monkeypatch):
         return dstore.open(cid, home=tmp_path / "fresh", **kw)
 
     return open_
+
+
+def read_in_pieces(ds, path, size):
+    """The whole file, read sequentially ``size`` bytes at a time."""
+    with ds.open(path) as f:
+        got = bytearray()
+        while piece := f.read(size):
+            got += piece
+    return bytes(got)
 
 
 def chunk_places(ds, path):
@@ -122,11 +132,7 @@ def test_readinto_any_window(fresh, offset, length):
 
 def test_sequential_read_with_readahead_and_warm_cache(fresh, tmp_path):
     with fresh() as ds:
-        with ds.open("big.bin") as f:
-            got = bytearray()
-            while piece := f.read(100_000):
-                got += piece
-        assert bytes(got) == BIG
+        assert read_in_pieces(ds, "big.bin", 100_000) == BIG
         first = dict(ds.chunks.stats)
         chunks = len(chunk_places(ds, "big.bin"))
     assert first["range"] + first["pack"] == chunks and first["cache"] == 0
@@ -140,11 +146,7 @@ def test_sequential_read_asks_for_runs_not_chunks(fresh):
     """Read-ahead asks for runs of back-to-back chunks, one range request per data shard they lie in."""
     with fresh(cache=False) as ds:
         chunks = len(chunk_places(ds, "big.bin"))
-        with ds.open("big.bin") as f:
-            got = bytearray()
-            while piece := f.read(1 << 20):
-                got += piece
-        assert bytes(got) == BIG
+        assert read_in_pieces(ds, "big.bin", 1 << 20) == BIG
         stats = ds.chunks.stats
     assert chunks >= 40 and stats["range"] + stats["pack"] == chunks
     assert stats["range_requests"] <= chunks // 4
@@ -286,7 +288,7 @@ def test_a_full_disk_does_not_fail_reads(six, tmp_path):
 
 
 def test_read_ahead_runs_survive_rotten_range_bytes(fresh, six):
-    """Read-ahead asks for runs of chunks at once; a run with a bad chunk is read again chunk by chunk."""
+    """Read-ahead asks for runs of chunks at once; a pack whose range bytes hold a bad chunk is read whole."""
     peers, _ = six
     with fresh(cache=False) as ds:
         start, size, _, pack_id, record, ref = chunk_places(ds, "big.bin")[5]
@@ -299,14 +301,62 @@ def test_read_ahead_runs_survive_rotten_range_bytes(fresh, six):
         rotten[ref.offset % record.shard_size] ^= 0xFF
         shard_file.write_bytes(rotten)
         try:
-            with ds.open("big.bin") as f:
-                got = bytearray()
-                while piece := f.read(32768):
-                    got += piece
-            assert bytes(got) == BIG
+            assert read_in_pieces(ds, "big.bin", 32768) == BIG
             assert ds.chunks.stats["bad_range"] >= 1 and ds.chunks.stats["pack"] >= 1
         finally:
             shard_file.write_bytes(original)
+
+
+def test_a_data_shard_holder_dead_during_a_sequential_read(fresh, six):
+    """Read-ahead asks for every data shard of its runs at once; a pack with a range from a dead holder is
+    read whole (rebuilt from parity), the others still by range, and the bytes come back exact."""
+    peers, _ = six
+    with fresh() as ds:
+        places = chunk_places(ds, "big.bin")
+        _, _, _, pack_id, record, ref = places[len(places) // 2]
+        holder = ds.reader.placement(pack_id)[ref.offset // record.shard_size]
+        victim = next(p for p in peers if p.peer_id == holder)
+        victim.kill()
+        try:
+            assert read_in_pieces(ds, "big.bin", 1 << 20) == BIG
+            stats = ds.chunks.stats
+            assert stats["pack"] >= 1 and stats["range"] >= 1 and stats["range"] + stats["pack"] == len(places)
+        finally:
+            victim.start()
+    with fresh() as ds:  # everything read was cached, whichever way it came
+        assert ds.open("big.bin").read() == BIG and ds.chunks.stats["cache"] == len(places)
+
+
+def test_fetch_ranges_answers_each_call_or_none(tmp_path, six):
+    """Many ranges at once: each call gets its bytes, or None when no peer asked can serve it; a peer whose
+    206 holds fewer bytes than its Content-Range says is scored down as a liar."""
+    from hostile_peer import hostile_peer
+
+    from dstore.net import SyncPeerSet
+
+    peers, cid = six
+    with dstore.open(cid, peers=urls(peers), home=tmp_path / "h", cache=False) as ds:
+        _, _, _, pack_id, record, ref = chunk_places(ds, "big.bin")[1]
+        hints = ds.reader.placement(pack_id)
+        shard = ref.offset // record.shard_size
+        other = (shard + 1) % record.k
+        nowhere = make_cid(record.shards[shard].codec, b"held by no peer")
+        unknown = dataclasses.replace(record, shards=(nowhere,) * len(record.shards))
+        client = ds._owns[-1]
+        calls = [(record, pack_id, shard, 10, 1000, hints), (unknown, pack_id, shard, 0, 10, None)]
+        calls.append((record, pack_id, other, 0, 5000, hints))
+        got = client.fetch_ranges(calls)
+        holder = next(p for p in peers if p.peer_id == hints[shard])
+        shard_bytes = next(holder.home.rglob(cid_to_text(record.shards[shard]))).read_bytes()
+    assert got[0] is not None and got[0].data == shard_bytes[10:1010] and got[0].peer_id == hints[shard]
+    assert got[1] is None
+    assert got[2] is not None and len(got[2].data) == 5000
+    shard_text = cid_to_text(record.shards[shard])
+    with hostile_peer(tmp_path, mode="short-range", shards={shard_text: shard_bytes}) as hp:
+        with SyncPeerSet.connect([hp.url], None) as client:
+            call = (record, pack_id, shard, 100, 4000, [hp.peer_id] * len(record.shards))
+            assert client.fetch_ranges([call, call]) == [None, None]
+            assert client.peers[0].bad_bytes >= 1
 
 
 def test_a_peer_that_ignores_range_is_checked_against_the_shard_cid(tmp_path, six):
@@ -378,6 +428,46 @@ def test_forked_workers_reopen_what_a_fork_does_not_keep(fresh):
             w.join(60)
         assert got == {0: True, 1: True}
         assert f.read(1000) == BIG[1 << 20 : (1 << 20) + 1000]  # the parent's file goes on
+
+
+@pytest.mark.parametrize("parent", ["open", "closed"])
+def test_a_forked_worker_reads_its_parent_s_metadata_in_place(fresh, monkeypatch, parent):
+    """A worker forked from a process that loaded the metadata from peers does not fetch and check it again:
+    it reads the parent's verified blocks file (read-only). Once the parent has closed the dataset (and
+    removed that file), the worker loads the metadata from peers itself."""
+    import multiprocessing
+
+    import dstore.fetch.reader
+
+    ctx = multiprocessing.get_context("fork")
+    results, go = ctx.Queue(), ctx.Event()
+    calls = []
+    with fresh() as ds:
+        assert ds.open("sub/deeper/note.txt").read() == b"hello"
+        load = dstore.fetch.reader.load_from_peers
+        monkeypatch.setattr(dstore.fetch.reader, "load_from_peers", lambda *a: calls.append(1) or load(*a))
+
+        def child():
+            import faulthandler
+
+            faulthandler.dump_traceback_later(100, exit=True)
+            try:
+                go.wait(60)
+                csv = ds.open("sub/table.csv").read() == CSV
+                results.put((ds.listdir("sub"), csv, ds.info("big.bin").size, len(calls)))
+            except BaseException as e:
+                results.put(repr(e))
+
+        worker = ctx.Process(target=child)
+        worker.start()
+        if parent == "open":
+            go.set()
+            got = results.get(timeout=120)
+    if parent == "closed":
+        go.set()
+        got = results.get(timeout=120)
+    worker.join(60)
+    assert got == (["deeper", "table.csv"], True, len(BIG), 0 if parent == "open" else 1)
 
 
 def test_threads_of_a_forked_child_reopen_the_dataset_once(fresh):

@@ -17,6 +17,7 @@ gateways, when some are given, block by block (dstore/fetch/gateway.py).
 
 from __future__ import annotations
 
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 from dstore import _native
 from dstore.errors import BadCID, DstoreError, FormatError, IntegrityError, NotFound
 from dstore.fetch.packs import LocalShards, LocalThenPeers, PackReader, PackSource, PeerShards
-from dstore.fetch.remote import BlockTable, load_from_peers
+from dstore.fetch.remote import BlockTable, RemoteMetadata, load_from_peers
 from dstore.format import unixfs
 from dstore.format.cid import (
     CID,
@@ -119,9 +120,12 @@ class DatasetReader:
         *,
         peers: PeerClient | None = None,
         gateways: GatewayClient | None = None,
+        remote: RemoteMetadata | None = None,
     ) -> None:
         """Open ``dataset`` from the local store, else (with ``peers``, a SyncPeerSet) from peers, else (with
-        ``gateways``) from trustless gateways, which also read a plain UnixFS root CID."""
+        ``gateways``) from trustless gateways, which also read a plain UnixFS root CID. ``remote``: the
+        dataset's metadata already loaded from peers and verified (a forked parent's :meth:`remote_view`),
+        used instead of loading it again; it is this reader's to close."""
         self.store = store
         self.cid = parse_cid(dataset)
         if self.cid.version == 0:
@@ -135,6 +139,7 @@ class DatasetReader:
         self._dirs: OrderedDict[bytes, tuple[unixfs.Node, int]] = OrderedDict()  # CID -> (folder, block bytes)
         self._dirs_bytes = 0
         self._fetched: BlockTable | None = None  # verified metadata blocks from peers (on disk)
+        self._remote: RemoteMetadata | None = None  # what they came with
         self.pointer: Pointer | None = None  # the peers' pointer that led to verified metadata, if read from peers
         #: Where blocks come from when the dataset is read from gateways (no locator, no packs); else None.
         self.gateway: GatewayBlocks | None = None
@@ -148,9 +153,11 @@ class DatasetReader:
         locator = store.index.dataset_locator(self.cid.to_bytes()) if self.cid.codec == DAG_CBOR else None
         if locator is not None:
             locator_cid = CID.from_bytes(locator)
+            if remote is not None:
+                remote.blocks.close()  # the local store has it: not needed
         elif peers is not None and self.cid.codec == DAG_CBOR:
             try:
-                remote = load_from_peers(peers, self.cid)
+                remote = remote if remote is not None else load_from_peers(peers, self.cid)
             except DstoreError as e:
                 if gateways is None:
                     raise
@@ -158,7 +165,7 @@ class DatasetReader:
                 self.gateway = GatewayBlocks(gateways)  # no peer leads to verified metadata: the gateways may
             else:
                 locator_cid, self._fetched, hints = remote.locator, remote.blocks, remote.hints
-                self.pointer = remote.pointer
+                self.pointer, self._remote = remote.pointer, remote
         elif gateways is not None:
             self.gateway = GatewayBlocks(gateways)
         else:
@@ -196,6 +203,17 @@ class DatasetReader:
         self._primed_nodes: dict[bytes, unixfs.Node] = {}
         self._hash_code = HASH_CODES[self.hash_name]
         self._run_buffers: list[bytearray] = []  # made on first use, reused for every run
+
+    def remote_view(self) -> RemoteMetadata | None:
+        """The metadata this reader loaded from peers, over a read-only view of its blocks (None if it did
+        not, or the file is gone: the parent closed it): what a forked child's reader takes instead of fetching
+        and checking it all again."""
+        if self._remote is None:
+            return None
+        try:
+            return self._remote.view()
+        except sqlite3.Error:
+            return None
 
     def close(self) -> None:
         if self.gateway is not None:

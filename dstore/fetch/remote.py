@@ -42,13 +42,26 @@ class BlockTable:
     SQLite's page cache of it is in memory. Safe to share between threads.
     """
 
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="dstore-metadata-")
-        self._db = sqlite3.connect(os.path.join(self._dir.name, "blocks.db"), check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE blocks (cid BLOB PRIMARY KEY, block BLOB NOT NULL) WITHOUT ROWID")
+    def __init__(self, path: str | None = None) -> None:
+        """A new, empty table in a temporary folder of its own; or, with ``path``, a read-only view of the
+        table in that file (another's, e.g. a forked parent's: the view never writes or removes it)."""
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        if path is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="dstore-metadata-")
+            self.path = os.path.join(self._dir.name, "blocks.db")
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute("CREATE TABLE blocks (cid BLOB PRIMARY KEY, block BLOB NOT NULL) WITHOUT ROWID")
+        else:
+            self.path = path
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            self._db.execute("SELECT 1 FROM blocks LIMIT 1").fetchall()  # open now: the file may go later
         self._lock = threading.Lock()
+
+    def view(self) -> BlockTable:
+        """A read-only table over the same file, with a connection of its own (one made in this process)."""
+        return BlockTable(self.path)
 
     def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> None:
         with self._lock, self._db:
@@ -65,7 +78,8 @@ class BlockTable:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 @dataclass
@@ -76,6 +90,10 @@ class RemoteMetadata:
     locator: CID
     blocks: BlockTable
     hints: dict[bytes, list[str | None]]
+
+    def view(self) -> RemoteMetadata:
+        """The same metadata over a read-only view of its blocks (for a forked child: no second fetch)."""
+        return RemoteMetadata(self.pointer, self.locator, self.blocks.view(), self.hints)
 
 
 def check_pointer(pointer: Pointer) -> None:

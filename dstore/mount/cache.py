@@ -30,6 +30,7 @@ from pathlib import Path
 
 import blake3
 
+from dstore import _native
 from dstore.units import parse_size
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "cache_from_env", "chunk_hasher", "default_cache_dir"]
@@ -209,33 +210,7 @@ class ChunkCache:
 
     def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
         """Cache a chunk the caller has verified; any failure just leaves it uncached."""
-        size = len(data)
-        if size > self.cap_bytes:
-            return
-        path = self.path(hash_name, digest)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{time.monotonic_ns()}")
-        try:
-            if not self._ready:
-                self.root.mkdir(parents=True, exist_ok=True)
-                self._ready = True
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-            with self._locked() as lock_fd:
-                if path.exists():
-                    return  # another process cached it meanwhile
-                total = self._read_total(lock_fd)
-                if total is None or total + size > self.cap_bytes:
-                    total = self._evict(int(self.cap_bytes * LOW_WATER) - size)
-                os.rename(tmp, path)
-                self._write_total(lock_fd, total + size)
-        except OSError:
-            pass  # full disk, read-only folder, …: the read goes on without the cache
-        finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        self.put_many(hash_name, [(digest, data)])
 
     def put_many(self, hash_name: str, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
         """Cache chunks the caller has verified, taking the lock once per ``PUT_BATCH_BYTES`` (or an eighth of the cap).
@@ -267,38 +242,25 @@ class ChunkCache:
             if not self._ready:
                 self.root.mkdir(parents=True, exist_ok=True)
                 self._ready = True
-            todo = []
-            for path, data in batch:
+            for path, _ in batch:
                 folder = path[: path.rindex("/")]
                 if folder not in self._folders:
                     os.makedirs(folder, exist_ok=True)
                     self._folders.add(folder)
-                if not os.path.exists(path):
-                    todo.append((path, data))
-            if not todo:
-                return
-            size = sum(len(d) for _, d in todo)
+            size = sum(len(d) for _, d in batch)  # room for all, though some may exist already
             tmp_name = f"/.tmp-{os.getpid()}-{time.monotonic_ns()}"
             with self._locked() as lock_fd:
                 total = self._read_total(lock_fd)
                 if total is None or total + size > self.cap_bytes:
                     total = self._evict(int(self.cap_bytes * LOW_WATER) - size)
-                for path, data in todo:
-                    tmp = path[: path.rindex("/")] + tmp_name
-                    try:
-                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-                        try:
-                            view = memoryview(data)
-                            while view:
-                                view = view[os.write(fd, view) :]
-                        finally:
-                            os.close(fd)
-                        os.rename(tmp, path)
-                    except OSError:
-                        _unlink(Path(tmp))
-                        self.write_failed = True
-                        break  # a full disk: count what was cached, leave the rest
-                    total += len(data)
+                # Written natively, the GIL released: each entry to a temporary file renamed into place,
+                # those already cached skipped (another process wrote them meanwhile).
+                written, error = _native.write_new_files(
+                    [p for p, _ in batch], [p[: p.rindex("/")] + tmp_name for p, _ in batch], [d for _, d in batch]
+                )
+                total += sum(len(d) for (_, d), done in zip(batch, written, strict=True) if done)
+                if error is not None:
+                    self.write_failed = True  # a full disk: count what was cached, leave the rest
                 self._write_total(lock_fd, total)
         except OSError:
             self.write_failed = True  # full disk, read-only folder, …: the read goes on without the cache

@@ -15,40 +15,52 @@ import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Sequence
 
 from dstore.mount.cache import ChunkCache
 
 __all__ = ["FLUSH_AT_EXIT_S", "MAX_PENDING_BYTES", "CacheWriter"]
 
 #: Bytes of chunks waiting to be written, at most.
-MAX_PENDING_BYTES = 32 << 20
+MAX_PENDING_BYTES = 64 << 20
 #: How long the end of a process waits for the chunks still queued.
 FLUSH_AT_EXIT_S = 10.0
 
 
 class CacheWriter:
-    """Queues verified chunks (copied: the caller's buffer is the reader's) and writes them to ``cache``."""
+    """Queues verified chunks and writes them to ``cache`` on a thread of its own."""
 
     def __init__(self, cache: ChunkCache, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         self.cache = cache
         self.max_pending_bytes = max_pending_bytes
         self.skipped = 0  # chunks not cached because the queue was full
         self._cond = threading.Condition()
-        self._queue: deque[tuple[str, bytes, bytes]] = deque()
+        self._queue: deque[tuple[str, bytes, bytes | memoryview]] = deque()
         self._pending_bytes = 0
         self._writing = 0  # chunks taken off the queue and not yet written
         self._thread: threading.Thread | None = None
         _WRITERS.add(self)
         _flush_at_exit_of_this_process()
 
-    def put(self, hash_name: str, digest: bytes, data: bytes | memoryview) -> None:
-        size = len(data)
+    def put(self, hash_name: str, digest: bytes, data: bytes | memoryview, *, copy: bool = True) -> None:
+        """Queue one chunk (see :meth:`put_many`)."""
+        self.put_many(hash_name, [(digest, data)], copy=copy)
+
+    def put_many(self, hash_name: str, items: Sequence[tuple[bytes, bytes | memoryview]], *, copy: bool = True) -> None:
+        """Queue verified chunks to be cached; those that do not fit under ``max_pending_bytes`` are skipped.
+
+        ``copy=False``: keep the caller's buffers as they are (they must never be written again, e.g.
+        views of range answers); by default each chunk is copied, since the caller's buffer is often the
+        reader's own.
+        """
         with self._cond:
-            if self._pending_bytes + size > self.max_pending_bytes:
-                self.skipped += 1
-                return
-            self._queue.append((hash_name, digest, bytes(data)))
-            self._pending_bytes += size
+            for digest, data in items:
+                size = len(data)
+                if self._pending_bytes + size > self.max_pending_bytes:
+                    self.skipped += 1
+                    continue
+                self._queue.append((hash_name, digest, bytes(data) if copy else data))
+                self._pending_bytes += size
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="dstore-cache-writer", daemon=True)
                 self._thread.start()
@@ -67,7 +79,7 @@ class CacheWriter:
                 self._queue.clear()
                 self._writing = len(batch)
             try:
-                by_hash: dict[str, list[tuple[bytes, bytes]]] = {}
+                by_hash: dict[str, list[tuple[bytes, bytes | memoryview]]] = {}
                 for hash_name, digest, data in batch:
                     by_hash.setdefault(hash_name, []).append((digest, data))
                 for hash_name, items in by_hash.items():

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Container, Sequence
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from dstore import _native
@@ -44,7 +43,7 @@ from dstore.mount.mapped import MappedPacks
 from dstore.net.protocol import PeerClient
 
 if TYPE_CHECKING:
-    from dstore.net.ranges import RangeRead
+    from dstore.net.ranges import RangeCall, RangeRead
 
 __all__ = ["ChunkSource"]
 
@@ -365,23 +364,26 @@ class ChunkSource:
     # -- many chunks at once (a prefetcher's next samples) ------------------------
 
     def read_chunks(
-        self, wants: Sequence[tuple[bytes, int]], pool: Executor | None = None, keep: Container[bytes] | None = None
+        self, wants: Sequence[tuple[bytes, int]], keep: Container[bytes] | None = None, *, cache_now: bool = True
     ) -> dict[bytes, bytes | memoryview]:
-        """Verified bytes of many chunks, by digest: what the next samples of a data loader need.
+        """Verified bytes of many chunks, by digest: a file object's read-ahead, a data loader's next samples.
 
         The disk cache is asked for all of them in one batch (:meth:`ChunkCache.get_many`). The rest are
         read pack by pack: one range request per stretch of a data shard that holds them (stretches
-        less than ``RANGE_GAP_BYTES`` apart are one request, up to ``RANGE_MAX_BYTES``), all of them
-        concurrently on ``pool``; a pack's chunks are then decoded and checked against their IDs in one
-        native call and cached in one batch. A pack whose ranges cannot be had (a peer down) or whose
-        bytes fail their check (their senders are scored down) is read whole through the reader's pack
-        path (hedged, rebuilt from parity). Chunks in packs of the local store, and everything of a
-        dataset read from gateways, go one by one through :meth:`read_into`. The caller bounds the
-        bytes asked for at once: about that much (plus merged gaps) is in flight.
+        less than ``RANGE_GAP_BYTES`` apart are one request, up to ``RANGE_MAX_BYTES``), the requests of
+        every pack at once (:meth:`PeerClient.fetch_ranges`, concurrent on the network thread); a pack's
+        chunks are then decoded and checked against their IDs in one native call and cached. A pack whose
+        ranges cannot be had (a peer down) or whose bytes fail their check (their senders are scored
+        down) is read whole through the reader's pack path (hedged, rebuilt from parity). Chunks in packs
+        of the local store, and everything of a dataset read from gateways, go one by one through
+        :meth:`read_into`. The caller bounds the bytes asked for at once: about that much (plus merged
+        gaps) is in flight.
 
         ``keep``: return only these (the others are read for the cache, for other readers: those it
-        already holds are left alone, unread). Chunks read by range are views of the range answers (no
-        copy), which stay in memory until the caller drops them.
+        already holds are left alone, unread). ``cache_now``: the chunks are in the cache when this
+        returns (other processes may look for them next); else they are handed to this process's cache
+        writer thread. Chunks read by range are views of the range answers (no copy), which stay in
+        memory until the caller drops them.
         """
         self.check_process()
         need = dict(wants)
@@ -419,45 +421,37 @@ class ChunkSource:
             self.read_into(digest, memoryview(buf))
             got[digest] = memoryview(buf)
         if packs:
-            got.update(self._packs_by_range(packs, pool, keep))
+            got.update(self._packs_by_range(packs, keep, cache_now))
         return got if keep is None else {d: v for d, v in got.items() if d in keep}
 
     def _packs_by_range(
         self,
         packs: dict[bytes, tuple[PackRecord, list[ChunkEntry]]],
-        pool: Executor | None,
         keep: Container[bytes] | None,
+        cache_now: bool,
     ) -> dict[bytes, bytes | memoryview]:
         assert self.peers is not None
-        peers = self.peers
-        plans: list[Any] = []
+        plans: list[tuple[bytes, PackRecord, list[ChunkEntry], int, int, Any]] = []
+        calls: list[RangeCall] = []
         for pack_id, (record, refs) in packs.items():
             refs = sorted(refs, key=lambda r: r.offset)
             with self._lock:
                 hints = self.reader.placement(pack_id)
             ranges, pieces = _plan_ranges(record, refs, self._segments)
-            calls = [(record, pack_id, shard, start, end - start, hints) for shard, start, end in ranges]
-            self.stats["range_requests"] = self.stats.get("range_requests", 0) + len(calls)
-            self.stats["range_bytes"] = self.stats.get("range_bytes", 0) + sum(c[4] for c in calls)
-            if pool is None or pieces is None:
-                futures = None
-            else:
-                futures = [pool.submit(peers.fetch_range, *call) for call in calls]
-            plans.append((pack_id, record, refs, calls, pieces, futures))
+            mine = [(record, pack_id, shard, start, end - start, hints) for shard, start, end in ranges]
+            self.stats["range_requests"] += len(mine)
+            self.stats["range_bytes"] = self.stats.get("range_bytes", 0) + sum(c[4] for c in mine)
+            plans.append((pack_id, record, refs, len(calls), len(mine), pieces))
+            calls.extend(mine)
+        answers_all = self.peers.fetch_ranges(calls) if calls else []
         out: dict[bytes, bytes | memoryview] = {}
-        for index, plan in enumerate(plans):
-            pack_id, record, refs, calls, pieces, futures = plan
-            plans[index] = plan = None  # its range answers are freed once decoded
-            answers = []
-            try:
-                if pieces is None:
-                    raise DstoreError("a chunk lies outside its pack")  # the pack path says what is wrong
-                for i, call in enumerate(calls):
-                    answers.append(futures[i].result() if futures is not None else peers.fetch_range(*call))
-            except DstoreError:
-                answers = []  # a holder is down or lacks it: the whole pack, from parity if need be
-            views = self._decode_ranges(refs, pieces, answers) if answers and pieces is not None else None
-            if views is None:
+        for pack_id, record, refs, at, n, pieces in plans:
+            answers = answers_all[at : at + n]
+            answers_all[at : at + n] = [None] * n  # the answers are freed once decoded (unless kept as views)
+            views = None
+            if pieces is not None and all(a is not None for a in answers):  # else: a holder is down or lacks it
+                views = self._decode_ranges(refs, pieces, [a for a in answers if a is not None])
+            if views is None:  # the whole pack, from parity if need be (the pack path says what is wrong)
                 whole = self._whole_pack(pack_id, record, refs)
                 views, pos = [], 0
                 for ref in refs:
@@ -466,12 +460,14 @@ class ChunkSource:
             else:
                 self.stats["range"] += len(refs)
             chunks = [(ref.digest, view) for ref, view in zip(refs, views, strict=True)]
-            if self.cache is not None:
+            if self.cache is not None and cache_now:
                 self.cache.put_many(self.hash_name, chunks)
+            elif self._writer is not None:
+                self._writer.put_many(self.hash_name, chunks, copy=False)  # views of fresh buffers, never written
             for digest, data in chunks:
                 if keep is None or digest in keep:
                     out[digest] = data
-            del answers, futures, views, chunks
+            del answers, views, chunks
         return out
 
     def _decode_ranges(

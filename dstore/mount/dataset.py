@@ -71,7 +71,10 @@ class Dataset:
                 thing.close()
         store, peers, gateways, owns = self._reopen()
         try:
-            reader = DatasetReader(store, self.cid, peers=peers, gateways=gateways)
+            # The parent's verified metadata from peers is read in place (a read-only view of its blocks
+            # file), not fetched and checked again by every worker.
+            remote = self.reader.remote_view() if peers is not None else None
+            reader = DatasetReader(store, self.cid, peers=peers, gateways=gateways, remote=remote)
         except BaseException:
             for thing in reversed(owns):
                 thing.close()

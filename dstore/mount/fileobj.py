@@ -8,7 +8,9 @@ A reader that goes on where its last read ended is sequential, and stays
 so while its reads start near where the last ended (the kernel's read-ahead
 for a mount sends reads slightly out of order): the
 chunks of the next ``READAHEAD_BYTES`` are read on the dataset's read-ahead
-threads, in runs of ``RUN_BYTES``, each window started only once.
+threads, in runs of ``AHEAD_RUN_BYTES``, each started only once. A run asks
+for all its range requests at once (``ChunkSource.read_chunks``); its chunks
+stay views of the range answers until the reader copies them out.
 
 A sequential reader of the local store instead decodes straight from the
 data shards, mapped (:mod:`dstore.mount.mapped`); its small reads (a
@@ -30,14 +32,17 @@ from typing import Any
 from dstore.mount.chunks import ChunkSource
 from dstore.mount.mapped import MappedPacks
 
-__all__ = ["MEMORY_CHUNKS", "NEAR_BYTES", "READAHEAD_BYTES", "RUN_BYTES", "DatasetFile"]
+__all__ = ["AHEAD_RUN_BYTES", "MEMORY_CHUNKS", "NEAR_BYTES", "READAHEAD_BYTES", "RUN_BYTES", "DatasetFile"]
 
 #: Decoded chunks kept per open file, so small reads within a chunk decode it once (and a sequential
 #: reader without read-ahead threads keeps the run it read last).
 MEMORY_CHUNKS = 64
-#: How far ahead of a sequential reader chunks are read, from peers (about 200 average chunks).
-READAHEAD_BYTES = 16 << 20
-#: Read-ahead asks for runs of consecutive chunks up to this size at once (one range request per data shard).
+#: How far ahead of a sequential reader chunks are read, from peers (about five packs of 10 MiB).
+READAHEAD_BYTES = 48 << 20
+#: Read-ahead asks for runs of consecutive chunks up to this size at once: one range request per data shard
+#: they lie in (a pack and a half's), all sent together; three runs are in flight at a time.
+AHEAD_RUN_BYTES = 16 << 20
+#: A random read, and a sequential local reader's small reads, decode runs of up to this size at once.
 RUN_BYTES = 2 << 20
 #: A read starting this close to where the last one ended is still sequential.
 NEAR_BYTES = 2 << 20
@@ -74,8 +79,8 @@ class DatasetFile(io.BufferedIOBase):
         self._pos = 0
         self._last_end = 0  # where the sequential reads got to: a read starting near it is sequential too
         self._memory: OrderedDict[int, memoryview] = OrderedDict()
-        # chunk index -> (the read of the run of chunks holding it, where in the run's bytes it starts)
-        self._ahead: dict[int, tuple[Future[bytearray], int]] = {}
+        # chunk index -> (the read of the run of chunks holding it: each chunk's bytes, its place in the run)
+        self._ahead: dict[int, tuple[Future[list[memoryview]], int]] = {}
         self._ahead_end = 0  # chunks before this index have had their read-ahead started (or were passed)
         self._streaming = False  # the last read was sequential
         self._pool = pool
@@ -302,8 +307,7 @@ class DatasetFile(io.BufferedIOBase):
         data = None
         if ahead is not None:
             try:
-                run = ahead[0].result()
-                data = memoryview(run)[ahead[1] : ahead[1] + self._sizes[index]]
+                data = ahead[0].result()[ahead[1]]
             except Exception:
                 data = None  # a read-ahead failed (or was cancelled): read it again here, errors and all
         if data is None and self._streaming and self._pool is None:
@@ -336,13 +340,13 @@ class DatasetFile(io.BufferedIOBase):
             self._memory.popitem(last=False)
 
     def _read_ahead(self, index: int) -> None:
-        """Start reading the chunks of the ``READAHEAD_BYTES`` from ``index`` on, in runs of ``RUN_BYTES``
+        """Start reading the chunks of the ``READAHEAD_BYTES`` from ``index`` on, in runs of ``AHEAD_RUN_BYTES``
         (only those not started already: each chunk's read-ahead starts once)."""
         if self._pool is None or self._readahead_bytes <= 0 or index >= len(self._sizes):
             return
         limit = self._starts[index] + self._readahead_bytes
         i = max(index, self._ahead_end)
-        if i > index and i < len(self._sizes) and self._starts[i] + RUN_BYTES > limit and limit < self._size:
+        if i > index and i < len(self._sizes) and self._starts[i] + AHEAD_RUN_BYTES > limit and limit < self._size:
             return  # less than a run's worth of new room in the window: wait for more (runs, not single chunks)
         pool = None
         run: list[int] = []
@@ -350,11 +354,11 @@ class DatasetFile(io.BufferedIOBase):
         while True:
             more = i < len(self._sizes) and self._starts[i] < limit
             wanted = more and i not in self._memory and i not in self._ahead
-            if run and (not wanted or run_bytes + self._sizes[i] > RUN_BYTES):
+            if run and (not wanted or run_bytes + self._sizes[i] > AHEAD_RUN_BYTES):
                 pool = pool or self._pool()
-                fut = pool.submit(self._read_run, run[0], run[-1] + 1)
+                fut = pool.submit(self._fetch_run, run[0], run[-1] + 1)
                 for k in run:
-                    self._ahead[k] = (fut, self._starts[k] - self._starts[run[0]])
+                    self._ahead[k] = (fut, k - run[0])
                 run, run_bytes = [], 0
             if not more:
                 break
@@ -451,6 +455,13 @@ class DatasetFile(io.BufferedIOBase):
         leaves = [(self._digests[i], self._sizes[i]) for i in range(first, stop)]
         self._source.read_run_into(leaves, memoryview(buf))
         return buf
+
+    def _fetch_run(self, first: int, stop: int) -> list[memoryview]:
+        """Chunks ``first`` to ``stop - 1``, verified, each its own view (of the range answers that held it:
+        no copy until the reader takes it), cached by the cache writer thread meanwhile."""
+        leaves = self._run_leaves(first, stop)
+        got = self._source.read_chunks(leaves, cache_now=False)
+        return [memoryview(got[digest]) for digest, _ in leaves]
 
     def _forget_ahead(self, which: Callable[[int], bool]) -> None:
         for i in [i for i in self._ahead if which(i)]:

@@ -32,7 +32,7 @@ from dstore.net.peers import Peer, PeerTable
 from dstore.net.pins import PinReport, pin_on, unpin_on
 from dstore.net.placement import Placement
 from dstore.net.pointers import POINTER_PEERS, Pointers
-from dstore.net.ranges import RangeRead, Ranges
+from dstore.net.ranges import RangeCall, RangeRead, Ranges
 from dstore.net.reads import ShardConfirmer, get_verified, head
 from dstore.net.transport import Miss, Transport
 
@@ -172,6 +172,10 @@ class PeerSet:
     ) -> RangeRead:
         """See :meth:`dstore.net.ranges.Ranges.fetch_range`."""
         return await self.ranges.fetch_range(record, key, shard, offset, length, hints)
+
+    async def fetch_ranges(self, calls: Sequence[RangeCall]) -> list[RangeRead | None]:
+        """See :meth:`dstore.net.ranges.Ranges.fetch_ranges`."""
+        return await self.ranges.fetch_ranges(calls)
 
     def report_bad_range(self, peer_id: str | None) -> None:
         """See :meth:`dstore.net.ranges.Ranges.report_bad`."""

@@ -17,7 +17,7 @@ from dstore.net.peers import Peer
 
 if TYPE_CHECKING:  # pins and ranges load aiohttp; importing the protocol must not
     from dstore.net.pins import PinReport
-    from dstore.net.ranges import RangeRead
+    from dstore.net.ranges import RangeCall, RangeRead
 
 __all__ = ["PeerClient"]
 
@@ -94,6 +94,11 @@ class PeerClient(Protocol):
         The caller checks every chunk it decodes from them, and calls
         :meth:`report_bad_range` with ``peer_id`` of a range whose chunks failed.
         """
+        ...
+
+    def fetch_ranges(self, calls: Sequence[RangeCall]) -> list[RangeRead | None]:
+        """Many :meth:`fetch_range` calls, concurrently: for each its unverified bytes, or None if no peer
+        asked served them."""
         ...
 
     def report_bad_range(self, peer_id: str | None) -> None:

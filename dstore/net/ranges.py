@@ -14,11 +14,12 @@ whole pack, rebuilt from parity if need be — is the better path then.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dstore.errors import NotFound, PeerError
+from dstore.errors import DstoreError, NotFound, PeerError
 from dstore.format.cid import cid_to_text
 from dstore.format.pack import PackRecord
 from dstore.net.fetching import Fetcher
@@ -26,7 +27,7 @@ from dstore.net.peers import Peer, PeerTable
 from dstore.net.reads import verify_block
 from dstore.net.transport import Miss, Transport
 
-__all__ = ["RANGE_PEERS", "RangeRead", "Ranges"]
+__all__ = ["RANGE_PEERS", "RangeCall", "RangeRead", "Ranges"]
 
 #: Live peers asked for one range before the caller falls back to the whole pack.
 RANGE_PEERS = 2
@@ -39,6 +40,10 @@ class RangeRead:
 
     data: bytes | bytearray
     peer_id: str | None
+
+
+#: One ranged read: (pack record, pack key, data shard, offset in it, length, the pack's placement hints).
+RangeCall = tuple[PackRecord, bytes, int, int, int, Sequence[str | None] | None]
 
 
 class Ranges:
@@ -83,6 +88,19 @@ class Ranges:
         if all(m.status == 404 for m in misses):
             raise NotFound(f"shard {text}: the peers asked do not hold it")
         raise PeerError(f"shard {text}: no range from the peers asked: " + "; ".join(map(str, misses)))
+
+    async def fetch_ranges(self, calls: Sequence[RangeCall]) -> list[RangeRead | None]:
+        """Many :meth:`fetch_range` calls at once, concurrently: for each, its answer, or None if no peer
+        asked could serve it (the caller reads that pack another way). Arguments that describe no range
+        raise ValueError, as one call does."""
+
+        async def one(call: RangeCall) -> RangeRead | None:
+            try:
+                return await self.fetch_range(*call)
+            except DstoreError:
+                return None
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
 
     async def _one(self, peer: Peer, record: PackRecord, shard: int, offset: int, length: int) -> bytes | bytearray:
         cid = record.shards[shard]

@@ -25,7 +25,7 @@ from dstore.net.client import PeerSet
 from dstore.net.peers import Peer
 from dstore.net.pins import PinReport
 from dstore.net.pointers import POINTER_PEERS
-from dstore.net.ranges import RangeRead
+from dstore.net.ranges import RangeCall, RangeRead
 
 __all__ = ["SyncPeerSet"]
 
@@ -177,6 +177,9 @@ class SyncPeerSet:
         hints: Sequence[str | None] | None = None,
     ) -> RangeRead:
         return self._call(self._ps.fetch_range(record, key, shard, offset, length, hints))
+
+    def fetch_ranges(self, calls: Sequence[RangeCall]) -> list[RangeRead | None]:
+        return self._call(self._ps.fetch_ranges(calls))
 
     def report_bad_range(self, peer_id: str | None) -> None:
         self._on_loop(lambda: self._ps.report_bad_range(peer_id))

@@ -17,18 +17,15 @@ import os
 import time
 from array import array
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from dstore.format.cid import CID
 from dstore.format.unixfs import Node
 from dstore.mount.dataset import Dataset
 
-__all__ = ["DIGEST_BYTES", "RANGE_THREADS", "SHARE_STALL_S", "FileChunks", "SampleReader", "window_bounds"]
+__all__ = ["DIGEST_BYTES", "SHARE_STALL_S", "FileChunks", "SampleReader", "window_bounds"]
 
 #: Bytes of a chunk ID's digest (BLAKE3 and SHA2-256 alike).
 DIGEST_BYTES = 32
-#: Threads of an iterating process asking peers for ranges at once.
-RANGE_THREADS = 8
 #: A worker waiting for another to cache a window's chunks polls the cache this often at first.
 SHARE_POLL_S = 0.002
 #: ... and reads the chunks itself once this long passes with none arriving.
@@ -76,16 +73,12 @@ class FileChunks:
 
 
 class SampleReader:
-    """Reads groups of sample spans ``(file, start, end)`` with their chunks fetched together.
+    """Reads groups of sample spans ``(file, start, end)`` with their chunks fetched together (the range
+    requests of a group all at once, on the dataset's network thread)."""
 
-    Made in the process that iterates (its range threads are never inherited across a fork);
-    :meth:`close` when the pass ends.
-    """
-
-    def __init__(self, ds: Dataset, chunks: FileChunks, threads: int = RANGE_THREADS) -> None:
+    def __init__(self, ds: Dataset, chunks: FileChunks) -> None:
         self.ds = ds
         self.chunks = chunks
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dstore-ranges") if threads > 1 else None
 
     def read(self, spans: Sequence[tuple[int, int, int]], extra: Sequence[tuple[int, int, int]] = ()) -> list[bytes]:
         """The bytes of every span, in order, each verified chunk by chunk.
@@ -95,10 +88,10 @@ class SampleReader:
         """
         plans = [self.chunks.pieces(*span) for span in spans]
         if not extra:
-            return self._assemble(plans, self.ds.chunks.read_chunks(list(self._wants(plans).items()), self._pool))
+            return self._assemble(plans, self.ds.chunks.read_chunks(list(self._wants(plans).items())))
         mine = self._wants(plans)
         wants = self._wants([self.chunks.pieces(*span) for span in extra]) | mine
-        return self._assemble(plans, self.ds.chunks.read_chunks(list(wants.items()), self._pool, keep=mine))
+        return self._assemble(plans, self.ds.chunks.read_chunks(list(wants.items()), keep=mine))
 
     def read_when_cached(self, spans: Sequence[tuple[int, int, int]], stall_s: float = SHARE_STALL_S) -> list[bytes]:
         """:meth:`read` once another worker that is reading these spans has put them in the disk cache.
@@ -133,7 +126,7 @@ class SampleReader:
             st["share_fallback"] = st.get("share_fallback", 0) + (len(wants) - len(found))
         rest = [(d, n) for d, n in wants.items() if d not in found]
         if rest:
-            found.update(self.ds.chunks.read_chunks(rest, self._pool))
+            found.update(self.ds.chunks.read_chunks(rest))
         return self._assemble(plans, found)
 
     def _wants(self, plans: list[list[tuple[int, int, int]]]) -> dict[bytes, int]:
@@ -156,10 +149,6 @@ class SampleReader:
             else:
                 out.append(b"".join(got[chunks.digest(chunk)][a : a + n] for chunk, a, n in plan))
         return out
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def window_bounds(window: Sequence[int]) -> dict[int, tuple[int, int]]:

@@ -119,8 +119,6 @@ class FileDataset(TorchDataset[Any]):
             nodes = match_nodes(ds, pattern)
             self.files = [(path, size) for path, size, _, _ in nodes]
             self._chunks = _chunk_lists(ds, nodes)
-        self._reader: SampleReader | None = None
-        self._reader_pid = 0
 
     @property
     def paths(self) -> list[str]:
@@ -140,12 +138,9 @@ class FileDataset(TorchDataset[Any]):
         ds = self._opened.ds
         ds.chunks.check_process()  # a forked worker reopens the dataset here, once, before the threads read
         if self._chunks is not None:  # the batch's chunks together: one cache batch, ranges per data shard
-            if self._reader is None or self._reader_pid != os.getpid():
-                self._reader, self._reader_pid = SampleReader(ds, self._chunks), os.getpid()
             spans = [(i, 0, self.files[i][1]) for i in indices]
-            return [
-                self._item(self.files[i][0], data) for i, data in zip(indices, self._reader.read(spans), strict=True)
-            ]
+            datas = SampleReader(ds, self._chunks).read(spans)
+            return [self._item(self.files[i][0], data) for i, data in zip(indices, datas, strict=True)]
         return [
             self._item(path, data)
             for (path, _), data in prefetched(
@@ -154,13 +149,7 @@ class FileDataset(TorchDataset[Any]):
         ]
 
     def close(self) -> None:
-        if self._reader is not None and self._reader_pid == os.getpid():
-            self._reader.close()
-        self._reader = None
         self._opened.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_reader": None, "_reader_pid": 0}
 
     def __enter__(self) -> FileDataset:
         return self
@@ -404,22 +393,19 @@ class SampleStream(IterableDataset[Any]):
             max_bytes=group_bytes,
         )
         reader = SampleReader(ds, chunks)
-        try:
-            for group, datas in prefetched(
-                groups,
-                read,
-                lambda g: sum(s[3] - s[2] for s in g),
-                max_samples=max_samples,
-                max_bytes=max_bytes,
-                threads=GROUP_THREADS,
-                count=len,
-            ):
-                for (pos, file, _, _), data in zip(group, datas, strict=True):
-                    item = self._item(self.files[file][0], data)
-                    self._position = pos + 1  # exact when this process is the only one iterating (workers=1)
-                    yield item
-        finally:
-            reader.close()
+        for group, datas in prefetched(
+            groups,
+            read,
+            lambda g: sum(s[3] - s[2] for s in g),
+            max_samples=max_samples,
+            max_bytes=max_bytes,
+            threads=GROUP_THREADS,
+            count=len,
+        ):
+            for (pos, file, _, _), data in zip(group, datas, strict=True):
+                item = self._item(self.files[file][0], data)
+                self._position = pos + 1  # exact when this process is the only one iterating (workers=1)
+                yield item
 
     def _one_by_one(self, ds: Dataset, sequence: array[int], positions: Iterator[int]) -> Iterator[Any]:
         """Samples read file by file through ``Dataset.read_bytes`` (datasets read from gateways)."""

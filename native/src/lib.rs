@@ -723,6 +723,43 @@ fn os_error(path: &std::path::Path, error: &std::io::Error) -> PyErr {
     PyOSError::new_err((errno, message, path.as_os_str().to_os_string()))
 }
 
+/// Whether each new file was written, and `(errno, message)` of the error that stopped the writes.
+type NewFilesWritten = (Vec<bool>, Option<(i32, String)>);
+
+/// Write many new files, each through a temporary file renamed into place (a cache's entries), on the
+/// calling thread with the GIL released; see `write::write_new_files`.
+#[pyfunction]
+fn write_new_files(
+    py: Python<'_>,
+    paths: Vec<PathBuf>,
+    tmp_paths: Vec<PathBuf>,
+    datas: Vec<Bound<'_, PyAny>>,
+) -> PyResult<NewFilesWritten> {
+    if tmp_paths.len() != paths.len() || datas.len() != paths.len() {
+        return Err(value_error(format!(
+            "paths, tmp_paths and datas differ in length ({}, {}, {})",
+            paths.len(),
+            tmp_paths.len(),
+            datas.len()
+        )));
+    }
+    let bufs = datas
+        .iter()
+        .map(ByteBuf::get)
+        .collect::<PyResult<Vec<_>>>()?;
+    let entries: Vec<write::NewFile<'_>> = paths
+        .into_iter()
+        .zip(tmp_paths)
+        .zip(bufs.iter().map(ByteBuf::as_slice))
+        .map(|((path, tmp), data)| (path, tmp, data))
+        .collect();
+    let (written, err) = py.detach(|| write::write_new_files(&entries));
+    Ok((
+        written,
+        err.map(|e| (e.raw_os_error().unwrap_or(0), e.to_string())),
+    ))
+}
+
 /// Decode, verify and write the chunks of many files under `folder` in one
 /// call; returns the indices of the chunks that failed to decode or verify.
 #[pyfunction]
@@ -994,6 +1031,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(decode_chunks_into, m)?)?;
     m.add_function(wrap_pyfunction!(write_files, m)?)?;
+    m.add_function(wrap_pyfunction!(write_new_files, m)?)?;
     m.add_class::<Segment>()?;
     m.add_function(wrap_pyfunction!(process_files, m)?)?;
     m.add_class::<FileBatch>()?;

@@ -655,3 +655,58 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// A new file: `(path, temporary path beside it, bytes)`.
+pub type NewFile<'a> = (PathBuf, PathBuf, &'a [u8]);
+
+/// Each `(path, temporary path, bytes)` written to its temporary path (created new, mode 0666 less the
+/// umask) and renamed to its path, in order, skipping entries whose path already exists: a reader of
+/// the path sees a whole file or none. Returns whether each entry was written (false: it existed, or
+/// was not reached), and the error that stopped the writes (its temporary file removed), if any.
+pub fn write_new_files(entries: &[NewFile<'_>]) -> (Vec<bool>, Option<io::Error>) {
+    let mut written = vec![false; entries.len()];
+    for (i, (path, tmp, data)) in entries.iter().enumerate() {
+        if path.symlink_metadata().is_ok() {
+            continue;
+        }
+        let result = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(tmp)
+            .and_then(|mut file| io::Write::write_all(&mut file, data))
+            .and_then(|()| std::fs::rename(tmp, path));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(tmp);
+            return (written, Some(e));
+        }
+        written[i] = true;
+    }
+    (written, None)
+}
+
+#[cfg(test)]
+mod new_files_tests {
+    use super::*;
+
+    #[test]
+    fn writes_new_skips_existing_stops_at_error() {
+        let dir = std::env::temp_dir().join(format!("dstore-new-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("missing/c"));
+        std::fs::write(&b, b"old").unwrap();
+        let entries = vec![
+            (a.clone(), dir.join(".tmp-a"), &b"new a"[..]),
+            (b.clone(), dir.join(".tmp-b"), &b"new b"[..]),
+            (c.clone(), dir.join("missing/.tmp-c"), &b"c"[..]),
+            (dir.join("d"), dir.join(".tmp-d"), &b"d"[..]),
+        ];
+        let (written, err) = write_new_files(&entries);
+        assert_eq!(written, vec![true, false, false, false]);
+        assert_eq!(err.unwrap().kind(), io::ErrorKind::NotFound);
+        assert_eq!(std::fs::read(&a).unwrap(), b"new a");
+        assert_eq!(std::fs::read(&b).unwrap(), b"old");
+        assert!(!dir.join("d").exists() && !dir.join(".tmp-a").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
