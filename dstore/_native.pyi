@@ -23,6 +23,7 @@ __all__ = [
     "dagpb_encode",
     "decode_chunks",
     "decode_chunks_into",
+    "empty_bytearray",
     "encode_pack",
     "locator_chunk_page",
     "locator_pages",
@@ -268,6 +269,10 @@ def write_files(
     (checked before any file is opened); OSError (errno and filename set,
     e.g. FileExistsError) when the OS refuses to create, open or write a file.
     """
+
+def empty_bytearray(size: int) -> bytearray:
+    """A bytearray of ``size`` bytes whose contents are not set (no zero fill): for a buffer that a
+    receive fills whole before anything reads it."""
 
 def write_new_files(
     paths: Sequence[str | os.PathLike[str]],

@@ -90,3 +90,25 @@ def test_get_survives_a_peer_serving_wrong_shard_bytes(dstore, home, tmp_path) -
         dstore("get", cid, "-o", tmp_path / "out", env=fresh)
         assert snapshot(tmp_path / "out") == snapshot(src)
         assert hp.stats()["lies"] >= 1, "the client never asked the hostile peer for a shard"
+
+
+def test_an_unverified_pack_fetch_takes_a_liar_s_bytes_a_verified_one_refuses_them(tmp_path) -> None:
+    """``fetch_pack(verify=False)`` (what ``dstore get`` asks first, checking every chunk itself) checks only
+    lengths: a liar's bytes come back as they are; the verified fetch it falls back to refuses them and scores
+    the liar down."""
+    from dstore.errors import NotEnoughShards
+    from dstore.format.cid import parse_cid
+    from dstore.format.pack import PackRecord
+    from dstore.net import SyncPeerSet
+
+    data, parity = b"the true bytes of a data shard", b"the true bytes of a parity one"
+    cids = (parse_cid(block(data)), parse_cid(block(parity)))
+    record = PackRecord(k=1, m=1, size=len(data), shard_size=len(data), shards=cids)
+    shards = {block(data): data, block(parity): parity}
+    with hostile_peer(tmp_path, mode="wrong-bytes", shards=shards) as hp:
+        with SyncPeerSet.connect([hp.url], None) as client:
+            got = client.fetch_pack(record, cids[0].to_bytes(), [hp.peer_id, hp.peer_id], verify=False)
+            assert got[0] == bytes(b ^ 0xFF for b in data) and client.peers[0].bad_bytes == 0
+            with pytest.raises(NotEnoughShards):
+                client.fetch_pack(record, cids[0].to_bytes(), [hp.peer_id, hp.peer_id])
+            assert client.peers[0].bad_bytes >= 1

@@ -131,7 +131,13 @@ class LocalShards:
 
 
 class PeerShards:
-    """Shards from storage peers: data shards first, hedged with parity, each verified on arrival."""
+    """Shards from storage peers: data shards first, hedged with parity.
+
+    What :meth:`map` gives is not hashed against the shard CIDs: every reader of a pack's parts checks
+    each chunk it decodes from them against its chunk ID (one hash of each byte, not two), and on a
+    failure asks :meth:`rebuild`, whose shards are each verified on arrival (a peer that sent bad bytes is
+    found out, and scored down, there).
+    """
 
     def __init__(self, peers: PeerClient, hints: dict[bytes, list[str | None]] | None = None) -> None:
         self.peers = peers  # a dstore.net SyncPeerSet
@@ -142,16 +148,18 @@ class PeerShards:
         """Fetch these packs concurrently (one pack's k requests alone leave the peers mostly idle)."""
         for pack_id, record in packs:
             if pack_id not in self._pending and len(self._pending) < PEER_PREFETCH_PACKS:
-                self._pending[pack_id] = self.peers.submit_fetch_pack(record, pack_id, self.hints.get(pack_id))
+                self._pending[pack_id] = self.peers.submit_fetch_pack(
+                    record, pack_id, self.hints.get(pack_id), verify=False
+                )
 
     def map(self, pack_id: bytes, record: PackRecord) -> Parts:
         return _data_parts(self.fetched(pack_id, record), record)
 
     def fetched(self, pack_id: bytes, record: PackRecord) -> list[bytes | bytearray | mmap.mmap | None]:
-        """The pack's shards as fetched (k + m, at least k of them verified, None elsewhere)."""
+        """The pack's shards as fetched, unverified (k + m, at least k of them of the right size, None elsewhere)."""
         pending = self._pending.pop(pack_id, None)
         if pending is None:
-            return list(self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id)))
+            return list(self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id), verify=False))
         try:
             return list(pending.result())
         except BaseException:
@@ -159,7 +167,10 @@ class PeerShards:
             raise
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
-        parts = self.map(pack_id, record)
+        pending = self._pending.pop(pack_id, None)
+        if pending is not None:
+            pending.cancel()  # unverified: not what a rebuild may use
+        parts = _data_parts(list(self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))), record)
         return memoryview(parts[0]) if len(parts) == 1 else memoryview(b"".join(parts))
 
     def read_range(self, record: PackRecord, shard: int, offset: int, buf: memoryview) -> None:

@@ -151,9 +151,10 @@ class PeerSet:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
+        verify: bool = True,
     ) -> list[bytes | bytearray | None]:
         """See :meth:`dstore.net.fetching.Fetcher.fetch_pack`."""
-        return await self.fetcher.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s)
+        return await self.fetcher.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s, verify=verify)
 
     async def get_block(
         self, cid: CID, key: bytes, hints: Sequence[str | None] | None = None, *, hedge_after_s: float | None = None

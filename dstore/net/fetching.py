@@ -68,15 +68,22 @@ class Fetcher:
         return max(MIN_HEDGE_S, HEDGE_FACTOR * expect)
 
     async def fetch_one(
-        self, cid: CID, candidates: Sequence[Peer], exclude: set[Peer], attempt: _Attempt, limit: int
+        self,
+        cid: CID,
+        candidates: Sequence[Peer],
+        exclude: set[Peer],
+        attempt: _Attempt,
+        limit: int,
+        verify: bool = True,
     ) -> bytes | bytearray:
-        """A verified copy of ``cid``: GET from the first live candidate; else HEAD the others, GET from holders."""
+        """A verified copy of ``cid`` (unless not ``verify``): GET from the first live candidate; else HEAD the
+        others, GET from holders."""
         misses: list[Miss] = []
         cands = [p for p in candidates if p.alive and p not in exclude]
         for p in cands[:1]:
             attempt.peer = p
             try:
-                return await get_verified(self.transport, p, cid, limit)
+                return await get_verified(self.transport, p, cid, limit, verify=verify)
             except Miss as e:
                 misses.append(e)
         rest = [p for p in cands[1:] if p.alive]
@@ -87,7 +94,7 @@ class Fetcher:
             for p in holders:
                 attempt.peer = p
                 try:
-                    return await get_verified(self.transport, p, cid, limit)
+                    return await get_verified(self.transport, p, cid, limit, verify=verify)
                 except Miss as e:
                     misses.append(e)
         raise Unavailable(misses)
@@ -102,6 +109,7 @@ class Fetcher:
         hedge_after_s: float,
         *,
         exact_len: int | None = None,
+        verify: bool = True,
     ) -> tuple[dict[int, bytes | bytearray], dict[int, list[Miss]]]:
         """Get ``need`` of the blocks ``cids`` (verified), hedged; return them by index, and the misses.
 
@@ -127,7 +135,7 @@ class Fetcher:
 
         def launch(i: int, exclude: set[Peer]) -> None:
             a = _Attempt(i, time.monotonic())
-            task = asyncio.ensure_future(self.fetch_one(cids[i], candidates[i], exclude, a, limit))
+            task = asyncio.ensure_future(self.fetch_one(cids[i], candidates[i], exclude, a, limit, verify))
             running[task] = a
 
         def top_up() -> None:
@@ -241,6 +249,7 @@ class Fetcher:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
+        verify: bool = True,
     ) -> list[bytes | bytearray | None]:
         """At least k verified shards of the pack ``record`` (None elsewhere), as a list of k + m.
 
@@ -249,6 +258,10 @@ class Fetcher:
         ``hedge_after_s`` defaults to 3× the typical time to fetch one shard,
         at least 50 ms. Raises :class:`NotEnoughShards` naming the pack and
         each shard's failures when fewer than k verified shards can be had.
+        ``verify=False``: the shards are only checked for their length, not
+        hashed — for a caller that checks every chunk it decodes from them and,
+        when one fails, fetches the pack again verified (``dstore get``: the
+        chunk check then is the only hash of each byte).
         """
         self.health.maybe_revive()
         n = record.k + record.m
@@ -260,7 +273,14 @@ class Fetcher:
         order = self.shard_order(candidates, record.k)
         hedge = hedge_after_s if hedge_after_s is not None else self.hedge_delay(record.shard_size)
         results, misses = await self.gather(
-            record.shards, record.k, candidates, order, record.shard_size, hedge, exact_len=record.shard_size
+            record.shards,
+            record.k,
+            candidates,
+            order,
+            record.shard_size,
+            hedge,
+            exact_len=record.shard_size,
+            verify=verify,
         )
         if len(results) < record.k:
             raise _not_enough(record, results, misses)

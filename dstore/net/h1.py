@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from dstore import _native
 from dstore.limits import MAX_ERROR_BODY_BYTES
 
 __all__ = [
@@ -289,7 +290,7 @@ class _Connection(asyncio.BufferedProtocol):
         if n == 0:
             self._finish()
             return
-        resp.body = bytearray(n)
+        resp.body = _native.empty_bytearray(n)  # filled whole by the receive, or dropped with the response
         self.body_view = memoryview(resp.body)
         self.body_len = n
         self.state = _BODY

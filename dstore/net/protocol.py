@@ -65,8 +65,13 @@ class PeerClient(Protocol):
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
+        verify: bool = True,
     ) -> list[bytes | bytearray | None]:
-        """At least k verified shards of a pack (None elsewhere), hedged; NotEnoughShards otherwise."""
+        """At least k verified shards of a pack (None elsewhere), hedged; NotEnoughShards otherwise.
+
+        ``verify=False``: only their lengths are checked (the caller checks the chunks it decodes from them,
+        and fetches the pack again verified when one fails).
+        """
         ...
 
     def submit_fetch_pack(
@@ -76,6 +81,7 @@ class PeerClient(Protocol):
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
+        verify: bool = True,
     ) -> concurrent.futures.Future[list[bytes | bytearray | None]]:
         """:meth:`fetch_pack` started in the background (for read-ahead)."""
         ...

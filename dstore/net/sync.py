@@ -153,8 +153,9 @@ class SyncPeerSet:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
+        verify: bool = True,
     ) -> list[bytes | bytearray | None]:
-        return self._call(self._ps.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s))
+        return self._call(self._ps.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s, verify=verify))
 
     def submit_fetch_pack(
         self,
@@ -163,9 +164,10 @@ class SyncPeerSet:
         hints: Sequence[str | None] | None = None,
         *,
         hedge_after_s: float | None = None,
+        verify: bool = True,
     ) -> concurrent.futures.Future[list[bytes | bytearray | None]]:
         """Start :meth:`fetch_pack` and return at once (for read-ahead)."""
-        return self._submit(self._ps.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s))
+        return self._submit(self._ps.fetch_pack(record, key, hints, hedge_after_s=hedge_after_s, verify=verify))
 
     def fetch_range(
         self,

@@ -723,6 +723,21 @@ fn os_error(path: &std::path::Path, error: &std::io::Error) -> PyErr {
     PyOSError::new_err((errno, message, path.as_os_str().to_os_string()))
 }
 
+/// A bytearray of `size` bytes whose contents are not set (no zero fill): a buffer that a receive
+/// fills whole before anything reads it (`bytearray(n)` writes every byte once more before that).
+#[pyfunction]
+fn empty_bytearray(py: Python<'_>, size: usize) -> PyResult<Bound<'_, PyAny>> {
+    let n = isize::try_from(size).map_err(|_| value_error(format!("a buffer of {size} bytes")))?;
+    // SAFETY: with a null pointer CPython allocates `n` bytes (plus its trailing NUL) and copies
+    // nothing; the result is a new reference or null with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), n),
+        )
+    }
+}
+
 /// Whether each new file was written, and `(errno, message)` of the error that stopped the writes.
 type NewFilesWritten = (Vec<bool>, Option<(i32, String)>);
 
@@ -1032,6 +1047,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_chunks_into, m)?)?;
     m.add_function(wrap_pyfunction!(write_files, m)?)?;
     m.add_function(wrap_pyfunction!(write_new_files, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_bytearray, m)?)?;
     m.add_class::<Segment>()?;
     m.add_function(wrap_pyfunction!(process_files, m)?)?;
     m.add_class::<FileBatch>()?;
