@@ -327,6 +327,23 @@ def test_a_data_shard_holder_dead_during_a_sequential_read(fresh, six):
         assert ds.open("big.bin").read() == BIG and ds.chunks.stats["cache"] == len(places)
 
 
+def test_a_local_dataset_opened_with_peers_reads_ahead_from_its_own_shards(six, tmp_path):
+    """With peers configured, a dataset the local store holds is still read from its shard files: read-ahead
+    runs are a pread per data shard, not a chunk at a time, and nothing is asked of the peers."""
+    peers, _ = six
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(BIG)
+    env = {**os.environ, "DSTORE_HOME": str(tmp_path / "home"), "DSTORE_PEERS": ""}
+    add = [sys.executable, "-m", "dstore", "add", str(src), "-q"]
+    cid = subprocess.run(add, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    with dstore.open(cid, peers=urls(peers), home=tmp_path / "home", cache=tmp_path / "cache") as ds:
+        assert read_in_pieces(ds, "big.bin", 1 << 20) == BIG
+        stats, chunks = ds.chunks.stats, len(chunk_places(ds, "big.bin"))
+    assert stats["local"] == chunks and stats["range"] == stats["pack"] == 0
+    assert 0 < stats["runs"] <= chunks // 4
+
+
 def test_fetch_ranges_answers_each_call_or_none(tmp_path, six):
     """Many ranges at once: each call gets its bytes, or None when no peer asked can serve it; a peer whose
     206 holds fewer bytes than its Content-Range says is scored down as a liar."""

@@ -157,14 +157,21 @@ class ChunkSource:
         self.read_into(digest, memoryview(buf))
         return bytes(buf)
 
-    def read_run_into(self, leaves: list[tuple[bytes, int]], out: memoryview, maps: MappedPacks | None = None) -> None:
+    def read_run_into(
+        self,
+        leaves: list[tuple[bytes, int]],
+        out: memoryview,
+        maps: MappedPacks | None = None,
+        *,
+        ask_cache: bool = True,
+    ) -> None:
         """Fill ``out`` with consecutive chunks of a file, verified, end to end (``out`` holds exactly their sizes).
 
         Cached chunks come from the cache; each run of the others that lies back to back in one pack is read at
         once (local shard files, else one range request per data shard) and decoded in one native call. A run that
         cannot be had that way, or fails its check, is read chunk by chunk (:meth:`read_into`: whole packs, parity).
         ``maps``: a sequential reader's mapped local packs; runs in local packs are decoded straight from them,
-        before the cache is asked.
+        before the cache is asked. ``ask_cache=False``: the caller has just asked it for these.
         """
         self.check_process()
         starts = []
@@ -181,7 +188,7 @@ class ChunkSource:
         missing = list(range(len(leaves)))
         # A sequential reader of the local store reads its mapped shards first: cheaper than asking the
         # cache, which holds what came from peers, for every chunk (a run that fails asks it chunk by chunk).
-        if self.cache is not None and (maps is None or self.reader.gateway is not None):
+        if ask_cache and self.cache is not None and (maps is None or self.reader.gateway is not None):
             missing = [i for i in missing if not self.cache.get_into(self.hash_name, leaves[i][0], piece(i))]
             self.stats["cache"] += len(leaves) - len(missing)
         if not missing:
@@ -416,10 +423,13 @@ class ChunkSource:
                     one_by_one.append((digest, size))
                 else:
                     packs.setdefault(pack_id, (record, []))[1].append(ref)
-        for digest, size in one_by_one:
-            buf = bytearray(size)
-            self.read_into(digest, memoryview(buf))
-            got[digest] = memoryview(buf)
+        if one_by_one:  # in runs where they lie back to back in a local pack (one pread per data shard)
+            buf = memoryview(bytearray(sum(size for _, size in one_by_one)))
+            self.read_run_into(one_by_one, buf, ask_cache=False)
+            pos = 0
+            for digest, size in one_by_one:
+                got[digest] = buf[pos : pos + size]
+                pos += size
         if packs:
             got.update(self._packs_by_range(packs, keep, cache_now))
         return got if keep is None else {d: v for d, v in got.items() if d in keep}
