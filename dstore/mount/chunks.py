@@ -382,9 +382,9 @@ class ChunkSource:
         chunks are then decoded and checked against their IDs in one native call and cached. A pack whose
         ranges cannot be had (a peer down) or whose bytes fail their check (their senders are scored
         down) is read whole through the reader's pack path (hedged, rebuilt from parity). Chunks in packs
-        of the local store, and everything of a dataset read from gateways, go one by one through
-        :meth:`read_into`. The caller bounds the bytes asked for at once: about that much (plus merged
-        gaps) is in flight.
+        of the local store go through :meth:`read_run_into` (a pread per data shard for those back to
+        back), and everything of a dataset read from gateways chunk by chunk. The caller bounds the
+        bytes asked for at once: about that much (plus merged gaps) is in flight.
 
         ``keep``: return only these (the others are read for the cache, for other readers: those it
         already holds are left alone, unread). ``cache_now``: the chunks are in the cache when this
