@@ -43,7 +43,7 @@ TOUCH_INTERVAL_S = 60.0
 #: Temporary files older than this were left by a process that died while writing.
 STALE_TMP_S = 3600.0
 #: :meth:`ChunkCache.put_many` takes the lock once per this many bytes of entries.
-PUT_BATCH_BYTES = 1 << 20
+PUT_BATCH_BYTES = 8 << 20
 LAYOUT = "chunks-v1"
 _SIZE = struct.Struct("<Q")
 _IN_PROCESS = threading.Lock()
