@@ -30,11 +30,10 @@ sys.path.insert(0, str(HERE.parent))  # the dstore of this checkout
 from dstore import _native  # noqa: E402
 from dstore.format.cbor import block_cid  # noqa: E402
 from dstore.format.cid import RAW, cid_from_digest, raw_cid_bytes  # noqa: E402
-from dstore.format.pack import PackRecord, shard_size  # noqa: E402
+from dstore.format.pack import PACK_UNIT_BYTES, PackRecord, shard_size  # noqa: E402
 from dstore.store import ChunkLoc, Store  # noqa: E402
 
 SEGMENT_BYTES = 16 << 20  # dstore.ingest.add.SEGMENT_BYTES
-SHARD_TARGET_BYTES = 1 << 20  # dstore.ingest.packer.SHARD_TARGET_BYTES
 K, M = 10, 4
 MIN, AVG, MAX = 16384, 65536, 262144
 ZSTD_LEVEL = 1
@@ -62,7 +61,7 @@ def replay_add(path: Path, work: Path, clock: Clock) -> dict:
     """The add pipeline of one big file, stage by stage; returns counts."""
     store = Store(work / "home")
     seg_buf = memoryview(bytearray(SEGMENT_BYTES))
-    capacity = K * SHARD_TARGET_BYTES
+    capacity = K * PACK_UNIT_BYTES
     pack = bytearray(capacity)
     fill = 0
     meta: list[tuple[bytes, int, int, int, int]] = []

@@ -9,7 +9,7 @@ from peerutil import running_peers
 
 from dstore import _native
 from dstore.errors import NotEnoughShards
-from dstore.fetch.packs import PEER_PREFETCH_PACKS, PeerShards
+from dstore.fetch.packs import PeerShards
 from dstore.format.cid import RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.net import SyncPeerSet
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "prefetch-token"
 K, M = 3, 2
+AHEAD = 8  # packs' worth of data shards the source may fetch ahead of use
 
 
 def make_pack(seed: int, size: int = 3 * 40_000 - 7) -> tuple[PackRecord, bytes, list[bytes], bytes]:
@@ -33,14 +34,15 @@ def make_pack(seed: int, size: int = 3 * 40_000 - 7) -> tuple[PackRecord, bytes,
 
 
 def test_prefetched_packs_map_to_their_data_shards_and_failures_surface_on_map(tmp_path) -> None:
-    packs = [make_pack(s) for s in range(PEER_PREFETCH_PACKS + 2)]
+    packs = [make_pack(s) for s in range(AHEAD + 2)]
     never_placed = make_pack(999)
     with running_peers(tmp_path, 5, token=TOKEN) as peers, SyncPeerSet.connect([p.url for p in peers], TOKEN) as net:
         hints = {key: net.put_pack(key, list(zip(rec.shards, shards, strict=True))) for rec, key, shards, _ in packs}
-        source = PeerShards(net, hints)
+        rec0 = packs[0][0]
+        source = PeerShards(net, hints, prefetch_bytes=AHEAD * rec0.k * rec0.shard_size)
         source.prefetch([(key, rec) for rec, key, _, _ in [never_placed, *packs]])
-        # Bounded: no more than PEER_PREFETCH_PACKS fetches are started ahead of use.
-        assert len(source._pending) == PEER_PREFETCH_PACKS  # noqa: SLF001
+        # Bounded by bytes: no more than AHEAD packs' data shards are fetched ahead of use.
+        assert len(source._pending) == AHEAD  # noqa: SLF001
         for rec, key, shards, data in packs:  # the last three were not prefetched: fetched on map
             parts = source.map(key, rec)
             assert [bytes(p) for p in parts] == shards[:K]

@@ -12,7 +12,8 @@ from dstore.errors import FormatError
 from dstore.format import cbor
 from dstore.format.cid import DAG_CBOR, DAG_PB, RAW, cid_from_digest, make_cid
 from dstore.format.manifest import ChunkerParams, Manifest
-from dstore.format.pack import MAX_SHARDS, PackRecord, shard_size
+from dstore.format.pack import MAX_SHARDS, PACK_UNIT_BYTES, PackRecord, shard_size
+from dstore.limits import MAX_CHUNK_BYTES
 
 ROOT = make_cid(DAG_PB, b"root")
 ROOT_SHA = make_cid(DAG_PB, b"root", "sha2-256")
@@ -257,10 +258,11 @@ def _record(k: int = 4, m: int = 2, size: int = 1000) -> PackRecord:
     return PackRecord(k=k, m=m, size=size, shard_size=shard_size(size, k), shards=shards)
 
 
-@given(st.integers(1, 20), st.integers(0, 20), st.integers(0, 17 << 20))
+@given(st.integers(1, 20), st.integers(0, 20), st.integers(0, 20 * PACK_UNIT_BYTES))
 def test_pack_record_round_trip(k: int, m: int, size: int) -> None:
-    # A pack holds at most k MiB, or one chunk (at most 16 MiB) bigger than that.
-    size = min(size, max(k << 20, 16 << 20))
+    # A pack holds at most k pack units, or one chunk bigger than that: its shards stay within
+    # MAX_SHARD_BYTES (PackRecord refuses more).
+    size = min(size, max(k * PACK_UNIT_BYTES, MAX_CHUNK_BYTES))
     rec = _record(k, m, size)
     block = rec.encode()
     assert PackRecord.decode(block) == rec

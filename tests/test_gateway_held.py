@@ -34,11 +34,13 @@ from dstore.format.car import car_section_head
 from dstore.format.cid import HASH_CODES, RAW, cid_bytes_from_digest, cid_to_text, hash_digest, parse_cid
 from dstore.format.dagpb import decode_varint
 from dstore.format.locator import CODEC_ZSTD
+from dstore.limits import PACK_UNIT_BYTES
 
 from treeutil import csv_like, random_bytes
 
 TOKEN = "held-token"
 MIB = 1 << 20
+UNIT = PACK_UNIT_BYTES
 BLAKE3 = HASH_CODES["blake3"]
 PREFIX = cid_bytes_from_digest(RAW, bytes(32))[:-32]
 
@@ -123,8 +125,9 @@ def test_a_short_shard_file_or_a_chunk_outside_the_pack_is_refused(tmp_path: Pat
 
 
 def _source() -> bytes:
-    repeated = random_bytes(4 * MIB, 21)
-    return repeated + csv_like(3 * MIB, 22) + random_bytes(1 * MIB, 23) + repeated
+    # In pack units, so that the file's chunks make several 2+2 packs whatever the unit.
+    repeated = random_bytes(4 * UNIT, 21)
+    return repeated + csv_like(3 * UNIT, 22) + random_bytes(1 * UNIT, 23) + repeated
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +186,7 @@ def _check_answers(held: dict) -> None:
     url, data = f"{held['peer'].url}/ipfs/{held['dataset']}", held["data"]
     status, headers, body = fetch(url)
     assert status == 200 and int(headers["Content-Length"]) == len(data) and body == data
-    first, last = 2 * MIB + 17, 9 * MIB + 5
+    first, last = 2 * UNIT + 17, 9 * UNIT + 5
     status, _, body = fetch(url, headers={"Range": f"bytes={first}-{last}"})
     assert status == 206 and body == data[first : last + 1]
     file_cid = _file_cid(held)

@@ -17,6 +17,7 @@ from dstore.fetch.reader import DatasetReader, _file_node
 from dstore.format import unixfs
 from dstore.format.cid import CID, HASH_CODES, RAW, cid_from_digest
 from dstore.format.locator import Locator
+from dstore.limits import PACK_UNIT_BYTES
 from dstore.store import Store
 
 from treeutil import random_bytes, snapshot
@@ -176,7 +177,8 @@ def test_damaged_chunks_are_retried_while_later_batches_are_in_flight(dstore, ho
     (src / "a").mkdir(parents=True)
     for i in range(60):
         (src / "a" / f"{i:02}.bin").write_bytes(random_bytes(500 + i * 1500, i))
-    (src / "big.bin").write_bytes(random_bytes(3 << 20, 99))
+    # k pack units and the small files: two 3+2 packs at least.
+    (src / "big.bin").write_bytes(random_bytes(3 * PACK_UNIT_BYTES, 99))
     cid = dstore("add", src, "-q", "--shards", "3+2").out.strip().splitlines()[-1]
     store = Store(home)
     try:

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dstore.ingest.add as add_module
+import dstore.ingest.packer as packer
 from dstore import _native
 from dstore.errors import InputError
 from dstore.ingest.add import ShardSpec, add
@@ -187,8 +188,15 @@ def test_batch_rejects_bad_arguments(tmp_path):
 # --------------------------------------------------------------------------- same datasets as before
 
 # `dstore add --json` of make_mixed_tree (then of its folder b/ into the same store), and a digest of
-# the shard files the store holds, made with the per-segment add path before the batch kernel replaced it.
+# the shard files the store holds, made with the per-segment add path before the batch kernel replaced it,
+# with packs closing at k × 1 MiB: these tests pack with that unit whatever the default. The dataset IDs do
+# not depend on the unit; the bytes stored (padding) and the pack records do.
 KNOWN = json.loads(Path(__file__).with_name("vectors").joinpath("add_mixed_tree.json").read_text())
+KNOWN_PACK_UNIT_BYTES = 1 << 20
+_DSTORE_WITH_KNOWN_UNIT = (
+    f"import dstore.ingest.packer as p; p.PACK_UNIT_BYTES = {KNOWN_PACK_UNIT_BYTES}; "
+    "from dstore.cli import main; main()"
+)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +212,7 @@ def test_add_gives_the_same_datasets_and_figures_as_before(tmp_path, mixed_tree,
     env = {**os.environ, "DSTORE_HOME": str(home)}
 
     def add_json(path: Path) -> dict[str, object]:
-        cmd = [sys.executable, "-m", "dstore", "add", str(path), "--json", "-q", "--shards", shards]
+        cmd = [sys.executable, "-c", _DSTORE_WITH_KNOWN_UNIT, "add", str(path), "--json", "-q", "--shards", shards]
         return json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
 
     assert add_json(mixed_tree) == KNOWN[shards]["first"]
@@ -212,8 +220,22 @@ def test_add_gives_the_same_datasets_and_figures_as_before(tmp_path, mixed_tree,
     assert store_fingerprint(home) == KNOWN[shards]["shards"]
 
 
+def test_the_pack_unit_changes_how_chunks_are_packed_not_the_dataset_id(tmp_path, mixed_tree, monkeypatch):
+    """Packs of 4 MiB units: the IDs and figures of the known dataset, fewer packs."""
+    monkeypatch.setattr(packer, "PACK_UNIT_BYTES", 4 * KNOWN_PACK_UNIT_BYTES)
+    with Store(tmp_path / "home") as store:
+        got = add(mixed_tree, store, ShardSpec(4, 2)).to_json()
+    known = KNOWN["4+2"]["first"]
+    same = ("cid", "root", "bytes_in", "files", "chunks", "new_chunks", "dedup_ratio", "compression_ratio")
+    assert {k: got[k] for k in same} == {k: known[k] for k in same}
+    # Fewer packs: less padding in the shards, fewer pack records in the metadata.
+    assert got["new_bytes_stored"] < known["new_bytes_stored"]
+    assert got["new_metadata_bytes"] < known["new_metadata_bytes"]
+
+
 def test_batch_size_does_not_change_the_dataset(tmp_path, mixed_tree, monkeypatch):
     """Tiny batches (a few files, 1 MiB) store the same dataset, packs and shards."""
+    monkeypatch.setattr(packer, "PACK_UNIT_BYTES", KNOWN_PACK_UNIT_BYTES)
     monkeypatch.setattr(add_module, "BATCH_BYTES", 1 << 20)
     monkeypatch.setattr(add_module, "BATCH_MAX_FILES", 3)
     monkeypatch.setattr(add_module, "LOCATOR_RECORDS", 5)  # the chunk table's records in many native calls

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dstore.limits import PACK_UNIT_BYTES
+
 from treeutil import random_bytes, snapshot
 
 
@@ -39,11 +41,13 @@ def test_rm_then_gc_frees_a_removed_dataset_but_keeps_what_a_remaining_one_share
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    shared = random_bytes(9 << 20, 1)
+    # In pack units: each file spans a few 4+2 packs, some of them holding only-a's chunks alone.
+    unit = PACK_UNIT_BYTES
+    shared = random_bytes(9 * unit, 1)
     (a / "shared.bin").write_bytes(shared)
-    (a / "only-a.bin").write_bytes(random_bytes(9 << 20, 2))
+    (a / "only-a.bin").write_bytes(random_bytes(9 * unit, 2))
     (b / "shared.bin").write_bytes(shared)
-    (b / "only-b.bin").write_bytes(random_bytes(5 << 20, 3))
+    (b / "only-b.bin").write_bytes(random_bytes(5 * unit, 3))
     cid_a = add(dstore, a)
     files_a = shard_names(home)
     meta_a = shard_names(home, "metadata")

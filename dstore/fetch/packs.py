@@ -30,8 +30,9 @@ from dstore.store import Store
 
 # Packs kept mapped (or rebuilt in memory) for sequential reads.
 PACK_CACHE_SIZE = 2
-# Packs fetched from peers ahead of use, at most (a write batch's worth: BATCH_BYTES / ~10 MiB packs).
-PEER_PREFETCH_PACKS = 8
+# Data shard bytes fetched from peers ahead of use, at most: a write batch (BATCH_BYTES) and a bit more,
+# so that the next batch's first packs are on their way while this one is written.
+PEER_PREFETCH_BYTES = 80 << 20
 
 Parts = list[mmap.mmap] | list[memoryview]
 # MAP_POPULATE maps every page up front (on the helper thread, which also
@@ -139,25 +140,44 @@ class PeerShards:
     found out, and scored down, there).
     """
 
-    def __init__(self, peers: PeerClient, hints: dict[bytes, list[str | None]] | None = None) -> None:
+    def __init__(
+        self,
+        peers: PeerClient,
+        hints: dict[bytes, list[str | None]] | None = None,
+        prefetch_bytes: int = PEER_PREFETCH_BYTES,
+    ) -> None:
         self.peers = peers  # a dstore.net SyncPeerSet
         self.hints = hints or {}
+        self.prefetch_bytes = prefetch_bytes
         self._pending: dict[bytes, Future[list[bytes | bytearray | None]]] = {}
+        self._pending_bytes: dict[bytes, int] = {}
 
     def prefetch(self, packs: Sequence[tuple[bytes, PackRecord]]) -> None:
-        """Fetch these packs concurrently (one pack's k requests alone leave the peers mostly idle)."""
+        """Fetch these packs concurrently (one pack's k requests alone leave the peers mostly idle).
+
+        At most ``prefetch_bytes`` of data shards are on their way at once (one pack always may be).
+        """
         for pack_id, record in packs:
-            if pack_id not in self._pending and len(self._pending) < PEER_PREFETCH_PACKS:
-                self._pending[pack_id] = self.peers.submit_fetch_pack(
-                    record, pack_id, self.hints.get(pack_id), verify=False
-                )
+            if pack_id in self._pending:
+                continue
+            size = record.k * record.shard_size
+            if self._pending and sum(self._pending_bytes.values()) + size > self.prefetch_bytes:
+                break
+            self._pending[pack_id] = self.peers.submit_fetch_pack(
+                record, pack_id, self.hints.get(pack_id), verify=False
+            )
+            self._pending_bytes[pack_id] = size
+
+    def _take(self, pack_id: bytes) -> Future[list[bytes | bytearray | None]] | None:
+        self._pending_bytes.pop(pack_id, None)
+        return self._pending.pop(pack_id, None)
 
     def map(self, pack_id: bytes, record: PackRecord) -> Parts:
         return _data_parts(self.fetched(pack_id, record), record)
 
     def fetched(self, pack_id: bytes, record: PackRecord) -> list[bytes | bytearray | mmap.mmap | None]:
         """The pack's shards as fetched, unverified (k + m, at least k of them of the right size, None elsewhere)."""
-        pending = self._pending.pop(pack_id, None)
+        pending = self._take(pack_id)
         if pending is None:
             return list(self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id), verify=False))
         try:
@@ -167,7 +187,7 @@ class PeerShards:
             raise
 
     def rebuild(self, pack_id: bytes, record: PackRecord) -> memoryview:
-        pending = self._pending.pop(pack_id, None)
+        pending = self._take(pack_id)
         if pending is not None:
             pending.cancel()  # unverified: not what a rebuild may use
         parts = _data_parts(list(self.peers.fetch_pack(record, pack_id, self.hints.get(pack_id))), record)

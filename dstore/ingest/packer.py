@@ -19,9 +19,9 @@ from dstore.format.cbor import block_cid
 from dstore.format.cid import CID, HASH_CODES, RAW, cid_from_digest
 from dstore.format.pack import PackRecord, shard_size
 from dstore.ingest.sinks import ShardSink
+from dstore.limits import PACK_UNIT_BYTES
 from dstore.store import ChunkLoc, Store
 
-SHARD_TARGET_BYTES = 1 << 20
 # Sealed packs whose shards are still being written; bounds memory (each pack
 # holds up to (k + m) MiB).
 MAX_PACKS_IN_FLIGHT = 3
@@ -74,7 +74,7 @@ def encode_pack(buf: bytearray, fill: int, k: int, m: int, hash_name: str) -> En
 
 
 class Packer:
-    """Accumulates new chunks into packs of ``k × 1 MiB`` and stores them."""
+    """Accumulates new chunks into packs of ``k × PACK_UNIT_BYTES`` (1 MiB) and stores them."""
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class Packer:
         self.store = store
         self.sink = sink
         self.k, self.m, self.hash_name = k, m, hash_name
-        self.capacity = k * SHARD_TARGET_BYTES
+        self.capacity = k * PACK_UNIT_BYTES
         self.buf = bytearray(self.capacity)
         self.fill = 0
         self.sealed: deque[Future[SealedPack]] = deque()

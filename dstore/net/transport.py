@@ -35,7 +35,7 @@ __all__ = ["BACKOFF_S", "READ_BUFFER_BYTES", "READ_RETRIES", "Answer", "Miss", "
 #: Retries of a read after a transient failure (5xx, 429, dropped connection), with exponential backoff.
 READ_RETRIES = 2
 BACKOFF_S = 0.05
-#: Shards are ~1 MiB: read them in big pieces rather than aiohttp's default 64 KiB.
+#: Shards are ~1 MiB (PACK_UNIT_BYTES): read them in big pieces rather than aiohttp's default 64 KiB.
 READ_BUFFER_BYTES = 1 << 20
 
 

@@ -30,6 +30,7 @@ from dstore.peer.config import (
     parse_size,
     resolve_token,
 )
+from dstore.peer.heap import keep_freed_buffers
 
 __all__ = ["peer"]
 
@@ -192,6 +193,7 @@ def serve(
     verbose: bool,
 ) -> None:
     """Serve blocks over HTTP (docs/http-api.md) until SIGTERM or SIGINT."""
+    keep_freed_buffers()
     from dstore.peer.server import serve as run
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
